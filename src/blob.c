@@ -1,0 +1,1143 @@
+/*
+ * blob.c - per-digest blob state.
+ *
+ * One struct blob per digest per process, shared by every reader, every tag
+ * and both views of the mount; it is what makes a range single-flight: a
+ * chunk is MISSING, INFLIGHT (claimed by exactly one request), WRITTEN
+ * (awaiting its chunk checksum) or PRESENT, and only MISSING chunks can be
+ * claimed. Reads of missing bytes park a waiter and return; the thread that
+ * makes the bytes present answers it.
+ *
+ * Threads: FUSE workers (or the pull command) call blob_read/blob_fetch_all;
+ * the network thread claims ranges, writes them and marks them; one worker
+ * thread per cache does everything slow that follows — hashing the
+ * contiguous prefix as it grows, checking chunk checksums, making the chunk
+ * map durable (fdatasync, then an atomic map write), the final verification
+ * and commit, parked-read deadlines, and polling blobs another process holds.
+ *
+ * Lock order: blob->lock, then cache->lock. Never the other way round.
+ * The worker drops blob->lock around all file I/O.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "blob.h"
+#include "chunkmap.h"
+#include "digest.h"
+#include "fetch.h"
+#include "log.h"
+#include "remote.h"
+#include "store.h"
+#include "util.h"
+
+enum { CH_MISSING, CH_INFLIGHT, CH_WRITTEN, CH_PRESENT };
+
+/* Blobs smaller than this are not worth a chunksums request. */
+#define CHUNKSUMS_MIN_SIZE (64ULL << 20)
+/* The worker wakes at least this often (deadlines, busy polls). */
+#define WORKER_TICK_MS 100
+/* Give up on a blob after this many chunks failed their checksum. */
+#define BAD_CHUNKS_MAX 16
+
+struct blob {
+	/* immutable */
+	struct blobcache *cache;
+	struct digest digest;
+	uint64_t size;
+	char name[DIGEST_STR_LEN];
+
+	/* guarded by cache->lock */
+	unsigned refs;
+	struct blob *hnext;
+	struct blob *wnext;
+	bool on_work;
+
+	pthread_mutex_t lock;          /* guards everything below */
+	enum blob_state state;
+	int err;                       /* FAILED: why; otherwise the last fetch error */
+	int fd;                        /* readers: O_RDONLY, -1 until known */
+	int wfd;                       /* the network thread's writes (PARTIAL) */
+	int lockfd;                    /* the store's per-blob lock while we own it */
+	struct remote *remote;
+	struct chunkmap *map;          /* geometry, and the bits last made durable */
+	uint8_t *cs;                   /* chunk states */
+	uint32_t npresent, nmissing, ninflight, nwritten;
+	uint64_t present_bytes;
+	struct blob_waiter waiters;    /* circular list head */
+	uint64_t ra_start, ra_end;     /* read-ahead window */
+	bool want_all;
+	uint32_t cursor;               /* where background claims look first */
+	bool chunksums_decided;
+	bool map_dirty;
+	uint64_t last_sync_ms;
+	uint64_t hashed;               /* [0, hashed) has gone into hash */
+	struct hasher *hash;
+	unsigned bad_chunks;
+	uint64_t fetched;
+};
+
+struct blobcache {
+	struct store *store;
+	struct fetcher *fetcher;
+	struct blob_opts opts;
+
+	pthread_mutex_t lock;          /* guards the table, refs, the work list */
+	pthread_cond_t cond;
+	struct blob **table;
+	size_t nbuckets;
+	struct blob *work;             /* blobs the worker must look at */
+	bool kicked;                   /* something on the list is urgent */
+	bool stop;
+	pthread_t worker;
+};
+
+static void *worker_main(void *arg);
+static void blob_destroy(struct blob *b);
+
+struct blobcache *blobcache_new(struct store *s, struct fetcher *f,
+				const struct blob_opts *o)
+{
+	struct blobcache *c = xcalloc(1, sizeof(*c));
+	pthread_condattr_t ca;
+
+	c->store = s;
+	c->fetcher = f;
+	c->opts = *o;
+	if (!c->opts.read_timeout_ms)
+		c->opts.read_timeout_ms = 60000;
+	if (!c->opts.sync_interval_ms)
+		c->opts.sync_interval_ms = 1000;
+	c->nbuckets = 1024;
+	c->table = xcalloc(c->nbuckets, sizeof(*c->table));
+	pthread_mutex_init(&c->lock, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&c->cond, &ca);
+	pthread_condattr_destroy(&ca);
+	if (pthread_create(&c->worker, NULL, worker_main, c) != 0) {
+		log_error("cannot start the blob worker thread");
+		abort();
+	}
+	return c;
+}
+
+void blobcache_free(struct blobcache *c)
+{
+	if (!c)
+		return;
+	pthread_mutex_lock(&c->lock);
+	c->stop = true;
+	pthread_cond_signal(&c->cond);
+	pthread_mutex_unlock(&c->lock);
+	pthread_join(c->worker, NULL);
+	pthread_mutex_destroy(&c->lock);
+	pthread_cond_destroy(&c->cond);
+	free(c->table);
+	free(c);
+}
+
+static size_t bucket(const struct blobcache *c, const struct digest *d)
+{
+	uint64_t h;
+
+	memcpy(&h, d->bytes, sizeof(h));
+	return h % c->nbuckets;
+}
+
+/* Put b on the worker's list with a reference. cache->lock held. */
+static void enlist(struct blob *b)
+{
+	struct blobcache *c = b->cache;
+
+	if (b->on_work)
+		return;
+	b->on_work = true;
+	b->refs++;
+	b->wnext = c->work;
+	c->work = b;
+}
+
+/* Wake the worker for b now. Any lock but cache->lock may be held. */
+static void schedule_work(struct blob *b)
+{
+	struct blobcache *c = b->cache;
+
+	pthread_mutex_lock(&c->lock);
+	enlist(b);
+	if (!c->kicked) {
+		c->kicked = true;
+		pthread_cond_signal(&c->cond);
+	}
+	pthread_mutex_unlock(&c->lock);
+}
+
+/* Revisit b on the worker's next tick. */
+static void requeue(struct blob *b)
+{
+	pthread_mutex_lock(&b->cache->lock);
+	enlist(b);
+	pthread_mutex_unlock(&b->cache->lock);
+}
+
+static struct blob *lookup(struct blobcache *c, const struct digest *d)
+{
+	for (struct blob *b = c->table[bucket(c, d)]; b; b = b->hnext) {
+		if (digest_equal(&b->digest, d)) {
+			b->refs++;
+			return b;
+		}
+	}
+	return NULL;
+}
+
+struct blob *blob_get(struct blobcache *c, const struct digest *d, uint64_t size)
+{
+	struct blob *b, *other;
+	int fd = -1;
+
+	pthread_mutex_lock(&c->lock);
+	b = lookup(c, d);
+	pthread_mutex_unlock(&c->lock);
+	if (b)
+		return b;
+
+	/* Open a complete blob outside the lock; a racing caller may win, then ours goes. */
+	b = xcalloc(1, sizeof(*b));
+	b->cache = c;
+	b->digest = *d;
+	b->size = size;
+	digest_format(d, b->name);
+	b->refs = 1;
+	b->fd = b->wfd = b->lockfd = -1;
+	b->waiters.next = b->waiters.prev = &b->waiters;
+	pthread_mutex_init(&b->lock, NULL);
+	b->state = BLOB_IDLE;
+	if (store_open_blob(c->store, d, size, &fd) == 0) {
+		b->fd = fd;
+		b->state = BLOB_COMPLETE;
+		b->present_bytes = size;
+	}
+	pthread_mutex_lock(&c->lock);
+	other = lookup(c, d);
+	if (!other) {
+		size_t h = bucket(c, d);
+		b->hnext = c->table[h];
+		c->table[h] = b;
+	}
+	pthread_mutex_unlock(&c->lock);
+	if (other) {
+		blob_destroy(b);
+		return other;
+	}
+	return b;
+}
+
+static void blob_destroy(struct blob *b)
+{
+	struct blobcache *c = b->cache;
+
+	if (b->fd >= 0)
+		close(b->fd);
+	if (b->wfd >= 0)
+		close(b->wfd);
+	store_blob_unlock(c->store, &b->digest, b->lockfd, false);
+	chunkmap_free(b->map);
+	free(b->cs);
+	hasher_free(b->hash);
+	remote_unref(b->remote);
+	pthread_mutex_destroy(&b->lock);
+	free(b);
+}
+
+struct blob *blob_ref(struct blob *b)
+{
+	pthread_mutex_lock(&b->cache->lock);
+	b->refs++;
+	pthread_mutex_unlock(&b->cache->lock);
+	return b;
+}
+
+void blob_put(struct blob *b)
+{
+	struct blobcache *c;
+	struct blob **pp;
+
+	if (!b)
+		return;
+	c = b->cache;
+	pthread_mutex_lock(&c->lock);
+	if (--b->refs > 0) {
+		pthread_mutex_unlock(&c->lock);
+		return;
+	}
+	for (pp = &c->table[bucket(c, &b->digest)]; *pp != b; pp = &(*pp)->hnext)
+		;
+	*pp = b->hnext;
+	pthread_mutex_unlock(&c->lock);
+	blob_destroy(b);
+}
+
+void blob_set_remote(struct blob *b, struct remote *r)
+{
+	pthread_mutex_lock(&b->lock);
+	if (!b->remote && r)
+		b->remote = remote_ref(r);
+	pthread_mutex_unlock(&b->lock);
+}
+
+struct remote *blob_remote(struct blob *b)
+{
+	struct remote *r;
+
+	pthread_mutex_lock(&b->lock);
+	r = b->remote;
+	pthread_mutex_unlock(&b->lock);
+	return r;
+}
+
+const struct digest *blob_digest(const struct blob *b)
+{
+	return &b->digest;
+}
+
+uint64_t blob_size(const struct blob *b)
+{
+	return b->size;
+}
+
+int blob_fd(struct blob *b)
+{
+	int fd;
+
+	pthread_mutex_lock(&b->lock);
+	fd = b->fd;
+	pthread_mutex_unlock(&b->lock);
+	return fd;
+}
+
+const struct chunkmap *blob_geometry(struct blob *b)
+{
+	return b->map;
+}
+
+int blob_wfd(struct blob *b)
+{
+	return b->wfd;
+}
+
+/* ---- waiters ---- */
+
+static void waiter_unlink(struct blob_waiter *w)
+{
+	w->prev->next = w->next;
+	w->next->prev = w->prev;
+	w->next = w->prev = w;
+}
+
+/* Chunk range of a waiter under the current geometry. */
+static void waiter_chunks(const struct blob *b, struct blob_waiter *w)
+{
+	w->first = chunkmap_index(b->map, w->off);
+	w->last = chunkmap_index(b->map, w->off + w->len - 1);
+}
+
+/* Advance w->first past present chunks; true when all of w is present. */
+static bool waiter_ready(const struct blob *b, struct blob_waiter *w)
+{
+	while (w->first <= w->last && b->cs[w->first] == CH_PRESENT)
+		w->first++;
+	return w->first > w->last;
+}
+
+/*
+ * Move waiters to out: with err, those that need a chunk in [lo, hi] (all of
+ * them unless the blob is PARTIAL); without, those whose bytes are all here.
+ * The caller answers them with finish_waiters() once its locks are dropped.
+ */
+static void collect_waiters(struct blob *b, struct blob_waiter **out, int err,
+			    uint32_t lo, uint32_t hi)
+{
+	struct blob_waiter *w = b->waiters.next, *next;
+
+	for (; w != &b->waiters; w = next) {
+		next = w->next;
+		bool take;
+		if (err)
+			take = b->state != BLOB_PARTIAL || (w->first <= hi && w->last >= lo);
+		else
+			take = b->state == BLOB_COMPLETE ||
+			       (b->state == BLOB_PARTIAL && waiter_ready(b, w));
+		if (!take)
+			continue;
+		waiter_unlink(w);
+		w->result = err;
+		w->next = *out;
+		*out = w;
+	}
+}
+
+/* Answer collected waiters; called without any lock held. */
+static void finish_waiters(struct blob_waiter *list)
+{
+	while (list) {
+		struct blob_waiter *next = list->next;
+		list->next = list->prev = list;
+		list->done(list, list->result);
+		list = next;
+	}
+}
+
+/* ---- activation ---- */
+
+static void set_chunk_present(struct blob *b, uint32_t i)
+{
+	b->cs[i] = CH_PRESENT;
+	b->npresent++;
+	b->present_bytes += chunkmap_end(b->map, i) - chunkmap_start(b->map, i);
+}
+
+/* Set up a fresh or resumed partial blob; we hold the store's blob lock. */
+static int open_partial(struct blob *b)
+{
+	struct blobcache *c = b->cache;
+	char *path = store_partial_path(c->store, &b->digest, "");
+	char *mpath = store_partial_path(c->store, &b->digest, ".map");
+	struct chunkmap *m = NULL;
+	int ret = 0;
+
+	b->wfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (b->wfd < 0) {
+		ret = -errno;
+		log_error("cannot open '%s': %s", path, strerror(errno));
+		goto out;
+	}
+	if (ftruncate(b->wfd, (off_t)b->size) < 0) {
+		ret = -errno;
+		log_error("cannot size '%s': %s", path, strerror(errno));
+		goto out;
+	}
+	if (b->fd >= 0)
+		close(b->fd);
+	b->fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (b->fd < 0) {
+		ret = -errno;
+		log_error("cannot open '%s': %s", path, strerror(errno));
+		goto out;
+	}
+	if (chunkmap_load(mpath, &b->digest, b->size, &m) == 0) {
+		b->chunksums_decided = true;
+	} else {
+		m = chunkmap_new_fixed(b->size, c->opts.chunk_size);
+		unlink(mpath);
+	}
+	b->map = m;
+	b->cs = xcalloc(m->n + 1, 1);
+	b->nmissing = m->n;
+	for (uint32_t i = 0; i < m->n; i++) {
+		if (chunkmap_has(m, i)) {
+			set_chunk_present(b, i);
+			b->nmissing--;
+		}
+	}
+	if (b->npresent)
+		log_info("resuming '%s': %u of %u chunks already local", b->name,
+			 b->npresent, m->n);
+	b->hash = hasher_new();
+	b->hashed = 0;
+	b->state = BLOB_PARTIAL;
+out:
+	if (ret < 0) {
+		if (b->wfd >= 0)
+			close(b->wfd);
+		if (b->fd >= 0)
+			close(b->fd);
+		b->wfd = b->fd = -1;
+	}
+	free(path);
+	free(mpath);
+	return ret;
+}
+
+/*
+ * Move an IDLE or BUSY blob on: take the store's blob lock, then find it
+ * complete (another process finished it) or open it for fetching.
+ * Called with b->lock held. 0 or negative errno; -EBUSY leaves it BUSY.
+ */
+static int activate_locked(struct blob *b)
+{
+	struct blobcache *c = b->cache;
+	int fd, ret;
+
+	if (b->state != BLOB_IDLE && b->state != BLOB_BUSY)
+		return 0;
+	if (!c->store->writable)
+		return -EROFS;
+	ret = store_blob_trylock(c->store, &b->digest);
+	if (ret == -EBUSY) {
+		if (b->state != BLOB_BUSY)
+			log_info("'%s' is being fetched by another blobfs process; waiting",
+				 b->name);
+		b->state = BLOB_BUSY;
+		schedule_work(b);
+		return -EBUSY;
+	}
+	if (ret < 0) {
+		log_error("cannot lock '%s' in the store: %s", b->name, strerror(-ret));
+		return ret;
+	}
+	b->lockfd = ret;
+	if (store_open_blob(c->store, &b->digest, b->size, &fd) == 0) {
+		if (b->fd >= 0)
+			close(b->fd);
+		b->fd = fd;
+		b->state = BLOB_COMPLETE;
+		b->present_bytes = b->size;
+		store_blob_unlock(c->store, &b->digest, b->lockfd, true);
+		b->lockfd = -1;
+		return 0;
+	}
+	ret = open_partial(b);
+	if (ret < 0) {
+		store_blob_unlock(c->store, &b->digest, b->lockfd, false);
+		b->lockfd = -1;
+		b->state = BLOB_IDLE;
+		return ret;
+	}
+	/* Hash what a previous run left, and finish a blob that only lacked its commit. */
+	schedule_work(b);
+	return 0;
+}
+
+int blob_activate(struct blob *b)
+{
+	int ret;
+
+	pthread_mutex_lock(&b->lock);
+	ret = activate_locked(b);
+	if (ret == 0 && b->state == BLOB_FAILED)
+		ret = b->err;
+	pthread_mutex_unlock(&b->lock);
+	return ret;
+}
+
+/* ---- the reader side ---- */
+
+static bool window_has_missing(const struct blob *b, uint64_t start, uint64_t end)
+{
+	if (!b->nmissing || start >= end)
+		return false;
+	for (uint32_t i = chunkmap_index(b->map, start);
+	     i < b->map->n && chunkmap_start(b->map, i) < end; i++)
+		if (b->cs[i] == CH_MISSING)
+			return true;
+	return false;
+}
+
+int blob_read(struct blob *b, uint64_t off, uint64_t len, uint64_t ra,
+	      struct blob_waiter *w)
+{
+	struct blobcache *c = b->cache;
+	bool kick = false;
+	int ret;
+
+	if (off >= b->size || len == 0)
+		return 1;
+	if (len > b->size - off)
+		len = b->size - off;
+	pthread_mutex_lock(&b->lock);
+	switch (b->state) {
+	case BLOB_COMPLETE:
+		ret = 1;
+		goto out;
+	case BLOB_FAILED:
+		ret = b->err;
+		goto out;
+	case BLOB_IDLE:
+		ret = activate_locked(b);
+		if (ret < 0 && ret != -EBUSY)
+			goto out;
+		if (b->state == BLOB_COMPLETE) {
+			ret = 1;
+			goto out;
+		}
+		break;
+	default:
+		break;
+	}
+
+	w->off = off;
+	w->len = len;
+	w->deadline_ms = now_ms() + c->opts.read_timeout_ms;
+	if (b->state == BLOB_PARTIAL) {
+		waiter_chunks(b, w);
+		if (ra) {
+			uint64_t ra_start = off + len, ra_end = MIN(b->size, ra_start + ra);
+			if (ra_end > b->ra_end || ra_start < b->ra_start) {
+				b->ra_start = ra_start;
+				b->ra_end = ra_end;
+				kick = window_has_missing(b, ra_start, ra_end);
+			}
+		}
+		if (waiter_ready(b, w)) {
+			ret = 1;
+			goto out;
+		}
+		kick = true;
+	} else {
+		w->first = 0;
+		w->last = UINT32_MAX;   /* recomputed when the blob becomes ours */
+	}
+	w->prev = b->waiters.prev;
+	w->next = &b->waiters;
+	b->waiters.prev->next = w;
+	b->waiters.prev = w;
+	schedule_work(b);           /* the worker enforces the deadline */
+	ret = 0;
+out:
+	pthread_mutex_unlock(&b->lock);
+	if (kick)
+		fetcher_kick(c->fetcher, b);
+	return ret;
+}
+
+bool blob_cancel(struct blob *b, struct blob_waiter *w)
+{
+	bool found = false;
+
+	pthread_mutex_lock(&b->lock);
+	for (struct blob_waiter *x = b->waiters.next; x != &b->waiters; x = x->next) {
+		if (x == w) {
+			waiter_unlink(w);
+			found = true;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&b->lock);
+	return found;
+}
+
+int blob_fetch_all(struct blob *b)
+{
+	int ret = 0;
+	bool kick = false;
+
+	pthread_mutex_lock(&b->lock);
+	if (b->state == BLOB_IDLE || b->state == BLOB_BUSY)
+		ret = activate_locked(b);
+	if (b->state == BLOB_FAILED) {
+		ret = b->err;
+	} else if (b->state == BLOB_PARTIAL) {
+		b->want_all = true;
+		b->err = 0;
+		kick = b->nmissing > 0;
+		ret = 0;
+	} else if (ret == -EBUSY) {
+		b->want_all = true;   /* taken up when the other process lets go */
+		ret = 0;
+	}
+	pthread_mutex_unlock(&b->lock);
+	if (kick)
+		fetcher_kick(b->cache->fetcher, b);
+	return ret;
+}
+
+void blob_stats(struct blob *b, struct blob_stats *st)
+{
+	pthread_mutex_lock(&b->lock);
+	st->state = b->state;
+	st->err = b->err;
+	st->size = b->size;
+	st->present = b->state == BLOB_COMPLETE ? b->size : b->present_bytes;
+	st->fetched = b->fetched;
+	st->inflight = b->ninflight;
+	st->hashing = b->state == BLOB_PARTIAL && b->map && b->npresent == b->map->n;
+	pthread_mutex_unlock(&b->lock);
+}
+
+/* ---- the network thread's side ---- */
+
+bool blob_wants_chunksums(struct blob *b)
+{
+	bool want;
+
+	pthread_mutex_lock(&b->lock);
+	want = b->state == BLOB_PARTIAL && !b->chunksums_decided && b->npresent == 0 &&
+	       b->ninflight == 0 && b->size >= CHUNKSUMS_MIN_SIZE;
+	pthread_mutex_unlock(&b->lock);
+	return want;
+}
+
+void blob_chunksums_done(struct blob *b)
+{
+	pthread_mutex_lock(&b->lock);
+	b->chunksums_decided = true;
+	pthread_mutex_unlock(&b->lock);
+}
+
+void blob_adopt_chunks(struct blob *b, struct chunkmap *m)
+{
+	pthread_mutex_lock(&b->lock);
+	b->chunksums_decided = true;
+	if (b->state != BLOB_PARTIAL || b->npresent || b->ninflight || m->size != b->size) {
+		pthread_mutex_unlock(&b->lock);
+		chunkmap_free(m);
+		return;
+	}
+	chunkmap_free(b->map);
+	b->map = m;
+	free(b->cs);
+	b->cs = xcalloc(m->n + 1, 1);
+	b->nmissing = m->n;
+	b->cursor = 0;
+	for (struct blob_waiter *w = b->waiters.next; w != &b->waiters; w = w->next)
+		waiter_chunks(b, w);
+	log_debug("'%s': using %u chunk checksums from the registry", b->name, m->n);
+	pthread_mutex_unlock(&b->lock);
+}
+
+/* Mark [i, j) in flight and return the byte range. */
+static void claim(struct blob *b, uint32_t i, uint32_t j, uint64_t *start, uint64_t *end)
+{
+	for (uint32_t k = i; k < j; k++)
+		b->cs[k] = CH_INFLIGHT;
+	b->nmissing -= j - i;
+	b->ninflight += j - i;
+	*start = chunkmap_start(b->map, i);
+	*end = chunkmap_end(b->map, j - 1);
+}
+
+/* From missing chunk i, extend over missing chunks that start below limit. */
+static uint32_t extend(const struct blob *b, uint32_t i, uint64_t limit, uint64_t max_bytes)
+{
+	uint64_t start = chunkmap_start(b->map, i);
+	uint32_t j = i + 1;
+
+	while (j < b->map->n && b->cs[j] == CH_MISSING && chunkmap_start(b->map, j) < limit &&
+	       chunkmap_end(b->map, j) - start <= max_bytes)
+		j++;
+	return j;
+}
+
+int blob_claim(struct blob *b, bool demand_only, uint64_t max_bytes,
+	       uint64_t *start, uint64_t *end)
+{
+	int prio = -1;
+
+	pthread_mutex_lock(&b->lock);
+	if (b->state != BLOB_PARTIAL || !b->nmissing)
+		goto out;
+	/* Readers first, oldest first; a read's request runs on into the read-ahead window. */
+	for (struct blob_waiter *w = b->waiters.next; w != &b->waiters; w = w->next) {
+		for (uint32_t i = w->first; i <= w->last; i++) {
+			if (b->cs[i] != CH_MISSING)
+				continue;
+			uint64_t limit = chunkmap_end(b->map, w->last);
+			if (b->ra_end > limit && b->ra_start <= limit)
+				limit = b->ra_end;
+			claim(b, i, extend(b, i, limit, max_bytes), start, end);
+			prio = PRIO_DEMAND;
+			goto out;
+		}
+	}
+	if (b->ra_end > b->ra_start) {
+		uint32_t i = chunkmap_index(b->map, b->ra_start);
+		for (; i < b->map->n && chunkmap_start(b->map, i) < b->ra_end; i++) {
+			if (b->cs[i] == CH_MISSING) {
+				claim(b, i, extend(b, i, b->ra_end, max_bytes), start, end);
+				prio = PRIO_READAHEAD;
+				goto out;
+			}
+		}
+	}
+	if (demand_only || !b->want_all)
+		goto out;
+	for (uint32_t k = 0; k < b->map->n; k++) {
+		uint32_t i = (b->cursor + k) % b->map->n;
+		if (b->cs[i] == CH_MISSING) {
+			uint32_t j = extend(b, i, b->size, max_bytes);
+			claim(b, i, j, start, end);
+			b->cursor = j % b->map->n;
+			prio = PRIO_BACKGROUND;
+			goto out;
+		}
+	}
+out:
+	pthread_mutex_unlock(&b->lock);
+	return prio;
+}
+
+int blob_blocked_offsets(struct blob *b, uint64_t *offs, int max)
+{
+	int n = 0;
+
+	pthread_mutex_lock(&b->lock);
+	if (b->state == BLOB_PARTIAL) {
+		for (struct blob_waiter *w = b->waiters.next; w != &b->waiters && n < max;
+		     w = w->next) {
+			if (w->first <= w->last && b->cs[w->first] == CH_INFLIGHT)
+				offs[n++] = chunkmap_start(b->map, w->first);
+		}
+	}
+	pthread_mutex_unlock(&b->lock);
+	return n;
+}
+
+void blob_written(struct blob *b, uint64_t job_start, uint64_t from, uint64_t to)
+{
+	struct blob_waiter *ready = NULL;
+	bool work = false, any = false;
+
+	pthread_mutex_lock(&b->lock);
+	b->fetched += to - from;
+	if (b->state != BLOB_PARTIAL || from >= b->size) {
+		pthread_mutex_unlock(&b->lock);
+		return;
+	}
+	for (uint32_t i = chunkmap_index(b->map, from);
+	     i < b->map->n && chunkmap_end(b->map, i) <= to; i++) {
+		if (chunkmap_start(b->map, i) < job_start || b->cs[i] != CH_INFLIGHT)
+			continue;
+		b->ninflight--;
+		if (b->map->sums) {
+			b->cs[i] = CH_WRITTEN;
+			b->nwritten++;
+			work = true;
+			continue;
+		}
+		set_chunk_present(b, i);
+		any = true;
+		if (chunkmap_start(b->map, i) == b->hashed || b->npresent == b->map->n)
+			work = true;
+	}
+	if (any) {
+		if (!b->map_dirty) {
+			b->map_dirty = true;
+			work = true;
+		}
+		collect_waiters(b, &ready, 0, 0, 0);
+	}
+	if (work)
+		schedule_work(b);
+	pthread_mutex_unlock(&b->lock);
+	finish_waiters(ready);
+}
+
+void blob_unclaim(struct blob *b, uint64_t from, uint64_t end, int err)
+{
+	struct blob_waiter *failed = NULL;
+	uint32_t lo, hi;
+
+	pthread_mutex_lock(&b->lock);
+	if (b->state != BLOB_PARTIAL || from >= end || from >= b->size) {
+		pthread_mutex_unlock(&b->lock);
+		return;
+	}
+	lo = chunkmap_index(b->map, from);
+	hi = lo;
+	for (uint32_t i = lo; i < b->map->n && chunkmap_start(b->map, i) < end; i++) {
+		hi = i;
+		if (b->cs[i] != CH_INFLIGHT)
+			continue;
+		b->cs[i] = CH_MISSING;
+		b->ninflight--;
+		b->nmissing++;
+	}
+	if (lo < b->cursor)
+		b->cursor = lo;
+	if (err) {
+		b->err = err;
+		b->want_all = false;
+		b->ra_start = b->ra_end = 0;
+		collect_waiters(b, &failed, err, lo, hi);
+	}
+	pthread_mutex_unlock(&b->lock);
+	finish_waiters(failed);
+}
+
+void blob_fail(struct blob *b, int err, const char *why)
+{
+	struct blob_waiter *failed = NULL;
+
+	pthread_mutex_lock(&b->lock);
+	if (b->err != err || b->want_all)
+		log_error("fetching '%s' stopped: %s", b->name, why);
+	b->err = err;
+	b->want_all = false;
+	b->ra_start = b->ra_end = 0;
+	if (b->state == BLOB_PARTIAL)
+		collect_waiters(b, &failed, err, 0, UINT32_MAX);
+	pthread_mutex_unlock(&b->lock);
+	finish_waiters(failed);
+}
+
+bool blob_has_work(struct blob *b)
+{
+	bool work;
+
+	pthread_mutex_lock(&b->lock);
+	work = b->state == BLOB_PARTIAL && b->nmissing > 0 &&
+	       (b->want_all || b->waiters.next != &b->waiters || b->ra_end > b->ra_start);
+	pthread_mutex_unlock(&b->lock);
+	return work;
+}
+
+/* ---- the worker ---- */
+
+static void expire_waiters(struct blob *b, uint64_t now, struct blob_waiter **out)
+{
+	struct blob_waiter *w = b->waiters.next, *next;
+
+	for (; w != &b->waiters; w = next) {
+		next = w->next;
+		if (w->deadline_ms > now)
+			continue;
+		waiter_unlink(w);
+		w->result = -EIO;
+		w->next = *out;
+		*out = w;
+	}
+}
+
+/*
+ * Check chunks that await their checksum; returns true if some must be
+ * fetched again. Called and returns with b->lock held.
+ */
+static bool verify_chunks(struct blob *b, struct blob_waiter **ready)
+{
+	bool refetch = false;
+
+	for (uint32_t i = 0; i < b->map->n && b->nwritten; i++) {
+		if (b->cs[i] != CH_WRITTEN)
+			continue;
+		uint64_t s = chunkmap_start(b->map, i), len = chunkmap_end(b->map, i) - s;
+		struct digest got;
+		pthread_mutex_unlock(&b->lock);
+		int ret = digest_fd(b->fd, s, len, &got, NULL, NULL);
+		pthread_mutex_lock(&b->lock);
+		b->nwritten--;
+		if (ret == 0 && digest_equal(&got, &b->map->sums[i])) {
+			set_chunk_present(b, i);
+			b->map_dirty = true;
+			continue;
+		}
+		b->cs[i] = CH_MISSING;
+		b->nmissing++;
+		if (i < b->cursor)
+			b->cursor = i;
+		b->bad_chunks++;
+		refetch = true;
+		log_warn("'%s': chunk %u (bytes %llu-%llu) failed its checksum; fetching it again",
+			 b->name, i, (unsigned long long)s, (unsigned long long)(s + len - 1));
+	}
+	collect_waiters(b, ready, 0, 0, 0);
+	if (b->bad_chunks > BAD_CHUNKS_MAX) {
+		log_error("giving up on '%s': %u chunks failed their checksums",
+			  b->name, b->bad_chunks);
+		b->err = -EIO;
+		b->want_all = false;
+		collect_waiters(b, ready, -EIO, 0, UINT32_MAX);
+		return false;
+	}
+	return refetch;
+}
+
+/* Feed newly contiguous present bytes to the hash. Lock held on entry and exit. */
+static void hash_prefix(struct blob *b)
+{
+	const size_t bufsize = 1 << 20;
+	char *buf = NULL;
+
+	for (;;) {
+		uint64_t upto = b->hashed;
+		uint32_t i = b->hashed < b->size ? chunkmap_index(b->map, b->hashed) : b->map->n;
+		while (i < b->map->n && b->cs[i] == CH_PRESENT)
+			upto = chunkmap_end(b->map, i++);
+		if (upto <= b->hashed)
+			break;
+		uint64_t from = b->hashed;
+		pthread_mutex_unlock(&b->lock);
+		if (!buf)
+			buf = xmalloc(bufsize);
+		int ret = 0;
+		while (from < upto && ret == 0) {
+			size_t n = MIN(bufsize, upto - from);
+			ret = pread_all(b->fd, buf, n, (off_t)from);
+			if (ret == 0) {
+				hasher_update(b->hash, buf, n);
+				from += n;
+			}
+		}
+		pthread_mutex_lock(&b->lock);
+		if (ret < 0) {
+			log_error("cannot read back '%s' to hash it: %s", b->name, strerror(-ret));
+			break;
+		}
+		b->hashed = upto;
+	}
+	free(buf);
+}
+
+/* Make present chunks durable: fdatasync the data, then write the map. Lock held. */
+static void sync_map(struct blob *b)
+{
+	struct blobcache *c = b->cache;
+	uint8_t *buf;
+	size_t len;
+	int ret;
+
+	for (uint32_t i = 0; i < b->map->n; i++) {
+		if (b->cs[i] == CH_PRESENT)
+			chunkmap_set(b->map, i);
+		else
+			chunkmap_clear(b->map, i);
+	}
+	chunkmap_encode(b->map, &b->digest, &buf, &len);
+	b->map_dirty = false;
+	b->last_sync_ms = now_ms();
+	pthread_mutex_unlock(&b->lock);
+	ret = fdatasync(b->wfd) < 0 ? -errno : 0;
+	if (ret == 0) {
+		char *path = store_partial_path(c->store, &b->digest, ".map");
+		ret = write_file_atomic(c->store->tmp, path, buf, len, 0600);
+		free(path);
+	}
+	free(buf);
+	pthread_mutex_lock(&b->lock);
+	if (ret < 0) {
+		log_error("cannot save the progress of '%s': %s", b->name, strerror(-ret));
+		b->map_dirty = true;
+	}
+}
+
+/* All chunks present and hashed: verify, then commit or quarantine. Lock held. */
+static void finish_blob(struct blob *b, struct blob_waiter **ready)
+{
+	struct blobcache *c = b->cache;
+	struct digest got;
+	int ret = 0;
+
+	hasher_final(b->hash, &got);
+	pthread_mutex_unlock(&b->lock);
+	bool ok = digest_equal(&got, &b->digest);
+	if (ok) {
+		if (fdatasync(b->wfd) < 0)
+			ret = -errno;
+		if (ret == 0)
+			ret = store_commit_blob(c->store, &b->digest);
+	} else {
+		char hex[DIGEST_STR_LEN];
+		digest_format(&got, hex);
+		log_error("blob '%s' failed verification (its bytes hash to '%s'); "
+			  "moved to quarantine", b->name, hex);
+		store_quarantine_blob(c->store, &b->digest);
+	}
+	pthread_mutex_lock(&b->lock);
+	if (!ok || ret < 0) {
+		b->state = BLOB_FAILED;
+		b->err = ok ? ret : -EIO;
+	} else {
+		b->state = BLOB_COMPLETE;
+		log_debug("'%s' is complete and verified", b->name);
+	}
+	b->want_all = false;
+	store_blob_unlock(c->store, &b->digest, b->lockfd, true);
+	b->lockfd = -1;
+	collect_waiters(b, ready, b->state == BLOB_FAILED ? b->err : 0, 0, UINT32_MAX);
+}
+
+/*
+ * Do what the blob needs; returns true while it still needs the worker
+ * (parked reads to time out, a map to sync, another process to wait for).
+ * With final, make progress durable now: the cache is shutting down.
+ */
+static bool blob_work(struct blob *b, uint64_t now, bool final)
+{
+	struct blobcache *c = b->cache;
+	struct blob_waiter *done = NULL;
+	bool more, kick = false;
+
+	pthread_mutex_lock(&b->lock);
+	if (b->state == BLOB_BUSY && !final && activate_locked(b) == 0) {
+		if (b->state == BLOB_PARTIAL) {
+			for (struct blob_waiter *w = b->waiters.next; w != &b->waiters; w = w->next)
+				waiter_chunks(b, w);
+			kick = true;
+		}
+		collect_waiters(b, &done, 0, 0, 0);
+	}
+	expire_waiters(b, final ? UINT64_MAX : now, &done);
+	if (b->state == BLOB_PARTIAL) {
+		if (b->nwritten && verify_chunks(b, &done))
+			kick = true;
+		hash_prefix(b);
+		bool all = b->npresent == b->map->n;
+		if (b->map_dirty && !all &&
+		    (final || now - b->last_sync_ms >= c->opts.sync_interval_ms))
+			sync_map(b);
+		if (all && b->hashed == b->size)
+			finish_blob(b, &done);
+	}
+	more = b->waiters.next != &b->waiters || b->state == BLOB_BUSY ||
+	       (b->state == BLOB_PARTIAL && (b->map_dirty || b->nwritten));
+	pthread_mutex_unlock(&b->lock);
+	finish_waiters(done);
+	if (kick && !final)
+		fetcher_kick(c->fetcher, b);
+	return more;
+}
+
+static void add_ms(struct timespec *ts, long ms)
+{
+	ts->tv_nsec += ms * 1000000L;
+	while (ts->tv_nsec >= 1000000000L) {
+		ts->tv_sec++;
+		ts->tv_nsec -= 1000000000L;
+	}
+}
+
+/*
+ * The worker sleeps until a blob is scheduled (kicked) or a tick passes, then
+ * takes the whole list and works through it; blobs with periodic needs are
+ * put back without a kick, so they are revisited once a tick. On stop it
+ * makes one final pass so progress is durable before the process exits.
+ */
+static void *worker_main(void *arg)
+{
+	struct blobcache *c = arg;
+	bool stopping = false;
+
+	pthread_mutex_lock(&c->lock);
+	while (!stopping) {
+		if (!c->kicked && !c->stop) {
+			struct timespec ts;
+			clock_gettime(CLOCK_MONOTONIC, &ts);
+			add_ms(&ts, WORKER_TICK_MS);
+			pthread_cond_timedwait(&c->cond, &c->lock, &ts);
+		}
+		stopping = c->stop;
+		c->kicked = false;
+		struct blob *list = c->work;
+		c->work = NULL;
+		for (struct blob *b = list; b; b = b->wnext)
+			b->on_work = false;
+		pthread_mutex_unlock(&c->lock);
+
+		uint64_t now = now_ms();
+		while (list) {
+			struct blob *b = list;
+			list = b->wnext;
+			if (blob_work(b, now, stopping) && !stopping)
+				requeue(b);
+			blob_put(b);
+		}
+		pthread_mutex_lock(&c->lock);
+	}
+	pthread_mutex_unlock(&c->lock);
+	return NULL;
+}

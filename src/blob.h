@@ -1,0 +1,129 @@
+/* blob.h - per-digest blob state, shared by every reader of the same digest. */
+#ifndef BLOBFS_BLOB_H
+#define BLOBFS_BLOB_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "digest.h"
+
+struct chunkmap;
+struct fetcher;
+struct remote;
+struct store;
+
+enum blob_state {
+	BLOB_IDLE,      /* not complete; nobody has asked for its bytes yet */
+	BLOB_BUSY,      /* another process holds the blob's lock and is fetching it */
+	BLOB_PARTIAL,   /* ours to fetch: partial file and chunk map open */
+	BLOB_COMPLETE,  /* verified, in blobs/ */
+	BLOB_FAILED,    /* verification failed or the fetch gave up; see err */
+};
+
+/*
+ * A parked read. The caller owns the memory; done() is called exactly once,
+ * from another thread and without blob locks held, with 0 (the range is
+ * readable now) or a negative errno.
+ */
+struct blob_waiter {
+	struct blob_waiter *prev, *next;   /* guarded by blob->lock */
+	uint64_t off, len;
+	uint32_t first, last;              /* chunks needed */
+	uint64_t deadline_ms;              /* monotonic; EIO when passed */
+	void (*done)(struct blob_waiter *w, int err);
+	int result;                        /* internal: what done() will get */
+};
+
+struct blob_opts {
+	uint64_t chunk_size;       /* 0: chosen per blob */
+	uint64_t read_timeout_ms;  /* a parked read fails with EIO after this */
+	uint64_t sync_interval_ms; /* how often the chunk map is made durable */
+};
+
+struct blob_stats {
+	enum blob_state state;
+	int err;
+	uint64_t size;
+	uint64_t present;     /* bytes local (complete or chunk present) */
+	uint64_t fetched;     /* bytes received from the network this process */
+	unsigned inflight;    /* chunks being fetched */
+	bool hashing;         /* complete but for the final check */
+};
+
+struct blobcache;
+
+struct blobcache *blobcache_new(struct store *s, struct fetcher *f,
+				const struct blob_opts *o);
+/* Stops the worker thread; every blob must have been put back. */
+void blobcache_free(struct blobcache *c);
+
+/* The blob for a digest, with a reference. size comes from the manifest. */
+struct blob *blob_get(struct blobcache *c, const struct digest *d, uint64_t size);
+struct blob *blob_ref(struct blob *b);
+void blob_put(struct blob *b);
+/* Where to fetch it from, if it must be fetched; the first remote set wins. */
+void blob_set_remote(struct blob *b, struct remote *r);
+
+/*
+ * Ask for bytes [off, off + len). Returns 1 when they are readable now from
+ * blob_fd(), 0 when w was parked (w->done() follows), or a negative errno.
+ * ra is how far past the read the caller expects to go (read-ahead hint).
+ */
+int blob_read(struct blob *b, uint64_t off, uint64_t len, uint64_t ra,
+	      struct blob_waiter *w);
+/* Give up on a parked read (the request was interrupted). done() is not called. */
+bool blob_cancel(struct blob *b, struct blob_waiter *w);
+/* The file to read present bytes from; valid while the blob is referenced. */
+int blob_fd(struct blob *b);
+/* Fetch the whole blob in the background; 0 or a negative errno. */
+int blob_fetch_all(struct blob *b);
+void blob_stats(struct blob *b, struct blob_stats *st);
+const struct digest *blob_digest(const struct blob *b);
+uint64_t blob_size(const struct blob *b);
+
+/* ---- used by the network thread (fetch.c) ---- */
+
+/* The file the network thread writes into (PARTIAL only). */
+int blob_wfd(struct blob *b);
+/* The remote to fetch from (referenced by the blob; NULL if none set). */
+struct remote *blob_remote(struct blob *b);
+/* Chunk geometry; immutable once the blob is PARTIAL. */
+const struct chunkmap *blob_geometry(struct blob *b);
+/* Is the blob ready for range requests (PARTIAL)? Activates it if needed. */
+int blob_activate(struct blob *b);
+/* Adopt chunk checksums (Ollama chunksums) if nothing is fetched yet; takes m. */
+void blob_adopt_chunks(struct blob *b, struct chunkmap *m);
+/* Does the blob want chunk checksums looked up (large, fresh, not decided)? */
+bool blob_wants_chunksums(struct blob *b);
+/* Chunk checksums were looked up (adopted or not); don't ask again. */
+void blob_chunksums_done(struct blob *b);
+
+enum blob_prio { PRIO_DEMAND, PRIO_READAHEAD, PRIO_BACKGROUND };
+
+/*
+ * Claim the next range to fetch: marks missing chunks in flight and returns
+ * [*start, *end). demand_only limits it to what readers wait for. Returns
+ * the priority of the work, or -1 when there is none.
+ */
+int blob_claim(struct blob *b, bool demand_only, uint64_t max_bytes,
+	       uint64_t *start, uint64_t *end);
+/*
+ * Chunks readers are blocked on that are already in flight, as offsets
+ * (at most max); the network thread may split a request to reach them sooner.
+ */
+int blob_blocked_offsets(struct blob *b, uint64_t *offs, int max);
+/* Bytes [from, to) of a request that began at job_start have been written. */
+void blob_written(struct blob *b, uint64_t job_start, uint64_t from, uint64_t to);
+/*
+ * A request ended before `end`: chunks in [from, end) go back to missing.
+ * With err (final failure), readers waiting on them get err and background
+ * fetching stops with err recorded.
+ */
+void blob_unclaim(struct blob *b, uint64_t from, uint64_t end, int err);
+/* A write to the partial file failed (disk full...): the blob fails with err. */
+void blob_fail(struct blob *b, int err, const char *why);
+/* Does the blob still have work for the network thread? */
+bool blob_has_work(struct blob *b);
+
+#endif

@@ -1,0 +1,30 @@
+/* cli.h - the commands; main.c parses options and calls these. */
+#ifndef BLOBFS_CLI_H
+#define BLOBFS_CLI_H
+
+#include <stdbool.h>
+
+#include "session.h"
+
+/* Exit statuses. */
+#define EXIT_OK 0
+#define EXIT_FAIL 1
+#define EXIT_USAGE 2
+#define EXIT_INTERRUPTED 130
+
+struct pull_args {
+	bool lazy;       /* the manifest only; blobs arrive on first read */
+	bool quiet;      /* no progress */
+};
+
+int cmd_pull(const struct session_opts *so, const struct pull_args *a,
+	     char *const *names, int n);
+int cmd_ls(const struct session_opts *so, char *const *names, int n);
+int cmd_rm(const struct session_opts *so, char *const *names, int n);
+int cmd_gc(const struct session_opts *so);
+int cmd_verify(const struct session_opts *so, char *const *names, int n);
+
+/* Report a failure on stderr as "blobfs: error: ..." */
+void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+#endif

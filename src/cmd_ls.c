@@ -1,0 +1,117 @@
+/*
+ * cmd_ls.c - `blobfs ls`: every tag in the store with its size and how much
+ * of it is local. Reads the store only: complete blobs count whole, partial
+ * ones by their durable chunk map.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "chunkmap.h"
+#include "cli.h"
+#include "manifest.h"
+#include "name.h"
+#include "store.h"
+#include "util.h"
+
+struct local_ctx {
+	const struct store *store;
+	uint64_t local;
+};
+
+static int add_local(const struct layer *l, void *arg)
+{
+	struct local_ctx *c = arg;
+	char *path = store_blob_path(c->store, &l->digest);
+	struct stat st;
+
+	if (stat(path, &st) == 0 && (uint64_t)st.st_size == l->size) {
+		c->local += l->size;
+	} else {
+		char *mpath = store_partial_path(c->store, &l->digest, ".map");
+		struct chunkmap *m;
+		if (chunkmap_load(mpath, &l->digest, l->size, &m) == 0) {
+			c->local += chunkmap_bytes(m);
+			chunkmap_free(m);
+		}
+		free(mpath);
+	}
+	free(path);
+	return 0;
+}
+
+static bool wanted(const struct model_name *tag, const struct model_name *want, int n)
+{
+	if (n == 0)
+		return true;
+	for (int i = 0; i < n; i++)
+		if (name_equal(tag, &want[i]))
+			return true;
+	return false;
+}
+
+int cmd_ls(const struct session_opts *so, char *const *names, int n)
+{
+	struct session *s;
+	struct store_tag *tags;
+	struct model_name *want = xcalloc(n + 1, sizeof(*want));
+	size_t ntags;
+	int ret = EXIT_OK;
+	char err[512];
+
+	for (int i = 0; i < n; i++) {
+		if (name_parse(names[i], &want[i], err, sizeof(err)) < 0) {
+			cli_error("%s", err);
+			free(want);
+			return EXIT_USAGE;
+		}
+	}
+	if (session_open(so, 0, &s) < 0) {
+		free(want);
+		return EXIT_FAIL;
+	}
+	store_list_tags(s->store, &tags, &ntags);
+	printf("%-48s %10s %6s\n", "NAME", "SIZE", "LOCAL");
+	for (size_t i = 0; i < ntags; i++) {
+		char name[NAME_FORMAT_MAX], size[16], *buf;
+		struct manifest *m;
+		size_t len;
+
+		if (!wanted(&tags[i].name, want, n))
+			continue;
+		name_format_short(&tags[i].name, name, sizeof(name));
+		if (read_file(tags[i].path, MANIFEST_MAX_BYTES, &buf, &len) < 0) {
+			printf("%-48s %10s %6s  (unreadable manifest)\n", name, "-", "-");
+			continue;
+		}
+		if (manifest_parse(buf, len, &m, err, sizeof(err)) < 0) {
+			printf("%-48s %10s %6s  (invalid manifest: %s)\n", name, "-", "-", err);
+			free(buf);
+			continue;
+		}
+		struct local_ctx c = { .store = s->store };
+		manifest_for_each_blob(m, add_local, &c);
+		format_size(m->total_size, size, sizeof(size));
+		printf("%-48s %10s %5u%%\n", name, size,
+		       m->total_size ? (unsigned)(c.local * 100 / m->total_size) : 100);
+		manifest_free(m);
+		free(buf);
+	}
+	for (int i = 0; i < n; i++) {
+		bool found = false;
+		for (size_t k = 0; k < ntags && !found; k++)
+			found = name_equal(&tags[k].name, &want[i]);
+		if (!found) {
+			cli_error("no model '%s' in the store", names[i]);
+			ret = EXIT_FAIL;
+		}
+	}
+	store_tags_free(tags, ntags);
+	session_close(s);
+	free(want);
+	return ret;
+}

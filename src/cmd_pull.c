@@ -1,0 +1,219 @@
+/*
+ * cmd_pull.c - `blobfs pull`: fetch a manifest, store it, then fetch every
+ * blob it names through the shared blob cache and network thread, showing
+ * progress until each blob is verified and committed (or fails).
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "blob.h"
+#include "cli.h"
+#include "log.h"
+#include "manifest.h"
+#include "name.h"
+#include "progress.h"
+#include "registry.h"
+#include "remote.h"
+#include "session.h"
+#include "store.h"
+#include "util.h"
+
+static volatile sig_atomic_t interrupted;
+
+static void on_signal(int sig)
+{
+	interrupted = sig;
+}
+
+void cli_error(const char *fmt, ...)
+{
+	char buf[1024];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(buf, sizeof(buf), fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "blobfs: error: %s\n", buf);
+}
+
+struct pull_item {
+	struct blob *blob;
+	const struct layer *layer;
+	int bar;
+};
+
+struct pull_ctx {
+	struct session *s;
+	struct remote *remote;
+	struct pull_item *items;
+	int n;
+	struct progress *prog;
+};
+
+static int add_item(const struct layer *l, void *arg)
+{
+	struct pull_ctx *c = arg;
+	struct pull_item *it;
+
+	c->items = xrealloc(c->items, (c->n + 1) * sizeof(*c->items));
+	it = &c->items[c->n++];
+	it->layer = l;
+	it->blob = blob_get(c->s->cache, &l->digest, l->size);
+	blob_set_remote(it->blob, c->remote);
+	return 0;
+}
+
+/* Wait for every blob; 0 when all are complete, else a negative errno. */
+static int wait_blobs(struct pull_ctx *c, const char *name)
+{
+	int ret = 0;
+
+	for (;;) {
+		bool all = true;
+		for (int i = 0; i < c->n; i++) {
+			struct blob_stats st;
+			enum progress_state ps = PROG_ACTIVE;
+			blob_stats(c->items[i].blob, &st);
+			if (st.state == BLOB_COMPLETE) {
+				ps = PROG_DONE;
+			} else if (st.state == BLOB_FAILED || st.err) {
+				ps = PROG_FAILED;
+				if (!ret) {
+					char d[DIGEST_STR_LEN];
+					digest_format(&c->items[i].layer->digest, d);
+					cli_error("cannot pull '%s': %s ('%s'): %s", name,
+						  c->items[i].layer->file, d, strerror(-st.err));
+					ret = st.err;
+				}
+			} else {
+				all = false;
+				if (st.state == BLOB_BUSY)
+					ps = PROG_WAITING;
+				else if (st.hashing)
+					ps = PROG_VERIFYING;
+			}
+			if (c->prog)
+				progress_set(c->prog, c->items[i].bar, st.present, ps);
+		}
+		if (c->prog)
+			progress_draw(c->prog, all || ret || interrupted);
+		if (all || ret)
+			return ret;
+		if (interrupted)
+			return -EINTR;
+		usleep(100 * 1000);
+	}
+}
+
+static int pull_one(struct session *s, const struct pull_args *a, const char *arg)
+{
+	struct pull_ctx c = { .s = s };
+	struct model_name n, stored;
+	struct manifest *m = NULL;
+	char err[512], full[NAME_FORMAT_MAX];
+	char *buf = NULL;
+	size_t len;
+	uint64_t t0 = now_ms(), fetched = 0;
+	int ret;
+
+	if (name_parse(arg, &n, err, sizeof(err)) < 0) {
+		cli_error("%s", err);
+		return -EINVAL;
+	}
+	name_format(&n, full, sizeof(full));
+	c.remote = remote_new(&n, s->opts.insecure);
+	if (!c.remote)
+		return -EINVAL;
+	ret = registry_fetch_manifest(s->fetcher, c.remote, n.tag, &buf, &len, &m, err, sizeof(err));
+	if (ret < 0) {
+		cli_error("cannot pull '%s': %s", full, err);
+		goto out;
+	}
+	stored = n;
+	if (store_find_tag(s->store, &n, &stored) < 0)
+		stored = n;
+	ret = store_write_manifest(s->store, &stored, buf, len);
+	if (ret < 0) {
+		cli_error("cannot pull '%s': cannot store its manifest: %s", full, strerror(-ret));
+		goto out;
+	}
+	manifest_for_each_blob(m, add_item, &c);
+	if (a->lazy) {
+		char size[16];
+		format_size(m->total_size, size, sizeof(size));
+		if (!a->quiet)
+			printf("pulled manifest of %s: %d blobs, %s, fetched when first read\n",
+			       full, c.n, size);
+		goto out;
+	}
+	if (!a->quiet) {
+		c.prog = progress_new(stderr, isatty(STDERR_FILENO));
+		for (int i = 0; i < c.n; i++)
+			c.items[i].bar = progress_add(c.prog, c.items[i].layer->file,
+						      c.items[i].layer->size);
+	}
+	for (int i = 0; i < c.n && ret == 0; i++) {
+		ret = blob_fetch_all(c.items[i].blob);
+		if (ret < 0)
+			cli_error("cannot pull '%s': %s: %s", full, c.items[i].layer->file,
+				  strerror(-ret));
+	}
+	if (ret == 0)
+		ret = wait_blobs(&c, full);
+	for (int i = 0; i < c.n; i++) {
+		struct blob_stats st;
+		blob_stats(c.items[i].blob, &st);
+		fetched += st.fetched;
+	}
+	if (ret == 0 && !a->quiet) {
+		char size[16], got[16], rate[16], took[16];
+		uint64_t ms = MAX(now_ms() - t0, 1);
+		format_size(m->total_size, size, sizeof(size));
+		format_size(fetched, got, sizeof(got));
+		format_size(fetched * 1000 / ms, rate, sizeof(rate));
+		snprintf(took, sizeof(took), "%.1fs", ms / 1000.0);
+		printf("pulled %s: %d blobs, %s (%s fetched) in %s, %s/s\n", full, c.n, size,
+		       got, took, rate);
+	}
+out:
+	for (int i = 0; i < c.n; i++)
+		blob_put(c.items[i].blob);
+	free(c.items);
+	progress_free(c.prog);
+	manifest_free(m);
+	free(buf);
+	remote_unref(c.remote);
+	return ret;
+}
+
+int cmd_pull(const struct session_opts *so, const struct pull_args *a,
+	     char *const *names, int n)
+{
+	struct session *s;
+	struct sigaction sa = { .sa_handler = on_signal };
+	int ret = 0;
+
+	if (session_open(so, SESSION_WRITE | SESSION_NET, &s) < 0)
+		return EXIT_FAIL;
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGINT, &sa, NULL);
+	sigaction(SIGTERM, &sa, NULL);
+	for (int i = 0; i < n && !interrupted; i++) {
+		int r = pull_one(s, a, names[i]);
+		if (r < 0 && !ret)
+			ret = r;
+	}
+	session_close(s);   /* makes the progress of an interrupted pull durable */
+	if (interrupted) {
+		fprintf(stderr, "blobfs: interrupted; 'blobfs pull' again resumes where it stopped\n");
+		return EXIT_INTERRUPTED;
+	}
+	return ret < 0 ? EXIT_FAIL : EXIT_OK;
+}

@@ -1,0 +1,71 @@
+/*
+ * cmd_rm.c - `blobfs rm` and `blobfs gc`: removing tags frees the blobs no
+ * other tag uses; gc sweeps what nothing references any more.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+#include "name.h"
+#include "store.h"
+#include "util.h"
+
+int cmd_rm(const struct session_opts *so, char *const *names, int n)
+{
+	struct session *s;
+	int ret = EXIT_OK;
+
+	if (session_open(so, SESSION_WRITE, &s) < 0)
+		return EXIT_FAIL;
+	for (int i = 0; i < n; i++) {
+		struct model_name name;
+		struct store_freed freed;
+		char err[512], full[NAME_FORMAT_MAX], size[16];
+
+		if (name_parse(names[i], &name, err, sizeof(err)) < 0) {
+			cli_error("%s", err);
+			ret = EXIT_FAIL;
+			continue;
+		}
+		name_format(&name, full, sizeof(full));
+		int r = store_remove_tag(s->store, &name, &freed);
+		if (r == -ENOENT) {
+			cli_error("no model '%s' in the store", full);
+			ret = EXIT_FAIL;
+			continue;
+		}
+		if (r < 0) {
+			cli_error("cannot remove '%s': %s", full, strerror(-r));
+			ret = EXIT_FAIL;
+			continue;
+		}
+		format_size(freed.bytes, size, sizeof(size));
+		printf("removed %s (%u blobs, %s freed)\n", full, freed.blobs + freed.partials, size);
+	}
+	session_close(s);
+	return ret;
+}
+
+int cmd_gc(const struct session_opts *so)
+{
+	struct session *s;
+	struct store_freed freed;
+	char size[16];
+	int r;
+
+	if (session_open(so, SESSION_WRITE, &s) < 0)
+		return EXIT_FAIL;
+	r = store_gc(s->store, &freed);
+	session_close(s);
+	if (r < 0) {
+		cli_error("cannot collect garbage: %s", strerror(-r));
+		return EXIT_FAIL;
+	}
+	format_size(freed.bytes, size, sizeof(size));
+	printf("removed %u unreferenced blobs and %u partial downloads, %s freed\n",
+	       freed.blobs, freed.partials, size);
+	return EXIT_OK;
+}

@@ -1,0 +1,1672 @@
+/*
+ * fetch.c - the network thread.
+ *
+ * One thread owns a curl multi handle and every easy handle; other threads
+ * only post work to its inbox and wake it with curl_multi_wakeup(). Blobs
+ * decide *what* is needed (blob_claim: readers first, then read-ahead, then
+ * background completion); this file decides *how*: which URL, which
+ * credentials, how many requests, and what to do when a response is wrong.
+ *
+ * Per blob, a `source` remembers where its bytes really come from. The first
+ * request goes to the registry; a redirect (a CDN) is remembered and reused by
+ * every later range, and forgotten when the CDN says the URL expired. Until
+ * the URL is resolved only one request is in flight, so a registry sees one
+ * blob GET per blob, not sixteen.
+ *
+ * A range request that fails keeps its chunks claimed and waits in the
+ * source's retry list with exponential backoff (Retry-After wins if longer);
+ * a request that made progress starts counting again. Requests are split so
+ * a blocked reader does not wait behind a long transfer, the last big range
+ * is split when connections fall idle, and a range far slower than its peers
+ * is restarted on a fresh connection.
+ *
+ * Authentication follows the registry's challenge: Bearer tokens from the
+ * realm it names (anonymous, or with the credentials for the registry host),
+ * cached per scope until they expire and refreshed once on a 401; Basic where
+ * asked. Credentials and tokens only ever go to the registry's own origin —
+ * redirects to a CDN are not followed by curl but by us, without them.
+ */
+#include "config.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "auth.h"
+#include "blob.h"
+#include "chunkmap.h"
+#include "fetch.h"
+#include "http.h"
+#include "log.h"
+#include "remote.h"
+#include "url.h"
+#include "util.h"
+
+#define MAX_REDIRECTS 8          /* redirects without a byte in between */
+#define MAX_RERESOLVES 8         /* expired CDN URLs in a row */
+#define SPLIT_GAP (1u << 20)     /* split a request when a reader waits this far ahead */
+#define STEAL_MIN (4u << 20)     /* only split idle-time tails bigger than twice this */
+#define SLOW_CHECK_MS 1000
+#define SLOW_MIN_AGE_MS 3000
+#define SLOW_RESTARTS_MAX 3
+#define TOKEN_MARGIN_MS 5000     /* refresh a token this long before it expires */
+#define HEADER_MAX 8192
+
+/* ---- structures; all owned by the network thread unless noted ---- */
+
+struct authent {                 /* auth for one (registry, scope) */
+	struct authent *next;
+	char *authority;
+	char *scope;
+	enum auth_scheme scheme;     /* AUTH_NONE until challenged */
+	struct auth_challenge ch;    /* the last Bearer challenge */
+	char *token;
+	uint64_t expires_ms;
+	bool pending;                /* a token request is in flight */
+	int err;                     /* the last token request failed with this */
+	char msg[512];
+	bool cred_loaded;
+	struct credentials cred;
+};
+
+struct hostinfo {
+	struct hostinfo *next;
+	char *authority;
+	bool no_chunksums;
+};
+
+struct retry {                   /* a claimed range waiting to be fetched again */
+	struct retry *next;
+	uint64_t origin, start, end; /* origin: where its first chunk begins */
+	unsigned attempt;
+	unsigned slow_restarts;
+	uint64_t due_ms;
+	bool fresh;                  /* use a new connection */
+	bool auth_retried;
+};
+
+struct source {                  /* a blob being fetched */
+	struct source *next;
+	struct blob *blob;           /* referenced */
+	struct remote *remote;       /* referenced */
+	char *start_url;             /* the registry's blob URL (or chunksums' Content-Location) */
+	char *direct;                /* where ranges go once resolved */
+	bool resolving;
+	unsigned redirects, reresolves;
+	bool no_ranges;
+	bool chunksums_pending;
+	bool chunksums_checked;
+	uint64_t pause_until;
+	unsigned jobs;
+	struct retry *retries;
+	bool dead;                   /* failed for good; drop when idle */
+};
+
+struct memreq {                  /* a small GET into memory */
+	struct memreq *next;
+	struct remote *remote;       /* NULL for a token request */
+	char *url;
+	char *accept;
+	size_t max;
+	void (*done)(struct http_result *res, void *arg);
+	void *arg;
+	unsigned attempt;
+	uint64_t due_ms;
+	bool auth_retried;
+	struct authent *token_for;   /* this is a token request for that entry */
+	struct credentials *basic;   /* send these (token requests) */
+};
+
+enum job_kind { JOB_RANGE, JOB_MEM };
+
+struct job {
+	struct job *next;
+	struct fetcher *f;
+	enum job_kind kind;
+	CURL *easy;
+	struct curl_slist *hdrs;
+	char *url;
+	bool to_registry;
+	char *token_sent;            /* the bearer token this request carried */
+	bool basic_sent;
+	/* response headers */
+	long status;
+	char *location, *bearer, *basic, *retry_after, *content_range;
+	char *content_type, *docker_digest, *content_location;
+	int64_t content_length;
+	bool checked;                /* the response was validated before its first byte */
+	/* JOB_RANGE */
+	struct source *src;
+	int wfd;
+	const struct chunkmap *geo;
+	uint64_t origin, start, pos, end, reported, next_boundary, skip;
+	uint64_t asked_end;          /* the end in the Range header (end may be cut later) */
+	unsigned attempt, slow_restarts;
+	bool auth_retried, cut, slow, bad, done_early;
+	int werr;
+	uint64_t started_ms, win_bytes;
+	/* JOB_MEM */
+	struct memreq *req;
+	char *body;
+	size_t len;
+	bool too_big;
+};
+
+struct kick {
+	struct kick *next;
+	struct blob *blob;           /* referenced */
+};
+
+struct fetcher {
+	struct net_opts o;
+	pthread_t thread;
+	CURLM *multi;
+
+	pthread_mutex_t lock;        /* guards inbox, newreqs, stop, stats */
+	struct kick *inbox;
+	struct memreq *newreqs;
+	bool stop;
+	struct fetch_stats stats;
+
+	/* network thread only */
+	struct source *sources;
+	struct job *jobs;
+	struct job *finished;        /* jobs taken off the multi early */
+	struct memreq *pending;      /* waiting for a token or a retry time */
+	struct authent *auth;
+	struct hostinfo *hosts;
+	unsigned nrange;
+	uint64_t last_slow_check;
+};
+
+void net_opts_defaults(struct net_opts *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->connections = 16;
+	o->demand_reserve = 4;
+	o->request_max = 32u << 20;
+	o->connect_timeout_s = 10;
+	o->stall_timeout_s = 20;
+	o->retry.max_attempts = 6;
+	o->retry.base_ms = 250;
+	o->retry.max_ms = 8000;
+	o->retry.retry_after_max_ms = 60000;
+	o->chunksums = true;
+	o->user_agent = PACKAGE_NAME "/" PACKAGE_VERSION;
+}
+
+static uint32_t rnd(void)
+{
+	uint32_t v;
+
+	if (getrandom(&v, sizeof(v), GRND_NONBLOCK) != sizeof(v))
+		v = (uint32_t)now_ms() * 2654435761u;
+	return v;
+}
+
+static void stat_add(struct fetcher *f, uint64_t *field, uint64_t n)
+{
+	__atomic_add_fetch(field, n, __ATOMIC_RELAXED);
+	(void)f;
+}
+
+void http_result_release(struct http_result *r)
+{
+	free(r->body);
+	free(r->content_type);
+	free(r->docker_digest);
+	free(r->content_location);
+	memset(r, 0, sizeof(*r));
+}
+
+/* ---- auth cache ---- */
+
+static struct authent *auth_get(struct fetcher *f, const struct remote *r)
+{
+	struct authent *a;
+
+	for (a = f->auth; a; a = a->next)
+		if (strcasecmp(a->authority, r->authority) == 0 && strcmp(a->scope, r->scope) == 0)
+			return a;
+	a = xcalloc(1, sizeof(*a));
+	a->authority = xstrdup(r->authority);
+	a->scope = xstrdup(r->scope);
+	a->next = f->auth;
+	f->auth = a;
+	return a;
+}
+
+/* Credentials for a registry: the credentials file, then ~/.netrc. */
+static struct credentials *auth_credentials(struct fetcher *f, struct authent *a)
+{
+	if (!a->cred_loaded) {
+		const char *home = getenv("HOME");
+		int ret = -ENOENT;
+		a->cred_loaded = true;
+		if (f->o.credentials) {
+			ret = netrc_lookup(f->o.credentials, a->authority, &a->cred);
+			if (ret < 0 && ret != -ENOENT)
+				log_warn("cannot read credentials file '%s': %s", f->o.credentials,
+					 ret == -EINVAL ? "bad syntax" : strerror(-ret));
+		}
+		if (ret < 0 && !f->o.no_netrc && home) {
+			char *netrc = xasprintf("%s/.netrc", home);
+			ret = netrc_lookup(netrc, a->authority, &a->cred);
+			if (ret < 0 && ret != -ENOENT)
+				log_warn("cannot read '%s': %s", netrc,
+					 ret == -EINVAL ? "bad syntax" : strerror(-ret));
+			free(netrc);
+		}
+	}
+	return a->cred.user ? &a->cred : NULL;
+}
+
+static bool token_valid(const struct authent *a, uint64_t now)
+{
+	return a->token && now + TOKEN_MARGIN_MS < a->expires_ms;
+}
+
+static void start_token_request(struct fetcher *f, struct authent *a);
+
+/*
+ * Can a request to this registry go now? 1: yes (credentials, if any, are
+ * known); 0: wait for a token; negative: auth failed for good.
+ */
+static int auth_ready(struct fetcher *f, struct authent *a, uint64_t now)
+{
+	if (a->pending)
+		return 0;
+	if (a->err)
+		return a->err;
+	if (a->scheme == AUTH_BEARER && !token_valid(a, now)) {
+		start_token_request(f, a);
+		return a->pending ? 0 : a->err ? a->err : 0;
+	}
+	return 1;
+}
+
+static void auth_apply(struct fetcher *f, struct job *j, struct authent *a)
+{
+	if (a->scheme == AUTH_BEARER && a->token) {
+		curl_easy_setopt(j->easy, CURLOPT_HTTPAUTH, CURLAUTH_BEARER);
+		curl_easy_setopt(j->easy, CURLOPT_XOAUTH2_BEARER, a->token);
+		j->token_sent = xstrdup(a->token);
+	} else if (a->scheme == AUTH_BASIC) {
+		struct credentials *c = auth_credentials(f, a);
+		if (c) {
+			curl_easy_setopt(j->easy, CURLOPT_HTTPAUTH, CURLAUTH_BASIC);
+			curl_easy_setopt(j->easy, CURLOPT_USERNAME, c->user);
+			curl_easy_setopt(j->easy, CURLOPT_PASSWORD, c->password);
+			j->basic_sent = true;
+		}
+	}
+}
+
+/*
+ * A 401 from the registry: learn the challenge. Returns 0 when the request
+ * should be retried (a token is coming, or Basic credentials will be sent),
+ * or a negative errno with a message when it cannot succeed.
+ */
+static int auth_challenged(struct fetcher *f, struct authent *a, struct job *j,
+			   bool already_retried, char *msg, size_t msglen)
+{
+	struct auth_challenge ch;
+	const char *hdr = j->bearer ? j->bearer : j->basic;
+
+	if (!hdr || auth_parse_challenge(hdr, strlen(hdr), &ch) < 0) {
+		snprintf(msg, msglen, "registry '%s' refused access (401) without a usable challenge",
+			 a->authority);
+		return -EACCES;
+	}
+	if (ch.scheme == AUTH_BASIC) {
+		auth_challenge_release(&ch);
+		if (!auth_credentials(f, a)) {
+			snprintf(msg, msglen, "registry '%s' requires a login; add it to the "
+				 "credentials file or ~/.netrc", a->authority);
+			return -EACCES;
+		}
+		if (j->basic_sent) {
+			snprintf(msg, msglen, "registry '%s' refused the credentials for it",
+				 a->authority);
+			return -EACCES;
+		}
+		a->scheme = AUTH_BASIC;
+		return 0;
+	}
+	/* Bearer: a request that carried the current token gets one refresh. */
+	if (j->token_sent && a->token && strcmp(j->token_sent, a->token) == 0) {
+		if (already_retried) {
+			auth_challenge_release(&ch);
+			snprintf(msg, msglen, "registry '%s' refused a fresh token for '%s'",
+				 a->authority, a->scope);
+			return -EACCES;
+		}
+		free(a->token);
+		a->token = NULL;
+	}
+	auth_challenge_release(&a->ch);
+	a->ch = ch;
+	a->scheme = AUTH_BEARER;
+	a->err = 0;
+	if (!token_valid(a, now_ms()))
+		start_token_request(f, a);
+	return 0;
+}
+
+/* ---- jobs: curl callbacks ---- */
+
+static void set_str(char **slot, const char *v, size_t len)
+{
+	free(*slot);
+	*slot = xstrndup(v, len);
+}
+
+static size_t on_header(char *line, size_t size, size_t n, void *arg)
+{
+	struct job *j = arg;
+	size_t len = size * n;
+	const char *v;
+	size_t vl;
+
+	if (len >= 5 && strncmp(line, "HTTP/", 5) == 0) {
+		/* A new response (after a followed redirect): forget the last one's headers. */
+		const char *sp = memchr(line, ' ', len);
+		j->status = sp ? strtol(sp + 1, NULL, 10) : 0;
+		free(j->location); free(j->bearer); free(j->basic); free(j->retry_after);
+		free(j->content_range); free(j->content_type); free(j->docker_digest);
+		free(j->content_location);
+		j->location = j->bearer = j->basic = j->retry_after = j->content_range = NULL;
+		j->content_type = j->docker_digest = j->content_location = NULL;
+		j->content_length = -1;
+		return len;
+	}
+	if (len > HEADER_MAX)
+		return len;
+	if (http_header_value(line, len, "Location", &v, &vl))
+		set_str(&j->location, v, vl);
+	else if (http_header_value(line, len, "WWW-Authenticate", &v, &vl)) {
+		if (vl >= 6 && strncasecmp(v, "Bearer", 6) == 0)
+			set_str(&j->bearer, v, vl);
+		else if (vl >= 5 && strncasecmp(v, "Basic", 5) == 0)
+			set_str(&j->basic, v, vl);
+	} else if (http_header_value(line, len, "Retry-After", &v, &vl))
+		set_str(&j->retry_after, v, vl);
+	else if (http_header_value(line, len, "Content-Range", &v, &vl))
+		set_str(&j->content_range, v, vl);
+	else if (http_header_value(line, len, "Content-Type", &v, &vl))
+		set_str(&j->content_type, v, vl);
+	else if (http_header_value(line, len, "Docker-Content-Digest", &v, &vl))
+		set_str(&j->docker_digest, v, vl);
+	else if (http_header_value(line, len, "Content-Location", &v, &vl))
+		set_str(&j->content_location, v, vl);
+	else if (http_header_value(line, len, "Content-Length", &v, &vl)) {
+		uint64_t cl;
+		j->content_length = parse_u64(v, vl, &cl) ? (int64_t)cl : -1;
+	}
+	return len;
+}
+
+static size_t on_mem_data(char *data, size_t size, size_t n, void *arg)
+{
+	struct job *j = arg;
+	size_t len = size * n;
+
+	if (j->len + len > j->req->max) {
+		j->too_big = true;
+		return 0;
+	}
+	j->body = xrealloc(j->body, j->len + len + 1);
+	memcpy(j->body + j->len, data, len);
+	j->len += len;
+	j->body[j->len] = '\0';
+	return len;
+}
+
+/*
+ * Check a range response before writing a byte of it: a 206 must carry the
+ * Content-Range asked for; a 200 is the whole blob from offset 0 (the server
+ * ignores ranges) and is skipped up to where we want to start.
+ */
+static bool check_range_response(struct job *j)
+{
+	uint64_t first, last, total, size = blob_size(j->src->blob);
+
+	if (j->status == 206) {
+		if (!j->content_range ||
+		    http_parse_content_range(j->content_range, strlen(j->content_range),
+					     &first, &last, &total) < 0) {
+			log_warn("'%s': a 206 response without a valid Content-Range",
+				 url_redact(j->url));
+			return false;
+		}
+		if (first != j->start || last >= j->asked_end ||
+		    (total != HTTP_TOTAL_UNKNOWN && total != size)) {
+			log_warn("the server answered bytes %llu-%llu/%llu to a request for %llu-%llu",
+				 (unsigned long long)first, (unsigned long long)last,
+				 (unsigned long long)total, (unsigned long long)j->start,
+				 (unsigned long long)j->asked_end - 1);
+			return false;
+		}
+		if (last + 1 < j->end) {
+			j->end = last + 1;    /* a shorter range is allowed; the rest is refetched */
+			j->cut = true;
+		}
+		return true;
+	}
+	if (j->status == 200) {
+		if (j->content_length >= 0 && (uint64_t)j->content_length != size) {
+			log_warn("the server sent %lld bytes for a blob of %llu",
+				 (long long)j->content_length, (unsigned long long)size);
+			return false;
+		}
+		if (!j->src->no_ranges)
+			log_info("the server for '%s' ignores ranges; fetching it whole, in order",
+				 url_redact(j->url));
+		j->src->no_ranges = true;
+		j->skip = j->pos;
+		return true;
+	}
+	return true; /* an error body: read and dropped */
+}
+
+static void report_progress(struct job *j)
+{
+	if (j->pos > j->reported) {
+		blob_written(j->src->blob, j->origin, j->reported, j->pos);
+		j->reported = j->pos;
+	}
+	if (j->pos < blob_size(j->src->blob))
+		j->next_boundary = chunkmap_end(j->geo, chunkmap_index(j->geo, j->pos));
+}
+
+static size_t on_range_data(char *data, size_t size, size_t n, void *arg)
+{
+	struct job *j = arg;
+	size_t len = size * n, take;
+	int ret;
+
+	if (!j->checked) {
+		j->checked = true;
+		if (!check_range_response(j)) {
+			j->bad = true;
+			return 0;
+		}
+	}
+	if (j->status != 206 && j->status != 200)
+		return len;
+	if (j->skip) {
+		size_t k = MIN((uint64_t)len, j->skip);
+		j->skip -= k;
+		data += k;
+		len -= k;
+		if (!len)
+			return size * n;
+	}
+	take = MIN((uint64_t)len, j->end - j->pos);
+	if (take) {
+		ret = pwrite_all(j->wfd, data, take, (off_t)j->pos);
+		if (ret < 0) {
+			j->werr = ret;
+			return 0;
+		}
+		j->pos += take;
+		j->win_bytes += take;
+		stat_add(j->f, &j->f->stats.bytes, take);
+		if (j->pos >= j->next_boundary || j->pos == j->end)
+			report_progress(j);
+	}
+	if (j->pos == j->end && take < len) {
+		/* Past what we asked for: a cut request, a whole-blob 200, or a server sending extra. */
+		if (!j->cut && j->status == 206)
+			log_debug("'%s': the server sent more than the range asked for",
+				  url_redact(j->url));
+		j->done_early = true;
+		return 0;
+	}
+	return size * n;
+}
+
+/* ---- jobs: lifecycle ---- */
+
+static CURL *new_easy(struct fetcher *f, struct job *j, const char *url)
+{
+	CURL *e = curl_easy_init();
+
+	if (!e) {
+		log_error("cannot create a curl handle");
+		abort();
+	}
+	curl_easy_setopt(e, CURLOPT_URL, url);
+	curl_easy_setopt(e, CURLOPT_PRIVATE, j);
+	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+	curl_easy_setopt(e, CURLOPT_HEADERDATA, j);
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, (long)f->o.connect_timeout_s);
+	curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+	curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)f->o.stall_timeout_s);
+	curl_easy_setopt(e, CURLOPT_USERAGENT, f->o.user_agent);
+	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+	curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 256L * 1024);
+	if (f->o.cacert)
+		curl_easy_setopt(e, CURLOPT_CAINFO, f->o.cacert);
+	j->url = xstrdup(url);
+	j->content_length = -1;
+	return e;
+}
+
+static void job_free(struct job *j)
+{
+	if (j->easy)
+		curl_easy_cleanup(j->easy);
+	curl_slist_free_all(j->hdrs);
+	free(j->url);
+	free(j->token_sent);
+	free(j->location); free(j->bearer); free(j->basic); free(j->retry_after);
+	free(j->content_range); free(j->content_type); free(j->docker_digest);
+	free(j->content_location);
+	free(j->body);
+	free(j);
+}
+
+static void job_add(struct fetcher *f, struct job *j)
+{
+	j->next = f->jobs;
+	f->jobs = j;
+	j->started_ms = now_ms();
+	curl_multi_add_handle(f->multi, j->easy);
+	stat_add(f, &f->stats.requests, 1);
+}
+
+static void job_remove(struct fetcher *f, struct job *j)
+{
+	struct job **pp;
+
+	for (pp = &f->jobs; *pp && *pp != j; pp = &(*pp)->next)
+		;
+	if (*pp)
+		*pp = j->next;
+	curl_multi_remove_handle(f->multi, j->easy);
+}
+
+/* ---- small GETs ---- */
+
+static void memreq_free(struct memreq *r)
+{
+	remote_unref(r->remote);
+	free(r->url);
+	free(r->accept);
+	free(r);
+}
+
+static void memreq_complete(struct memreq *r, struct http_result *res)
+{
+	r->done(res, r->arg);
+	memreq_free(r);
+}
+
+static void memreq_fail(struct memreq *r, int err, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static void memreq_fail(struct memreq *r, int err, const char *fmt, ...)
+{
+	struct http_result res = { .err = err };
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(res.msg, sizeof(res.msg), fmt, ap);
+	va_end(ap);
+	memreq_complete(r, &res);
+}
+
+static void start_mem(struct fetcher *f, struct memreq *r)
+{
+	struct job *j = xcalloc(1, sizeof(*j));
+
+	j->f = f;
+	j->kind = JOB_MEM;
+	j->req = r;
+	j->easy = new_easy(f, j, r->url);
+	curl_easy_setopt(j->easy, CURLOPT_WRITEFUNCTION, on_mem_data);
+	curl_easy_setopt(j->easy, CURLOPT_WRITEDATA, j);
+	curl_easy_setopt(j->easy, CURLOPT_FOLLOWLOCATION, 1L);
+	curl_easy_setopt(j->easy, CURLOPT_MAXREDIRS, 5L);
+	curl_easy_setopt(j->easy, CURLOPT_ACCEPT_ENCODING, "");
+	if (r->accept) {
+		char *h = xasprintf("Accept: %s", r->accept);
+		j->hdrs = curl_slist_append(j->hdrs, h);
+		free(h);
+		curl_easy_setopt(j->easy, CURLOPT_HTTPHEADER, j->hdrs);
+	}
+	if (r->basic) {
+		curl_easy_setopt(j->easy, CURLOPT_HTTPAUTH, CURLAUTH_BASIC);
+		curl_easy_setopt(j->easy, CURLOPT_USERNAME, r->basic->user);
+		curl_easy_setopt(j->easy, CURLOPT_PASSWORD, r->basic->password);
+		j->basic_sent = true;
+	}
+	if (r->remote) {
+		j->to_registry = true;
+		auth_apply(f, j, auth_get(f, r->remote));
+	}
+	log_debug("GET %s", url_redact(r->url));
+	job_add(f, j);
+}
+
+/* Start a request, or park it until its token arrives or its retry is due. */
+static void submit_mem(struct fetcher *f, struct memreq *r)
+{
+	uint64_t now = now_ms();
+
+	if (r->due_ms <= now && r->remote) {
+		int ready = auth_ready(f, auth_get(f, r->remote), now);
+		if (ready < 0) {
+			struct authent *a = auth_get(f, r->remote);
+			memreq_fail(r, ready, "%s", a->msg);
+			return;
+		}
+		if (ready > 0) {
+			start_mem(f, r);
+			return;
+		}
+	} else if (r->due_ms <= now) {
+		start_mem(f, r);
+		return;
+	}
+	r->next = f->pending;
+	f->pending = r;
+}
+
+static void token_done(struct http_result *res, void *arg);
+
+static void start_token_request(struct fetcher *f, struct authent *a)
+{
+	struct memreq *r;
+	char *url, *u2;
+
+	if (a->pending)
+		return;
+	url = a->ch.service ? url_add_query(a->ch.realm, "service", a->ch.service)
+			    : xstrdup(a->ch.realm);
+	u2 = url && a->ch.scope ? url_add_query(url, "scope", a->ch.scope)
+			       : url && a->scope ? url_add_query(url, "scope", a->scope) : NULL;
+	free(url);
+	if (!u2) {
+		a->err = -EACCES;
+		snprintf(a->msg, sizeof(a->msg), "registry '%s' named an invalid token realm",
+			 a->authority);
+		return;
+	}
+	r = xcalloc(1, sizeof(*r));
+	r->url = u2;
+	r->max = 1u << 20;
+	r->done = token_done;
+	r->arg = a;
+	r->token_for = a;
+	r->basic = auth_credentials(f, a);
+	a->pending = true;
+	a->err = 0;
+	start_mem(f, r);
+}
+
+static void token_done(struct http_result *res, void *arg)
+{
+	struct authent *a = arg;
+	uint64_t ttl;
+	char *token;
+
+	a->pending = false;
+	if (res->err == 0 && auth_parse_token(res->body, res->len, &token, &ttl) == 0) {
+		free(a->token);
+		a->token = token;
+		a->expires_ms = now_ms() + ttl * 1000;
+		a->err = 0;
+		log_debug("got a token for '%s' on '%s', valid %llus", a->scope, a->authority,
+			  (unsigned long long)ttl);
+		http_result_release(res);
+		return;
+	}
+	a->err = -EACCES;
+	if (res->status == 401 || res->status == 403)
+		snprintf(a->msg, sizeof(a->msg), a->cred.user
+			 ? "registry '%s' refused the credentials for it"
+			 : "registry '%s' requires a login; add it to the credentials file or ~/.netrc",
+			 a->authority);
+	else if (res->err)
+		snprintf(a->msg, sizeof(a->msg), "cannot get a token for '%s': %s",
+			 a->authority, res->msg[0] ? res->msg : strerror(-res->err));
+	else
+		snprintf(a->msg, sizeof(a->msg), "the token server for '%s' sent an invalid answer",
+			 a->authority);
+	log_error("%s", a->msg);
+	http_result_release(res);
+}
+
+/* A finished small GET: retry, re-authenticate, or answer. */
+static void finish_mem(struct fetcher *f, struct job *j, CURLcode res)
+{
+	struct memreq *r = j->req;
+	struct http_result out = { 0 };
+	char msg[256];
+
+	j->req = NULL;
+	if (res == CURLE_OK && j->status == 401 && r->remote) {
+		struct authent *a = auth_get(f, r->remote);
+		int ret = auth_challenged(f, a, j, r->auth_retried, msg, sizeof(msg));
+		if (ret < 0) {
+			memreq_fail(r, ret, "%s", msg);
+			return;
+		}
+		r->auth_retried = j->token_sent != NULL || j->basic_sent;
+		submit_mem(f, r);
+		return;
+	}
+	bool transient = (res != CURLE_OK && res != CURLE_WRITE_ERROR &&
+			  res != CURLE_PEER_FAILED_VERIFICATION && res != CURLE_SSL_CACERT_BADFILE &&
+			  res != CURLE_UNSUPPORTED_PROTOCOL && res != CURLE_URL_MALFORMAT &&
+			  res != CURLE_TOO_MANY_REDIRECTS) ||
+			 (res == CURLE_OK && http_status_retryable(j->status));
+	if (transient && ++r->attempt < f->o.retry.max_attempts) {
+		uint64_t delay = retry_delay_ms(&f->o.retry, r->attempt, rnd()), ra;
+		if (j->retry_after && http_parse_retry_after(j->retry_after, time(NULL), &ra) == 0)
+			delay = MAX(delay, MIN(ra, f->o.retry.retry_after_max_ms));
+		log_debug("retrying %s in %llums", url_redact(r->url), (unsigned long long)delay);
+		r->due_ms = now_ms() + delay;
+		stat_add(f, &f->stats.retries, 1);
+		submit_mem(f, r);
+		return;
+	}
+	char *where = url_redact(r->url);
+	if (res == CURLE_WRITE_ERROR && j->too_big) {
+		out.err = -EMSGSIZE;
+		snprintf(out.msg, sizeof(out.msg), "'%s' sent more than %zu bytes", where, r->max);
+	} else if (res != CURLE_OK) {
+		out.err = res == CURLE_PEER_FAILED_VERIFICATION ? -EACCES : -EIO;
+		snprintf(out.msg, sizeof(out.msg), "cannot get '%s': %s%s", where,
+			 curl_easy_strerror(res),
+			 res == CURLE_PEER_FAILED_VERIFICATION
+			 ? " (is the CA known? see --cacert)" : "");
+	} else {
+		out.status = j->status;
+		if (j->status < 200 || j->status > 299) {
+			out.err = -http_status_errno(j->status);
+			snprintf(out.msg, sizeof(out.msg), "'%s' answered HTTP %ld", where, j->status);
+		}
+	}
+	free(where);
+	out.body = j->body;
+	out.len = j->len;
+	j->body = NULL;
+	out.content_type = j->content_type;
+	out.docker_digest = j->docker_digest;
+	out.content_location = j->content_location;
+	j->content_type = j->docker_digest = j->content_location = NULL;
+	memreq_complete(r, &out);
+}
+
+/* ---- range requests ---- */
+
+static struct retry *retry_new(uint64_t origin, uint64_t start, uint64_t end)
+{
+	struct retry *r = xcalloc(1, sizeof(*r));
+
+	r->origin = origin;
+	r->start = start;
+	r->end = end;
+	return r;
+}
+
+/* Queue a claimed range for another attempt; demand-split ranges go first. */
+static void queue_retry(struct source *s, struct retry *r, bool front)
+{
+	struct retry **pp = &s->retries;
+
+	if (!front)
+		while (*pp)
+			pp = &(*pp)->next;
+	r->next = *pp;
+	*pp = r;
+}
+
+/* Give a claimed range up for good (or, with err 0, just unclaim it). */
+static void drop_range(struct source *s, uint64_t start, uint64_t end, int err)
+{
+	blob_unclaim(s->blob, start, end, err);
+	if (err)
+		s->dead = s->dead || !blob_has_work(s->blob);
+}
+
+static void start_range(struct fetcher *f, struct source *s, struct retry *r)
+{
+	struct job *j = xcalloc(1, sizeof(*j));
+	struct blob *b = s->blob;
+	const char *url = s->direct ? s->direct : s->start_url;
+	char range[64];
+
+	j->f = f;
+	j->kind = JOB_RANGE;
+	j->src = s;
+	j->wfd = blob_wfd(b);
+	j->geo = blob_geometry(b);
+	j->origin = r->origin;
+	j->start = j->pos = j->reported = r->start;
+	j->end = j->asked_end = r->end;
+	j->attempt = r->attempt;
+	j->slow_restarts = r->slow_restarts;
+	j->auth_retried = r->auth_retried;
+	j->next_boundary = chunkmap_end(j->geo, chunkmap_index(j->geo, j->pos));
+	j->easy = new_easy(f, j, url);
+	curl_easy_setopt(j->easy, CURLOPT_WRITEFUNCTION, on_range_data);
+	curl_easy_setopt(j->easy, CURLOPT_WRITEDATA, j);
+	snprintf(range, sizeof(range), "%llu-%llu", (unsigned long long)r->start,
+		 (unsigned long long)r->end - 1);
+	curl_easy_setopt(j->easy, CURLOPT_RANGE, range);
+	if (r->fresh)
+		curl_easy_setopt(j->easy, CURLOPT_FRESH_CONNECT, 1L);
+	j->to_registry = url_same_origin(url, s->remote->base);
+	if (j->to_registry)
+		auth_apply(f, j, auth_get(f, s->remote));
+	if (!s->direct)
+		s->resolving = true;
+	s->jobs++;
+	f->nrange++;
+	free(r);
+	log_debug("GET %s bytes %s", s->direct ? "(direct)" : "(registry)", range);
+	job_add(f, j);
+}
+
+static void chunksums_done(struct http_result *res, void *arg);
+
+struct cs_req {
+	struct fetcher *f;
+	struct source *s;
+	char *url;
+};
+
+/* Ask the registry for chunk checksums once per large fresh blob and host. */
+static bool want_chunksums(struct fetcher *f, struct source *s)
+{
+	struct hostinfo *h;
+
+	if (s->chunksums_checked)
+		return false;
+	if (!f->o.chunksums || !blob_wants_chunksums(s->blob)) {
+		s->chunksums_checked = true;
+		blob_chunksums_done(s->blob);
+		return false;
+	}
+	for (h = f->hosts; h; h = h->next) {
+		if (strcasecmp(h->authority, s->remote->authority) == 0 && h->no_chunksums) {
+			s->chunksums_checked = true;
+			blob_chunksums_done(s->blob);
+			return false;
+		}
+	}
+	return true;
+}
+
+static void request_chunksums(struct fetcher *f, struct source *s)
+{
+	struct memreq *r = xcalloc(1, sizeof(*r));
+	struct cs_req *c = xcalloc(1, sizeof(*c));
+
+	c->f = f;
+	c->s = s;
+	r->remote = remote_ref(s->remote);
+	r->url = remote_chunksums_url(s->remote, blob_digest(s->blob));
+	c->url = xstrdup(r->url);
+	r->max = 64u << 20;
+	r->done = chunksums_done;
+	r->arg = c;
+	s->chunksums_pending = true;
+	s->chunksums_checked = true;
+	submit_mem(f, r);
+}
+
+static void chunksums_done(struct http_result *res, void *arg)
+{
+	struct cs_req *c = arg;
+	struct source *s = c->s;
+	char err[160];
+
+	s->chunksums_pending = false;
+	if (res->err == 0 && res->status == 200) {
+		struct chunkmap *m = chunkmap_from_chunksums(res->body, res->len,
+							      blob_size(s->blob), err, sizeof(err));
+		if (m) {
+			blob_adopt_chunks(s->blob, m);
+			if (res->content_location) {
+				char *u = url_resolve(c->url, res->content_location);
+				if (u) {
+					free(s->start_url);
+					s->start_url = u;
+				}
+			}
+		} else {
+			log_warn("ignoring the registry's chunk checksums: %s", err);
+		}
+	} else if (res->status == 404 || res->status == 405 || res->status == 400) {
+		struct hostinfo *h = xcalloc(1, sizeof(*h));
+		h->authority = xstrdup(s->remote->authority);
+		h->no_chunksums = true;
+		h->next = c->f->hosts;
+		c->f->hosts = h;
+	}
+	blob_chunksums_done(s->blob);
+	http_result_release(res);
+	free(c->url);
+	free(c);
+}
+
+static struct source *source_find(struct fetcher *f, struct blob *b)
+{
+	for (struct source *s = f->sources; s; s = s->next)
+		if (s->blob == b)
+			return s;
+	return NULL;
+}
+
+/* Take a kicked blob on (the kick's reference becomes the source's). */
+static void source_add(struct fetcher *f, struct blob *b)
+{
+	struct source *s = source_find(f, b);
+	struct remote *r;
+	int ret;
+
+	if (s) {
+		s->dead = false;
+		blob_put(b);
+		return;
+	}
+	r = blob_remote(b);
+	ret = blob_activate(b);
+	if (ret < 0 && ret != -EBUSY) {
+		blob_fail(b, ret, strerror(-ret));
+		blob_put(b);
+		return;
+	}
+	if (!r) {
+		char d[DIGEST_STR_LEN];
+		digest_format(blob_digest(b), d);
+		blob_fail(b, -ENOENT, "no registry is known for it");
+		blob_put(b);
+		return;
+	}
+	s = xcalloc(1, sizeof(*s));
+	s->blob = b;
+	s->remote = remote_ref(r);
+	s->start_url = remote_blob_url(r, blob_digest(b));
+	s->next = f->sources;
+	f->sources = s;
+}
+
+static void source_free(struct fetcher *f, struct source *s)
+{
+	while (s->retries) {
+		struct retry *r = s->retries;
+		s->retries = r->next;
+		blob_unclaim(s->blob, r->start, r->end, 0);
+		free(r);
+	}
+	blob_put(s->blob);
+	remote_unref(s->remote);
+	free(s->start_url);
+	free(s->direct);
+	free(s);
+	(void)f;
+}
+
+/*
+ * Classify a failed attempt of a range request and act: another attempt
+ * (after a backoff), re-resolution of an expired CDN URL, authentication,
+ * or a final error for the readers waiting on it.
+ */
+static void range_failed(struct fetcher *f, struct job *j, CURLcode res)
+{
+	struct source *s = j->src;
+	struct retry *r;
+	bool progress = j->pos > j->start;
+	uint64_t now = now_ms(), delay = 0, ra;
+	char *where = url_redact(j->url);
+	int err = 0;
+	char msg[256] = "";
+
+	r = retry_new(j->origin, j->pos, j->end);
+	r->attempt = progress ? 0 : j->attempt;
+	r->slow_restarts = j->slow_restarts;
+	r->auth_retried = j->auth_retried;
+
+	if (j->werr) {
+		err = j->werr;
+		snprintf(msg, sizeof(msg), "cannot write to the store: %s", strerror(-err));
+		goto final;
+	}
+	if (j->slow) {
+		r->fresh = true;
+		r->slow_restarts++;
+		log_info("restarting a slow range of '%s' on a new connection", where);
+		queue_retry(s, r, true);
+		goto out;
+	}
+	if (res == CURLE_OK && j->status >= 300 && j->status < 400 && j->location) {
+		char *u = url_resolve(j->url, j->location);
+		if (!u || ++s->redirects > MAX_REDIRECTS) {
+			free(u);
+			err = -EIO;
+			snprintf(msg, sizeof(msg), "too many redirects for '%s'", where);
+			goto final;
+		}
+		free(s->direct);
+		s->direct = u;
+		queue_retry(s, r, true);
+		goto out;
+	}
+	if (res == CURLE_OK && j->status == 401 && j->to_registry) {
+		struct authent *a = auth_get(f, s->remote);
+		err = auth_challenged(f, a, j, j->auth_retried, msg, sizeof(msg));
+		if (err < 0)
+			goto final;
+		r->auth_retried = j->token_sent != NULL || j->basic_sent;
+		queue_retry(s, r, true);
+		goto out;
+	}
+	if (res == CURLE_OK && !j->to_registry &&
+	    (j->status == 403 || j->status == 404 || j->status == 410)) {
+		/* The CDN URL expired: ask the registry again. */
+		if (++s->reresolves > MAX_RERESOLVES) {
+			err = -EIO;
+			snprintf(msg, sizeof(msg), "'%s' keeps answering %ld", where, j->status);
+			goto final;
+		}
+		log_debug("'%s' answered %ld: resolving the blob URL again", where, j->status);
+		free(s->direct);
+		s->direct = NULL;
+		queue_retry(s, r, true);
+		goto out;
+	}
+	if (res == CURLE_OK && j->status >= 400 && !http_status_retryable(j->status)) {
+		err = -http_status_errno(j->status);
+		snprintf(msg, sizeof(msg), "'%s' answered HTTP %ld%s", where, j->status,
+			 j->status == 416 ? " (the blob is smaller than its manifest says)" : "");
+		goto final;
+	}
+	if (res == CURLE_PEER_FAILED_VERIFICATION || res == CURLE_SSL_CACERT_BADFILE) {
+		err = -EACCES;
+		snprintf(msg, sizeof(msg), "cannot verify the TLS certificate of '%s': %s "
+			 "(is the CA known? see --cacert)", where, curl_easy_strerror(res));
+		goto final;
+	}
+	/* Transient: 5xx, 429, a reset, a stall, a short or malformed response. */
+	r->attempt++;
+	stat_add(f, &f->stats.errors, 1);
+	if (r->attempt > f->o.retry.max_attempts) {
+		err = -EIO;
+		if (res != CURLE_OK && !j->bad)
+			snprintf(msg, sizeof(msg), "'%s': %s (gave up after %u attempts)", where,
+				 curl_easy_strerror(res), r->attempt - 1);
+		else
+			snprintf(msg, sizeof(msg), "'%s': %s (gave up after %u attempts)", where,
+				 j->bad ? "invalid responses" : "server errors", r->attempt - 1);
+		goto final;
+	}
+	delay = retry_delay_ms(&f->o.retry, r->attempt, rnd());
+	if (j->retry_after && http_parse_retry_after(j->retry_after, time(NULL), &ra) == 0) {
+		ra = MIN(ra, f->o.retry.retry_after_max_ms);
+		delay = MAX(delay, ra);
+		s->pause_until = MAX(s->pause_until, now + ra);
+	}
+	r->due_ms = now + delay;
+	r->fresh = res != CURLE_OK;
+	stat_add(f, &f->stats.retries, 1);
+	log_debug("range %llu-%llu of '%s' failed (%s, HTTP %ld); attempt %u in %llums",
+		  (unsigned long long)j->pos, (unsigned long long)j->end - 1, where,
+		  res != CURLE_OK ? curl_easy_strerror(res) : j->bad ? "bad response" : "status",
+		  j->status, r->attempt, (unsigned long long)delay);
+	queue_retry(s, r, false);
+	goto out;
+final:
+	free(r);
+	if (err == -ENOSPC || err == -EDQUOT || err == -EROFS || err == -EIO) {
+		if (j->werr)
+			blob_fail(s->blob, err, msg);
+	}
+	if (!j->werr)
+		log_error("%s", msg);
+	drop_range(s, j->pos, j->end, err);
+out:
+	free(where);
+}
+
+static void finish_range(struct fetcher *f, struct job *j, CURLcode res)
+{
+	struct source *s = j->src;
+
+	report_progress(j);
+	s->jobs--;
+	f->nrange--;
+	if (j->to_registry || !s->direct)
+		s->resolving = false;
+	if (j->pos > j->start)
+		s->redirects = s->reresolves = 0;
+	bool ok = (res == CURLE_OK || (res == CURLE_WRITE_ERROR && j->done_early)) &&
+		  !j->bad && !j->werr && !j->slow && (j->status == 206 || j->status == 200);
+	if (ok && j->pos == j->end) {
+		if (!s->direct && j->to_registry)
+			s->direct = xstrdup(j->url);   /* the registry serves ranges itself */
+		if (j->cut && j->end < blob_size(s->blob) && j->status == 206 && !j->slow) {
+			/* nothing: the rest of a cut request belongs to whoever cut it */
+		}
+		return;
+	}
+	if (ok && j->pos < j->end) {
+		/* Short but clean: the server ended early. Fetch the rest. */
+		j->bad = true;
+	}
+	range_failed(f, j, res);
+}
+
+/* ---- scheduling ---- */
+
+/* Split job j at the first chunk boundary at or after `at`; the tail is queued first. */
+static bool split_job(struct job *j, uint64_t at)
+{
+	const struct chunkmap *g = j->geo;
+	uint32_t i = chunkmap_index(g, at);
+
+	if (chunkmap_start(g, i) < at)
+		i++;
+	if (i >= g->n)
+		return false;
+	at = chunkmap_start(g, i);
+	if (at <= j->pos || at >= j->end || j->src->no_ranges)
+		return false;
+	struct retry *r = retry_new(at, at, j->end);
+	j->end = at;
+	j->cut = true;
+	queue_retry(j->src, r, true);
+	return true;
+}
+
+/* Readers blocked on chunks deep inside a running request get their own request. */
+static void split_for_readers(struct fetcher *f, struct source *s)
+{
+	uint64_t offs[16];
+	int n = blob_blocked_offsets(s->blob, offs, 16);
+
+	for (int k = 0; k < n; k++) {
+		for (struct job *j = f->jobs; j; j = j->next) {
+			if (j->kind == JOB_RANGE && j->src == s && offs[k] >= j->pos &&
+			    offs[k] < j->end && offs[k] - j->pos > SPLIT_GAP) {
+				split_job(j, offs[k]);
+				break;
+			}
+		}
+	}
+}
+
+/* Connections are idle and nothing is left to claim: split the biggest tail. */
+static bool steal_tail(struct fetcher *f)
+{
+	struct job *best = NULL;
+
+	for (struct job *j = f->jobs; j; j = j->next)
+		if (j->kind == JOB_RANGE && !j->src->no_ranges && j->end - j->pos > 2 * STEAL_MIN &&
+		    (!best || j->end - j->pos > best->end - best->pos))
+			best = j;
+	return best && split_job(best, best->pos + (best->end - best->pos) / 2);
+}
+
+static struct retry *take_due_retry(struct source *s, uint64_t now)
+{
+	for (struct retry **pp = &s->retries; *pp; pp = &(*pp)->next) {
+		if ((*pp)->due_ms <= now) {
+			struct retry *r = *pp;
+			*pp = r->next;
+			return r;
+		}
+	}
+	return NULL;
+}
+
+/* Can source s start a request now? Waits for chunksums, tokens, backoff, resolution. */
+static bool source_ready(struct fetcher *f, struct source *s, uint64_t now)
+{
+	if (s->dead || s->chunksums_pending)
+		return false;
+	if (want_chunksums(f, s)) {
+		request_chunksums(f, s);
+		return false;
+	}
+	if (now < s->pause_until)
+		return false;
+	if ((!s->direct || url_same_origin(s->direct, s->remote->base))) {
+		int ready = auth_ready(f, auth_get(f, s->remote), now);
+		if (ready < 0) {
+			struct authent *a = auth_get(f, s->remote);
+			blob_fail(s->blob, ready, a->msg);
+			while (s->retries) {
+				struct retry *r = s->retries;
+				s->retries = r->next;
+				blob_unclaim(s->blob, r->start, r->end, ready);
+				free(r);
+			}
+			s->dead = true;
+			a->err = 0;     /* a later read may try again */
+			return false;
+		}
+		if (ready == 0)
+			return false;
+	}
+	if (!s->direct && s->resolving)
+		return false;
+	if (s->no_ranges && s->jobs > 0)
+		return false;
+	return true;
+}
+
+/* Start one request for s if it has work; true if one was started. */
+static bool schedule_one(struct fetcher *f, struct source *s, uint64_t now, bool demand_only)
+{
+	struct retry *r;
+	uint64_t start, end, max;
+	int prio;
+
+	if (!source_ready(f, s, now))
+		return false;
+	r = take_due_retry(s, now);
+	if (r) {
+		start_range(f, s, r);
+		return true;
+	}
+	/* Spread a blob over the connections from the start; splits handle the tail. */
+	max = blob_size(s->blob) / f->o.connections;
+	max = MAX(max, CHUNK_MIN);
+	max = MIN(max, f->o.request_max);
+	if (s->no_ranges)
+		max = blob_size(s->blob);
+	prio = blob_claim(s->blob, demand_only, max, &start, &end);
+	if (prio < 0)
+		return false;
+	start_range(f, s, retry_new(start, start, end));
+	return true;
+}
+
+static void schedule(struct fetcher *f)
+{
+	uint64_t now = now_ms();
+	unsigned cap = f->o.connections, hard = cap + f->o.demand_reserve;
+	bool progress = true;
+
+	for (struct source *s = f->sources; s; s = s->next)
+		if (s->jobs)
+			split_for_readers(f, s);
+	/* Round-robin, one request per source per pass, so small blobs are not starved. */
+	while (progress && f->nrange < hard) {
+		progress = false;
+		for (struct source *s = f->sources; s && f->nrange < hard; s = s->next)
+			if (schedule_one(f, s, now, f->nrange >= cap))
+				progress = true;
+	}
+	if (f->nrange < cap && f->nrange > 0 && steal_tail(f)) {
+		for (struct source *s = f->sources; s && f->nrange < cap; s = s->next)
+			schedule_one(f, s, now, false);
+	}
+	/* Forget sources with nothing left to do. */
+	for (struct source **pp = &f->sources; *pp;) {
+		struct source *s = *pp;
+		if (!s->jobs && !s->retries && !s->chunksums_pending &&
+		    (s->dead || !blob_has_work(s->blob))) {
+			*pp = s->next;
+			source_free(f, s);
+		} else {
+			pp = &s->next;
+		}
+	}
+}
+
+/* Restart ranges running at under a tenth of the median speed of their peers. */
+static void check_slow(struct fetcher *f, uint64_t now)
+{
+	uint64_t rates[64];
+	int n = 0;
+
+	if (now - f->last_slow_check < SLOW_CHECK_MS)
+		return;
+	uint64_t span = now - f->last_slow_check;
+	f->last_slow_check = now;
+	for (struct job *j = f->jobs; j && n < 64; j = j->next)
+		if (j->kind == JOB_RANGE && now - j->started_ms >= SLOW_MIN_AGE_MS)
+			rates[n++] = j->win_bytes * 1000 / span;
+	if (n >= 4) {
+		for (int a = 1; a < n; a++)
+			for (int b = a; b > 0 && rates[b - 1] > rates[b]; b--) {
+				uint64_t t = rates[b]; rates[b] = rates[b - 1]; rates[b - 1] = t;
+			}
+		uint64_t median = rates[n / 2];
+		for (struct job *j = f->jobs, *next; j; j = next) {
+			next = j->next;
+			if (j->kind != JOB_RANGE || now - j->started_ms < SLOW_MIN_AGE_MS ||
+			    j->slow_restarts >= SLOW_RESTARTS_MAX || j->end - j->pos < STEAL_MIN ||
+			    j->win_bytes * 1000 / span * 10 >= median)
+				continue;
+			j->slow = true;
+			job_remove(f, j);
+			j->next = f->finished;
+			f->finished = j;
+		}
+	}
+	for (struct job *j = f->jobs; j; j = j->next)
+		j->win_bytes = 0;
+}
+
+static void finish_job(struct fetcher *f, struct job *j, CURLcode res)
+{
+	if (j->kind == JOB_MEM)
+		finish_mem(f, j, res);
+	else
+		finish_range(f, j, res);
+	job_free(j);
+}
+
+static void drain_inbox(struct fetcher *f)
+{
+	struct kick *k;
+	struct memreq *reqs;
+
+	pthread_mutex_lock(&f->lock);
+	k = f->inbox;
+	f->inbox = NULL;
+	reqs = f->newreqs;
+	f->newreqs = NULL;
+	pthread_mutex_unlock(&f->lock);
+	while (k) {
+		struct kick *next = k->next;
+		source_add(f, k->blob);
+		free(k);
+		k = next;
+	}
+	while (reqs) {
+		struct memreq *next = reqs->next;
+		submit_mem(f, reqs);
+		reqs = next;
+	}
+}
+
+static void run_pending(struct fetcher *f)
+{
+	struct memreq *list = f->pending;
+
+	f->pending = NULL;
+	while (list) {
+		struct memreq *r = list;
+		list = r->next;
+		submit_mem(f, r);
+	}
+}
+
+static long next_timeout(struct fetcher *f)
+{
+	uint64_t now = now_ms(), next = now + 1000;
+
+	for (struct source *s = f->sources; s; s = s->next) {
+		for (struct retry *r = s->retries; r; r = r->next)
+			next = MIN(next, MAX(r->due_ms, s->pause_until));
+		if (s->pause_until > now)
+			next = MIN(next, s->pause_until);
+	}
+	for (struct memreq *r = f->pending; r; r = r->next)
+		next = MIN(next, r->due_ms);
+	if (f->nrange)
+		next = MIN(next, f->last_slow_check + SLOW_CHECK_MS);
+	return next > now ? (long)(next - now) : 0;
+}
+
+static void shutdown_all(struct fetcher *f)
+{
+	while (f->jobs) {
+		struct job *j = f->jobs;
+		job_remove(f, j);
+		if (j->kind == JOB_RANGE) {
+			report_progress(j);
+			j->src->jobs--;
+			blob_unclaim(j->src->blob, j->pos, j->end, 0);
+		} else {
+			memreq_fail(j->req, -ECANCELED, "cancelled");
+		}
+		job_free(j);
+	}
+	while (f->sources) {
+		struct source *s = f->sources;
+		f->sources = s->next;
+		source_free(f, s);
+	}
+	while (f->pending) {
+		struct memreq *r = f->pending;
+		f->pending = r->next;
+		if (r->token_for)
+			memreq_free(r);
+		else
+			memreq_fail(r, -ECANCELED, "cancelled");
+	}
+	while (f->auth) {
+		struct authent *a = f->auth;
+		f->auth = a->next;
+		free(a->authority);
+		free(a->scope);
+		auth_challenge_release(&a->ch);
+		if (a->token)
+			explicit_bzero(a->token, strlen(a->token));
+		free(a->token);
+		credentials_release(&a->cred);
+		free(a);
+	}
+	while (f->hosts) {
+		struct hostinfo *h = f->hosts;
+		f->hosts = h->next;
+		free(h->authority);
+		free(h);
+	}
+}
+
+static void *fetcher_main(void *arg)
+{
+	struct fetcher *f = arg;
+
+	f->last_slow_check = now_ms();
+	for (;;) {
+		pthread_mutex_lock(&f->lock);
+		bool stop = f->stop;
+		pthread_mutex_unlock(&f->lock);
+		if (stop)
+			break;
+		drain_inbox(f);
+		run_pending(f);
+		schedule(f);
+		curl_multi_poll(f->multi, NULL, 0, (int)next_timeout(f), NULL);
+		int running;
+		curl_multi_perform(f->multi, &running);
+		CURLMsg *m;
+		int left;
+		while ((m = curl_multi_info_read(f->multi, &left)) != NULL) {
+			if (m->msg != CURLMSG_DONE)
+				continue;
+			struct job *j;
+			CURLcode res = m->data.result;
+			curl_easy_getinfo(m->easy_handle, CURLINFO_PRIVATE, (char **)&j);
+			job_remove(f, j);
+			finish_job(f, j, res);
+		}
+		check_slow(f, now_ms());
+		while (f->finished) {
+			struct job *j = f->finished;
+			f->finished = j->next;
+			finish_job(f, j, CURLE_ABORTED_BY_CALLBACK);
+		}
+	}
+	shutdown_all(f);
+	return NULL;
+}
+
+static void curl_init_once(void)
+{
+	curl_global_init(CURL_GLOBAL_DEFAULT);
+}
+
+int fetcher_start(const struct net_opts *o, struct fetcher **out)
+{
+	struct fetcher *f = xcalloc(1, sizeof(*f));
+	static pthread_once_t once = PTHREAD_ONCE_INIT;
+
+	pthread_once(&once, curl_init_once);
+	f->o = *o;
+	f->multi = curl_multi_init();
+	if (!f->multi) {
+		free(f);
+		log_error("cannot initialise libcurl");
+		return -ENOMEM;
+	}
+	curl_multi_setopt(f->multi, CURLMOPT_MAXCONNECTS,
+			  (long)(o->connections + o->demand_reserve + 4));
+	pthread_mutex_init(&f->lock, NULL);
+	if (pthread_create(&f->thread, NULL, fetcher_main, f) != 0) {
+		curl_multi_cleanup(f->multi);
+		pthread_mutex_destroy(&f->lock);
+		free(f);
+		log_error("cannot start the network thread");
+		return -EAGAIN;
+	}
+	*out = f;
+	return 0;
+}
+
+void fetcher_stop(struct fetcher *f)
+{
+	if (!f)
+		return;
+	pthread_mutex_lock(&f->lock);
+	f->stop = true;
+	pthread_mutex_unlock(&f->lock);
+	curl_multi_wakeup(f->multi);
+	pthread_join(f->thread, NULL);
+	/* Kicks that arrived after the thread stopped still hold references. */
+	while (f->inbox) {
+		struct kick *k = f->inbox;
+		f->inbox = k->next;
+		blob_put(k->blob);
+		free(k);
+	}
+	while (f->newreqs) {
+		struct memreq *r = f->newreqs;
+		f->newreqs = r->next;
+		memreq_fail(r, -ECANCELED, "cancelled");
+	}
+}
+
+void fetcher_free(struct fetcher *f)
+{
+	if (!f)
+		return;
+	curl_multi_cleanup(f->multi);
+	pthread_mutex_destroy(&f->lock);
+	free(f);
+}
+
+void fetcher_stats(struct fetcher *f, struct fetch_stats *st)
+{
+	st->bytes = __atomic_load_n(&f->stats.bytes, __ATOMIC_RELAXED);
+	st->requests = __atomic_load_n(&f->stats.requests, __ATOMIC_RELAXED);
+	st->retries = __atomic_load_n(&f->stats.retries, __ATOMIC_RELAXED);
+	st->errors = __atomic_load_n(&f->stats.errors, __ATOMIC_RELAXED);
+	st->inflight = __atomic_load_n(&f->nrange, __ATOMIC_RELAXED);
+}
+
+void fetcher_kick(struct fetcher *f, struct blob *b)
+{
+	struct kick *k;
+
+	pthread_mutex_lock(&f->lock);
+	if (f->stop) {
+		pthread_mutex_unlock(&f->lock);
+		return;
+	}
+	for (k = f->inbox; k; k = k->next) {
+		if (k->blob == b) {
+			pthread_mutex_unlock(&f->lock);
+			curl_multi_wakeup(f->multi);
+			return;
+		}
+	}
+	k = xcalloc(1, sizeof(*k));
+	k->blob = b;
+	blob_ref(b);
+	k->next = f->inbox;
+	f->inbox = k;
+	pthread_mutex_unlock(&f->lock);
+	curl_multi_wakeup(f->multi);
+}
+
+void fetcher_get_async(struct fetcher *f, struct remote *r, const char *url,
+		       const char *accept, size_t max,
+		       void (*done)(struct http_result *res, void *arg), void *arg)
+{
+	struct memreq *q = xcalloc(1, sizeof(*q));
+
+	q->remote = r ? remote_ref(r) : NULL;
+	q->url = xstrdup(url);
+	q->accept = accept ? xstrdup(accept) : NULL;
+	q->max = max;
+	q->done = done;
+	q->arg = arg;
+	pthread_mutex_lock(&f->lock);
+	if (f->stop) {
+		pthread_mutex_unlock(&f->lock);
+		memreq_fail(q, -ECANCELED, "cancelled");
+		return;
+	}
+	q->next = f->newreqs;
+	f->newreqs = q;
+	pthread_mutex_unlock(&f->lock);
+	curl_multi_wakeup(f->multi);
+}
+
+struct sync_get {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool done;
+	struct http_result res;
+};
+
+static void sync_done(struct http_result *res, void *arg)
+{
+	struct sync_get *g = arg;
+
+	pthread_mutex_lock(&g->lock);
+	g->res = *res;
+	g->done = true;
+	pthread_cond_signal(&g->cond);
+	pthread_mutex_unlock(&g->lock);
+}
+
+int fetcher_get(struct fetcher *f, struct remote *r, const char *url,
+		const char *accept, size_t max, struct http_result *res)
+{
+	struct sync_get g = { .lock = PTHREAD_MUTEX_INITIALIZER,
+			      .cond = PTHREAD_COND_INITIALIZER };
+
+	fetcher_get_async(f, r, url, accept, max, sync_done, &g);
+	pthread_mutex_lock(&g.lock);
+	while (!g.done)
+		pthread_cond_wait(&g.cond, &g.lock);
+	pthread_mutex_unlock(&g.lock);
+	pthread_mutex_destroy(&g.lock);
+	pthread_cond_destroy(&g.cond);
+	*res = g.res;
+	return res->err;
+}

@@ -1,0 +1,240 @@
+/*
+ * main.c - the command line, and nothing else: options are parsed with
+ * getopt_long into the option structs of the library, and the command runs.
+ * Options may come before or after the command (GNU getopt permutes), and
+ * an option that has no meaning for the command is refused by name.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+#include "log.h"
+#include "util.h"
+
+enum opt {
+	OPT_STORE = 's', OPT_DEBUG = 'd', OPT_QUIET = 'q', OPT_HELP = 'h', OPT_VERSION = 'V',
+	OPT_LAZY = 256, OPT_INSECURE, OPT_CACERT, OPT_CREDENTIALS, OPT_CONNECTIONS,
+	OPT_CHUNK_SIZE, OPT_STALL_TIMEOUT, OPT_RETRIES, OPT_NO_CHUNKSUMS, OPT_NO_NETRC,
+	OPT_READ_TIMEOUT, OPT_REQUEST_SIZE,
+};
+
+static const struct option longopts[] = {
+	{ "store", required_argument, NULL, OPT_STORE },
+	{ "debug", no_argument, NULL, OPT_DEBUG },
+	{ "quiet", no_argument, NULL, OPT_QUIET },
+	{ "help", no_argument, NULL, OPT_HELP },
+	{ "version", no_argument, NULL, OPT_VERSION },
+	{ "lazy", no_argument, NULL, OPT_LAZY },
+	{ "insecure", no_argument, NULL, OPT_INSECURE },
+	{ "cacert", required_argument, NULL, OPT_CACERT },
+	{ "credentials", required_argument, NULL, OPT_CREDENTIALS },
+	{ "no-netrc", no_argument, NULL, OPT_NO_NETRC },
+	{ "connections", required_argument, NULL, OPT_CONNECTIONS },
+	{ "chunk-size", required_argument, NULL, OPT_CHUNK_SIZE },
+	{ "request-size", required_argument, NULL, OPT_REQUEST_SIZE },
+	{ "stall-timeout", required_argument, NULL, OPT_STALL_TIMEOUT },
+	{ "read-timeout", required_argument, NULL, OPT_READ_TIMEOUT },
+	{ "retries", required_argument, NULL, OPT_RETRIES },
+	{ "no-chunksums", no_argument, NULL, OPT_NO_CHUNKSUMS },
+	{ NULL, 0, NULL, 0 },
+};
+
+/* Options that configure the network: only commands that fetch accept them. */
+static const int net_opts[] = {
+	OPT_INSECURE, OPT_CACERT, OPT_CREDENTIALS, OPT_NO_NETRC, OPT_CONNECTIONS,
+	OPT_CHUNK_SIZE, OPT_REQUEST_SIZE, OPT_STALL_TIMEOUT, OPT_READ_TIMEOUT, OPT_RETRIES,
+	OPT_NO_CHUNKSUMS,
+};
+
+static const char usage_text[] =
+	"usage: blobfs [--store DIR] [--debug] COMMAND [OPTIONS] [ARGS]\n"
+	"\n"
+	"A lazy, verifying filesystem for model registries (Ollama, OCI).\n"
+	"\n"
+	"commands:\n"
+	"  pull [--lazy] NAME...   fetch a model's manifest and blobs into the store\n"
+	"  ls [NAME...]            list models with their size and how much is local\n"
+	"  rm NAME...              remove models and the blobs only they use\n"
+	"  gc                      delete unreferenced blobs and stale partial downloads\n"
+	"  verify [NAME...]        hash complete blobs again and report each\n"
+	"\n"
+	"names: [http[s]://][host/][namespace/]name[:tag]; host defaults to\n"
+	"registry.ollama.ai, namespace to library, tag to latest.\n"
+	"\n"
+	"options:\n"
+	"  -s, --store DIR         the store (default $BLOBFS_STORE, else\n"
+	"                          ${XDG_DATA_HOME:-~/.local/share}/blobfs)\n"
+	"  -d, --debug             log every request\n"
+	"  -q, --quiet             no progress output\n"
+	"      --lazy              pull: store the manifest only; blobs come on first read\n"
+	"      --insecure          plain HTTP to registries named without a scheme\n"
+	"      --cacert FILE       trust the CAs in FILE for HTTPS\n"
+	"      --credentials FILE  netrc-syntax credentials (also read: ~/.netrc)\n"
+	"      --no-netrc          do not read ~/.netrc\n"
+	"      --connections N     range requests in flight (default 16)\n"
+	"      --chunk-size SIZE   chunk map granularity (default: by blob size, >= 64K)\n"
+	"      --request-size SIZE largest range asked for in one request (default 32M)\n"
+	"      --stall-timeout SEC retry a request that receives nothing this long (20)\n"
+	"      --read-timeout SEC  fail a read that waits longer than this (60)\n"
+	"      --retries N         attempts per range before giving up (6)\n"
+	"      --no-chunksums      do not ask registries for per-chunk checksums\n"
+	"  -h, --help              this help\n"
+	"  -V, --version           the version\n"
+	"\n"
+	"See blobfs(1).\n";
+
+static int usage_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+static int usage_error(const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "blobfs: ");
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fprintf(stderr, "\nTry 'blobfs --help'.\n");
+	return EXIT_USAGE;
+}
+
+static bool parse_uint(const char *s, unsigned min, unsigned max, unsigned *out)
+{
+	uint64_t v;
+
+	if (!parse_u64(s, strlen(s), &v) || v < min || v > max)
+		return false;
+	*out = (unsigned)v;
+	return true;
+}
+
+static const char *opt_name(int c)
+{
+	for (const struct option *o = longopts; o->name; o++)
+		if (o->val == c)
+			return o->name;
+	return "?";
+}
+
+int main(int argc, char **argv)
+{
+	struct session_opts so;
+	struct pull_args pa = { 0 };
+	bool seen[512] = { false };
+	unsigned v;
+	uint64_t size;
+	int c;
+
+	session_opts_defaults(&so);
+	while ((c = getopt_long(argc, argv, "s:dqhV", longopts, NULL)) != -1) {
+		if (c >= 0 && c < (int)ARRAY_SIZE(seen))
+			seen[c] = true;
+		switch (c) {
+		case OPT_STORE:
+			so.store = optarg;
+			break;
+		case OPT_DEBUG:
+			log_set_level(LOG_LVL_DEBUG);
+			break;
+		case OPT_QUIET:
+			pa.quiet = true;
+			break;
+		case OPT_HELP:
+			fputs(usage_text, stdout);
+			return EXIT_OK;
+		case OPT_VERSION:
+			printf("blobfs %s\n", PACKAGE_VERSION);
+			return EXIT_OK;
+		case OPT_LAZY:
+			pa.lazy = true;
+			break;
+		case OPT_INSECURE:
+			so.insecure = true;
+			break;
+		case OPT_CACERT:
+			so.net.cacert = optarg;
+			break;
+		case OPT_CREDENTIALS:
+			so.net.credentials = optarg;
+			break;
+		case OPT_NO_NETRC:
+			so.net.no_netrc = true;
+			break;
+		case OPT_CONNECTIONS:
+			if (!parse_uint(optarg, 1, 256, &so.net.connections))
+				return usage_error("--connections wants a number from 1 to 256, not '%s'", optarg);
+			break;
+		case OPT_CHUNK_SIZE:
+			if (parse_size(optarg, &size) < 0 || size < 4096 || size > (1ULL << 30) ||
+			    (size & (size - 1)))
+				return usage_error("--chunk-size wants a power of two from 4K to 1G, not '%s'", optarg);
+			so.blob.chunk_size = size;
+			break;
+		case OPT_REQUEST_SIZE:
+			if (parse_size(optarg, &size) < 0 || size < 4096 || size > (1ULL << 34))
+				return usage_error("--request-size wants a size from 4K to 16G, not '%s'", optarg);
+			so.net.request_max = size;
+			break;
+		case OPT_STALL_TIMEOUT:
+			if (!parse_uint(optarg, 1, 3600, &so.net.stall_timeout_s))
+				return usage_error("--stall-timeout wants seconds from 1 to 3600, not '%s'", optarg);
+			break;
+		case OPT_READ_TIMEOUT:
+			if (!parse_uint(optarg, 1, 86400, &v))
+				return usage_error("--read-timeout wants seconds from 1 to 86400, not '%s'", optarg);
+			so.blob.read_timeout_ms = (uint64_t)v * 1000;
+			break;
+		case OPT_RETRIES:
+			if (!parse_uint(optarg, 1, 100, &so.net.retry.max_attempts))
+				return usage_error("--retries wants a number from 1 to 100, not '%s'", optarg);
+			break;
+		case OPT_NO_CHUNKSUMS:
+			so.net.chunksums = false;
+			break;
+		default:
+			return usage_error("%s", "invalid option");
+		}
+	}
+	if (optind >= argc)
+		return usage_error("%s", "no command given");
+
+	const char *cmd = argv[optind];
+	char *const *args = argv + optind + 1;
+	int nargs = argc - optind - 1;
+	bool fetches = strcmp(cmd, "pull") == 0;
+
+	if (!fetches) {
+		for (size_t i = 0; i < ARRAY_SIZE(net_opts); i++)
+			if (seen[net_opts[i]])
+				return usage_error("--%s does not apply here", opt_name(net_opts[i]));
+	}
+	if (seen[OPT_LAZY] && strcmp(cmd, "pull") != 0)
+		return usage_error("%s", "--lazy applies to 'pull' only");
+
+	if (strcmp(cmd, "pull") == 0) {
+		if (nargs == 0)
+			return usage_error("%s", "pull: which model? (blobfs pull NAME)");
+		return cmd_pull(&so, &pa, args, nargs);
+	}
+	if (strcmp(cmd, "ls") == 0 || strcmp(cmd, "list") == 0)
+		return cmd_ls(&so, args, nargs);
+	if (strcmp(cmd, "rm") == 0) {
+		if (nargs == 0)
+			return usage_error("%s", "rm: which model? (blobfs rm NAME)");
+		return cmd_rm(&so, args, nargs);
+	}
+	if (strcmp(cmd, "gc") == 0) {
+		if (nargs)
+			return usage_error("gc takes no arguments, not '%s'", args[0]);
+		return cmd_gc(&so);
+	}
+	if (strcmp(cmd, "verify") == 0)
+		return cmd_verify(&so, args, nargs);
+	return usage_error("unknown command '%s'", cmd);
+}

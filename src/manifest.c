@@ -1,0 +1,386 @@
+/*
+ * manifest.c - image manifests.
+ *
+ * A manifest is parsed once with cJSON into a plain struct and validated as a
+ * whole before anything else sees it: a manifest is hostile input, and the
+ * mount turns its fields into file names and file sizes. Sizes must be whole
+ * numbers in [0, BLOB_SIZE_MAX]; digests must be sha256; a layer's "name" (or
+ * the OCI title annotation) must be a single safe path component. File names
+ * inside a tag directory are assigned here, once, so every view agrees:
+ * the "name" if present, else the last dot-part of the media type, with
+ * ".1", ".2" added to repeats and "config.json"/"manifest.json" reserved.
+ */
+#include "config.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "manifest.h"
+#include "strmap.h"
+#include "util.h"
+
+#define OCI_TITLE "org.opencontainers.image.title"
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+
+static int fail(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+	return -EINVAL;
+}
+
+static void layer_release(struct layer *l)
+{
+	free(l->media_type);
+	free(l->name);
+	free(l->file);
+	memset(l, 0, sizeof(*l));
+}
+
+void manifest_free(struct manifest *m)
+{
+	if (!m)
+		return;
+	layer_release(&m->config);
+	for (size_t i = 0; i < m->nlayers; i++)
+		layer_release(&m->layers[i]);
+	free(m->layers);
+	free(m->media_type);
+	free(m);
+}
+
+/* A file name inside a tag directory: one component, printable, not . or .. */
+static bool safe_component(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n > 255 || strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
+		return false;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = s[i];
+		if (c == '/' || c < 0x20 || c == 0x7f)
+			return false;
+	}
+	return true;
+}
+
+static int parse_descriptor(const cJSON *obj, const char *what, struct layer *l,
+			    char *err, size_t errlen)
+{
+	const cJSON *mt, *dg, *sz, *nm;
+	char d[120];
+
+	if (!cJSON_IsObject(obj))
+		return fail(err, errlen, "%s is not an object", what);
+	mt = cJSON_GetObjectItemCaseSensitive(obj, "mediaType");
+	dg = cJSON_GetObjectItemCaseSensitive(obj, "digest");
+	sz = cJSON_GetObjectItemCaseSensitive(obj, "size");
+	if (!cJSON_IsString(mt) || !*mt->valuestring)
+		return fail(err, errlen, "%s has no mediaType", what);
+	if (strlen(mt->valuestring) > 255)
+		return fail(err, errlen, "%s has a mediaType longer than 255 characters", what);
+	if (!cJSON_IsString(dg))
+		return fail(err, errlen, "%s has no digest", what);
+	if (digest_parse(dg->valuestring, strlen(dg->valuestring), &l->digest) < 0) {
+		snprintf(d, sizeof(d), "%.100s", dg->valuestring);
+		return fail(err, errlen, "%s has an invalid digest '%s' (want sha256:<64 lowercase hex>)",
+			    what, d);
+	}
+	if (!cJSON_IsNumber(sz))
+		return fail(err, errlen, "%s has no size", what);
+	double v = sz->valuedouble;
+	if (!isfinite(v) || v != floor(v))
+		return fail(err, errlen, "%s has a size that is not a whole number", what);
+	if (v < 0)
+		return fail(err, errlen, "%s has a negative size", what);
+	if (v > (double)BLOB_SIZE_MAX)
+		return fail(err, errlen, "%s has an absurd size %.0f (the limit is %llu)",
+			    what, v, (unsigned long long)BLOB_SIZE_MAX);
+	l->size = (uint64_t)v;
+
+	nm = cJSON_GetObjectItemCaseSensitive(obj, "name");
+	if (!nm) {
+		const cJSON *ann = cJSON_GetObjectItemCaseSensitive(obj, "annotations");
+		nm = cJSON_GetObjectItemCaseSensitive(ann, OCI_TITLE);
+	}
+	if (nm) {
+		if (!cJSON_IsString(nm))
+			return fail(err, errlen, "%s has a name that is not a string", what);
+		if (!safe_component(nm->valuestring)) {
+			snprintf(d, sizeof(d), "%.100s", nm->valuestring);
+			return fail(err, errlen, "%s has an unsafe name '%s' (it must be one "
+				    "path component, not '.' or '..', without '/' or control characters)",
+				    what, d);
+		}
+		l->name = xstrdup(nm->valuestring);
+	}
+	l->media_type = xstrdup(mt->valuestring);
+	return 0;
+}
+
+/* The last dot- or slash-separated part of a media type, made file-name safe. */
+static char *media_type_file(const char *mt)
+{
+	const char *p = mt + strlen(mt);
+	char *s;
+
+	while (p > mt && p[-1] != '.' && p[-1] != '/')
+		p--;
+	if (!*p)
+		return xstrdup("layer");
+	s = xstrdup(p);
+	for (char *q = s; *q; q++) {
+		char c = *q;
+		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+		      (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '+'))
+			*q = '_';
+	}
+	return s;
+}
+
+/*
+ * Give every layer its file name. A map remembers the names taken and, for
+ * each base name, the next suffix to try, so repeats cost O(1) each.
+ */
+static void assign_files(struct manifest *m)
+{
+	struct strmap *taken = strmap_new(), *next = strmap_new();
+
+	m->config.file = xstrdup("config.json");
+	strmap_put(taken, "config.json", 0);
+	strmap_put(taken, "manifest.json", 0);
+	for (size_t i = 0; i < m->nlayers; i++) {
+		struct layer *l = &m->layers[i];
+		char *base = l->name ? xstrdup(l->name) : media_type_file(l->media_type);
+		uint64_t k = 0;
+		char *f;
+
+		strmap_get(next, base, &k);
+		f = k ? xasprintf("%s.%llu", base, (unsigned long long)k) : xstrdup(base);
+		while (strmap_get(taken, f, NULL)) {
+			free(f);
+			f = xasprintf("%s.%llu", base, (unsigned long long)++k);
+		}
+		strmap_put(next, base, k + 1);
+		strmap_put(taken, f, 0);
+		free(base);
+		l->file = f;
+	}
+	strmap_free(taken);
+	strmap_free(next);
+}
+
+static const struct layer *desc_at(const struct manifest *m, size_t i)
+{
+	return i == 0 ? &m->config : &m->layers[i - 1];
+}
+
+static int cmp_desc(const void *a, const void *b, void *arg)
+{
+	const struct manifest *m = arg;
+	size_t i = *(const size_t *)a, j = *(const size_t *)b;
+	int c = memcmp(desc_at(m, i)->digest.bytes, desc_at(m, j)->digest.bytes,
+		       DIGEST_LEN);
+
+	return c ? c : (i > j) - (i < j);
+}
+
+static bool same_layer(const struct layer *a, const struct layer *b)
+{
+	return strcmp(a->media_type, b->media_type) == 0 && !!a->name == !!b->name &&
+	       (!a->name || strcmp(a->name, b->name) == 0);
+}
+
+/*
+ * Sort descriptor indices by digest (index 0 is the config) so repeats sit
+ * side by side: a digest listed with two sizes is refused, and so is a layer
+ * that repeats another exactly; later copies are marked as repeats.
+ */
+static int check_duplicates(struct manifest *m, char *err, size_t errlen)
+{
+	size_t n = m->nlayers + 1, *idx = xmalloc(n * sizeof(*idx));
+	char d[DIGEST_STR_LEN];
+	int ret = 0;
+
+	for (size_t i = 0; i < n; i++)
+		idx[i] = i;
+	qsort_r(idx, n, sizeof(*idx), cmp_desc, m);
+	for (size_t k = 1; k < n && ret == 0; k++) {
+		size_t i = idx[k - 1], j = idx[k];
+		struct layer *a = (struct layer *)desc_at(m, i), *b = (struct layer *)desc_at(m, j);
+		if (!digest_equal(&a->digest, &b->digest))
+			continue;
+		b->repeat = true;
+		digest_format(&a->digest, d);
+		if (a->size != b->size)
+			ret = fail(err, errlen, "'%s' is listed twice with different sizes", d);
+		else if (i > 0 && same_layer(a, b))
+			ret = fail(err, errlen, "layer %zu repeats layer %zu ('%s')",
+				   j - 1, i - 1, d);
+	}
+	free(idx);
+	return ret;
+}
+
+static int has_nul_escape(const char *buf, size_t len)
+{
+	if (memchr(buf, '\0', len))
+		return 1;
+	return memmem(buf, len, "\\u0000", 6) != NULL;
+}
+
+static int check_media_type(const cJSON *root, char **out, char *err, size_t errlen)
+{
+	const cJSON *mt = cJSON_GetObjectItemCaseSensitive(root, "mediaType");
+	const char *s;
+
+	if (!mt) {
+		if (cJSON_GetObjectItemCaseSensitive(root, "manifests"))
+			return fail(err, errlen, "this is an image index (a list of manifests); "
+				    "blobfs needs a single image manifest");
+		*out = NULL;
+		return 0;
+	}
+	if (!cJSON_IsString(mt))
+		return fail(err, errlen, "mediaType is not a string");
+	s = mt->valuestring;
+	if (strcmp(s, MEDIA_DOCKER_LIST) == 0 || strcmp(s, MEDIA_OCI_INDEX) == 0)
+		return fail(err, errlen, "'%s' is a manifest list; blobfs needs a single "
+			    "image manifest", s);
+	if (strcmp(s, MEDIA_DOCKER_MANIFEST) != 0 && strcmp(s, MEDIA_OCI_MANIFEST) != 0) {
+		char d[120];
+		snprintf(d, sizeof(d), "%.100s", s);
+		return fail(err, errlen, "unsupported manifest media type '%s'", d);
+	}
+	*out = xstrdup(s);
+	return 0;
+}
+
+int manifest_parse(const char *buf, size_t len, struct manifest **out,
+		   char *err, size_t errlen)
+{
+	struct manifest *m;
+	cJSON *root;
+	const cJSON *sv, *cfg, *layers, *it;
+	int ret;
+
+	*out = NULL;
+	if (len > MANIFEST_MAX_BYTES) {
+		snprintf(err, errlen, "manifest is %zu bytes, over the %u byte limit",
+			 len, MANIFEST_MAX_BYTES);
+		return -EMSGSIZE;
+	}
+	if (has_nul_escape(buf, len))
+		return fail(err, errlen, "manifest contains a NUL character");
+	root = cJSON_ParseWithLength(buf, len);
+	if (!root)
+		return fail(err, errlen, "manifest is not valid JSON");
+	if (!cJSON_IsObject(root)) {
+		cJSON_Delete(root);
+		return fail(err, errlen, "manifest is not a JSON object");
+	}
+
+	m = xcalloc(1, sizeof(*m));
+	ret = check_media_type(root, &m->media_type, err, errlen);
+	if (ret < 0)
+		goto out;
+	sv = cJSON_GetObjectItemCaseSensitive(root, "schemaVersion");
+	if (!cJSON_IsNumber(sv) || sv->valuedouble != 2) {
+		ret = fail(err, errlen, "schemaVersion is not 2");
+		goto out;
+	}
+	cfg = cJSON_GetObjectItemCaseSensitive(root, "config");
+	if (!cfg) {
+		ret = fail(err, errlen, "manifest has no config");
+		goto out;
+	}
+	ret = parse_descriptor(cfg, "config", &m->config, err, errlen);
+	if (ret < 0)
+		goto out;
+	layers = cJSON_GetObjectItemCaseSensitive(root, "layers");
+	if (!cJSON_IsArray(layers)) {
+		ret = fail(err, errlen, "manifest has no layers array");
+		goto out;
+	}
+	int n = cJSON_GetArraySize(layers);
+	if (n == 0) {
+		ret = fail(err, errlen, "manifest has no layers");
+		goto out;
+	}
+	if (n > MANIFEST_MAX_LAYERS) {
+		ret = fail(err, errlen, "manifest has %d layers, over the limit of %d",
+			   n, MANIFEST_MAX_LAYERS);
+		goto out;
+	}
+	m->layers = xcalloc(n, sizeof(*m->layers));
+	cJSON_ArrayForEach(it, layers) {
+		char what[32];
+		snprintf(what, sizeof(what), "layer %zu", m->nlayers);
+		ret = parse_descriptor(it, what, &m->layers[m->nlayers], err, errlen);
+		m->nlayers++;
+		if (ret < 0)
+			goto out;
+	}
+	ret = check_duplicates(m, err, errlen);
+	if (ret < 0)
+		goto out;
+	assign_files(m);
+
+	m->total_size = m->config.size;
+	for (size_t i = 0; i < m->nlayers; i++)
+		if (!m->layers[i].repeat)
+			m->total_size += m->layers[i].size;
+out:
+	cJSON_Delete(root);
+	if (ret < 0) {
+		manifest_free(m);
+		return ret;
+	}
+	*out = m;
+	return 0;
+}
+
+int manifest_for_each_blob(const struct manifest *m,
+			   int (*fn)(const struct layer *l, void *arg), void *arg)
+{
+	int ret = fn(&m->config, arg);
+
+	for (size_t i = 0; i < m->nlayers && ret == 0; i++)
+		if (!m->layers[i].repeat)
+			ret = fn(&m->layers[i], arg);
+	return ret;
+}
+
+int manifest_references(const struct manifest *m, const struct digest *d)
+{
+	if (digest_equal(&m->config.digest, d))
+		return 1;
+	for (size_t i = 0; i < m->nlayers; i++)
+		if (digest_equal(&m->layers[i].digest, d))
+			return 1;
+	return 0;
+}
+
+void manifest_scan_digests(const char *buf, size_t len,
+			   void (*fn)(const struct digest *d, void *arg), void *arg)
+{
+	const char *p = buf, *end = buf + len;
+
+	while ((p = memmem(p, end - p, "sha256:", 7)) != NULL) {
+		struct digest d;
+		if (end - p >= 7 + DIGEST_HEX_LEN &&
+		    digest_parse(p, 7 + DIGEST_HEX_LEN, &d) == 0)
+			fn(&d, arg);
+		p += 7;
+	}
+}

@@ -1,0 +1,131 @@
+"""Shared pytest setup for blobfs tests: puts tests/lib on sys.path and provides
+fixtures for the blobfs binary, throwaway registries (optionally behind an nginx
+CDN), empty stores and running the CLI with a time limit."""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parent
+REPO_DIR = TESTS_DIR.parent
+sys.path.insert(0, str(TESTS_DIR / "lib"))
+
+import dockerreg  # noqa: E402  (needs the sys.path entry above)
+
+DEFAULT_BLOBFS_TIMEOUT = 60  # seconds
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "timing: asserts loose wall-clock bounds; may flake on an overloaded machine")
+    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+
+
+@pytest.fixture(scope="session")
+def blobfs_bin():
+    """Path of the blobfs binary: $BLOBFS, else <repo>/src/blobfs; skips if missing."""
+    path = Path(os.environ.get("BLOBFS") or REPO_DIR / "src" / "blobfs")
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.skip(f"blobfs binary not built: no executable at {path} (set BLOBFS or build it)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def blob_cache():
+    """Session-wide directory for generated random blobs (models.make_model's cache_dir)."""
+    with tempfile.TemporaryDirectory(prefix="blobfs-blob-cache-") as path:
+        yield Path(path)
+
+
+def _start_registry(**options):
+    try:
+        return dockerreg.DockerRegistry(**options)
+    except dockerreg.ToolMissing as missing:
+        pytest.skip(str(missing))
+
+
+@pytest.fixture
+def registry():
+    """A fresh DockerRegistry without CDN: blobs are served by the registry itself."""
+    with _start_registry() as reg:
+        yield reg
+
+
+@pytest.fixture
+def cdn_registry():
+    """A fresh DockerRegistry whose blob GETs redirect (307) to an nginx CDN."""
+    with _start_registry(cdn=True) as reg:
+        yield reg
+
+
+@pytest.fixture
+def capped_cdn_registry():
+    """Factory: capped_cdn_registry(rate) -> DockerRegistry whose CDN sends at most
+    RATE (nginx syntax, e.g. "1m" = 1 MiB/s) per request. Stopped after the test."""
+    started = []
+
+    def start(rate):
+        reg = _start_registry(cdn_rate=rate)
+        started.append(reg)
+        return reg
+
+    yield start
+    for reg in started:
+        reg.stop()
+
+
+@pytest.fixture
+def store():
+    """A fresh empty directory for a blobfs store, removed after the test (not kept
+    among pytest's retained tmp dirs, since stores can hold large blobs)."""
+    path = Path(tempfile.mkdtemp(prefix="blobfs-store-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def run_blobfs(blobfs_bin, store):
+    """run_blobfs(args, *, store=<store fixture>, env=None, timeout=60, input=None,
+    text=True) -> CompletedProcess with captured stdout/stderr.
+
+    Runs `blobfs --store STORE ARGS...` (no --store if store=None) with ENV added
+    to the environment. Past TIMEOUT seconds the process group is killed and the
+    test fails with whatever output there was.
+    """
+    default_store = store
+
+    def run(args, *, store=default_store, env=None, timeout=DEFAULT_BLOBFS_TIMEOUT,
+            input=None, text=True):
+        argv = [str(blobfs_bin)]
+        if store is not None:
+            argv += ["--store", str(store)]
+        argv += [str(arg) for arg in args]
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, **(env or {})},
+            text=text,
+            start_new_session=True,
+        )
+        try:
+            stdout, stderr = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            try:
+                stdout, stderr = proc.communicate(timeout=5)
+            except subprocess.TimeoutExpired:  # a daemon that left the group holds the pipes
+                proc.wait()
+                stdout = stderr = "(unavailable: a process outside the group keeps the pipes open)"
+            pytest.fail(f"{' '.join(argv)} did not finish within {timeout}s\n"
+                        f"stdout:\n{stdout}\nstderr:\n{stderr}")
+        return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+
+    return run
