@@ -80,6 +80,7 @@ struct blob {
 	struct hasher *hash;
 	unsigned bad_chunks;
 	uint64_t fetched;
+	bool orphan;                   /* no tag uses it: never commit, delete when done */
 };
 
 struct blobcache {
@@ -196,6 +197,16 @@ static struct blob *lookup(struct blobcache *c, const struct digest *d)
 	return NULL;
 }
 
+struct blob *blob_find(struct blobcache *c, const struct digest *d)
+{
+	struct blob *b;
+
+	pthread_mutex_lock(&c->lock);
+	b = lookup(c, d);
+	pthread_mutex_unlock(&c->lock);
+	return b;
+}
+
 struct blob *blob_get(struct blobcache *c, const struct digest *d, uint64_t size)
 {
 	struct blob *b, *other;
@@ -238,10 +249,28 @@ struct blob *blob_get(struct blobcache *c, const struct digest *d, uint64_t size
 	return b;
 }
 
+/* Delete the partial file and map of an orphan we hold the lock of. */
+static void remove_orphan(struct blob *b)
+{
+	struct store *s = b->cache->store;
+	char *data = store_partial_path(s, &b->digest, "");
+	char *map = store_partial_path(s, &b->digest, ".map");
+
+	unlink(data);
+	unlink(map);
+	free(data);
+	free(map);
+}
+
 static void blob_destroy(struct blob *b)
 {
 	struct blobcache *c = b->cache;
 
+	if (b->orphan && b->lockfd >= 0) {
+		remove_orphan(b);
+		store_blob_unlock(c->store, &b->digest, b->lockfd, true);
+		b->lockfd = -1;
+	}
 	if (b->fd >= 0)
 		close(b->fd);
 	if (b->wfd >= 0)
@@ -647,6 +676,15 @@ int blob_fetch_all(struct blob *b)
 	return ret;
 }
 
+void blob_orphan(struct blob *b)
+{
+	pthread_mutex_lock(&b->lock);
+	b->orphan = true;
+	b->want_all = false;
+	b->ra_start = b->ra_end = 0;
+	pthread_mutex_unlock(&b->lock);
+}
+
 void blob_stats(struct blob *b, struct blob_stats *st)
 {
 	pthread_mutex_lock(&b->lock);
@@ -1023,9 +1061,12 @@ static void finish_blob(struct blob *b, struct blob_waiter **ready)
 	int ret = 0;
 
 	hasher_final(b->hash, &got);
+	bool orphan = b->orphan;
 	pthread_mutex_unlock(&b->lock);
 	bool ok = digest_equal(&got, &b->digest);
-	if (ok) {
+	if (ok && orphan) {
+		remove_orphan(b);  /* removed while it was being fetched: keep nothing */
+	} else if (ok) {
 		if (fdatasync(b->wfd) < 0)
 			ret = -errno;
 		if (ret == 0)

@@ -60,6 +60,8 @@ void blobcache_free(struct blobcache *c);
 
 /* The blob for a digest, with a reference. size comes from the manifest. */
 struct blob *blob_get(struct blobcache *c, const struct digest *d, uint64_t size);
+/* The blob for a digest if this process has it, with a reference; else NULL. */
+struct blob *blob_find(struct blobcache *c, const struct digest *d);
 struct blob *blob_ref(struct blob *b);
 void blob_put(struct blob *b);
 /* Where to fetch it from, if it must be fetched; the first remote set wins. */
@@ -78,6 +80,11 @@ bool blob_cancel(struct blob *b, struct blob_waiter *w);
 int blob_fd(struct blob *b);
 /* Fetch the whole blob in the background; 0 or a negative errno. */
 int blob_fetch_all(struct blob *b);
+/*
+ * No tag uses the blob any more: stop fetching it, never commit it, and
+ * delete its partial state once the last reference goes.
+ */
+void blob_orphan(struct blob *b);
 void blob_stats(struct blob *b, struct blob_stats *st);
 const struct digest *blob_digest(const struct blob *b);
 uint64_t blob_size(const struct blob *b);

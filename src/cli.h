@@ -24,6 +24,11 @@ int cmd_rm(const struct session_opts *so, char *const *names, int n);
 int cmd_gc(const struct session_opts *so);
 int cmd_verify(const struct session_opts *so, char *const *names, int n);
 
+struct fs_opts;
+int cmd_mount(struct session_opts *so, struct fs_opts *fo, const char *mountpoint,
+	      char *const *optv, int optc);
+int cmd_umount(const char *mountpoint);
+
 /* Report a failure on stderr as "blobfs: error: ..." */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 

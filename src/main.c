@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "fs.h"
 #include "log.h"
 #include "util.h"
 
@@ -22,7 +23,7 @@ enum opt {
 	OPT_STORE = 's', OPT_DEBUG = 'd', OPT_QUIET = 'q', OPT_HELP = 'h', OPT_VERSION = 'V',
 	OPT_LAZY = 256, OPT_INSECURE, OPT_CACERT, OPT_CREDENTIALS, OPT_CONNECTIONS,
 	OPT_CHUNK_SIZE, OPT_STALL_TIMEOUT, OPT_RETRIES, OPT_NO_CHUNKSUMS, OPT_NO_NETRC,
-	OPT_READ_TIMEOUT, OPT_REQUEST_SIZE,
+	OPT_READ_TIMEOUT, OPT_REQUEST_SIZE, OPT_FOREGROUND = 'f', OPT_OPTION = 'o',
 };
 
 static const struct option longopts[] = {
@@ -43,6 +44,8 @@ static const struct option longopts[] = {
 	{ "read-timeout", required_argument, NULL, OPT_READ_TIMEOUT },
 	{ "retries", required_argument, NULL, OPT_RETRIES },
 	{ "no-chunksums", no_argument, NULL, OPT_NO_CHUNKSUMS },
+	{ "foreground", no_argument, NULL, OPT_FOREGROUND },
+	{ "option", required_argument, NULL, OPT_OPTION },
 	{ NULL, 0, NULL, 0 },
 };
 
@@ -64,6 +67,9 @@ static const char usage_text[] =
 	"  rm NAME...              remove models and the blobs only they use\n"
 	"  gc                      delete unreferenced blobs and stale partial downloads\n"
 	"  verify [NAME...]        hash complete blobs again and report each\n"
+	"  mount [-f] [-o OPT,...] MOUNTPOINT\n"
+	"                          mount the store; files fill in on first read\n"
+	"  umount MOUNTPOINT       unmount\n"
 	"\n"
 	"names: [http[s]://][host/][namespace/]name[:tag]; host defaults to\n"
 	"registry.ollama.ai, namespace to library, tag to latest.\n"
@@ -85,6 +91,8 @@ static const char usage_text[] =
 	"      --read-timeout SEC  fail a read that waits longer than this (60)\n"
 	"      --retries N         attempts per range before giving up (6)\n"
 	"      --no-chunksums      do not ask registries for per-chunk checksums\n"
+	"  -f, --foreground        mount: stay in the foreground, log to stderr\n"
+	"  -o, --option OPT,...    mount: FUSE and blobfs mount options (see blobfs(1))\n"
 	"  -h, --help              this help\n"
 	"  -V, --version           the version\n"
 	"\n"
@@ -126,13 +134,17 @@ int main(int argc, char **argv)
 {
 	struct session_opts so;
 	struct pull_args pa = { 0 };
+	struct fs_opts fo;
+	char **mopts = xcalloc(argc + 1, sizeof(*mopts));
+	int nmopts = 0;
 	bool seen[512] = { false };
 	unsigned v;
 	uint64_t size;
 	int c;
 
 	session_opts_defaults(&so);
-	while ((c = getopt_long(argc, argv, "s:dqhV", longopts, NULL)) != -1) {
+	fs_opts_defaults(&fo);
+	while ((c = getopt_long(argc, argv, "s:dqhVfo:", longopts, NULL)) != -1) {
 		if (c >= 0 && c < (int)ARRAY_SIZE(seen))
 			seen[c] = true;
 		switch (c) {
@@ -197,6 +209,12 @@ int main(int argc, char **argv)
 		case OPT_NO_CHUNKSUMS:
 			so.net.chunksums = false;
 			break;
+		case OPT_FOREGROUND:
+			fo.foreground = true;
+			break;
+		case OPT_OPTION:
+			mopts[nmopts++] = optarg;
+			break;
 		default:
 			return usage_error("%s", "invalid option");
 		}
@@ -207,7 +225,10 @@ int main(int argc, char **argv)
 	const char *cmd = argv[optind];
 	char *const *args = argv + optind + 1;
 	int nargs = argc - optind - 1;
-	bool fetches = strcmp(cmd, "pull") == 0;
+	bool fetches = strcmp(cmd, "pull") == 0 || strcmp(cmd, "mount") == 0;
+
+	if ((seen[OPT_FOREGROUND] || seen[OPT_OPTION]) && strcmp(cmd, "mount") != 0)
+		return usage_error("%s", "-f and -o apply to 'mount' only");
 
 	if (!fetches) {
 		for (size_t i = 0; i < ARRAY_SIZE(net_opts); i++)
@@ -236,5 +257,15 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "verify") == 0)
 		return cmd_verify(&so, args, nargs);
+	if (strcmp(cmd, "mount") == 0) {
+		if (nargs != 1)
+			return usage_error("%s", "mount: one mount point, please (blobfs mount DIR)");
+		return cmd_mount(&so, &fo, args[0], mopts, nmopts);
+	}
+	if (strcmp(cmd, "umount") == 0 || strcmp(cmd, "unmount") == 0) {
+		if (nargs != 1)
+			return usage_error("%s", "umount: which mount point? (blobfs umount DIR)");
+		return cmd_umount(args[0]);
+	}
 	return usage_error("unknown command '%s'", cmd);
 }

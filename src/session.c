@@ -29,17 +29,23 @@ int session_open(const struct session_opts *o, unsigned flags, struct session **
 	free(root);
 	if (ret < 0)
 		goto fail;
-	if (flags & SESSION_NET) {
-		ret = fetcher_start(&o->net, &s->fetcher);
-		if (ret < 0)
-			goto fail;
-		s->cache = blobcache_new(s->store, s->fetcher, &o->blob);
-	}
+	if ((flags & SESSION_NET) && (ret = session_start_net(s)) < 0)
+		goto fail;
 	*out = s;
 	return 0;
 fail:
 	session_close(s);
 	return ret;
+}
+
+int session_start_net(struct session *s)
+{
+	int ret = fetcher_start(&s->opts.net, &s->fetcher);
+
+	if (ret < 0)
+		return ret;
+	s->cache = blobcache_new(s->store, s->fetcher, &s->opts.blob);
+	return 0;
 }
 
 void session_close(struct session *s)

@@ -28,6 +28,8 @@ enum {
 };
 
 int session_open(const struct session_opts *o, unsigned flags, struct session **out);
+/* Start the network thread and blob cache later (after a fork, say). */
+int session_start_net(struct session *s);
 void session_close(struct session *s);
 
 #endif

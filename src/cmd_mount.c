@@ -1,0 +1,197 @@
+/*
+ * cmd_mount.c - `blobfs mount` and `blobfs umount`.
+ *
+ * -o options are split with fuse_opt_parse: blobfs's own (documented in
+ * blobfs(1)) go into the option structs, everything else is left for
+ * libfuse, which refuses what it does not know.
+ */
+#define FUSE_USE_VERSION 312
+#include "config.h"
+
+#include <errno.h>
+#include <fuse_opt.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "fs.h"
+#include "log.h"
+#include "util.h"
+
+struct mount_opts {
+	int nodiscover, discover, insecure, no_chunksums, no_netrc;
+	char *background, *cacert, *credentials, *store;
+	unsigned read_timeout, connections, stall_timeout, retries, miss_ttl, threads;
+	int fsname_given, subtype_given;
+};
+
+#define OPT(t, f) { t, offsetof(struct mount_opts, f), 1 }
+#define VAL(t, f) { t, offsetof(struct mount_opts, f), 0 }
+
+static const struct fuse_opt spec[] = {
+	OPT("nodiscover", nodiscover),
+	OPT("discover", discover),
+	OPT("insecure", insecure),
+	OPT("no_chunksums", no_chunksums),
+	OPT("no_netrc", no_netrc),
+	VAL("background=%s", background),
+	VAL("cacert=%s", cacert),
+	VAL("credentials=%s", credentials),
+	VAL("store=%s", store),
+	VAL("read_timeout=%u", read_timeout),
+	VAL("connections=%u", connections),
+	VAL("stall_timeout=%u", stall_timeout),
+	VAL("retries=%u", retries),
+	VAL("miss_ttl=%u", miss_ttl),
+	VAL("threads=%u", threads),
+	FUSE_OPT_END
+};
+
+/* Note fsname/subtype so defaults are added only when not given; keep all else. */
+static int keep(void *data, const char *arg, int key, struct fuse_args *out)
+{
+	struct mount_opts *mo = data;
+
+	(void)key; (void)out;
+	if (strncmp(arg, "fsname=", 7) == 0)
+		mo->fsname_given = 1;
+	if (strncmp(arg, "subtype=", 8) == 0)
+		mo->subtype_given = 1;
+	return 1;
+}
+
+static bool in_range(unsigned v, unsigned lo, unsigned hi, const char *what)
+{
+	if (v >= lo && v <= hi)
+		return true;
+	cli_error("-o %s wants a number from %u to %u", what, lo, hi);
+	return false;
+}
+
+int cmd_mount(struct session_opts *so, struct fs_opts *fo, const char *mountpoint,
+	      char *const *optv, int optc)
+{
+	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+	struct mount_opts mo = { 0 };
+	int ret;
+
+	fuse_opt_add_arg(&args, "blobfs");
+	for (int i = 0; i < optc; i++) {
+		fuse_opt_add_arg(&args, "-o");
+		fuse_opt_add_arg(&args, optv[i]);
+	}
+	if (fuse_opt_parse(&args, &mo, spec, keep) < 0) {
+		fuse_opt_free_args(&args);
+		return EXIT_USAGE;
+	}
+	if (mo.nodiscover)
+		fo->discover = false;
+	if (mo.discover)
+		fo->discover = true;
+	if (mo.insecure)
+		so->insecure = true;
+	if (mo.no_chunksums)
+		so->net.chunksums = false;
+	if (mo.no_netrc)
+		so->net.no_netrc = true;
+	if (mo.cacert)
+		so->net.cacert = mo.cacert;
+	if (mo.credentials)
+		so->net.credentials = mo.credentials;
+	if (mo.store)
+		so->store = mo.store;
+	if (mo.background) {
+		if (strcmp(mo.background, "sequential") == 0)
+			fo->background = BG_SEQUENTIAL;
+		else if (strcmp(mo.background, "always") == 0)
+			fo->background = BG_ALWAYS;
+		else if (strcmp(mo.background, "never") == 0)
+			fo->background = BG_NEVER;
+		else {
+			cli_error("-o background wants sequential, always or never, not '%s'",
+				  mo.background);
+			ret = EXIT_USAGE;
+			goto out;
+		}
+	}
+	ret = EXIT_USAGE;
+	if (mo.read_timeout) {
+		if (!in_range(mo.read_timeout, 1, 86400, "read_timeout"))
+			goto out;
+		so->blob.read_timeout_ms = (uint64_t)mo.read_timeout * 1000;
+	}
+	if (mo.connections) {
+		if (!in_range(mo.connections, 1, 256, "connections"))
+			goto out;
+		so->net.connections = mo.connections;
+	}
+	if (mo.stall_timeout) {
+		if (!in_range(mo.stall_timeout, 1, 3600, "stall_timeout"))
+			goto out;
+		so->net.stall_timeout_s = mo.stall_timeout;
+	}
+	if (mo.retries) {
+		if (!in_range(mo.retries, 1, 100, "retries"))
+			goto out;
+		so->net.retry.max_attempts = mo.retries;
+	}
+	if (mo.miss_ttl)
+		fo->miss_ttl_s = mo.miss_ttl;
+	if (mo.threads) {
+		if (!in_range(mo.threads, 2, 1024, "threads"))
+			goto out;
+		fo->threads = mo.threads;
+	}
+	if (!mo.fsname_given) {
+		fuse_opt_add_arg(&args, "-o");
+		fuse_opt_add_arg(&args, "fsname=blobfs");
+	}
+	if (!mo.subtype_given) {
+		fuse_opt_add_arg(&args, "-o");
+		fuse_opt_add_arg(&args, "subtype=blobfs");
+	}
+	fo->fuse_argc = args.argc;
+	fo->fuse_argv = args.argv;
+	args.allocated = 0;      /* fs_mount frees them */
+	ret = fs_mount(so, fo, mountpoint);
+out:
+	fuse_opt_free_args(&args);
+	free(mo.background);
+	return ret;
+}
+
+int cmd_umount(const char *mountpoint)
+{
+	pid_t pid = fork();
+	int status;
+
+	if (pid < 0) {
+		cli_error("cannot run fusermount3: %s", strerror(errno));
+		return EXIT_FAIL;
+	}
+	if (pid == 0) {
+		execlp("fusermount3", "fusermount3", "-u", "--", mountpoint, (char *)NULL);
+		_exit(127);
+	}
+	if (waitpid(pid, &status, 0) < 0) {
+		cli_error("cannot wait for fusermount3: %s", strerror(errno));
+		return EXIT_FAIL;
+	}
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+		return EXIT_OK;
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 127 && geteuid() == 0) {
+		if (umount2(mountpoint, 0) == 0)
+			return EXIT_OK;
+		cli_error("cannot unmount '%s': %s", mountpoint, strerror(errno));
+		return EXIT_FAIL;
+	}
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 127)
+		cli_error("cannot unmount '%s': fusermount3 is not installed (Debian package 'fuse3')",
+			  mountpoint);
+	return EXIT_FAIL;
+}

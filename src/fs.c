@@ -1,0 +1,987 @@
+/*
+ * fs.c - FUSE low-level operations.
+ *
+ * Every operation replies exactly once. Reads of bytes not yet local never
+ * hold a worker thread: the request is parked on the blob as a waiter and
+ * answered by whichever thread makes its bytes present (or gives up on them);
+ * local bytes are spliced from the backing file (fuse_reply_data with an fd
+ * buffer), never copied through this process. Files are immutable, so opens
+ * keep the kernel's page cache and mmap works; there is no direct_io.
+ *
+ * The mount is read-only but for removal: rmdir of a tag directory (and
+ * unlink of a manifest file) removes the tag from the store. Unlinking one
+ * file inside a tag directory hides it from that directory for the life of
+ * the mount and changes nothing on disk, so `rm -r` of a tag works without
+ * removing a blob that other tags share; the directory can be removed once
+ * nothing is left in it. Everything else that would write answers EROFS.
+ *
+ * Interrupts: a parked read registers an interrupt callback before it is
+ * parked. Before any reply the callback is unregistered, which waits for a
+ * running callback to finish; the callback replies only if it was the one
+ * that took the waiter off the blob, so a request is answered exactly once.
+ */
+#define FUSE_USE_VERSION 312
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <fuse_lowlevel.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include "blob.h"
+#include "chunkmap.h"
+#include "fs.h"
+#include "index.h"
+#include "log.h"
+#include "manifest.h"
+#include "registry.h"
+#include "remote.h"
+#include "store.h"
+#include "strmap.h"
+#include "util.h"
+#include "watch.h"
+
+#define DIR_TIMEOUT 1.0          /* tags come and go: revalidate directories often */
+#define FILE_TIMEOUT 3600.0      /* file contents and sizes never change */
+#define NEG_TIMEOUT 1.0
+#define RA_START (1u << 20)
+#define RA_MAX (64u << 20)
+#define SEQ_SLACK (4u << 20)     /* out-of-order kernel read-ahead still counts as sequential */
+#define BACKGROUND_AFTER (2u << 20) /* sequential bytes before background completion starts */
+
+#define XATTR_DIGEST "user.blobfs.digest"
+#define XATTR_CACHED "user.blobfs.cached"
+
+struct fs {
+	struct session *sess;
+	struct index *ix;
+	struct watch *watch;
+	struct fuse_session *se;
+	struct fs_opts o;
+	uid_t uid;
+	gid_t gid;
+	pthread_mutex_t miss_lock;   /* guards misses */
+	struct strmap *misses;       /* "host/ns/model:tag" → expiry, monotonic ms */
+};
+
+struct ofile {                   /* an open file */
+	enum inode_kind kind;
+	struct blob *blob;           /* INODE_BLOB */
+	char *data;                  /* INODE_MANIFEST: its bytes */
+	size_t len;
+	pthread_mutex_t lock;        /* guards the read-ahead state */
+	uint64_t next_off, seq_bytes, ra;
+	bool background;
+};
+
+struct parked {                  /* a read waiting for bytes */
+	struct blob_waiter w;        /* first: w is what the blob hands back */
+	fuse_req_t req;
+	struct blob *blob;
+	uint64_t off;
+	size_t size;
+};
+
+struct dirsnap {                 /* a directory listing taken at opendir */
+	size_t n;
+	struct {
+		char *name;
+		uint64_t ino;
+		mode_t mode;
+	} *e;
+};
+
+static struct fs *fs_of(fuse_req_t req)
+{
+	return fuse_req_userdata(req);
+}
+
+/* ---- attributes ---- */
+
+/* Bytes of a blob that are local, cheaply: the live blob if open, else the store. */
+static uint64_t local_bytes(struct fs *fs, const struct inode *in)
+{
+	struct blob *b = fs->sess->cache ? blob_find(fs->sess->cache, &in->digest) : NULL;
+	struct store *s = fs->sess->store;
+	uint64_t local = 0;
+
+	if (b) {
+		struct blob_stats st;
+		blob_stats(b, &st);
+		blob_put(b);
+		return st.present;
+	}
+	char *path = store_blob_path(s, &in->digest);
+	struct stat sb;
+	if (stat(path, &sb) == 0 && (uint64_t)sb.st_size == in->size) {
+		local = in->size;
+	} else {
+		char *map = store_partial_path(s, &in->digest, ".map");
+		struct chunkmap *m;
+		if (access(map, F_OK) == 0 && chunkmap_load(map, &in->digest, in->size, &m) == 0) {
+			local = chunkmap_bytes(m);
+			chunkmap_free(m);
+		}
+		free(map);
+	}
+	free(path);
+	return local;
+}
+
+static void fill_attr(struct fs *fs, const struct inode *in, struct stat *st)
+{
+	memset(st, 0, sizeof(*st));
+	st->st_ino = in->ino;
+	st->st_uid = fs->uid;
+	st->st_gid = fs->gid;
+	st->st_mtim.tv_sec = in->mtime_ns / 1000000000;
+	st->st_mtim.tv_nsec = in->mtime_ns % 1000000000;
+	st->st_atim = st->st_ctim = st->st_mtim;
+	st->st_blksize = 1 << 20;
+	switch (in->kind) {
+	case INODE_DIR:
+		st->st_mode = S_IFDIR | 0755;
+		st->st_nlink = MAX(in->nlink, 2u);
+		st->st_size = 4096;
+		break;
+	case INODE_BLOB:
+		st->st_mode = S_IFREG | 0644;
+		st->st_nlink = MAX(in->nlink, 1u);
+		st->st_size = (off_t)in->size;
+		st->st_blocks = (blkcnt_t)((local_bytes(fs, in) + 511) / 512);
+		break;
+	case INODE_MANIFEST:
+		st->st_mode = S_IFREG | 0644;
+		st->st_nlink = MAX(in->nlink, 1u);
+		st->st_size = (off_t)in->size;
+		st->st_blocks = (blkcnt_t)((in->size + 511) / 512);
+		break;
+	}
+}
+
+static double timeout_of(const struct inode *in)
+{
+	return in->kind == INODE_DIR ? DIR_TIMEOUT : FILE_TIMEOUT;
+}
+
+/* Reply with an entry for in and count the kernel's new reference. Lock held. */
+static void reply_entry(fuse_req_t req, struct fs *fs, struct inode *in)
+{
+	struct fuse_entry_param e;
+
+	memset(&e, 0, sizeof(e));
+	e.ino = in->ino;
+	e.attr_timeout = e.entry_timeout = timeout_of(in);
+	fill_attr(fs, in, &e.attr);
+	index_ref(fs->ix, in);
+	if (fuse_reply_entry(req, &e) != 0)
+		index_forget(fs->ix, in->ino, 1);   /* the kernel never got it */
+}
+
+static void reply_negative(fuse_req_t req, double timeout)
+{
+	struct fuse_entry_param e;
+
+	memset(&e, 0, sizeof(e));
+	e.entry_timeout = timeout;
+	fuse_reply_entry(req, &e);
+}
+
+/* ---- discovery ---- */
+
+static char *miss_key(const struct model_name *n)
+{
+	return xasprintf("%s/%s/%s:%s", n->host, n->ns, n->model, n->tag);
+}
+
+static bool recent_miss(struct fs *fs, const struct model_name *n)
+{
+	char *key = miss_key(n);
+	uint64_t until = 0;
+
+	pthread_mutex_lock(&fs->miss_lock);
+	strmap_get(fs->misses, key, &until);
+	pthread_mutex_unlock(&fs->miss_lock);
+	free(key);
+	return until > now_ms();
+}
+
+static void remember_miss(struct fs *fs, const struct model_name *n)
+{
+	char *key = miss_key(n);
+
+	pthread_mutex_lock(&fs->miss_lock);
+	strmap_put(fs->misses, key, now_ms() + (uint64_t)fs->o.miss_ttl_s * 1000);
+	pthread_mutex_unlock(&fs->miss_lock);
+	free(key);
+}
+
+/*
+ * Look a tag up in its registry and, if it exists, store its manifest and
+ * add it to the tree. This blocks one worker thread for the length of one
+ * manifest request; it happens once per tag.
+ */
+static int discover(struct fs *fs, const struct model_name *n)
+{
+	struct remote *r;
+	struct manifest *m = NULL;
+	char err[512], full[NAME_FORMAT_MAX], *buf = NULL;
+	size_t len;
+	int ret;
+
+	if (recent_miss(fs, n))
+		return -ENOENT;
+	name_format(n, full, sizeof(full));
+	r = remote_new(n, fs->sess->opts.insecure);
+	if (!r)
+		return -ENOENT;
+	ret = registry_fetch_manifest(fs->sess->fetcher, r, n->tag, &buf, &len, &m,
+				      err, sizeof(err));
+	remote_unref(r);
+	if (ret == 0)
+		ret = store_write_manifest(fs->sess->store, n, buf, len);
+	if (ret == 0)
+		ret = index_add_tag(fs->ix, n);
+	if (ret < 0) {
+		if (ret == -ENOENT)
+			log_debug("discovery: '%s' does not exist", full);
+		else
+			log_warn("discovery of '%s' failed: %s", full, err);
+		remember_miss(fs, n);
+	} else {
+		log_info("discovered '%s'", full);
+	}
+	manifest_free(m);
+	free(buf);
+	return ret < 0 ? (ret == -ENOENT ? -ENOENT : -EIO) : 0;
+}
+
+/* Is name valid for a directory created under a directory of role r? */
+static bool phantom_ok(enum dir_role r, const char *name)
+{
+	switch (r) {
+	case DIR_MODELS:
+	case DIR_MANIFESTS:
+		return strlen(name) <= NAME_HOST_MAX && name_part_valid(NAME_HOST, name);
+	case DIR_MODELS_HOST:
+	case DIR_MANIFESTS_HOST:
+		return strlen(name) <= NAME_PART_MAX && name_part_valid(NAME_NAMESPACE, name);
+	case DIR_MODELS_NS:
+	case DIR_MANIFESTS_NS:
+		return strlen(name) <= NAME_PART_MAX && name_part_valid(NAME_MODEL, name);
+	default:
+		return false;
+	}
+}
+
+/* ---- operations ---- */
+
+static void op_init(void *userdata, struct fuse_conn_info *conn)
+{
+	(void)userdata;
+	if (conn->capable & FUSE_CAP_SPLICE_WRITE)
+		conn->want |= FUSE_CAP_SPLICE_WRITE;
+	if (conn->capable & FUSE_CAP_SPLICE_MOVE)
+		conn->want |= FUSE_CAP_SPLICE_MOVE;
+	conn->want |= FUSE_CAP_ASYNC_READ;
+	conn->max_background = 64;
+	conn->congestion_threshold = 48;
+}
+
+static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct fs *fs = fs_of(req);
+	struct inode *dir, *child;
+	struct model_name n;
+	enum dir_role role;
+	bool tagdir = false;
+
+	index_rdlock(fs->ix);
+	dir = index_get(fs->ix, parent);
+	if (!dir || dir->kind != INODE_DIR) {
+		index_unlock(fs->ix);
+		fuse_reply_err(req, dir ? ENOTDIR : ENOENT);
+		return;
+	}
+	child = index_child(fs->ix, dir, name);
+	if (child) {
+		reply_entry(req, fs, child);
+		index_unlock(fs->ix);
+		return;
+	}
+	role = dir->role;
+	tagdir = (role == DIR_MODELS_MODEL || role == DIR_MANIFESTS_MODEL) &&
+		 index_dir_name(dir, name, &n);
+	index_unlock(fs->ix);
+
+	if (!fs->o.discover) {
+		reply_negative(req, NEG_TIMEOUT);
+		return;
+	}
+	if (phantom_ok(role, name)) {
+		index_wrlock(fs->ix);
+		child = index_child(fs->ix, dir, name);
+		if (!child)
+			child = index_phantom(fs->ix, dir, name);
+		reply_entry(req, fs, child);
+		index_unlock(fs->ix);
+		return;
+	}
+	if (!tagdir || discover(fs, &n) < 0) {
+		reply_negative(req, NEG_TIMEOUT);
+		return;
+	}
+	index_rdlock(fs->ix);
+	child = index_child(fs->ix, dir, name);
+	if (child)
+		reply_entry(req, fs, child);
+	else
+		reply_negative(req, NEG_TIMEOUT);
+	index_unlock(fs->ix);
+}
+
+static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
+{
+	index_forget(fs_of(req)->ix, ino, nlookup);
+	fuse_reply_none(req);
+}
+
+static void op_forget_multi(fuse_req_t req, size_t count, struct fuse_forget_data *f)
+{
+	for (size_t i = 0; i < count; i++)
+		index_forget(fs_of(req)->ix, f[i].ino, f[i].nlookup);
+	fuse_reply_none(req);
+}
+
+static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	struct inode *in;
+	struct stat st;
+	double timeout;
+
+	(void)fi;
+	index_rdlock(fs->ix);
+	in = index_get(fs->ix, ino);
+	if (in) {
+		fill_attr(fs, in, &st);
+		timeout = in->kind == INODE_BLOB ? DIR_TIMEOUT : timeout_of(in);
+	}
+	index_unlock(fs->ix);
+	if (!in)
+		fuse_reply_err(req, ENOENT);
+	else
+		fuse_reply_attr(req, &st, timeout);
+}
+
+static void op_erofs(fuse_req_t req)
+{
+	fuse_reply_err(req, EROFS);
+}
+
+static void op_setattr(fuse_req_t req, fuse_ino_t ino, struct stat *attr, int to_set,
+		       struct fuse_file_info *fi)
+{
+	(void)ino; (void)attr; (void)to_set; (void)fi;
+	op_erofs(req);
+}
+
+static void op_mknod(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		     dev_t rdev)
+{
+	(void)parent; (void)name; (void)mode; (void)rdev;
+	op_erofs(req);
+}
+
+static void op_mkdir(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode)
+{
+	(void)parent; (void)name; (void)mode;
+	op_erofs(req);
+}
+
+static void op_symlink(fuse_req_t req, const char *link, fuse_ino_t parent, const char *name)
+{
+	(void)link; (void)parent; (void)name;
+	op_erofs(req);
+}
+
+static void op_link(fuse_req_t req, fuse_ino_t ino, fuse_ino_t parent, const char *name)
+{
+	(void)ino; (void)parent; (void)name;
+	op_erofs(req);
+}
+
+static void op_rename(fuse_req_t req, fuse_ino_t parent, const char *name,
+		      fuse_ino_t newparent, const char *newname, unsigned int flags)
+{
+	(void)parent; (void)name; (void)newparent; (void)newname; (void)flags;
+	op_erofs(req);
+}
+
+static void op_create(fuse_req_t req, fuse_ino_t parent, const char *name, mode_t mode,
+		      struct fuse_file_info *fi)
+{
+	(void)parent; (void)name; (void)mode; (void)fi;
+	op_erofs(req);
+}
+
+static void op_write(fuse_req_t req, fuse_ino_t ino, const char *buf, size_t size,
+		     off_t off, struct fuse_file_info *fi)
+{
+	(void)ino; (void)buf; (void)size; (void)off; (void)fi;
+	op_erofs(req);
+}
+
+static void op_setxattr(fuse_req_t req, fuse_ino_t ino, const char *name,
+			const char *value, size_t size, int flags)
+{
+	(void)ino; (void)name; (void)value; (void)size; (void)flags;
+	op_erofs(req);
+}
+
+static void op_removexattr(fuse_req_t req, fuse_ino_t ino, const char *name)
+{
+	(void)ino; (void)name;
+	op_erofs(req);
+}
+
+/* Digests a tag uses, to look for orphans after it is removed. */
+static int collect_digest(const struct layer *l, void *arg)
+{
+	digest_set_add(arg, &l->digest);
+	return 0;
+}
+
+/*
+ * Remove a tag: from the store (which frees the blobs nothing else uses),
+ * then from the tree; blobs of it still open here become orphans.
+ */
+static int remove_tag(struct fs *fs, const struct model_name *n, struct digest_set *used)
+{
+	struct store_freed freed;
+	char full[NAME_FORMAT_MAX];
+	int ret;
+
+	name_format(n, full, sizeof(full));
+	ret = store_remove_tag(fs->sess->store, n, &freed);
+	if (ret < 0 && ret != -ENOENT) {
+		log_error("cannot remove '%s': %s", full, strerror(-ret));
+		return ret;
+	}
+	index_drop_tag(fs->ix, n);
+	log_info("removed '%s' (%u blobs freed)", full, freed.blobs + freed.partials);
+	for (size_t i = 0; i < used->n; i++) {
+		bool still;
+		index_rdlock(fs->ix);
+		still = index_has_blob(fs->ix, &used->v[i]);
+		index_unlock(fs->ix);
+		struct blob *b = still ? NULL : blob_find(fs->sess->cache, &used->v[i]);
+		if (b) {
+			blob_orphan(b);
+			blob_put(b);
+		}
+	}
+	return 0;
+}
+
+static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct fs *fs = fs_of(req);
+	struct inode *dir, *real;
+	struct dentry *de;
+	struct digest_set used = { 0 };
+	struct model_name n;
+	int err = 0;
+
+	index_wrlock(fs->ix);
+	dir = index_get(fs->ix, parent);
+	real = dir ? index_real(fs->ix, dir) : NULL;
+	de = real ? index_dentry(real, name) : NULL;
+	if (!de || de->hidden) {
+		err = ENOENT;
+	} else if (real->role == DIR_TAG) {
+		de->hidden = true;     /* see the top of this file */
+	} else if (real->role == DIR_MANIFESTS_MODEL && de->inode->kind == INODE_MANIFEST &&
+		   de->inode->tag) {
+		n = de->inode->tag->name;
+		manifest_for_each_blob(de->inode->tag->m, collect_digest, &used);
+		err = -1;              /* removed below, without the lock */
+	} else {
+		err = EROFS;
+	}
+	index_unlock(fs->ix);
+	if (err == -1) {
+		int ret = remove_tag(fs, &n, &used);
+		err = ret < 0 ? -ret : 0;
+	}
+	digest_set_release(&used);
+	fuse_reply_err(req, err);
+}
+
+static size_t visible_entries(const struct inode *dir)
+{
+	size_t n = 0;
+
+	for (size_t i = 0; i < dir->nents; i++)
+		n += !dir->ents[i].hidden;
+	return n;
+}
+
+static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
+{
+	struct fs *fs = fs_of(req);
+	struct inode *dir, *real, *child = NULL;
+	struct dentry *de;
+	struct digest_set used = { 0 };
+	struct model_name n;
+	bool remove = false;
+	int err = 0;
+
+	index_rdlock(fs->ix);
+	dir = index_get(fs->ix, parent);
+	real = dir ? index_real(fs->ix, dir) : NULL;
+	de = real ? index_dentry(real, name) : NULL;
+	child = de ? de->inode : NULL;
+	if (!dir) {
+		err = ENOENT;
+	} else if (dir->role == DIR_ROOT) {
+		err = EROFS;
+	} else if (child && child->kind != INODE_DIR) {
+		err = ENOTDIR;
+	} else if (child && visible_entries(child) > 0) {
+		err = ENOTEMPTY;
+	} else if (child && child->role == DIR_TAG && child->tag) {
+		n = child->tag->name;
+		manifest_for_each_blob(child->tag->m, collect_digest, &used);
+		remove = true;
+	}
+	/* An empty or already-gone directory the kernel still knows is simply done. */
+	index_unlock(fs->ix);
+	if (remove) {
+		int ret = remove_tag(fs, &n, &used);
+		err = ret < 0 ? -ret : 0;
+	}
+	digest_set_release(&used);
+	fuse_reply_err(req, err);
+}
+
+static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	struct inode *in, *real;
+	struct dirsnap *snap;
+
+	index_rdlock(fs->ix);
+	in = index_get(fs->ix, ino);
+	if (!in || in->kind != INODE_DIR) {
+		index_unlock(fs->ix);
+		fuse_reply_err(req, in ? ENOTDIR : ENOENT);
+		return;
+	}
+	real = index_real(fs->ix, in);
+	snap = xcalloc(1, sizeof(*snap));
+	snap->e = xcalloc((real ? real->nents : 0) + 2, sizeof(*snap->e));
+	snap->e[0].name = xstrdup(".");
+	snap->e[0].ino = in->ino;
+	snap->e[0].mode = S_IFDIR;
+	snap->e[1].name = xstrdup("..");
+	snap->e[1].ino = in->parent ? in->parent->ino : in->ino;
+	snap->e[1].mode = S_IFDIR;
+	snap->n = 2;
+	for (size_t i = 0; real && i < real->nents; i++) {
+		if (real->ents[i].hidden)
+			continue;
+		snap->e[snap->n].name = xstrdup(real->ents[i].name);
+		snap->e[snap->n].ino = real->ents[i].inode->ino;
+		snap->e[snap->n].mode = real->ents[i].inode->kind == INODE_DIR ? S_IFDIR : S_IFREG;
+		snap->n++;
+	}
+	index_unlock(fs->ix);
+	fi->fh = (uint64_t)(uintptr_t)snap;
+	fuse_reply_open(req, fi);
+}
+
+static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		       struct fuse_file_info *fi)
+{
+	struct dirsnap *snap = (struct dirsnap *)(uintptr_t)fi->fh;
+	char *buf = xmalloc(size);
+	size_t used = 0;
+
+	(void)ino;
+	for (size_t i = (size_t)off; i < snap->n; i++) {
+		struct stat st = { .st_ino = snap->e[i].ino, .st_mode = snap->e[i].mode };
+		size_t len = fuse_add_direntry(req, buf + used, size - used, snap->e[i].name,
+					       &st, (off_t)i + 1);
+		if (len > size - used)
+			break;
+		used += len;
+	}
+	fuse_reply_buf(req, buf, used);
+	free(buf);
+}
+
+static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct dirsnap *snap = (struct dirsnap *)(uintptr_t)fi->fh;
+
+	(void)ino;
+	for (size_t i = 0; i < snap->n; i++)
+		free(snap->e[i].name);
+	free(snap->e);
+	free(snap);
+	fuse_reply_err(req, 0);
+}
+
+static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	struct inode *in;
+	struct ofile *of;
+
+	if ((fi->flags & O_ACCMODE) != O_RDONLY || (fi->flags & O_TRUNC)) {
+		fuse_reply_err(req, EROFS);
+		return;
+	}
+	index_rdlock(fs->ix);
+	in = index_get(fs->ix, ino);
+	if (!in || in->kind == INODE_DIR || (in->kind == INODE_MANIFEST && !in->tag)) {
+		index_unlock(fs->ix);
+		fuse_reply_err(req, !in ? ENOENT : in->kind == INODE_DIR ? EISDIR : ENOENT);
+		return;
+	}
+	of = xcalloc(1, sizeof(*of));
+	of->kind = in->kind;
+	pthread_mutex_init(&of->lock, NULL);
+	struct digest d = in->digest;
+	uint64_t size = in->size;
+	struct remote *r = in->remote ? remote_ref(in->remote) : NULL;
+	if (in->kind == INODE_MANIFEST) {
+		of->len = in->tag->len;
+		of->data = xmalloc(of->len + 1);
+		memcpy(of->data, in->tag->bytes, of->len);
+	}
+	index_unlock(fs->ix);
+	if (of->kind == INODE_BLOB) {
+		of->blob = blob_get(fs->sess->cache, &d, size);
+		blob_set_remote(of->blob, r);
+	}
+	remote_unref(r);
+	fi->fh = (uint64_t)(uintptr_t)of;
+	fi->keep_cache = 1;   /* immutable content: keep the page cache across opens */
+	if (fuse_reply_open(req, fi) != 0) {
+		blob_put(of->blob);
+		free(of->data);
+		pthread_mutex_destroy(&of->lock);
+		free(of);
+	}
+}
+
+static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	struct ofile *of = (struct ofile *)(uintptr_t)fi->fh;
+
+	(void)ino;
+	blob_put(of->blob);
+	free(of->data);
+	pthread_mutex_destroy(&of->lock);
+	free(of);
+	fuse_reply_err(req, 0);
+}
+
+static void reply_from_fd(fuse_req_t req, struct blob *b, uint64_t off, size_t size)
+{
+	struct fuse_bufvec bv = FUSE_BUFVEC_INIT(size);
+
+	bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
+	bv.buf[0].fd = blob_fd(b);
+	bv.buf[0].pos = (off_t)off;
+	fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+}
+
+static void parked_free(struct parked *p)
+{
+	blob_put(p->blob);
+	free(p);
+}
+
+/* The blob answered a parked read (from another thread). */
+static void parked_done(struct blob_waiter *w, int err)
+{
+	struct parked *p = (struct parked *)w;
+
+	fuse_req_interrupt_func(p->req, NULL, NULL);
+	if (err)
+		fuse_reply_err(p->req, -err);
+	else
+		reply_from_fd(p->req, p->blob, p->off, p->size);
+	parked_free(p);
+}
+
+static void parked_interrupted(fuse_req_t req, void *data)
+{
+	struct parked *p = data;
+
+	if (blob_cancel(p->blob, &p->w)) {
+		fuse_reply_err(req, EINTR);
+		parked_free(p);
+	}
+}
+
+/* Track sequential reading; returns the read-ahead hint for this read. */
+static uint64_t track_sequential(struct fs *fs, struct ofile *of, uint64_t off, size_t size,
+			  bool *start_background)
+{
+	uint64_t ra;
+
+	pthread_mutex_lock(&of->lock);
+	bool seq = (off == 0 && of->next_off == 0) ||
+		   (off + SEQ_SLACK >= of->next_off && off <= of->next_off + SEQ_SLACK &&
+		    of->next_off > 0);
+	if (seq) {
+		of->ra = of->ra ? MIN(of->ra * 2, (uint64_t)RA_MAX) : RA_START;
+		of->seq_bytes += size;
+	} else {
+		of->ra = 0;
+		of->seq_bytes = 0;
+	}
+	of->next_off = MAX(of->next_off, off + size);
+	if (!seq)
+		of->next_off = off + size;
+	ra = of->ra;
+	*start_background = !of->background &&
+			    (fs->o.background == BG_ALWAYS ||
+			     (fs->o.background == BG_SEQUENTIAL && of->seq_bytes >= BACKGROUND_AFTER));
+	if (*start_background)
+		of->background = true;
+	pthread_mutex_unlock(&of->lock);
+	return ra;
+}
+
+static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+		    struct fuse_file_info *fi)
+{
+	struct fs *fs = fs_of(req);
+	struct ofile *of = (struct ofile *)(uintptr_t)fi->fh;
+	struct parked *p;
+	bool background;
+	uint64_t ra, bsize;
+	int ret;
+
+	(void)ino;
+	if (off < 0) {
+		fuse_reply_err(req, EINVAL);
+		return;
+	}
+	if (of->kind == INODE_MANIFEST) {
+		size_t o = MIN((size_t)off, of->len);
+		fuse_reply_buf(req, of->data + o, MIN(size, of->len - o));
+		return;
+	}
+	bsize = blob_size(of->blob);
+	if ((uint64_t)off >= bsize || size == 0) {
+		fuse_reply_buf(req, NULL, 0);
+		return;
+	}
+	size = (size_t)MIN((uint64_t)size, bsize - (uint64_t)off);
+	ra = track_sequential(fs, of, (uint64_t)off, size, &background);
+	if (background && blob_fetch_all(of->blob) < 0)
+		log_debug("background completion could not start");
+
+	p = xcalloc(1, sizeof(*p));
+	p->req = req;
+	p->blob = blob_ref(of->blob);
+	p->off = (uint64_t)off;
+	p->size = size;
+	p->w.done = parked_done;
+	fuse_req_interrupt_func(req, parked_interrupted, p);
+	ret = blob_read(of->blob, (uint64_t)off, size, ra, &p->w);
+	if (ret == 0)
+		return;    /* parked: parked_done() or parked_interrupted() replies */
+	fuse_req_interrupt_func(req, NULL, NULL);
+	if (ret > 0)
+		reply_from_fd(req, of->blob, (uint64_t)off, size);
+	else
+		fuse_reply_err(req, -ret);
+	parked_free(p);
+}
+
+static void op_statfs(fuse_req_t req, fuse_ino_t ino)
+{
+	struct statvfs sv;
+
+	(void)ino;
+	if (statvfs(fs_of(req)->sess->store->root, &sv) < 0) {
+		fuse_reply_err(req, errno);
+		return;
+	}
+	fuse_reply_statfs(req, &sv);
+}
+
+static void reply_xattr(fuse_req_t req, const char *value, size_t len, size_t size)
+{
+	if (size == 0)
+		fuse_reply_xattr(req, len);
+	else if (size < len)
+		fuse_reply_err(req, ERANGE);
+	else
+		fuse_reply_buf(req, value, len);
+}
+
+static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t size)
+{
+	struct fs *fs = fs_of(req);
+	struct inode *in;
+	char value[DIGEST_STR_LEN + 32];
+	int len = -1;
+
+	index_rdlock(fs->ix);
+	in = index_get(fs->ix, ino);
+	if (in && in->kind == INODE_BLOB) {
+		if (strcmp(name, XATTR_DIGEST) == 0) {
+			digest_format(&in->digest, value);
+			len = (int)strlen(value);
+		} else if (strcmp(name, XATTR_CACHED) == 0) {
+			len = snprintf(value, sizeof(value), "%" PRIu64, local_bytes(fs, in));
+		}
+	}
+	index_unlock(fs->ix);
+	if (!in)
+		fuse_reply_err(req, ENOENT);
+	else if (len < 0)
+		fuse_reply_err(req, ENODATA);
+	else
+		reply_xattr(req, value, (size_t)len, size);
+}
+
+static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
+{
+	static const char names[] = XATTR_DIGEST "\0" XATTR_CACHED;
+	struct fs *fs = fs_of(req);
+	struct inode *in;
+	bool blob;
+
+	index_rdlock(fs->ix);
+	in = index_get(fs->ix, ino);
+	blob = in && in->kind == INODE_BLOB;
+	index_unlock(fs->ix);
+	if (!in)
+		fuse_reply_err(req, ENOENT);
+	else
+		reply_xattr(req, names, blob ? sizeof(names) : 0, size);
+}
+
+static const struct fuse_lowlevel_ops ops = {
+	.init = op_init,
+	.lookup = op_lookup,
+	.forget = op_forget,
+	.forget_multi = op_forget_multi,
+	.getattr = op_getattr,
+	.setattr = op_setattr,
+	.mknod = op_mknod,
+	.mkdir = op_mkdir,
+	.unlink = op_unlink,
+	.rmdir = op_rmdir,
+	.symlink = op_symlink,
+	.rename = op_rename,
+	.link = op_link,
+	.open = op_open,
+	.read = op_read,
+	.write = op_write,
+	.release = op_release,
+	.opendir = op_opendir,
+	.readdir = op_readdir,
+	.releasedir = op_releasedir,
+	.statfs = op_statfs,
+	.setxattr = op_setxattr,
+	.getxattr = op_getxattr,
+	.listxattr = op_listxattr,
+	.removexattr = op_removexattr,
+	.create = op_create,
+};
+
+/* ---- mounting ---- */
+
+void fs_opts_defaults(struct fs_opts *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->discover = true;
+	o->background = BG_SEQUENTIAL;
+	o->miss_ttl_s = 10;
+	o->threads = 16;
+}
+
+static void on_store_change(void *arg)
+{
+	struct fs *fs = arg;
+	unsigned added, removed;
+
+	index_scan(fs->ix, &added, &removed);
+	if (added || removed)
+		log_info("store changed: %u tags added, %u removed", added, removed);
+}
+
+int fs_mount(const struct session_opts *so, const struct fs_opts *fo, const char *mountpoint)
+{
+	struct fuse_args args = FUSE_ARGS_INIT(fo->fuse_argc, fo->fuse_argv);
+	struct fs *fs = xcalloc(1, sizeof(*fs));
+	struct fuse_loop_config *cfg = NULL;
+	unsigned added, removed;
+	int ret = 1;
+
+	fs->o = *fo;
+	fs->uid = getuid();
+	fs->gid = getgid();
+	pthread_mutex_init(&fs->miss_lock, NULL);
+	fs->misses = strmap_new();
+	if (session_open(so, SESSION_WRITE, &fs->sess) < 0)
+		goto out;
+	fs->ix = index_new(fs->sess->store, so->insecure);
+	index_scan(fs->ix, &added, &removed);
+
+	fs->se = fuse_session_new(&args, &ops, sizeof(ops), fs);
+	if (!fs->se)
+		goto out;
+	if (fuse_set_signal_handlers(fs->se) != 0)
+		goto out;
+	if (fuse_session_mount(fs->se, mountpoint) != 0) {
+		fprintf(stderr, "blobfs: error: cannot mount on '%s'\n", mountpoint);
+		goto out_signals;
+	}
+	/* Threads start only after the fork; the tree is already built. */
+	if (fuse_daemonize(fo->foreground) != 0)
+		goto out_unmount;
+	if (!fo->foreground)
+		log_use_syslog(true);
+	if (session_start_net(fs->sess) < 0)
+		goto out_unmount;
+	fs->watch = watch_start(fs->sess->store->manifests, 3, 30, on_store_change, fs);
+	log_info("mounted '%s' on '%s' (%u tags)", fs->sess->store->root, mountpoint, added);
+
+	cfg = fuse_loop_cfg_create();
+	fuse_loop_cfg_set_max_threads(cfg, fo->threads);
+	ret = fuse_session_loop_mt(fs->se, cfg) < 0 ? 1 : 0;  /* > 0: a signal; a clean stop */
+	fuse_loop_cfg_destroy(cfg);
+	watch_stop(fs->watch);
+out_unmount:
+	fuse_session_unmount(fs->se);
+out_signals:
+	fuse_remove_signal_handlers(fs->se);
+out:
+	if (fs->se)
+		fuse_session_destroy(fs->se);
+	session_close(fs->sess);
+	index_free(fs->ix);
+	strmap_free(fs->misses);
+	pthread_mutex_destroy(&fs->miss_lock);
+	fuse_opt_free_args(&args);
+	free(fs);
+	return ret;
+}

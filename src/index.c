@@ -1,0 +1,778 @@
+/*
+ * index.c - the tree the mount shows.
+ *
+ *   models/<host>/<ns>/<model>/<tag>/<file>   one directory per tag
+ *   blobs/sha256-<hex>                        every blob a tag uses
+ *   manifests/<host>/<ns>/<model>/<tag>       the manifest files
+ *
+ * It is built from the store's manifests and kept in line with them by
+ * index_scan(). A blob is one inode however many names it has (its tag
+ * directories and blobs/), like a hard link, so the kernel caches its pages
+ * once and every view shares one struct blob. A tag's manifest is one inode
+ * too (manifests/... and manifest.json).
+ *
+ * Inodes live until the kernel forgets them: removing a tag unlinks its
+ * inodes from the tree, and they are freed when their reference count (the
+ * kernel's lookups, plus one per child directory) drops to zero. A phantom
+ * directory is one a lookup made up for a path the store does not have yet,
+ * so that looking up models/<host>/<ns>/<model>/<tag> can walk down to the
+ * tag and discover it from the registry; phantoms are never listed.
+ *
+ * Locking: ix->lock (rwlock) guards the tree, the inode table and every
+ * inode field except refs, which is atomic. ix->scan_lock serialises whole
+ * scans and additions, so a scan that listed the store a moment ago never
+ * undoes a tag that discovery has just added.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+#include "index.h"
+#include "log.h"
+#include "manifest.h"
+#include "remote.h"
+#include "store.h"
+#include "strmap.h"
+#include "util.h"
+
+#define ROOT_INO 1
+
+struct bucket_entry {
+	struct bucket_entry *next;
+	struct inode *inode;
+};
+
+struct index {
+	struct store *store;
+	bool insecure;
+	pthread_rwlock_t lock;
+	pthread_mutex_t scan_lock;
+
+	/* guarded by lock */
+	struct bucket_entry **inos;    /* ino → inode */
+	size_t ninos, ino_buckets;
+	struct bucket_entry **blobs;   /* digest → blob inode */
+	size_t blob_buckets;
+	uint64_t next_ino;
+	struct inode *root, *models, *blobdir, *manifests;
+	struct strmap *tagmap;         /* "host/ns/model/tag" → struct itag * */
+	struct itag **tags;
+	size_t ntags, tagcap;
+	int64_t start_ns;
+};
+
+/* ---- tables ---- */
+
+static size_t ino_hash(const struct index *ix, uint64_t ino)
+{
+	return (ino * 0x9E3779B97F4A7C15ULL) >> 20 & (ix->ino_buckets - 1);
+}
+
+static size_t blob_hash(const struct index *ix, const struct digest *d)
+{
+	uint64_t h;
+
+	memcpy(&h, d->bytes, sizeof(h));
+	return h & (ix->blob_buckets - 1);
+}
+
+static void table_insert(struct bucket_entry **tab, size_t b, struct inode *in)
+{
+	struct bucket_entry *e = xmalloc(sizeof(*e));
+
+	e->inode = in;
+	e->next = tab[b];
+	tab[b] = e;
+}
+
+static void table_remove(struct bucket_entry **tab, size_t b, struct inode *in)
+{
+	for (struct bucket_entry **pp = &tab[b]; *pp; pp = &(*pp)->next) {
+		if ((*pp)->inode == in) {
+			struct bucket_entry *e = *pp;
+			*pp = e->next;
+			free(e);
+			return;
+		}
+	}
+}
+
+static void grow_inos(struct index *ix)
+{
+	struct bucket_entry **old = ix->inos;
+	size_t oldn = ix->ino_buckets;
+
+	ix->ino_buckets *= 2;
+	ix->inos = xcalloc(ix->ino_buckets, sizeof(*ix->inos));
+	for (size_t i = 0; i < oldn; i++) {
+		for (struct bucket_entry *e = old[i], *next; e; e = next) {
+			next = e->next;
+			size_t b = ino_hash(ix, e->inode->ino);
+			e->next = ix->inos[b];
+			ix->inos[b] = e;
+		}
+	}
+	free(old);
+}
+
+static struct inode *new_inode(struct index *ix, enum inode_kind kind)
+{
+	struct inode *in = xcalloc(1, sizeof(*in));
+
+	in->kind = kind;
+	in->ino = ix->next_ino++;
+	if (++ix->ninos > ix->ino_buckets)
+		grow_inos(ix);
+	table_insert(ix->inos, ino_hash(ix, in->ino), in);
+	return in;
+}
+
+struct inode *index_get(struct index *ix, uint64_t ino)
+{
+	for (struct bucket_entry *e = ix->inos[ino_hash(ix, ino)]; e; e = e->next)
+		if (e->inode->ino == ino)
+			return e->inode;
+	return NULL;
+}
+
+static struct inode *find_blob(struct index *ix, const struct digest *d)
+{
+	for (struct bucket_entry *e = ix->blobs[blob_hash(ix, d)]; e; e = e->next)
+		if (digest_equal(&e->inode->digest, d))
+			return e->inode;
+	return NULL;
+}
+
+/* ---- directories ---- */
+
+static size_t dent_pos(const struct inode *dir, const char *name, bool *found)
+{
+	size_t lo = 0, hi = dir->nents;
+
+	while (lo < hi) {
+		size_t mid = (lo + hi) / 2;
+		int c = strcmp(dir->ents[mid].name, name);
+		if (c == 0) {
+			*found = true;
+			return mid;
+		}
+		if (c < 0)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	*found = false;
+	return lo;
+}
+
+struct dentry *index_dentry(struct inode *dir, const char *name)
+{
+	bool found;
+	size_t i;
+
+	if (dir->kind != INODE_DIR)
+		return NULL;
+	i = dent_pos(dir, name, &found);
+	return found ? &dir->ents[i] : NULL;
+}
+
+static void dir_add(struct inode *dir, const char *name, struct inode *in)
+{
+	bool found;
+	size_t i = dent_pos(dir, name, &found);
+
+	if (found)
+		return;
+	if (dir->nents == dir->cap) {
+		dir->cap = dir->cap ? 2 * dir->cap : 8;
+		dir->ents = xrealloc(dir->ents, dir->cap * sizeof(*dir->ents));
+	}
+	memmove(&dir->ents[i + 1], &dir->ents[i], (dir->nents - i) * sizeof(*dir->ents));
+	dir->ents[i].name = xstrdup(name);
+	dir->ents[i].inode = in;
+	dir->ents[i].hidden = false;
+	dir->nents++;
+	if (in->kind == INODE_DIR)
+		dir->nlink++;
+	else
+		in->nlink++;
+}
+
+static void dir_del(struct inode *dir, const char *name)
+{
+	bool found;
+	size_t i = dent_pos(dir, name, &found);
+
+	if (!found)
+		return;
+	struct inode *in = dir->ents[i].inode;
+	if (in->kind == INODE_DIR)
+		dir->nlink--;
+	else
+		in->nlink--;
+	free(dir->ents[i].name);
+	memmove(&dir->ents[i], &dir->ents[i + 1], (dir->nents - i - 1) * sizeof(*dir->ents));
+	dir->nents--;
+}
+
+static enum dir_role child_role(enum dir_role r)
+{
+	switch (r) {
+	case DIR_MODELS: return DIR_MODELS_HOST;
+	case DIR_MODELS_HOST: return DIR_MODELS_NS;
+	case DIR_MODELS_NS: return DIR_MODELS_MODEL;
+	case DIR_MODELS_MODEL: return DIR_TAG;
+	case DIR_MANIFESTS: return DIR_MANIFESTS_HOST;
+	case DIR_MANIFESTS_HOST: return DIR_MANIFESTS_NS;
+	case DIR_MANIFESTS_NS: return DIR_MANIFESTS_MODEL;
+	default: return r;
+	}
+}
+
+static struct inode *new_dir(struct index *ix, struct inode *parent, const char *name,
+			     enum dir_role role, int64_t mtime)
+{
+	struct inode *d = new_inode(ix, INODE_DIR);
+
+	d->role = role;
+	d->name = xstrdup(name);
+	d->nlink = 2;
+	d->mtime_ns = mtime;
+	d->parent = parent;
+	if (parent)
+		__atomic_add_fetch(&parent->lookups, 1, __ATOMIC_RELAXED);
+	return d;
+}
+
+/* The real child directory name of dir, made if missing. */
+static struct inode *ensure_dir(struct index *ix, struct inode *dir, const char *name,
+				int64_t mtime)
+{
+	struct dentry *de = index_dentry(dir, name);
+
+	if (de)
+		return de->inode;
+	struct inode *d = new_dir(ix, dir, name, child_role(dir->role), mtime);
+	d->linked = true;
+	dir_add(dir, name, d);
+	return d;
+}
+
+struct inode *index_child(struct index *ix, struct inode *dir, const char *name)
+{
+	struct dentry *de;
+
+	dir = index_real(ix, dir);
+	if (!dir || dir->kind != INODE_DIR)
+		return NULL;
+	de = index_dentry(dir, name);
+	if (!de) {
+		for (size_t i = 0; i < dir->nents; i++) {
+			if (strcasecmp(dir->ents[i].name, name) == 0) {
+				de = &dir->ents[i];
+				break;
+			}
+		}
+	}
+	return de && !de->hidden ? de->inode : NULL;
+}
+
+struct inode *index_real(struct index *ix, struct inode *dir)
+{
+	if (!dir->phantom)
+		return dir->linked || dir->ino == ROOT_INO ? dir : NULL;
+	struct inode *parent = index_real(ix, dir->parent);
+	if (!parent)
+		return NULL;
+	struct dentry *de = index_dentry(parent, dir->name);
+	return de && de->inode->kind == INODE_DIR ? de->inode : NULL;
+}
+
+struct inode *index_phantom(struct index *ix, struct inode *dir, const char *name)
+{
+	struct inode *d = new_dir(ix, dir, name, child_role(dir->role), dir->mtime_ns);
+
+	d->phantom = true;
+	return d;
+}
+
+bool index_dir_name(struct inode *dir, const char *tag, struct model_name *out)
+{
+	struct inode *ns, *host;
+
+	if (dir->role != DIR_MODELS_MODEL && dir->role != DIR_MANIFESTS_MODEL)
+		return false;
+	ns = dir->parent;
+	host = ns ? ns->parent : NULL;
+	if (!host || strlen(host->name) > NAME_HOST_MAX || strlen(ns->name) > NAME_PART_MAX ||
+	    strlen(dir->name) > NAME_PART_MAX || strlen(tag) > NAME_PART_MAX ||
+	    !name_part_valid(NAME_HOST, host->name) || !name_part_valid(NAME_NAMESPACE, ns->name) ||
+	    !name_part_valid(NAME_MODEL, dir->name) || !name_part_valid(NAME_TAG, tag))
+		return false;
+	memset(out, 0, sizeof(*out));
+	strcpy(out->host, host->name);
+	strcpy(out->ns, ns->name);
+	strcpy(out->model, dir->name);
+	strcpy(out->tag, tag);
+	return true;
+}
+
+/* ---- lifetime ---- */
+
+static void free_inode(struct index *ix, struct inode *in);
+
+/* Free in if nothing refers to it any more. Write lock held. */
+static void maybe_free(struct index *ix, struct inode *in)
+{
+	if (in->ino == ROOT_INO || in->linked ||
+	    __atomic_load_n(&in->lookups, __ATOMIC_ACQUIRE) > 0)
+		return;
+	free_inode(ix, in);
+}
+
+static void free_inode(struct index *ix, struct inode *in)
+{
+	struct inode *parent = in->parent;
+
+	table_remove(ix->inos, ino_hash(ix, in->ino), in);
+	ix->ninos--;
+	for (size_t i = 0; i < in->nents; i++)
+		free(in->ents[i].name);
+	free(in->ents);
+	free(in->name);
+	remote_unref(in->remote);
+	free(in);
+	if (parent && __atomic_sub_fetch(&parent->lookups, 1, __ATOMIC_ACQ_REL) == 0)
+		maybe_free(ix, parent);
+}
+
+void index_ref(struct index *ix, struct inode *in)
+{
+	(void)ix;
+	__atomic_add_fetch(&in->lookups, 1, __ATOMIC_RELAXED);
+}
+
+void index_forget(struct index *ix, uint64_t ino, uint64_t n)
+{
+	struct inode *in;
+
+	if (ino == ROOT_INO)
+		return;
+	pthread_rwlock_wrlock(&ix->lock);
+	in = index_get(ix, ino);
+	if (in) {
+		uint64_t cur = __atomic_load_n(&in->lookups, __ATOMIC_ACQUIRE);
+		__atomic_sub_fetch(&in->lookups, MIN(n, cur), __ATOMIC_ACQ_REL);
+		maybe_free(ix, in);
+	}
+	pthread_rwlock_unlock(&ix->lock);
+}
+
+/* ---- tags ---- */
+
+static char *tag_key(const struct model_name *n)
+{
+	return xasprintf("%s/%s/%s/%s", n->host, n->ns, n->model, n->tag);
+}
+
+static void itag_free(struct itag *t)
+{
+	if (!t)
+		return;
+	free(t->bytes);
+	manifest_free(t->m);
+	remote_unref(t->remote);
+	free(t);
+}
+
+/* The blob inode for a descriptor, shared by every tag that uses the digest. */
+static struct inode *blob_inode(struct index *ix, const struct layer *l, struct itag *t)
+{
+	struct inode *in = find_blob(ix, &l->digest);
+
+	if (!in) {
+		char name[DIGEST_STR_LEN];
+		in = new_inode(ix, INODE_BLOB);
+		in->digest = l->digest;
+		in->size = l->size;
+		in->mtime_ns = t->mtime_ns;
+		in->remote = remote_ref(t->remote);
+		in->linked = true;
+		table_insert(ix->blobs, blob_hash(ix, &l->digest), in);
+		digest_filename(&l->digest, name);
+		dir_add(ix->blobdir, name, in);
+	}
+	return in;
+}
+
+static int add_blob_layer(const struct layer *l, void *arg)
+{
+	struct itag *t = ((void **)arg)[1];
+	struct index *ix = ((void **)arg)[0];
+
+	blob_inode(ix, l, t)->tags++;
+	return 0;
+}
+
+/* Put a parsed tag into the tree. Write lock held. */
+static void link_tag(struct index *ix, struct itag *t)
+{
+	const struct model_name *n = &t->name;
+	struct inode *h, *ns, *m, *tagdir, *mfile;
+	char *key = tag_key(n);
+	void *arg[2] = { ix, t };
+
+	manifest_for_each_blob(t->m, add_blob_layer, arg);
+
+	mfile = new_inode(ix, INODE_MANIFEST);
+	mfile->size = t->len;
+	mfile->mtime_ns = t->mtime_ns;
+	mfile->linked = true;
+	mfile->tag = t;
+
+	h = ensure_dir(ix, ix->models, n->host, t->mtime_ns);
+	ns = ensure_dir(ix, h, n->ns, t->mtime_ns);
+	m = ensure_dir(ix, ns, n->model, t->mtime_ns);
+	tagdir = new_dir(ix, m, n->tag, DIR_TAG, t->mtime_ns);
+	tagdir->linked = true;
+	tagdir->tag = t;
+	dir_add(m, n->tag, tagdir);
+	dir_add(tagdir, "config.json", find_blob(ix, &t->m->config.digest));
+	dir_add(tagdir, "manifest.json", mfile);
+	for (size_t i = 0; i < t->m->nlayers; i++)
+		dir_add(tagdir, t->m->layers[i].file, find_blob(ix, &t->m->layers[i].digest));
+
+	h = ensure_dir(ix, ix->manifests, n->host, t->mtime_ns);
+	ns = ensure_dir(ix, h, n->ns, t->mtime_ns);
+	m = ensure_dir(ix, ns, n->model, t->mtime_ns);
+	dir_add(m, n->tag, mfile);
+
+	t->dir = tagdir;
+	t->file = mfile;
+	strmap_put(ix->tagmap, key, (uint64_t)(uintptr_t)t);
+	free(key);
+	if (ix->ntags == ix->tagcap) {
+		ix->tagcap = ix->tagcap ? 2 * ix->tagcap : 64;
+		ix->tags = xrealloc(ix->tags, ix->tagcap * sizeof(*ix->tags));
+	}
+	ix->tags[ix->ntags++] = t;
+}
+
+/* Remove empty directories from dir up to (not including) stop. */
+static void prune(struct index *ix, struct inode *dir, struct inode *stop)
+{
+	while (dir && dir != stop && dir->nents == 0 && dir->linked) {
+		struct inode *parent = dir->parent;
+		dir_del(parent, dir->name);
+		dir->linked = false;
+		maybe_free(ix, dir);
+		dir = parent;
+	}
+}
+
+static int drop_blob_layer(const struct layer *l, void *arg)
+{
+	struct index *ix = arg;
+	struct inode *in = find_blob(ix, &l->digest);
+	char name[DIGEST_STR_LEN];
+
+	if (!in || --in->tags > 0)
+		return 0;
+	digest_filename(&l->digest, name);
+	dir_del(ix->blobdir, name);
+	table_remove(ix->blobs, blob_hash(ix, &l->digest), in);
+	in->linked = false;
+	maybe_free(ix, in);
+	return 0;
+}
+
+/* Remove a tag from the tree. scan_lock and the write lock held. */
+static void index_remove_tag(struct index *ix, struct itag *t)
+{
+	struct inode *tagdir = t->dir, *mfile = t->file;
+	struct inode *mdir = tagdir->parent;
+	char *key = tag_key(&t->name);
+
+	/* Files in the tag directory lose this name. */
+	while (tagdir->nents)
+		dir_del(tagdir, tagdir->ents[tagdir->nents - 1].name);
+	dir_del(mdir, t->name.tag);
+	tagdir->linked = false;
+	tagdir->tag = NULL;
+	prune(ix, mdir, ix->models);
+	maybe_free(ix, tagdir);
+
+	struct dentry *h = index_dentry(ix->manifests, t->name.host);
+	struct dentry *ns = h ? index_dentry(h->inode, t->name.ns) : NULL;
+	struct dentry *m = ns ? index_dentry(ns->inode, t->name.model) : NULL;
+	if (m) {
+		dir_del(m->inode, t->name.tag);
+		prune(ix, m->inode, ix->manifests);
+	}
+	mfile->linked = false;
+	mfile->tag = NULL;
+	maybe_free(ix, mfile);
+
+	manifest_for_each_blob(t->m, drop_blob_layer, ix);
+
+	strmap_put(ix->tagmap, key, 0);
+	free(key);
+	for (size_t i = 0; i < ix->ntags; i++) {
+		if (ix->tags[i] == t) {
+			ix->tags[i] = ix->tags[--ix->ntags];
+			break;
+		}
+	}
+	itag_free(t);
+}
+
+bool index_drop_tag(struct index *ix, const struct model_name *n)
+{
+	char *key = tag_key(n);
+	uint64_t v = 0;
+
+	pthread_mutex_lock(&ix->scan_lock);
+	pthread_rwlock_wrlock(&ix->lock);
+	strmap_get(ix->tagmap, key, &v);
+	if (v)
+		index_remove_tag(ix, (struct itag *)(uintptr_t)v);
+	pthread_rwlock_unlock(&ix->lock);
+	pthread_mutex_unlock(&ix->scan_lock);
+	free(key);
+	return v != 0;
+}
+
+bool index_has_blob(struct index *ix, const struct digest *d)
+{
+	return find_blob(ix, d) != NULL;
+}
+
+/* Read and parse a stored manifest into a new, unlinked tag. */
+static struct itag *load_tag(struct index *ix, const struct model_name *n, const char *path,
+			     int64_t mtime)
+{
+	struct itag *t = xcalloc(1, sizeof(*t));
+	char err[256];
+	int ret;
+
+	t->name = *n;
+	t->mtime_ns = mtime;
+	ret = read_file(path, MANIFEST_MAX_BYTES, &t->bytes, &t->len);
+	if (ret == 0)
+		ret = manifest_parse(t->bytes, t->len, &t->m, err, sizeof(err));
+	else
+		snprintf(err, sizeof(err), "%s", strerror(-ret));
+	if (ret < 0) {
+		log_warn("not showing '%s': %s", path, err);
+		itag_free(t);
+		return NULL;
+	}
+	t->remote = remote_new(n, ix->insecure);
+	if (!t->remote) {
+		itag_free(t);
+		return NULL;
+	}
+	return t;
+}
+
+struct pending {
+	struct itag *add;
+	struct itag *remove;
+};
+
+int index_scan(struct index *ix, unsigned *added, unsigned *removed)
+{
+	struct store_tag *tags;
+	size_t n;
+	struct pending *p;
+	size_t np = 0;
+	struct strmap *seen = strmap_new();
+
+	*added = *removed = 0;
+	pthread_mutex_lock(&ix->scan_lock);
+	store_list_tags(ix->store, &tags, &n);
+	p = xcalloc(n + ix->ntags + 1, sizeof(*p));
+
+	/* Read what is new or changed without holding the tree lock. */
+	pthread_rwlock_rdlock(&ix->lock);
+	struct itag **have = xmalloc((ix->ntags + 1) * sizeof(*have));
+	size_t nhave = ix->ntags;
+	memcpy(have, ix->tags, nhave * sizeof(*have));
+	pthread_rwlock_unlock(&ix->lock);
+
+	for (size_t i = 0; i < n; i++) {
+		char *key = tag_key(&tags[i].name);
+		uint64_t v = 0;
+		struct itag *old;
+		strmap_put(seen, key, 1);
+		strmap_get(ix->tagmap, key, &v);
+		old = (struct itag *)(uintptr_t)v;
+		free(key);
+		if (old && old->mtime_ns == tags[i].mtime_ns)
+			continue;
+		struct itag *t = load_tag(ix, &tags[i].name, tags[i].path, tags[i].mtime_ns);
+		if (!t && !old)
+			continue;
+		p[np].add = t;
+		p[np].remove = old;
+		np++;
+	}
+	for (size_t i = 0; i < nhave; i++) {
+		char *key = tag_key(&have[i]->name);
+		if (!strmap_get(seen, key, NULL))
+			p[np++].remove = have[i];
+		free(key);
+	}
+
+	pthread_rwlock_wrlock(&ix->lock);
+	for (size_t i = 0; i < np; i++) {
+		if (p[i].remove) {
+			index_remove_tag(ix, p[i].remove);
+			if (!p[i].add)
+				(*removed)++;
+		}
+		if (p[i].add) {
+			link_tag(ix, p[i].add);
+			(*added)++;
+		}
+	}
+	pthread_rwlock_unlock(&ix->lock);
+	pthread_mutex_unlock(&ix->scan_lock);
+
+	free(have);
+	free(p);
+	strmap_free(seen);
+	store_tags_free(tags, n);
+	return 0;
+}
+
+int index_add_tag(struct index *ix, const struct model_name *want)
+{
+	struct model_name n;
+	struct store_tag st;
+	char *path;
+	int ret;
+
+	pthread_mutex_lock(&ix->scan_lock);
+	ret = store_find_tag(ix->store, want, &n);
+	if (ret < 0)
+		goto out;
+	path = store_manifest_path(ix->store, &n);
+	st.name = n;
+	struct stat sb;
+	st.mtime_ns = stat(path, &sb) == 0
+		? (int64_t)sb.st_mtim.tv_sec * 1000000000 + sb.st_mtim.tv_nsec : 0;
+	struct itag *t = load_tag(ix, &n, path, st.mtime_ns);
+	free(path);
+	if (!t) {
+		ret = -EINVAL;
+		goto out;
+	}
+	char *key = tag_key(&n);
+	uint64_t v = 0;
+	pthread_rwlock_wrlock(&ix->lock);
+	strmap_get(ix->tagmap, key, &v);
+	if (v)
+		index_remove_tag(ix, (struct itag *)(uintptr_t)v);
+	link_tag(ix, t);
+	pthread_rwlock_unlock(&ix->lock);
+	free(key);
+out:
+	pthread_mutex_unlock(&ix->scan_lock);
+	return ret;
+}
+
+/* ---- setup ---- */
+
+struct index *index_new(struct store *s, bool insecure)
+{
+	struct index *ix = xcalloc(1, sizeof(*ix));
+
+	ix->store = s;
+	ix->insecure = insecure;
+	pthread_rwlock_init(&ix->lock, NULL);
+	pthread_mutex_init(&ix->scan_lock, NULL);
+	ix->ino_buckets = 1024;
+	ix->inos = xcalloc(ix->ino_buckets, sizeof(*ix->inos));
+	ix->blob_buckets = 4096;
+	ix->blobs = xcalloc(ix->blob_buckets, sizeof(*ix->blobs));
+	ix->next_ino = ROOT_INO;
+	ix->tagmap = strmap_new();
+	ix->start_ns = (int64_t)wall_ms() * 1000000;
+
+	ix->root = new_dir(ix, NULL, "", DIR_ROOT, ix->start_ns);
+	ix->root->linked = true;
+	ix->models = ensure_dir(ix, ix->root, "models", ix->start_ns);
+	ix->models->role = DIR_MODELS;
+	ix->blobdir = ensure_dir(ix, ix->root, "blobs", ix->start_ns);
+	ix->blobdir->role = DIR_BLOBS;
+	ix->manifests = ensure_dir(ix, ix->root, "manifests", ix->start_ns);
+	ix->manifests->role = DIR_MANIFESTS;
+	return ix;
+}
+
+void index_free(struct index *ix)
+{
+	if (!ix)
+		return;
+	pthread_mutex_lock(&ix->scan_lock);
+	pthread_rwlock_wrlock(&ix->lock);
+	while (ix->ntags)
+		index_remove_tag(ix, ix->tags[ix->ntags - 1]);
+	pthread_rwlock_unlock(&ix->lock);
+	pthread_mutex_unlock(&ix->scan_lock);
+	/* Whatever the kernel still held goes now. */
+	for (size_t b = 0; b < ix->ino_buckets; b++) {
+		while (ix->inos[b]) {
+			struct bucket_entry *e = ix->inos[b];
+			struct inode *in = e->inode;
+			ix->inos[b] = e->next;
+			for (size_t i = 0; i < in->nents; i++)
+				free(in->ents[i].name);
+			free(in->ents);
+			free(in->name);
+			remote_unref(in->remote);
+			free(in);
+			free(e);
+		}
+	}
+	for (size_t b = 0; b < ix->blob_buckets; b++) {
+		while (ix->blobs[b]) {
+			struct bucket_entry *e = ix->blobs[b];
+			ix->blobs[b] = e->next;
+			free(e);
+		}
+	}
+	free(ix->inos);
+	free(ix->blobs);
+	free(ix->tags);
+	strmap_free(ix->tagmap);
+	pthread_rwlock_destroy(&ix->lock);
+	pthread_mutex_destroy(&ix->scan_lock);
+	free(ix);
+}
+
+void index_rdlock(struct index *ix)
+{
+	pthread_rwlock_rdlock(&ix->lock);
+}
+
+void index_wrlock(struct index *ix)
+{
+	pthread_rwlock_wrlock(&ix->lock);
+}
+
+void index_unlock(struct index *ix)
+{
+	pthread_rwlock_unlock(&ix->lock);
+}
+
+struct inode *index_root(struct index *ix)
+{
+	return ix->root;
+}

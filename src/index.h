@@ -1,0 +1,110 @@
+/* index.h - the tree the mount shows, built from the store's manifests. */
+#ifndef BLOBFS_INDEX_H
+#define BLOBFS_INDEX_H
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "digest.h"
+#include "name.h"
+
+struct manifest;
+struct remote;
+struct store;
+
+enum inode_kind { INODE_DIR, INODE_BLOB, INODE_MANIFEST };
+
+/* What a directory is; the tree has a fixed shape. */
+enum dir_role {
+	DIR_ROOT,
+	DIR_MODELS, DIR_MODELS_HOST, DIR_MODELS_NS, DIR_MODELS_MODEL, DIR_TAG,
+	DIR_BLOBS,
+	DIR_MANIFESTS, DIR_MANIFESTS_HOST, DIR_MANIFESTS_NS, DIR_MANIFESTS_MODEL,
+};
+
+struct inode;
+struct itag;
+
+struct dentry {
+	char *name;
+	struct inode *inode;
+	bool hidden;          /* unlinked by the user inside a tag directory */
+};
+
+struct inode {
+	uint64_t ino;
+	enum inode_kind kind;
+	uint64_t size;
+	int64_t mtime_ns;
+	unsigned nlink;
+	uint64_t lookups;     /* the kernel's references; atomic */
+	bool linked;          /* reachable from the root */
+	/* directories */
+	enum dir_role role;
+	char *name;
+	struct inode *parent; /* for a phantom, the directory it was looked up in */
+	struct dentry *ents;  /* sorted by name */
+	size_t nents, cap;
+	bool phantom;         /* made up by a lookup so discovery can walk a path */
+	struct itag *tag;     /* DIR_TAG, and the manifest file */
+	/* INODE_BLOB */
+	struct digest digest;
+	struct remote *remote;   /* where to fetch it */
+	unsigned tags;           /* how many tags use this blob */
+};
+
+struct itag {
+	struct model_name name;
+	char *bytes;          /* the manifest, exactly as stored */
+	size_t len;
+	struct manifest *m;
+	int64_t mtime_ns;
+	struct inode *dir;    /* models/<host>/<ns>/<model>/<tag> */
+	struct inode *file;   /* manifests/<host>/<ns>/<model>/<tag> (also manifest.json) */
+	struct remote *remote;
+};
+
+struct index;
+
+struct index *index_new(struct store *s, bool insecure);
+void index_free(struct index *ix);
+
+/*
+ * Bring the tree in line with manifests/: add new and changed tags, remove
+ * tags that are gone. Tags added or removed are counted in *added / *removed.
+ */
+int index_scan(struct index *ix, unsigned *added, unsigned *removed);
+
+/* The index lock: FUSE operations read, scans and removals write. */
+void index_rdlock(struct index *ix);
+void index_wrlock(struct index *ix);
+void index_unlock(struct index *ix);
+
+/* With the lock held. */
+struct inode *index_root(struct index *ix);
+struct inode *index_get(struct index *ix, uint64_t ino);
+/* A child of dir by name: exact match first, then case-insensitive. */
+struct inode *index_child(struct index *ix, struct inode *dir, const char *name);
+/* For a phantom directory, the real directory at the same path (or NULL). */
+struct inode *index_real(struct index *ix, struct inode *dir);
+/* The dentry of name in dir (exact), or NULL. */
+struct dentry *index_dentry(struct inode *dir, const char *name);
+/* A phantom directory under dir (write lock). */
+struct inode *index_phantom(struct index *ix, struct inode *dir, const char *name);
+
+/* The kernel took n more references to ino / dropped n (lock not held). */
+void index_ref(struct index *ix, struct inode *in);
+void index_forget(struct index *ix, uint64_t ino, uint64_t n);
+
+/* Add a tag whose manifest was just stored (write lock taken inside). */
+int index_add_tag(struct index *ix, const struct model_name *n);
+/* Remove a tag from the tree (takes the locks); false if it was not there. */
+bool index_drop_tag(struct index *ix, const struct model_name *n);
+/* Is the digest still used by any tag (lock held)? */
+bool index_has_blob(struct index *ix, const struct digest *d);
+/* The model name a DIR_MODELS_MODEL / DIR_MANIFESTS_MODEL path spells, with tag. */
+bool index_dir_name(struct inode *dir, const char *tag, struct model_name *out);
+
+#endif
