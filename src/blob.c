@@ -538,7 +538,11 @@ static int activate_locked(struct blob *b)
 		b->state = BLOB_IDLE;
 		return ret;
 	}
-	/* Hash what a previous run left, and finish a blob that only lacked its commit. */
+	/* Reads parked while another process held the blob know their chunks now. */
+	for (struct blob_waiter *w = b->waiters.next; w != &b->waiters; w = w->next)
+		waiter_chunks(b, w);
+	/* Hash what a previous run left, finish a blob that only lacked its commit,
+	 * and answer parked reads whose bytes a previous run already fetched. */
 	schedule_work(b);
 	return 0;
 }
@@ -1104,14 +1108,10 @@ static bool blob_work(struct blob *b, uint64_t now, bool final)
 	bool more, kick = false;
 
 	pthread_mutex_lock(&b->lock);
-	if (b->state == BLOB_BUSY && !final && activate_locked(b) == 0) {
-		if (b->state == BLOB_PARTIAL) {
-			for (struct blob_waiter *w = b->waiters.next; w != &b->waiters; w = w->next)
-				waiter_chunks(b, w);
-			kick = true;
-		}
-		collect_waiters(b, &done, 0, 0, 0);
-	}
+	if (b->state == BLOB_BUSY && !final && activate_locked(b) == 0 &&
+	    b->state == BLOB_PARTIAL)
+		kick = true;
+	collect_waiters(b, &done, 0, 0, 0);
 	expire_waiters(b, final ? UINT64_MAX : now, &done);
 	if (b->state == BLOB_PARTIAL) {
 		if (b->nwritten && verify_chunks(b, &done))

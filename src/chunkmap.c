@@ -35,11 +35,17 @@
 #define MAP_MAX_BYTES (HEADER_LEN + 8 * (CHUNKMAP_MAX_CHUNKS + 1) + \
 		       DIGEST_LEN * CHUNKMAP_MAX_CHUNKS + CHUNKMAP_MAX_CHUNKS / 8 + 1 + DIGEST_LEN)
 
+/* How many chunks of `chunk` bytes cover size bytes; never overflows. */
+static uint64_t chunks_of(uint64_t size, uint64_t chunk)
+{
+	return size ? (size - 1) / chunk + 1 : 0;
+}
+
 uint64_t chunkmap_auto_chunk(uint64_t size)
 {
 	uint64_t chunk = CHUNK_MIN;
 
-	while (size / chunk > CHUNKMAP_TARGET)
+	while (chunks_of(size, chunk) > CHUNKMAP_TARGET)
 		chunk <<= 1;
 	return chunk;
 }
@@ -58,9 +64,9 @@ struct chunkmap *chunkmap_new_fixed(uint64_t size, uint64_t chunk)
 {
 	if (chunk == 0)
 		chunk = chunkmap_auto_chunk(size);
-	while ((size + chunk - 1) / chunk > CHUNKMAP_MAX_CHUNKS)
+	while (chunks_of(size, chunk) > CHUNKMAP_MAX_CHUNKS)
 		chunk <<= 1;
-	struct chunkmap *m = alloc_map(size, (uint32_t)((size + chunk - 1) / chunk));
+	struct chunkmap *m = alloc_map(size, (uint32_t)chunks_of(size, chunk));
 	m->chunk = chunk;
 	return m;
 }
@@ -304,7 +310,7 @@ int chunkmap_decode(const uint8_t *buf, size_t len, const struct digest *d,
 		return -EINVAL;
 	}
 	if ((flags & ~FLAG_SUMS) || n > CHUNKMAP_MAX_CHUNKS ||
-	    (chunk && (chunk < 4096 || n != (size + chunk - 1) / chunk)) ||
+	    (chunk && (chunk < 4096 || n != chunks_of(size, chunk))) ||
 	    (!chunk && n == 0) || ((flags & FLAG_SUMS) && !n)) {
 		snprintf(err, errlen, "the map's geometry is invalid");
 		return -EINVAL;

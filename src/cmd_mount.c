@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -71,6 +72,38 @@ static bool in_range(unsigned v, unsigned lo, unsigned hi, const char *what)
 		return true;
 	cli_error("-o %s wants a number from %u to %u", what, lo, hi);
 	return false;
+}
+
+/* Run fusermount3 -u [-z] MOUNTPOINT; its exit status, or 127 if it cannot run. */
+static int fusermount(const char *mountpoint, bool lazy)
+{
+	pid_t pid = fork();
+	int status;
+
+	if (pid < 0)
+		return 127;
+	if (pid == 0) {
+		execlp("fusermount3", "fusermount3", lazy ? "-uz" : "-u", "--", mountpoint,
+		       (char *)NULL);
+		_exit(127);
+	}
+	if (waitpid(pid, &status, 0) < 0 || !WIFEXITED(status))
+		return 127;
+	return WEXITSTATUS(status);
+}
+
+/*
+ * A daemon that died (kill -9, a crash) leaves its mount point answering
+ * ENOTCONN; clear it so the new mount can take its place.
+ */
+static void clear_dead_mount(const char *mountpoint)
+{
+	struct stat st;
+
+	if (stat(mountpoint, &st) == 0 || errno != ENOTCONN)
+		return;
+	log_warn("'%s' is a dead FUSE mount (its daemon is gone); unmounting it first", mountpoint);
+	fusermount(mountpoint, true);
 }
 
 int cmd_mount(struct session_opts *so, struct fs_opts *fo, const char *mountpoint,
@@ -158,6 +191,7 @@ int cmd_mount(struct session_opts *so, struct fs_opts *fo, const char *mountpoin
 	fo->fuse_argc = args.argc;
 	fo->fuse_argv = args.argv;
 	args.allocated = 0;      /* fs_mount frees them */
+	clear_dead_mount(mountpoint);
 	ret = fs_mount(so, fo, mountpoint);
 out:
 	fuse_opt_free_args(&args);
@@ -167,31 +201,17 @@ out:
 
 int cmd_umount(const char *mountpoint)
 {
-	pid_t pid = fork();
-	int status;
+	int status = fusermount(mountpoint, false);
 
-	if (pid < 0) {
-		cli_error("cannot run fusermount3: %s", strerror(errno));
-		return EXIT_FAIL;
-	}
-	if (pid == 0) {
-		execlp("fusermount3", "fusermount3", "-u", "--", mountpoint, (char *)NULL);
-		_exit(127);
-	}
-	if (waitpid(pid, &status, 0) < 0) {
-		cli_error("cannot wait for fusermount3: %s", strerror(errno));
-		return EXIT_FAIL;
-	}
-	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+	if (status == 0)
 		return EXIT_OK;
-	if (WIFEXITED(status) && WEXITSTATUS(status) == 127 && geteuid() == 0) {
+	if (status == 127 && geteuid() == 0) {
 		if (umount2(mountpoint, 0) == 0)
 			return EXIT_OK;
 		cli_error("cannot unmount '%s': %s", mountpoint, strerror(errno));
-		return EXIT_FAIL;
-	}
-	if (WIFEXITED(status) && WEXITSTATUS(status) == 127)
+	} else if (status == 127) {
 		cli_error("cannot unmount '%s': fusermount3 is not installed (Debian package 'fuse3')",
 			  mountpoint);
+	}
 	return EXIT_FAIL;
 }

@@ -180,7 +180,8 @@ void digest_set_seal(struct digest_set *s)
 {
 	size_t k = 0;
 
-	qsort(s->v, s->n, sizeof(*s->v), cmp_digest);
+	if (s->n > 1)
+		qsort(s->v, s->n, sizeof(*s->v), cmp_digest);
 	for (size_t i = 0; i < s->n; i++)
 		if (k == 0 || !digest_equal(&s->v[k - 1], &s->v[i]))
 			s->v[k++] = s->v[i];

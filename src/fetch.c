@@ -90,6 +90,7 @@ struct retry {                   /* a claimed range waiting to be fetched again 
 	uint64_t due_ms;
 	bool fresh;                  /* use a new connection */
 	bool auth_retried;
+	bool demand;                 /* a reader waits for it: may use the reserve */
 };
 
 struct source {                  /* a blob being fetched */
@@ -149,7 +150,7 @@ struct job {
 	uint64_t origin, start, pos, end, reported, next_boundary, skip;
 	uint64_t asked_end;          /* the end in the Range header (end may be cut later) */
 	unsigned attempt, slow_restarts;
-	bool auth_retried, cut, slow, bad, done_early;
+	bool auth_retried, demand, cut, slow, bad, done_early;
 	int werr;
 	uint64_t started_ms, win_bytes;
 	/* JOB_MEM */
@@ -438,12 +439,18 @@ static bool check_range_response(struct job *j)
 {
 	uint64_t first, last, total, size = blob_size(j->src->blob);
 
+	if ((j->status == 206 || j->status == 200) && !j->src->direct) {
+		/* The registry serves the bytes itself: later ranges may go in parallel now. */
+		j->src->direct = xstrdup(j->url);
+		j->src->resolving = false;
+	}
 	if (j->status == 206) {
 		if (!j->content_range ||
 		    http_parse_content_range(j->content_range, strlen(j->content_range),
 					     &first, &last, &total) < 0) {
-			log_warn("'%s': a 206 response without a valid Content-Range",
-				 url_redact(j->url));
+			char *u = url_redact(j->url);
+			log_warn("'%s': a 206 response without a valid Content-Range", u);
+			free(u);
 			return false;
 		}
 		if (first != j->start || last >= j->asked_end ||
@@ -466,9 +473,13 @@ static bool check_range_response(struct job *j)
 				 (long long)j->content_length, (unsigned long long)size);
 			return false;
 		}
-		if (!j->src->no_ranges)
-			log_info("the server for '%s' ignores ranges; fetching it whole, in order",
-				 url_redact(j->url));
+		if (j->start == 0 && j->asked_end == size)
+			return true;   /* the whole blob was asked for; a 200 is the right answer */
+		if (!j->src->no_ranges) {
+			char *u = url_redact(j->url);
+			log_info("the server for '%s' ignores ranges; fetching it whole, in order", u);
+			free(u);
+		}
 		j->src->no_ranges = true;
 		j->skip = j->pos;
 		return true;
@@ -525,8 +536,7 @@ static size_t on_range_data(char *data, size_t size, size_t n, void *arg)
 	if (j->pos == j->end && take < len) {
 		/* Past what we asked for: a cut request, a whole-blob 200, or a server sending extra. */
 		if (!j->cut && j->status == 206)
-			log_debug("'%s': the server sent more than the range asked for",
-				  url_redact(j->url));
+			log_debug("the server sent more than the range asked for");
 		j->done_early = true;
 		return 0;
 	}
@@ -656,7 +666,11 @@ static void start_mem(struct fetcher *f, struct memreq *r)
 		j->to_registry = true;
 		auth_apply(f, j, auth_get(f, r->remote));
 	}
-	log_debug("GET %s", url_redact(r->url));
+	if (log_get_level() >= LOG_LVL_DEBUG) {
+		char *u = url_redact(r->url);
+		log_debug("GET %s", u);
+		free(u);
+	}
 	job_add(f, j);
 }
 
@@ -777,7 +791,11 @@ static void finish_mem(struct fetcher *f, struct job *j, CURLcode res)
 		uint64_t delay = retry_delay_ms(&f->o.retry, r->attempt, rnd()), ra;
 		if (j->retry_after && http_parse_retry_after(j->retry_after, time(NULL), &ra) == 0)
 			delay = MAX(delay, MIN(ra, f->o.retry.retry_after_max_ms));
-		log_debug("retrying %s in %llums", url_redact(r->url), (unsigned long long)delay);
+		if (log_get_level() >= LOG_LVL_DEBUG) {
+			char *u = url_redact(r->url);
+			log_debug("retrying %s in %llums", u, (unsigned long long)delay);
+			free(u);
+		}
 		r->due_ms = now_ms() + delay;
 		stat_add(f, &f->stats.retries, 1);
 		submit_mem(f, r);
@@ -861,6 +879,7 @@ static void start_range(struct fetcher *f, struct source *s, struct retry *r)
 	j->attempt = r->attempt;
 	j->slow_restarts = r->slow_restarts;
 	j->auth_retried = r->auth_retried;
+	j->demand = r->demand;
 	j->next_boundary = chunkmap_end(j->geo, chunkmap_index(j->geo, j->pos));
 	j->easy = new_easy(f, j, url);
 	curl_easy_setopt(j->easy, CURLOPT_WRITEFUNCTION, on_range_data);
@@ -1041,7 +1060,8 @@ static void range_failed(struct fetcher *f, struct job *j, CURLcode res)
 	r = retry_new(j->origin, j->pos, j->end);
 	r->attempt = progress ? 0 : j->attempt;
 	r->slow_restarts = j->slow_restarts;
-	r->auth_retried = j->auth_retried;
+	r->auth_retried = progress ? false : j->auth_retried;
+	r->demand = j->demand;
 
 	if (j->werr) {
 		err = j->werr;
@@ -1133,11 +1153,9 @@ static void range_failed(struct fetcher *f, struct job *j, CURLcode res)
 	goto out;
 final:
 	free(r);
-	if (err == -ENOSPC || err == -EDQUOT || err == -EROFS || err == -EIO) {
-		if (j->werr)
-			blob_fail(s->blob, err, msg);
-	}
-	if (!j->werr)
+	if (j->werr)
+		blob_fail(s->blob, err, msg);   /* a local error stops the whole blob */
+	else
 		log_error("%s", msg);
 	drop_range(s, j->pos, j->end, err);
 out:
@@ -1175,7 +1193,7 @@ static void finish_range(struct fetcher *f, struct job *j, CURLcode res)
 /* ---- scheduling ---- */
 
 /* Split job j at the first chunk boundary at or after `at`; the tail is queued first. */
-static bool split_job(struct job *j, uint64_t at)
+static struct retry *split_job(struct job *j, uint64_t at)
 {
 	const struct chunkmap *g = j->geo;
 	uint32_t i = chunkmap_index(g, at);
@@ -1183,15 +1201,15 @@ static bool split_job(struct job *j, uint64_t at)
 	if (chunkmap_start(g, i) < at)
 		i++;
 	if (i >= g->n)
-		return false;
+		return NULL;
 	at = chunkmap_start(g, i);
 	if (at <= j->pos || at >= j->end || j->src->no_ranges)
-		return false;
+		return NULL;
 	struct retry *r = retry_new(at, at, j->end);
 	j->end = at;
 	j->cut = true;
 	queue_retry(j->src, r, true);
-	return true;
+	return r;
 }
 
 /* Readers blocked on chunks deep inside a running request get their own request. */
@@ -1204,7 +1222,9 @@ static void split_for_readers(struct fetcher *f, struct source *s)
 		for (struct job *j = f->jobs; j; j = j->next) {
 			if (j->kind == JOB_RANGE && j->src == s && offs[k] >= j->pos &&
 			    offs[k] < j->end && offs[k] - j->pos > SPLIT_GAP) {
-				split_job(j, offs[k]);
+				struct retry *r = split_job(j, offs[k]);
+				if (r)
+					r->demand = true;
 				break;
 			}
 		}
@@ -1220,13 +1240,13 @@ static bool steal_tail(struct fetcher *f)
 		if (j->kind == JOB_RANGE && !j->src->no_ranges && j->end - j->pos > 2 * STEAL_MIN &&
 		    (!best || j->end - j->pos > best->end - best->pos))
 			best = j;
-	return best && split_job(best, best->pos + (best->end - best->pos) / 2);
+	return best && split_job(best, best->pos + (best->end - best->pos) / 2) != NULL;
 }
 
-static struct retry *take_due_retry(struct source *s, uint64_t now)
+static struct retry *take_due_retry(struct source *s, uint64_t now, bool demand_only)
 {
 	for (struct retry **pp = &s->retries; *pp; pp = &(*pp)->next) {
-		if ((*pp)->due_ms <= now) {
+		if ((*pp)->due_ms <= now && (!demand_only || (*pp)->demand)) {
 			struct retry *r = *pp;
 			*pp = r->next;
 			return r;
@@ -1280,7 +1300,7 @@ static bool schedule_one(struct fetcher *f, struct source *s, uint64_t now, bool
 
 	if (!source_ready(f, s, now))
 		return false;
-	r = take_due_retry(s, now);
+	r = take_due_retry(s, now, demand_only);
 	if (r) {
 		start_range(f, s, r);
 		return true;
@@ -1294,7 +1314,9 @@ static bool schedule_one(struct fetcher *f, struct source *s, uint64_t now, bool
 	prio = blob_claim(s->blob, demand_only, max, &start, &end);
 	if (prio < 0)
 		return false;
-	start_range(f, s, retry_new(start, start, end));
+	r = retry_new(start, start, end);
+	r->demand = prio == PRIO_DEMAND;
+	start_range(f, s, r);
 	return true;
 }
 

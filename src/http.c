@@ -105,7 +105,7 @@ uint64_t retry_delay_ms(const struct retry_policy *p, unsigned attempt, uint32_t
 	uint64_t d = p->base_ms;
 
 	for (unsigned i = 1; i < attempt && d < p->max_ms; i++)
-		d *= 2;
+		d = d > p->max_ms / 2 ? p->max_ms : d * 2;
 	if (d > p->max_ms)
 		d = p->max_ms;
 	return d / 2 + (d / 2 ? rnd % (d / 2 + 1) : 0);

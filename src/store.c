@@ -26,6 +26,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/file.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -399,38 +400,60 @@ static int add_layer(const struct layer *l, void *arg)
 }
 
 /*
- * Add the digests a manifest file references. An unreadable or invalid
- * manifest still protects every digest that appears in its text.
+ * Add the digests a manifest file references. An invalid or oversized
+ * manifest still protects every digest that appears in its text; one that
+ * cannot be read at all returns its error, and the caller then deletes
+ * nothing, since it cannot know which blobs that manifest needs.
  */
-static void manifest_file_digests(const char *path, struct digest_set *set)
+static int manifest_file_digests(const char *path, struct digest_set *set)
 {
 	struct manifest *m;
-	char *buf, err[256];
-	size_t len;
+	struct stat st;
+	char err[256];
+	void *map;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
 
-	if (read_file(path, 64u << 20, &buf, &len) < 0)
-		return;
-	if (manifest_parse(buf, len, &m, err, sizeof(err)) == 0) {
+	if (fd < 0 || fstat(fd, &st) < 0) {
+		int ret = -errno;
+		if (fd >= 0)
+			close(fd);
+		log_warn("cannot read manifest '%s': %s", path, strerror(-ret));
+		return ret;
+	}
+	if (st.st_size == 0) {
+		close(fd);
+		return 0;
+	}
+	map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+	close(fd);
+	if (map == MAP_FAILED) {
+		int ret = -errno;
+		log_warn("cannot read manifest '%s': %s", path, strerror(-ret));
+		return ret;
+	}
+	if (manifest_parse(map, (size_t)st.st_size, &m, err, sizeof(err)) == 0) {
 		manifest_for_each_blob(m, add_layer, set);
 		manifest_free(m);
 	} else {
-		manifest_scan_digests(buf, len, add_digest, set);
+		manifest_scan_digests(map, (size_t)st.st_size, add_digest, set);
 	}
-	free(buf);
+	munmap(map, (size_t)st.st_size);
+	return 0;
 }
 
 int store_referenced(const struct store *s, struct digest_set *out)
 {
 	struct store_tag *tags;
 	size_t n;
+	int ret = 0;
 
 	memset(out, 0, sizeof(*out));
 	store_list_tags(s, &tags, &n);
-	for (size_t i = 0; i < n; i++)
-		manifest_file_digests(tags[i].path, out);
+	for (size_t i = 0; i < n && ret == 0; i++)
+		ret = manifest_file_digests(tags[i].path, out);
 	store_tags_free(tags, n);
 	digest_set_seal(out);
-	return 0;
+	return ret;
 }
 
 /* Unlink a file, adding the space it held to *bytes; true if it existed. */
@@ -506,7 +529,8 @@ int store_remove_tag(struct store *s, const struct model_name *want,
 	if (ret < 0)
 		goto out;
 	path = store_manifest_path(s, &n);
-	manifest_file_digests(path, &mine);
+	if (manifest_file_digests(path, &mine) < 0)
+		digest_set_release(&mine);   /* its blobs stay; gc can take them later */
 	if (unlink(path) < 0) {
 		ret = -errno;
 		log_error("cannot remove manifest '%s': %s", path, strerror(errno));
@@ -517,7 +541,11 @@ int store_remove_tag(struct store *s, const struct model_name *want,
 	free(path);
 	prune_dirs(s, &n);
 
-	store_referenced(s, &refs);
+	if (store_referenced(s, &refs) < 0) {
+		log_warn("not deleting the blobs of '%s/%s/%s:%s': a manifest cannot be read",
+			 n.host, n.ns, n.model, n.tag);
+		goto out;
+	}
 	for (size_t i = 0; i < mine.n; i++)
 		if (!digest_set_has(&refs, &mine.v[i]))
 			remove_blob(s, &mine.v[i], freed);
@@ -632,15 +660,20 @@ int store_gc(struct store *s, struct store_freed *freed)
 	memset(freed, 0, sizeof(*freed));
 	if ((ret = store_lock(s)) < 0)
 		return ret;
-	store_referenced(s, &g.refs);
+	ret = store_referenced(s, &g.refs);
+	if (ret < 0) {
+		log_error("not collecting garbage: a manifest cannot be read, so what it uses is unknown");
+		goto out;
+	}
 	gc_dir(s->blobs, gc_blob, &g);
 	gc_dir(s->partial, gc_partial, &g);
 	gc_dir(s->tmp, gc_tmp, &g);
 	gc_dir(s->quarantine, gc_quarantine, &g);
 	fsync_dir(s->blobs);
+out:
 	digest_set_release(&g.refs);
 	store_unlock(s);
-	return 0;
+	return ret;
 }
 
 static int move_to_quarantine(const struct store *s, const char *from,

@@ -73,7 +73,10 @@ struct store_tag {
 int store_list_tags(const struct store *s, struct store_tag **tags, size_t *n);
 void store_tags_free(struct store_tag *tags, size_t n);
 
-/* Digests referenced by every manifest in the store (sealed). */
+/*
+ * Digests referenced by every manifest in the store (sealed). Fails if a
+ * manifest cannot be read: then nothing may be deleted.
+ */
 int store_referenced(const struct store *s, struct digest_set *out);
 
 struct store_freed {

@@ -109,10 +109,17 @@ char *url_authority(const char *url)
 bool host_is_loopback(const char *authority)
 {
 	const char *colon = strrchr(authority, ':');
-	size_t len = colon ? (size_t)(colon - authority) : strlen(authority);
-	char *h = xstrndup(authority, len);
+	size_t len = strlen(authority);
+	char *h;
 	bool ok = false;
 
+	if (authority[0] == '[') {
+		const char *close = strchr(authority, ']');
+		len = close ? (size_t)(close - authority) + 1 : len;
+	} else if (colon && strchr(authority, ':') == colon) {
+		len = (size_t)(colon - authority);   /* host:port; more colons are an IPv6 literal */
+	}
+	h = xstrndup(authority, len);
 	if (strcasecmp(h, "localhost") == 0 || strcmp(h, "[::1]") == 0 || strcmp(h, "::1") == 0) {
 		ok = true;
 	} else if (strncmp(h, "127.", 4) == 0) {

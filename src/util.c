@@ -87,8 +87,12 @@ char *xasprintf(const char *fmt, ...)
 
 int mkdir_p(const char *path, mode_t mode)
 {
-	char *p = xstrdup(path);
+	char *p;
 	int ret = 0;
+
+	if (!*path)
+		return -ENOENT;
+	p = xstrdup(path);
 
 	for (char *s = p + 1; ; s++) {
 		if (*s != '/' && *s != '\0')
@@ -287,34 +291,39 @@ bool parse_u64(const char *s, size_t len, uint64_t *out)
 
 int parse_size(const char *s, uint64_t *out)
 {
-	char *end;
-	double v;
-	uint64_t mult = 1;
+	uint64_t whole = 0, frac = 0, scale = 1, mult = 1;
+	const char *p = s;
 
-	if (!s || !((*s >= '0' && *s <= '9') || *s == '.'))
+	if (!s || !((*p >= '0' && *p <= '9') || (*p == '.' && p[1] >= '0' && p[1] <= '9')))
 		return -EINVAL;
-	errno = 0;
-	v = strtod(s, &end);
-	if (errno || end == s || v < 0)
-		return -EINVAL;
-	switch (*end) {
+	for (; *p >= '0' && *p <= '9'; p++) {
+		if (whole > (UINT64_MAX - 9) / 10)
+			return -EINVAL;
+		whole = whole * 10 + (uint64_t)(*p - '0');
+	}
+	if (*p == '.') {
+		for (p++; *p >= '0' && *p <= '9'; p++) {
+			if (scale < 1000000000000ULL) {
+				frac = frac * 10 + (uint64_t)(*p - '0');
+				scale *= 10;
+			}
+		}
+	}
+	switch (*p) {
 	case '\0': break;
-	case 'k': case 'K': mult = 1ULL << 10; end++; break;
-	case 'm': case 'M': mult = 1ULL << 20; end++; break;
-	case 'g': case 'G': mult = 1ULL << 30; end++; break;
-	case 't': case 'T': mult = 1ULL << 40; end++; break;
+	case 'k': case 'K': mult = 1ULL << 10; p++; break;
+	case 'm': case 'M': mult = 1ULL << 20; p++; break;
+	case 'g': case 'G': mult = 1ULL << 30; p++; break;
+	case 't': case 'T': mult = 1ULL << 40; p++; break;
 	default: return -EINVAL;
 	}
-	if (mult > 1 && (*end == 'i' || *end == 'I'))
-		end++;
-	if (*end == 'b' || *end == 'B')
-		end++;
-	if (*end != '\0')
+	if (mult > 1 && (*p == 'i' || *p == 'I'))
+		p++;
+	if (mult > 1 && (*p == 'b' || *p == 'B'))
+		p++;
+	if (*p != '\0' || whole > UINT64_MAX / mult)
 		return -EINVAL;
-	v *= (double)mult;
-	if (v >= 18446744073709551615.0)
-		return -EINVAL;
-	*out = (uint64_t)v;
+	*out = whole * mult + (uint64_t)((double)frac / (double)scale * (double)mult);
 	return 0;
 }
 
@@ -324,14 +333,15 @@ void format_size(uint64_t bytes, char *buf, size_t len)
 	double v = (double)bytes;
 	unsigned u = 0;
 
-	while (v >= 1000 && u < ARRAY_SIZE(unit) - 1) {
+	/* 999.5 would print as "1000": move to the next unit before rounding does. */
+	while (v >= 999.5 && u < ARRAY_SIZE(unit) - 1) {
 		v /= 1000;
 		u++;
 	}
 	if (u == 0)
 		snprintf(buf, len, "%" PRIu64 " B", bytes);
 	else
-		snprintf(buf, len, "%.*f %s", v < 10 ? 2 : v < 100 ? 1 : 0, v, unit[u]);
+		snprintf(buf, len, "%.*f %s", v < 9.995 ? 2 : v < 99.95 ? 1 : 0, v, unit[u]);
 }
 
 void format_duration(uint64_t s, char *buf, size_t len)

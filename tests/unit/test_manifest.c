@@ -1,0 +1,703 @@
+/*
+ * test_manifest.c - image manifests (manifest.h): parsing real Ollama (Docker
+ * v2) and OCI manifests, the file names given to layers, distinct-blob
+ * accounting, every refusal of hostile input with its message, the size
+ * limit, a guard against quadratic file naming, and the digest scan used for
+ * manifests that cannot be parsed.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+#include <cmocka.h>
+
+#include "manifest.h"
+#include "testutil.h"
+
+/*
+ * Templates use ' for " and "@c" for "sha256:" followed by 64 copies of the
+ * hex digit c, so the JSON stays readable.
+ */
+static char *expand(const char *t)
+{
+	size_t cap = strlen(t) * 36 + 1, n = 0; /* "@c" (2 bytes) becomes 71 */
+	char *out = malloc(cap);
+
+	assert_non_null(out);
+	for (const char *p = t; *p; p++) {
+		if (*p == '\'') {
+			out[n++] = '"';
+		} else if (*p == '@' && p[1]) {
+			p++;
+			memcpy(out + n, "sha256:", 7);
+			n += 7;
+			memset(out + n, *p, 64);
+			n += 64;
+		} else {
+			out[n++] = *p;
+		}
+	}
+	out[n] = '\0';
+	return out;
+}
+
+/* The digest "@c" stands for. */
+static struct digest dig(char c)
+{
+	struct digest d;
+	char s[DIGEST_STR_LEN];
+
+	memcpy(s, "sha256:", 7);
+	memset(s + 7, c, 64);
+	assert_int_equal(digest_parse(s, 71, &d), 0);
+	return d;
+}
+
+static struct manifest *parse_ok(const char *tmpl)
+{
+	char *json = expand(tmpl), err[512] = "";
+	struct manifest *m = NULL;
+	int ret = manifest_parse(json, strlen(json), &m, err, sizeof(err));
+
+	if (ret != 0)
+		fail_msg("manifest_parse = %d (%s) for %s", ret, err, json);
+	assert_non_null(m);
+	free(json);
+	return m;
+}
+
+static void parse_bad(const char *tmpl, const char *want)
+{
+	char *json = expand(tmpl), err[512] = "";
+	struct manifest *m = (struct manifest *)(uintptr_t)1;
+	int ret = manifest_parse(json, strlen(json), &m, err, sizeof(err));
+
+	if (ret != -EINVAL)
+		fail_msg("manifest_parse = %d, want -EINVAL, for %s", ret, json);
+	assert_null(m);
+	assert_contains(err, want);
+	free(json);
+}
+
+#define HDR "{'schemaVersion':2,'mediaType':'" MEDIA_DOCKER_MANIFEST "',"
+#define CFG "'config':{'mediaType':'application/vnd.docker.container.image.v1+json','digest':'@0','size':485}"
+#define OL(kind, d, size) \
+	"{'mediaType':'application/vnd.ollama.image." kind "','digest':'@" d "','size':" size "}"
+/* A valid manifest with one layer l. */
+#define ONE(l) HDR CFG ",'layers':[" l "]}"
+/* One layer with extra fields after the size. */
+#define OLX(kind, d, size, extra) \
+	"{'mediaType':'application/vnd.ollama.image." kind "','digest':'@" d "','size':" size "," extra "}"
+
+static const char ollama_manifest[] =
+	HDR CFG ",'layers':["
+	OL("model", "1", "4661211424") ","
+	OL("template", "2", "1429") ","
+	OL("params", "3", "110") ","
+	OL("license", "4", "12403") ","
+	OL("system", "5", "68")
+	"]}";
+
+/* ---- valid manifests ---- */
+
+static void test_ollama_manifest(void **state)
+{
+	struct manifest *m = parse_ok(ollama_manifest);
+	static const char *const files[] = { "model", "template", "params", "license", "system" };
+	static const uint64_t sizes[] = { 4661211424ull, 1429, 110, 12403, 68 };
+	struct digest d;
+
+	assert_string_equal(m->media_type, MEDIA_DOCKER_MANIFEST);
+	assert_string_equal(m->config.media_type, "application/vnd.docker.container.image.v1+json");
+	assert_string_equal(m->config.file, "config.json");
+	assert_int_equal(m->config.size, 485);
+	d = dig('0');
+	assert_true(digest_equal(&m->config.digest, &d));
+	assert_int_equal(m->nlayers, 5);
+	for (size_t i = 0; i < 5; i++) {
+		struct layer *l = &m->layers[i];
+		d = dig((char)('1' + i));
+		assert_string_equal(l->file, files[i]);
+		assert_int_equal(l->size, sizes[i]);
+		assert_true(digest_equal(&l->digest, &d));
+		assert_null(l->name);
+		assert_false(l->repeat);
+		assert_true(strncmp(l->media_type, "application/vnd.ollama.image.", 29) == 0);
+		assert_string_equal(l->media_type + 29, files[i]);
+	}
+	assert_int_equal(m->total_size, 485 + 4661211424ull + 1429 + 110 + 12403 + 68);
+	manifest_free(m);
+}
+
+static void test_oci_manifest_without_media_type(void **state)
+{
+	struct manifest *m = parse_ok(
+		"{'schemaVersion':2,"
+		"'config':{'mediaType':'application/vnd.oci.image.config.v1+json','digest':'@a','size':7},"
+		"'layers':[{'mediaType':'application/vnd.oci.image.layer.v1.tar+gzip','digest':'@b','size':100}]}");
+
+	assert_null(m->media_type);
+	assert_int_equal(m->nlayers, 1);
+	assert_string_equal(m->layers[0].file, "tar+gzip");
+	assert_string_equal(m->config.file, "config.json");
+	assert_int_equal(m->total_size, 107);
+	manifest_free(m);
+}
+
+static void test_oci_manifest_with_media_type(void **state)
+{
+	struct manifest *m = parse_ok(
+		"{'schemaVersion':2,'mediaType':'" MEDIA_OCI_MANIFEST "',"
+		"'config':{'mediaType':'application/vnd.oci.image.config.v1+json','digest':'@a','size':7},"
+		"'layers':[{'mediaType':'application/vnd.oci.image.layer.v1.tar','digest':'@b','size':1}]}");
+
+	assert_string_equal(m->media_type, MEDIA_OCI_MANIFEST);
+	assert_string_equal(m->layers[0].file, "tar");
+	manifest_free(m);
+}
+
+static void test_layer_name_becomes_file(void **state)
+{
+	struct manifest *m = parse_ok(HDR CFG ",'layers':["
+		OLX("model", "1", "10", "'name':'weights.gguf'") ","
+		OL("model", "2", "20") "]}");
+
+	assert_string_equal(m->layers[0].name, "weights.gguf");
+	assert_string_equal(m->layers[0].file, "weights.gguf");
+	assert_null(m->layers[1].name);
+	assert_string_equal(m->layers[1].file, "model");
+	manifest_free(m);
+}
+
+static void test_oci_title_annotation_becomes_file(void **state)
+{
+	struct manifest *m = parse_ok(HDR CFG ",'layers':["
+		OLX("model", "1", "10",
+		    "'annotations':{'org.opencontainers.image.title':'README.md','x':'y'}") ","
+		OLX("model", "2", "10",
+		    "'name':'own-name','annotations':{'org.opencontainers.image.title':'title'}") "]}");
+
+	assert_string_equal(m->layers[0].file, "README.md");
+	assert_string_equal(m->layers[0].name, "README.md");
+	/* An explicit name wins over the annotation. */
+	assert_string_equal(m->layers[1].file, "own-name");
+	manifest_free(m);
+}
+
+static void test_repeated_media_types_get_suffixes(void **state)
+{
+	struct manifest *m = parse_ok(HDR CFG ",'layers':["
+		OL("model", "1", "1") "," OL("model", "2", "2") "," OL("model", "3", "3") ","
+		OL("adapter", "4", "4") "," OL("adapter", "5", "5") "]}");
+
+	assert_string_equal(m->layers[0].file, "model");
+	assert_string_equal(m->layers[1].file, "model.1");
+	assert_string_equal(m->layers[2].file, "model.2");
+	assert_string_equal(m->layers[3].file, "adapter");
+	assert_string_equal(m->layers[4].file, "adapter.1");
+	manifest_free(m);
+}
+
+static void test_file_names_never_collide(void **state)
+{
+	/* Explicit names that look like generated ones. */
+	struct manifest *m = parse_ok(HDR CFG ",'layers':["
+		OLX("model", "1", "1", "'name':'model.1'") ","
+		OL("model", "2", "2") "," OL("model", "3", "3") "," OL("model", "4", "4") ","
+		OLX("x", "5", "5", "'name':'model'") "]}");
+
+	for (size_t i = 0; i < m->nlayers; i++) {
+		assert_string_not_equal(m->layers[i].file, "config.json");
+		for (size_t j = 0; j < i; j++)
+			if (strcmp(m->layers[i].file, m->layers[j].file) == 0)
+				fail_msg("layers %zu and %zu are both '%s'", j, i, m->layers[i].file);
+	}
+	assert_string_equal(m->layers[0].file, "model.1");
+	assert_string_equal(m->layers[1].file, "model");
+	manifest_free(m);
+}
+
+static void test_reserved_names_renamed(void **state)
+{
+	struct manifest *m = parse_ok(HDR CFG ",'layers':["
+		OLX("model", "1", "1", "'name':'config.json'") ","
+		OLX("model", "2", "2", "'name':'manifest.json'") "]}");
+
+	assert_string_equal(m->config.file, "config.json");
+	assert_string_equal(m->layers[0].name, "config.json");
+	assert_string_equal(m->layers[0].file, "config.json.1");
+	assert_string_equal(m->layers[1].file, "manifest.json.1");
+	manifest_free(m);
+}
+
+static void test_media_type_file_edge_cases(void **state)
+{
+	struct manifest *m = parse_ok(HDR CFG ",'layers':["
+		"{'mediaType':'plain','digest':'@1','size':1},"
+		"{'mediaType':'application/vnd.x.','digest':'@2','size':1},"
+		"{'mediaType':'application/x.we ird:type','digest':'@3','size':1},"
+		"{'mediaType':'a/b/c','digest':'@4','size':1}]}");
+
+	assert_string_equal(m->layers[0].file, "plain");
+	assert_string_equal(m->layers[1].file, "layer");
+	assert_string_equal(m->layers[2].file, "we_ird_type");
+	assert_string_equal(m->layers[3].file, "c");
+	manifest_free(m);
+}
+
+static void test_size_limits(void **state)
+{
+	/* Exactly 4 TiB is allowed; 0 is allowed; 1e3 is a whole number. */
+	struct manifest *m = parse_ok(HDR CFG ",'layers':["
+		OL("model", "1", "4398046511104") "," OL("params", "2", "0") ","
+		OL("system", "3", "1e3") "]}");
+
+	assert_int_equal(m->layers[0].size, 1ull << 42);
+	assert_int_equal(m->layers[1].size, 0);
+	assert_int_equal(m->layers[2].size, 1000);
+	manifest_free(m);
+}
+
+static void test_total_size_counts_distinct_blobs_once(void **state)
+{
+	/* Layer 1 repeats layer 0's blob under another media type; layer 2 is the config blob. */
+	struct manifest *m = parse_ok(HDR CFG ",'layers':["
+		OL("model", "1", "1000") "," OL("projector", "1", "1000") ","
+		OL("params", "0", "485") "," OL("system", "2", "5") "]}");
+
+	assert_int_equal(m->nlayers, 4);
+	assert_false(m->layers[0].repeat);
+	assert_true(m->layers[1].repeat);
+	assert_true(m->layers[2].repeat);
+	assert_false(m->layers[3].repeat);
+	assert_int_equal(m->total_size, 485 + 1000 + 5);
+	/* Repeats still get their own file. */
+	assert_string_equal(m->layers[1].file, "projector");
+	assert_string_equal(m->layers[2].file, "params");
+	manifest_free(m);
+}
+
+static void test_same_blob_different_names_allowed(void **state)
+{
+	struct manifest *m = parse_ok(HDR CFG ",'layers':["
+		OLX("model", "1", "10", "'name':'a.bin'") ","
+		OLX("model", "1", "10", "'name':'b.bin'") "]}");
+
+	assert_false(m->layers[0].repeat);
+	assert_true(m->layers[1].repeat);
+	assert_int_equal(m->total_size, 485 + 10);
+	manifest_free(m);
+}
+
+struct visit {
+	unsigned calls;
+	uint64_t bytes;
+	struct digest first;
+	unsigned stop_after;
+};
+
+static int visit_cb(const struct layer *l, void *arg)
+{
+	struct visit *v = arg;
+
+	if (v->calls == 0)
+		v->first = l->digest;
+	v->calls++;
+	v->bytes += l->size;
+	return v->stop_after && v->calls >= v->stop_after ? 42 : 0;
+}
+
+static void test_for_each_blob_skips_repeats(void **state)
+{
+	struct manifest *m = parse_ok(HDR CFG ",'layers':["
+		OL("model", "1", "1000") "," OL("projector", "1", "1000") ","
+		OL("params", "0", "485") "," OL("system", "2", "5") "]}");
+	struct visit v = { 0 };
+	struct digest cfg = dig('0');
+
+	assert_int_equal(manifest_for_each_blob(m, visit_cb, &v), 0);
+	assert_int_equal(v.calls, 3);
+	assert_int_equal(v.bytes, m->total_size);
+	assert_true(digest_equal(&v.first, &cfg)); /* config first */
+
+	memset(&v, 0, sizeof(v));
+	v.stop_after = 2;
+	assert_int_equal(manifest_for_each_blob(m, visit_cb, &v), 42);
+	assert_int_equal(v.calls, 2);
+	manifest_free(m);
+}
+
+static void test_references(void **state)
+{
+	struct manifest *m = parse_ok(ollama_manifest);
+	struct digest d;
+
+	d = dig('0');
+	assert_int_equal(manifest_references(m, &d), 1);
+	d = dig('5');
+	assert_int_equal(manifest_references(m, &d), 1);
+	d = dig('9');
+	assert_int_equal(manifest_references(m, &d), 0);
+	manifest_free(m);
+	manifest_free(NULL);
+}
+
+/* ---- refusals ---- */
+
+static void test_refuses_non_json(void **state)
+{
+	parse_bad("not json at all", "JSON");
+	parse_bad("", "JSON");
+	parse_bad("{'schemaVersion':2,", "JSON");
+	parse_bad("[1,2,3]", "object");
+	parse_bad("'a string'", "object");
+}
+
+static void test_refuses_schema_version(void **state)
+{
+	parse_bad("{'schemaVersion':1,'config':{},'layers':[]}", "schemaVersion");
+	parse_bad("{'config':{},'layers':[]}", "schemaVersion");
+	parse_bad("{'schemaVersion':'2'," CFG ",'layers':[" OL("model", "1", "1") "]}",
+		  "schemaVersion");
+}
+
+static void test_refuses_missing_config_or_layers(void **state)
+{
+	parse_bad(HDR "'layers':[" OL("model", "1", "1") "]}", "config");
+	parse_bad(HDR "'config':'x','layers':[" OL("model", "1", "1") "]}", "config");
+	parse_bad(HDR "'config':null,'layers':[" OL("model", "1", "1") "]}", "config");
+	parse_bad(HDR CFG "}", "layers");
+	parse_bad(HDR CFG ",'layers':{}}", "layers");
+	parse_bad(HDR CFG ",'layers':[]}", "no layers");
+	parse_bad(HDR CFG ",'layers':[1]}", "layer 0 is not an object");
+}
+
+static void test_refuses_bad_descriptor_fields(void **state)
+{
+	parse_bad(ONE("{'mediaType':'x/model','size':1}"), "digest");
+	parse_bad(ONE("{'mediaType':'x/model','digest':'@1'}"), "size");
+	parse_bad(ONE("{'digest':'@1','size':1}"), "mediaType");
+	parse_bad(ONE("{'mediaType':'','digest':'@1','size':1}"), "mediaType");
+	parse_bad(ONE("{'mediaType':5,'digest':'@1','size':1}"), "mediaType");
+	parse_bad(ONE("{'mediaType':'x/model','digest':5,'size':1}"), "digest");
+	parse_bad(ONE("{'mediaType':'x/model','digest':'sha256:abc','size':1}"), "invalid digest");
+	parse_bad(ONE("{'mediaType':'x/model','digest':'@A','size':1}"), "invalid digest");
+	parse_bad(ONE("{'mediaType':'x/model','digest':'sha512:0000','size':1}"), "invalid digest");
+	parse_bad(HDR "'config':{'mediaType':'x/c','digest':'nope','size':1},'layers':["
+		  OL("model", "1", "1") "]}", "config has an invalid digest");
+}
+
+static void test_refuses_bad_sizes(void **state)
+{
+	parse_bad(ONE(OL("model", "1", "-1")), "negative");
+	parse_bad(ONE(OL("model", "1", "1.5")), "whole number");
+	parse_bad(ONE(OL("model", "1", "0.0001")), "whole number");
+	parse_bad(ONE(OL("model", "1", "4398046511105")), "size");
+	parse_bad(ONE(OL("model", "1", "1e300")), "size");
+	parse_bad(ONE(OL("model", "1", "'12'")), "size");
+	parse_bad(ONE(OL("model", "1", "null")), "size");
+	parse_bad(ONE(OL("model", "1", "true")), "size");
+	parse_bad(HDR "'config':{'mediaType':'x/c','digest':'@0','size':-5},'layers':["
+		  OL("model", "1", "1") "]}", "config has a negative size");
+}
+
+static void test_refuses_lists_and_indexes(void **state)
+{
+	parse_bad("{'schemaVersion':2,'mediaType':'" MEDIA_DOCKER_LIST "','manifests':[]}", "list");
+	parse_bad("{'schemaVersion':2,'mediaType':'" MEDIA_OCI_INDEX "','manifests':[]}", "list");
+	parse_bad("{'schemaVersion':2,'manifests':[{'mediaType':'" MEDIA_OCI_MANIFEST
+		  "','digest':'@1','size':10}]}", "index");
+	parse_bad("{'schemaVersion':2,'mediaType':'application/json'," CFG ",'layers':["
+		  OL("model", "1", "1") "]}", "unsupported");
+	parse_bad("{'schemaVersion':2,'mediaType':7," CFG ",'layers':["
+		  OL("model", "1", "1") "]}", "mediaType");
+}
+
+static void test_refuses_unsafe_layer_names(void **state)
+{
+	static const char *const names[] = {
+		"'..'", "'.'", "'a/b'", "'/etc/passwd'", "'../../x'", "''",
+		"'a\\nb'", "'a\\u0001b'", "'tab\\there'", "'del\\u007f'", "'x/'",
+	};
+	char tmpl[512];
+
+	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
+		snprintf(tmpl, sizeof(tmpl), ONE(OLX("model", "1", "1", "'name':%s")), names[i]);
+		parse_bad(tmpl, "unsafe name");
+		snprintf(tmpl, sizeof(tmpl),
+			 ONE(OLX("model", "1", "1", "'annotations':{'org.opencontainers.image.title':%s}")),
+			 names[i]);
+		parse_bad(tmpl, "unsafe name");
+	}
+	parse_bad(ONE(OLX("model", "1", "1", "'name':7")), "name");
+}
+
+static void test_refuses_overlong_name(void **state)
+{
+	char name[300], tmpl[1024];
+
+	memset(name, 'n', 256);
+	name[256] = '\0';
+	snprintf(tmpl, sizeof(tmpl), ONE(OLX("model", "1", "1", "'name':'%s'")), name);
+	parse_bad(tmpl, "unsafe name");
+	name[255] = '\0';
+	snprintf(tmpl, sizeof(tmpl), ONE(OLX("model", "1", "1", "'name':'%s'")), name);
+	manifest_free(parse_ok(tmpl));
+}
+
+static void test_refuses_nul(void **state)
+{
+	char buf[1024], err[256] = "";
+	char *json = expand(ONE(OL("model", "1", "1")));
+	struct manifest *m;
+	size_t len = strlen(json);
+
+	parse_bad(ONE(OLX("model", "1", "1", "'name':'a\\u0000/../../etc'")), "NUL");
+	parse_bad(ONE(OLX("model", "1", "1", "'name':'\\u0000'")), "NUL");
+
+	/* A raw NUL byte inside the text. */
+	assert_true(len + 1 < sizeof(buf));
+	memcpy(buf, json, len);
+	buf[len - 1] = '\0';
+	buf[len] = '}';
+	assert_int_equal(manifest_parse(buf, len + 1, &m, err, sizeof(err)), -EINVAL);
+	assert_null(m);
+	assert_contains(err, "NUL");
+	free(json);
+}
+
+static void test_refuses_same_digest_different_sizes(void **state)
+{
+	parse_bad(HDR CFG ",'layers':[" OL("model", "1", "10") "," OL("params", "1", "11") "]}",
+		  "different sizes");
+	/* The config's blob listed as a layer with another size. */
+	parse_bad(HDR CFG ",'layers':[" OL("model", "0", "486") "]}", "different sizes");
+}
+
+static void test_refuses_exact_duplicate_layer(void **state)
+{
+	parse_bad(HDR CFG ",'layers':[" OL("model", "1", "10") "," OL("params", "2", "1") ","
+		  OL("model", "1", "10") "]}", "repeats");
+	parse_bad(HDR CFG ",'layers':[" OLX("model", "1", "10", "'name':'w'") ","
+		  OLX("model", "1", "10", "'name':'w'") "]}", "repeats");
+}
+
+static void test_size_limit_of_input(void **state)
+{
+	char *json = expand(ollama_manifest);
+	size_t len = strlen(json);
+	char *big = malloc(MANIFEST_MAX_BYTES + 2), err[256] = "";
+	struct manifest *m = NULL;
+
+	assert_non_null(big);
+	/* Exactly the limit (valid JSON padded with whitespace) is fine. */
+	memcpy(big, json, len);
+	memset(big + len, ' ', MANIFEST_MAX_BYTES + 2 - len);
+	assert_int_equal(manifest_parse(big, MANIFEST_MAX_BYTES, &m, err, sizeof(err)), 0);
+	assert_int_equal(m->nlayers, 5);
+	manifest_free(m);
+	/* One byte more is refused before parsing. */
+	assert_int_equal(manifest_parse(big, MANIFEST_MAX_BYTES + 1, &m, err, sizeof(err)),
+			 -EMSGSIZE);
+	assert_null(m);
+	assert_contains(err, "limit");
+	free(big);
+	free(json);
+}
+
+/* ---- performance guard ---- */
+
+static double elapsed_s(const struct timespec *a, const struct timespec *b)
+{
+	return (double)(b->tv_sec - a->tv_sec) + (double)(b->tv_nsec - a->tv_nsec) / 1e9;
+}
+
+/* The time limit: 2 s, or 100 s under valgrind (which runs code ~50x slower). */
+static double time_limit_s(void)
+{
+	const char *pre = getenv("LD_PRELOAD");
+
+	return pre && strstr(pre, "vgpreload") ? 100.0 : 2.0;
+}
+
+/*
+ * As many layers of one media type as fit into MANIFEST_MAX_BYTES (with the
+ * shortest possible descriptors that is about 38000; 60000 layers cannot fit
+ * into 4 MiB). named_every > 0 gives every named_every-th layer an explicit
+ * name "m.<i>" that collides with a generated one.
+ */
+static char *many_layers(size_t *nout, size_t *lenout, unsigned named_every)
+{
+	size_t cap = MANIFEST_MAX_BYTES, len = 0, n = 0;
+	char *buf = malloc(cap + 1);
+	const char *head = "{\"schemaVersion\":2,\"config\":{\"mediaType\":\"x/c\",\"digest\":"
+			   "\"sha256:ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff\","
+			   "\"size\":1},\"layers\":[";
+
+	assert_non_null(buf);
+	len = (size_t)snprintf(buf, cap, "%s", head);
+	for (;;) {
+		char l[256];
+		int k;
+		if (named_every && n % named_every == 1)
+			k = snprintf(l, sizeof(l), "%s{\"mediaType\":\"x/m\",\"digest\":\"sha256:%064zx\","
+				     "\"size\":0,\"name\":\"m.%zu\"}", n ? "," : "", n, n + 1);
+		else
+			k = snprintf(l, sizeof(l), "%s{\"mediaType\":\"x/m\",\"digest\":\"sha256:%064zx\","
+				     "\"size\":0}", n ? "," : "", n);
+		if (len + (size_t)k + 2 > cap)
+			break;
+		memcpy(buf + len, l, (size_t)k);
+		len += (size_t)k;
+		n++;
+	}
+	memcpy(buf + len, "]}", 2);
+	len += 2;
+	buf[len] = '\0';
+	*nout = n;
+	*lenout = len;
+	return buf;
+}
+
+static void test_many_layers_one_media_type_is_fast(void **state)
+{
+	size_t n, len;
+	char *json = many_layers(&n, &len, 0), err[256] = "", want[64];
+	struct manifest *m = NULL;
+	struct timespec t0, t1;
+	int ret;
+
+	assert_true(n > 30000);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	ret = manifest_parse(json, len, &m, err, sizeof(err));
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	free(json);
+	assert_int_equal(ret, 0);
+	if (elapsed_s(&t0, &t1) >= time_limit_s()) {
+		manifest_free(m);
+		fail_msg("%zu layers took %.2f s", n, elapsed_s(&t0, &t1));
+	}
+	assert_int_equal(m->nlayers, n);
+	assert_string_equal(m->layers[0].file, "m");
+	for (size_t i = 1; i < n; i++) {
+		snprintf(want, sizeof(want), "m.%zu", i);
+		assert_string_equal(m->layers[i].file, want);
+	}
+	manifest_free(m);
+}
+
+static void test_many_colliding_names_is_fast(void **state)
+{
+	size_t n, len;
+	char *json = many_layers(&n, &len, 2), err[256] = "";
+	struct manifest *m = NULL;
+	struct timespec t0, t1;
+	size_t nl;
+	int ret;
+
+	assert_true(n > 25000);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	ret = manifest_parse(json, len, &m, err, sizeof(err));
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	free(json);
+	assert_int_equal(ret, 0);
+	nl = m->nlayers;
+	manifest_free(m);
+	if (elapsed_s(&t0, &t1) >= time_limit_s())
+		fail_msg("%zu layers took %.2f s", n, elapsed_s(&t0, &t1));
+	assert_int_equal(nl, n);
+}
+
+/* ---- digest scan ---- */
+
+struct found {
+	struct digest d[16];
+	unsigned n;
+};
+
+static void found_cb(const struct digest *d, void *arg)
+{
+	struct found *f = arg;
+
+	if (f->n < 16)
+		f->d[f->n] = *d;
+	f->n++;
+}
+
+static void test_scan_digests_in_junk(void **state)
+{
+	char *text = expand(
+		"}}garbage{ not json @a, 'digest':'@b' trailing"
+		" sha256:cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccX"  /* 63 + junk */
+		" sha256:DDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDDD"  /* uppercase */
+		" sha512:@e sha256:sha256:@f sha256 :@z"
+		" end @9");
+	struct found f = { .n = 0 };
+	/* "sha256 :@z" is "sha256 :sha256:zzz..." which is not hex. */
+	const struct digest want[] = { dig('a'), dig('b'), dig('e'), dig('f'), dig('9') };
+
+	manifest_scan_digests(text, strlen(text), found_cb, &f);
+	assert_int_equal(f.n, 5);
+	for (unsigned i = 0; i < 5; i++)
+		assert_true(digest_equal(&f.d[i], &want[i]));
+	free(text);
+}
+
+static void test_scan_digests_truncated_and_empty(void **state)
+{
+	char *text = expand("x @1");
+	struct found f = { .n = 0 };
+
+	/* The digest is cut short by len: nothing found, nothing read past len. */
+	manifest_scan_digests(text, strlen(text) - 1, found_cb, &f);
+	assert_int_equal(f.n, 0);
+	manifest_scan_digests(text, strlen(text), found_cb, &f);
+	assert_int_equal(f.n, 1);
+	manifest_scan_digests("", 0, found_cb, &f);
+	manifest_scan_digests("sha256:", 7, found_cb, &f);
+	assert_int_equal(f.n, 1);
+	free(text);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_ollama_manifest),
+		cmocka_unit_test(test_oci_manifest_without_media_type),
+		cmocka_unit_test(test_oci_manifest_with_media_type),
+		cmocka_unit_test(test_layer_name_becomes_file),
+		cmocka_unit_test(test_oci_title_annotation_becomes_file),
+		cmocka_unit_test(test_repeated_media_types_get_suffixes),
+		cmocka_unit_test(test_file_names_never_collide),
+		cmocka_unit_test(test_reserved_names_renamed),
+		cmocka_unit_test(test_media_type_file_edge_cases),
+		cmocka_unit_test(test_size_limits),
+		cmocka_unit_test(test_total_size_counts_distinct_blobs_once),
+		cmocka_unit_test(test_same_blob_different_names_allowed),
+		cmocka_unit_test(test_for_each_blob_skips_repeats),
+		cmocka_unit_test(test_references),
+		cmocka_unit_test(test_refuses_non_json),
+		cmocka_unit_test(test_refuses_schema_version),
+		cmocka_unit_test(test_refuses_missing_config_or_layers),
+		cmocka_unit_test(test_refuses_bad_descriptor_fields),
+		cmocka_unit_test(test_refuses_bad_sizes),
+		cmocka_unit_test(test_refuses_lists_and_indexes),
+		cmocka_unit_test(test_refuses_unsafe_layer_names),
+		cmocka_unit_test(test_refuses_overlong_name),
+		cmocka_unit_test(test_refuses_nul),
+		cmocka_unit_test(test_refuses_same_digest_different_sizes),
+		cmocka_unit_test(test_refuses_exact_duplicate_layer),
+		cmocka_unit_test(test_size_limit_of_input),
+		cmocka_unit_test(test_many_layers_one_media_type_is_fast),
+		cmocka_unit_test(test_many_colliding_names_is_fast),
+		cmocka_unit_test(test_scan_digests_in_junk),
+		cmocka_unit_test(test_scan_digests_truncated_and_empty),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}

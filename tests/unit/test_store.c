@@ -1,0 +1,1383 @@
+/*
+ * test_store.c - the content store (store.h) in temporary directories: the
+ * layout and its modes, the default root, manifests found case-insensitively
+ * with the stored casing winning, tag listing, tag removal and garbage
+ * collection with their reference counting, per-blob and index locks across
+ * processes, and moving blobs in and out of quarantine. Also the small
+ * helpers blobfs builds on: strmap.h and util.h.
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "digest.h"
+#include "name.h"
+#include "store.h"
+#include "strmap.h"
+#include "util.h"
+#include "testutil.h"
+
+#define BLOB_SIZE 8192
+
+/* ---- helpers ---- */
+
+struct fx {
+	char *dir;      /* the temporary directory */
+	char *root;     /* dir/store */
+	struct store *s;
+};
+
+static int fx_setup(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+
+	f->dir = tu_mkdtemp();
+	f->root = tu_path(f->dir, "store");
+	if (store_open(f->root, true, &f->s) != 0)
+		return -1;
+	*state = f;
+	return 0;
+}
+
+/* A fixture without an opened store. */
+static int fx_setup_bare(void **state)
+{
+	struct fx *f = calloc(1, sizeof(*f));
+
+	f->dir = tu_mkdtemp();
+	f->root = tu_path(f->dir, "store");
+	*state = f;
+	return 0;
+}
+
+static int fx_teardown(void **state)
+{
+	struct fx *f = *state;
+	int ret;
+
+	store_close(f->s);
+	ret = tu_rm_rf(f->dir);
+	free(f->root);
+	free(f->dir);
+	free(f);
+	return ret;
+}
+
+/* The digest sha256:<c x 64>. */
+static struct digest dg(char c)
+{
+	char s[DIGEST_STR_LEN];
+	struct digest d;
+
+	memcpy(s, "sha256:", 7);
+	memset(s + 7, c, 64);
+	if (digest_parse(s, 71, &d) != 0)
+		abort();
+	return d;
+}
+
+static struct model_name nm(const char *s)
+{
+	struct model_name n;
+	char err[256];
+
+	if (name_parse(s, &n, err, sizeof(err)) != 0)
+		fail_msg("bad test name '%s': %s", s, err);
+	return n;
+}
+
+/*
+ * A manifest whose config is blob cfg and whose layers are the blobs named by
+ * the characters of layers, each BLOB_SIZE bytes; caller frees.
+ */
+static char *mj(char cfg, const char *layers)
+{
+	size_t cap = 512 + strlen(layers) * 160, n;
+	char *buf = malloc(cap), hex[65];
+
+	memset(hex, cfg, 64);
+	hex[64] = '\0';
+	n = (size_t)snprintf(buf, cap,
+		"{\"schemaVersion\":2,\"mediaType\":\"application/vnd.docker.distribution.manifest.v2+json\","
+		"\"config\":{\"mediaType\":\"application/vnd.docker.container.image.v1+json\","
+		"\"digest\":\"sha256:%s\",\"size\":%d},\"layers\":[", hex, BLOB_SIZE);
+	for (size_t i = 0; layers[i]; i++) {
+		memset(hex, layers[i], 64);
+		n += (size_t)snprintf(buf + n, cap - n,
+				      "%s{\"mediaType\":\"application/vnd.ollama.image.l%zu\","
+				      "\"digest\":\"sha256:%s\",\"size\":%d}",
+				      i ? "," : "", i, hex, BLOB_SIZE);
+	}
+	snprintf(buf + n, cap - n, "]}");
+	return buf;
+}
+
+static void write_manifest(struct store *s, const char *name, const char *text)
+{
+	struct model_name n = nm(name);
+
+	assert_int_equal(store_write_manifest(s, &n, text, strlen(text)), 0);
+}
+
+static void write_mj(struct store *s, const char *name, char cfg, const char *layers)
+{
+	char *text = mj(cfg, layers);
+
+	write_manifest(s, name, text);
+	free(text);
+}
+
+/* Pseudo-random (incompressible, so st_blocks is honest) but fixed contents. */
+static uint8_t pattern(size_t i)
+{
+	uint32_t x = (uint32_t)i * 2654435761u + 12345u;
+
+	x ^= x >> 13;
+	x *= 0x5bd1e995u;
+	return (uint8_t)(x >> 24);
+}
+
+static void put_file(const char *path, size_t size)
+{
+	uint8_t *buf = malloc(size ? size : 1);
+
+	for (size_t i = 0; i < size; i++)
+		buf[i] = pattern(i);
+	tu_write(path, buf, size);
+	free(buf);
+}
+
+static void put_blob(const struct store *s, char c)
+{
+	struct digest d = dg(c);
+	char *p = store_blob_path(s, &d);
+
+	put_file(p, BLOB_SIZE);
+	free(p);
+}
+
+static bool has_blob(const struct store *s, char c)
+{
+	struct digest d = dg(c);
+	char *p = store_blob_path(s, &d);
+	bool ok = tu_exists(p);
+
+	free(p);
+	return ok;
+}
+
+static void put_partial(const struct store *s, char c, const char *suffix)
+{
+	struct digest d = dg(c);
+	char *p = store_partial_path(s, &d, suffix);
+
+	put_file(p, *suffix ? 100 : BLOB_SIZE);
+	free(p);
+}
+
+static bool has_partial(const struct store *s, char c, const char *suffix)
+{
+	struct digest d = dg(c);
+	char *p = store_partial_path(s, &d, suffix);
+	bool ok = tu_exists(p);
+
+	free(p);
+	return ok;
+}
+
+static int mode_of(const char *path)
+{
+	struct stat st;
+
+	if (stat(path, &st) < 0)
+		return -1;
+	return (int)(st.st_mode & 07777);
+}
+
+static bool is_dir(const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int wait_child(pid_t pid)
+{
+	int status;
+
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	return WEXITSTATUS(status);
+}
+
+/* ---- opening ---- */
+
+static void test_open_creates_layout(void **state)
+{
+	struct fx *f = *state;
+	struct store *s = f->s;
+	char *lock = tu_path(s->state, "lock");
+
+	assert_true(s->writable);
+	assert_true(s->lockfd >= 0);
+	assert_string_equal(s->root, f->root);
+	assert_true(is_dir(s->blobs));
+	assert_true(is_dir(s->manifests));
+	assert_true(is_dir(s->partial));
+	assert_true(is_dir(s->tmp));
+	assert_true(is_dir(s->quarantine));
+	assert_true(tu_exists(lock));
+	assert_int_equal(mode_of(s->state), 0700);
+	{
+		char *p = tu_path(f->root, "blobs"), *q = tu_path(f->root, ".blobfs/partial");
+		assert_string_equal(s->blobs, p);
+		assert_string_equal(s->partial, q);
+		free(p);
+		free(q);
+	}
+	free(lock);
+}
+
+static void test_open_state_is_private_whatever_the_umask(void **state)
+{
+	struct fx *f = *state;
+	struct store *s;
+	mode_t old = umask(0);
+	int ret = store_open(f->root, true, &s);
+
+	umask(old);
+	assert_int_equal(ret, 0);
+	assert_int_equal(mode_of(s->state), 0700);
+	assert_int_equal(mode_of(s->partial) & 077, 0);
+	assert_int_equal(mode_of(s->tmp) & 077, 0);
+	assert_int_equal(mode_of(s->quarantine) & 077, 0);
+	store_close(s);
+}
+
+static void test_open_fixes_existing_state_mode(void **state)
+{
+	struct fx *f = *state;
+	char *st = tu_path(f->root, ".blobfs");
+	struct store *s;
+
+	assert_int_equal(mkdir(f->root, 0755), 0);
+	assert_int_equal(mkdir(st, 0755), 0);
+	assert_int_equal(chmod(st, 0755), 0);
+	assert_int_equal(store_open(f->root, true, &s), 0);
+	assert_int_equal(mode_of(st), 0700);
+	store_close(s);
+	free(st);
+}
+
+static void test_open_strips_trailing_slashes(void **state)
+{
+	struct fx *f = *state;
+	char *r = tu_path(f->root, "//");
+	struct store *s;
+
+	assert_int_equal(store_open(r, true, &s), 0);
+	assert_string_equal(s->root, f->root);
+	store_close(s);
+	free(r);
+}
+
+static void test_open_missing_without_create_reads_empty(void **state)
+{
+	struct fx *f = *state;
+	struct store *s;
+	struct store_tag *tags = (struct store_tag *)(uintptr_t)1;
+	size_t n = 99;
+	struct model_name want = nm("llama3"), found;
+	struct digest_set refs;
+	struct store_freed freed;
+
+	assert_int_equal(store_open(f->root, false, &s), 0);
+	assert_false(s->writable);
+	assert_int_equal(s->lockfd, -1);
+	assert_false(tu_exists(f->root)); /* nothing created */
+	assert_int_equal(store_list_tags(s, &tags, &n), 0);
+	assert_int_equal(n, 0);
+	store_tags_free(tags, n);
+	assert_int_equal(store_find_tag(s, &want, &found), -ENOENT);
+	assert_int_equal(store_referenced(s, &refs), 0);
+	assert_int_equal(refs.n, 0);
+	digest_set_release(&refs);
+	assert_int_equal(store_lock(s), -EROFS);
+	assert_int_equal(store_write_manifest(s, &want, "{}", 2), -EROFS);
+	assert_int_equal(store_remove_tag(s, &want, &freed), -EROFS);
+	assert_int_equal(store_gc(s, &freed), -EROFS);
+	store_close(s);
+}
+
+static void test_open_create_fails_under_a_file(void **state)
+{
+	struct fx *f = *state;
+	char *file = tu_path(f->dir, "file"), *root = tu_path(file, "store");
+	struct store *s = (struct store *)(uintptr_t)1;
+
+	tu_write_str(file, "x");
+	assert_int_equal(store_open(root, true, &s), -ENOTDIR);
+	assert_true(s == (struct store *)(uintptr_t)1);
+	free(file);
+	free(root);
+}
+
+/* ---- the default root ---- */
+
+struct saved_env {
+	char *v[3];
+};
+
+static const char *const env_names[3] = { "BLOBFS_STORE", "XDG_DATA_HOME", "HOME" };
+
+static void env_save(struct saved_env *e)
+{
+	for (int i = 0; i < 3; i++) {
+		const char *v = getenv(env_names[i]);
+		e->v[i] = v ? strdup(v) : NULL;
+	}
+}
+
+static void env_restore(struct saved_env *e)
+{
+	for (int i = 0; i < 3; i++) {
+		if (e->v[i])
+			setenv(env_names[i], e->v[i], 1);
+		else
+			unsetenv(env_names[i]);
+		free(e->v[i]);
+	}
+}
+
+static void expect_root(const char *opt, const char *want)
+{
+	char *r = store_default_root(opt);
+
+	assert_string_equal(r, want);
+	free(r);
+}
+
+static void test_default_root_precedence(void **state)
+{
+	struct saved_env e;
+
+	env_save(&e);
+	setenv("BLOBFS_STORE", "/env/store", 1);
+	setenv("XDG_DATA_HOME", "/xdg/data", 1);
+	setenv("HOME", "/home/u", 1);
+	expect_root("/opt/store", "/opt/store");
+	expect_root(NULL, "/env/store");
+	expect_root("", "/env/store");
+	setenv("BLOBFS_STORE", "", 1);
+	expect_root(NULL, "/xdg/data/blobfs");
+	unsetenv("BLOBFS_STORE");
+	expect_root(NULL, "/xdg/data/blobfs");
+	/* A relative XDG_DATA_HOME is invalid and ignored, as the spec says. */
+	setenv("XDG_DATA_HOME", "relative/data", 1);
+	expect_root(NULL, "/home/u/.local/share/blobfs");
+	setenv("XDG_DATA_HOME", "", 1);
+	expect_root(NULL, "/home/u/.local/share/blobfs");
+	unsetenv("XDG_DATA_HOME");
+	expect_root(NULL, "/home/u/.local/share/blobfs");
+	expect_root("/opt/store", "/opt/store");
+	env_restore(&e);
+}
+
+/* ---- paths ---- */
+
+static void test_paths(void **state)
+{
+	struct fx *f = *state;
+	struct digest d = dg('a');
+	struct model_name n = nm("Host.Example/NS/Model:Tag");
+	char *p, want[1024];
+	const char *hex = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+
+	p = store_blob_path(f->s, &d);
+	snprintf(want, sizeof(want), "%s/blobs/sha256-%s", f->root, hex);
+	assert_string_equal(p, want);
+	free(p);
+	p = store_partial_path(f->s, &d, ".map");
+	snprintf(want, sizeof(want), "%s/.blobfs/partial/sha256-%s.map", f->root, hex);
+	assert_string_equal(p, want);
+	free(p);
+	p = store_partial_path(f->s, &d, "");
+	snprintf(want, sizeof(want), "%s/.blobfs/partial/sha256-%s", f->root, hex);
+	assert_string_equal(p, want);
+	free(p);
+	p = store_manifest_path(f->s, &n);
+	snprintf(want, sizeof(want), "%s/manifests/Host.Example/NS/Model/Tag", f->root);
+	assert_string_equal(p, want);
+	free(p);
+}
+
+/* ---- manifests ---- */
+
+static void test_write_read_find_exact(void **state)
+{
+	struct fx *f = *state;
+	struct model_name n = nm("llama3:8b"), found;
+	char *buf, *path;
+	size_t len;
+
+	write_manifest(f->s, "llama3:8b", "{\"hello\":1}");
+	path = tu_path(f->root, "manifests/registry.ollama.ai/library/llama3/8b");
+	assert_true(tu_exists(path));
+	assert_int_equal(mode_of(path), 0644);
+	assert_int_equal(tu_count_entries(f->s->tmp), 0);
+	free(path);
+	assert_int_equal(store_find_tag(f->s, &n, &found), 0);
+	assert_true(name_equal(&n, &found));
+	assert_string_equal(found.tag, "8b");
+	assert_int_equal(store_read_manifest(f->s, &found, &buf, &len), 0);
+	assert_int_equal(len, 11);
+	assert_string_equal(buf, "{\"hello\":1}");
+	free(buf);
+}
+
+static void test_find_tag_stored_casing_wins(void **state)
+{
+	struct fx *f = *state;
+	struct model_name want = nm("http://host.example/ns/model:tag"), found;
+
+	write_manifest(f->s, "Host.Example/NS/Model:Tag", "v1");
+	memset(&found, 0, sizeof(found));
+	assert_int_equal(store_find_tag(f->s, &want, &found), 0);
+	assert_string_equal(found.host, "Host.Example");
+	assert_string_equal(found.ns, "NS");
+	assert_string_equal(found.model, "Model");
+	assert_string_equal(found.tag, "Tag");
+	assert_string_equal(found.scheme, "http"); /* carried over from the request */
+}
+
+static void test_write_other_casing_reuses_directories(void **state)
+{
+	struct fx *f = *state;
+	struct model_name want = nm("host.example/ns/model:tag"), found;
+	char *path, *text;
+	struct store_tag *tags;
+	size_t n;
+
+	write_manifest(f->s, "Host.Example/NS/Model:Tag", "v1");
+	write_manifest(f->s, "HOST.EXAMPLE/ns/MODEL:TAG", "v2");
+	assert_int_equal(tu_count_entries(f->s->manifests), 1);
+	path = tu_path(f->s->manifests, "Host.Example");
+	assert_int_equal(tu_count_entries(path), 1);
+	free(path);
+	path = tu_path(f->s->manifests, "Host.Example/NS/Model");
+	assert_int_equal(tu_count_entries(path), 1);
+	free(path);
+	path = tu_path(f->s->manifests, "Host.Example/NS/Model/Tag");
+	text = tu_read(path, NULL);
+	assert_non_null(text);
+	assert_string_equal(text, "v2");
+	free(text);
+	free(path);
+	assert_int_equal(store_find_tag(f->s, &want, &found), 0);
+	assert_string_equal(found.model, "Model");
+	assert_int_equal(store_list_tags(f->s, &tags, &n), 0);
+	assert_int_equal(n, 1);
+	store_tags_free(tags, n);
+
+	/* A new tag of the same model lands in the existing directories. */
+	write_manifest(f->s, "host.example/ns/model:other", "v3");
+	path = tu_path(f->s->manifests, "Host.Example/NS/Model/other");
+	assert_true(tu_exists(path));
+	free(path);
+	assert_int_equal(tu_count_entries(f->s->manifests), 1);
+}
+
+static void test_find_tag_absent(void **state)
+{
+	struct fx *f = *state;
+	struct model_name want, found;
+	char *dir;
+
+	write_manifest(f->s, "a.example/ns/model:tag", "x");
+	want = nm("a.example/ns/model:other");
+	assert_int_equal(store_find_tag(f->s, &want, &found), -ENOENT);
+	want = nm("a.example/ns/nomodel:tag");
+	assert_int_equal(store_find_tag(f->s, &want, &found), -ENOENT);
+	want = nm("b.example/ns/model:tag");
+	assert_int_equal(store_find_tag(f->s, &want, &found), -ENOENT);
+	/* A directory where the tag file should be is not a tag. */
+	dir = tu_path(f->s->manifests, "a.example/ns/model/dirtag");
+	assert_int_equal(mkdir(dir, 0755), 0);
+	want = nm("a.example/ns/model:dirtag");
+	assert_int_equal(store_find_tag(f->s, &want, &found), -ENOENT);
+	free(dir);
+}
+
+static void test_list_tags_sorted_and_filtered(void **state)
+{
+	struct fx *f = *state;
+	static const char *const names[] = {
+		"registry.ollama.ai/library/llama3:latest",
+		"b.example/Zeta/m:x",
+		"a.example/ns/m:t2",
+		"b.example/alpha/m:x",
+		"a.example/ns/m:T1",
+	};
+	static const char *const want[] = {
+		"a.example/ns/m:T1",
+		"a.example/ns/m:t2",
+		"b.example/alpha/m:x",
+		"b.example/Zeta/m:x",
+		"registry.ollama.ai/library/llama3:latest",
+	};
+	static const char *const junk_dirs[] = {
+		".hidden", ".hidden/ns", ".hidden/ns/m",
+		"a.example/ns/.dotmodel", "a.example/ns/bad name", "a.example/ns.x",
+		"a.example/ns.x/m", "a.example/ns/m/subdir",
+	};
+	static const char *const junk_files[] = {
+		".hidden/ns/m/t", "a.example/ns/.dotmodel/t", "a.example/ns/bad name/t",
+		"a.example/ns.x/m/t", "a.example/ns/m/.tmp123", "a.example/ns/m/bad tag",
+		"stray-file", "a.example/ns/stray",
+	};
+	struct store_tag *tags;
+	size_t n;
+	char buf[NAME_FORMAT_MAX], *p, *link;
+
+	for (size_t i = 0; i < 5; i++)
+		write_manifest(f->s, names[i], "{}");
+	for (size_t i = 0; i < sizeof(junk_dirs) / sizeof(junk_dirs[0]); i++) {
+		p = tu_path(f->s->manifests, junk_dirs[i]);
+		assert_int_equal(mkdir(p, 0755), 0);
+		free(p);
+	}
+	for (size_t i = 0; i < sizeof(junk_files) / sizeof(junk_files[0]); i++) {
+		p = tu_path(f->s->manifests, junk_files[i]);
+		tu_write_str(p, "{}");
+		free(p);
+	}
+	/* A symlinked tag is not followed. */
+	p = tu_path(f->s->manifests, "a.example/ns/m/t2");
+	link = tu_path(f->s->manifests, "a.example/ns/m/linked");
+	assert_int_equal(symlink(p, link), 0);
+	free(p);
+	free(link);
+
+	assert_int_equal(store_list_tags(f->s, &tags, &n), 0);
+	if (n != 5) {
+		for (size_t i = 0; i < n; i++)
+			fprintf(stderr, "tag %zu: %s\n", i, tags[i].path);
+		fail_msg("%zu tags, want 5", n);
+	}
+	for (size_t i = 0; i < n; i++) {
+		name_format(&tags[i].name, buf, sizeof(buf));
+		assert_string_equal(buf, want[i]);
+		p = store_manifest_path(f->s, &tags[i].name);
+		assert_string_equal(tags[i].path, p);
+		free(p);
+		assert_true(tags[i].mtime_ns > 0);
+	}
+	store_tags_free(tags, n);
+}
+
+static void test_referenced(void **state)
+{
+	struct fx *f = *state;
+	struct digest_set refs;
+	struct digest d;
+
+	write_mj(f->s, "a.example/ns/one:t", '1', "ab");
+	write_mj(f->s, "a.example/ns/two:t", '2', "bc");
+	assert_int_equal(store_referenced(f->s, &refs), 0);
+	assert_true(refs.sealed);
+	assert_int_equal(refs.n, 5);
+	for (const char *c = "12abc"; *c; c++) {
+		d = dg(*c);
+		assert_true(digest_set_has(&refs, &d));
+	}
+	d = dg('d');
+	assert_false(digest_set_has(&refs, &d));
+	digest_set_release(&refs);
+}
+
+/* ---- removing tags ---- */
+
+static void test_remove_tag_frees_unshared_blobs(void **state)
+{
+	struct fx *f = *state;
+	struct model_name one = nm("reg.example/ns1/model1:tag"), found;
+	struct store_freed freed;
+	char *p;
+
+	write_mj(f->s, "reg.example/ns1/model1:tag", '1', "af");
+	write_mj(f->s, "reg.example/ns2/model2:tag", '2', "bf");
+	for (const char *c = "12abfe"; *c; c++)
+		put_blob(f->s, *c);
+	put_partial(f->s, 'a', "");
+	put_partial(f->s, 'a', ".map");
+
+	assert_int_equal(store_remove_tag(f->s, &one, &freed), 0);
+	assert_int_equal(freed.blobs, 2);       /* its config '1' and layer 'a' */
+	assert_int_equal(freed.partials, 1);
+	assert_true(freed.bytes >= 2 * BLOB_SIZE);
+	assert_false(has_blob(f->s, '1'));
+	assert_false(has_blob(f->s, 'a'));
+	assert_true(has_blob(f->s, 'f'));       /* shared with model2 */
+	assert_true(has_blob(f->s, '2'));
+	assert_true(has_blob(f->s, 'b'));
+	assert_true(has_blob(f->s, 'e'));       /* unreferenced, but not this tag's */
+	assert_false(has_partial(f->s, 'a', ""));
+	assert_false(has_partial(f->s, 'a', ".map"));
+	assert_false(has_partial(f->s, 'a', ".lock"));
+	assert_int_equal(store_find_tag(f->s, &one, &found), -ENOENT);
+	/* Empty directories are pruned, shared ones are kept. */
+	p = tu_path(f->s->manifests, "reg.example/ns1");
+	assert_false(tu_exists(p));
+	free(p);
+	p = tu_path(f->s->manifests, "reg.example/ns2/model2/tag");
+	assert_true(tu_exists(p));
+	free(p);
+}
+
+static void test_remove_tag_keeps_shared_config(void **state)
+{
+	struct fx *f = *state;
+	struct model_name a = nm("m:a");
+	struct store_freed freed;
+
+	write_mj(f->s, "m:a", '1', "a");
+	write_mj(f->s, "m:b", '1', "b");
+	for (const char *c = "1ab"; *c; c++)
+		put_blob(f->s, *c);
+	assert_int_equal(store_remove_tag(f->s, &a, &freed), 0);
+	assert_int_equal(freed.blobs, 1);
+	assert_true(has_blob(f->s, '1'));
+	assert_false(has_blob(f->s, 'a'));
+	assert_true(has_blob(f->s, 'b'));
+}
+
+static void test_remove_last_tag_prunes_all_levels(void **state)
+{
+	struct fx *f = *state;
+	struct model_name a = nm("m:a"), b = nm("m:b");
+	struct store_freed freed;
+	char *p = tu_path(f->s->manifests, "registry.ollama.ai");
+
+	write_mj(f->s, "m:a", '1', "a");
+	write_mj(f->s, "m:b", '1', "b");
+	assert_int_equal(store_remove_tag(f->s, &a, &freed), 0);
+	assert_true(tu_exists(p)); /* m:b is still there */
+	assert_int_equal(store_remove_tag(f->s, &b, &freed), 0);
+	assert_false(tu_exists(p));
+	assert_true(is_dir(f->s->manifests));
+	assert_int_equal(tu_count_entries(f->s->manifests), 0);
+	free(p);
+}
+
+static void test_remove_tag_absent(void **state)
+{
+	struct fx *f = *state;
+	struct model_name a = nm("nothing:here");
+	struct store_freed freed;
+
+	memset(&freed, 0xff, sizeof(freed));
+	assert_int_equal(store_remove_tag(f->s, &a, &freed), -ENOENT);
+	assert_int_equal(freed.blobs, 0);
+	assert_int_equal(freed.partials, 0);
+	assert_int_equal(freed.bytes, 0);
+}
+
+static void test_remove_tag_case_insensitive(void **state)
+{
+	struct fx *f = *state;
+	struct model_name want = nm("HOST.example/NS/MODEL:TAG"), found;
+	struct store_freed freed;
+
+	write_mj(f->s, "Host.Example/ns/Model:tag", '1', "a");
+	put_blob(f->s, '1');
+	put_blob(f->s, 'a');
+	assert_int_equal(store_remove_tag(f->s, &want, &freed), 0);
+	assert_int_equal(freed.blobs, 2);
+	assert_int_equal(store_find_tag(f->s, &want, &found), -ENOENT);
+	assert_int_equal(tu_count_entries(f->s->manifests), 0);
+}
+
+static void test_unparseable_manifest_protects_its_digests(void **state)
+{
+	struct fx *f = *state;
+	struct model_name one = nm("m:one");
+	struct store_freed freed;
+	char junk[256];
+
+	write_mj(f->s, "m:one", '1', "af");
+	/* Not a manifest, but it mentions 'f' and '1'. */
+	snprintf(junk, sizeof(junk), "garbage {{ \"sha256:%064d\" sha256:%s sha256:%s",
+		 0, "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff",
+		 "1111111111111111111111111111111111111111111111111111111111111111");
+	write_manifest(f->s, "m:broken", junk);
+	for (const char *c = "1af"; *c; c++)
+		put_blob(f->s, *c);
+	assert_int_equal(store_remove_tag(f->s, &one, &freed), 0);
+	assert_int_equal(freed.blobs, 1);
+	assert_false(has_blob(f->s, 'a'));
+	assert_true(has_blob(f->s, 'f'));
+	assert_true(has_blob(f->s, '1'));
+}
+
+static void test_removing_unparseable_manifest_frees_mentioned_blobs(void **state)
+{
+	struct fx *f = *state;
+	struct model_name broken = nm("m:broken");
+	struct store_freed freed;
+	char junk[256];
+
+	snprintf(junk, sizeof(junk), "{ truncated \"digest\":\"sha256:%s\"",
+		 "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc");
+	write_manifest(f->s, "m:broken", junk);
+	write_mj(f->s, "m:other", '1', "a");
+	for (const char *c = "1ac"; *c; c++)
+		put_blob(f->s, *c);
+	assert_int_equal(store_remove_tag(f->s, &broken, &freed), 0);
+	assert_int_equal(freed.blobs, 1);
+	assert_false(has_blob(f->s, 'c'));
+	assert_true(has_blob(f->s, 'a'));
+}
+
+static void test_oversized_manifest_still_protects_its_digests(void **state)
+{
+	/*
+	 * manifest.h: the digest scan exists "so that a store never frees a blob
+	 * that some unreadable manifest may use". A tag file too large to read
+	 * (here 64 MiB + 1, sparse) is such a manifest.
+	 */
+	struct fx *f = *state;
+	struct store_freed freed;
+	char *path, text[128];
+	int fd;
+
+	write_manifest(f->s, "m:huge", "{}");
+	path = tu_path(f->s->manifests, "registry.ollama.ai/library/m/huge");
+	snprintf(text, sizeof(text), "{\"digest\":\"sha256:%s\"",
+		 "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff");
+	fd = open(path, O_WRONLY | O_TRUNC);
+	assert_true(fd >= 0);
+	assert_int_equal(pwrite(fd, text, strlen(text), 0), (ssize_t)strlen(text));
+	assert_int_equal(ftruncate(fd, (64 << 20) + 1), 0);
+	close(fd);
+	free(path);
+	put_blob(f->s, 'f');
+	assert_int_equal(store_gc(f->s, &freed), 0);
+	assert_true(has_blob(f->s, 'f'));
+}
+
+/* ---- garbage collection ---- */
+
+static void test_gc(void **state)
+{
+	struct fx *f = *state;
+	struct store_freed freed;
+	char *readme, *ollama_partial, *junk_partial, *fresh_tmp, *old_tmp, *q;
+	struct timespec old[2] = { { .tv_sec = 1000000000 }, { .tv_sec = 1000000000 } };
+
+	write_mj(f->s, "m:a", '1', "ab");
+	put_blob(f->s, '1');
+	put_blob(f->s, 'a');            /* referenced, complete */
+	put_blob(f->s, 'e');            /* unreferenced */
+	put_blob(f->s, 'd');            /* unreferenced */
+	put_partial(f->s, 'b', "");     /* referenced, in progress: kept */
+	put_partial(f->s, 'b', ".map");
+	put_partial(f->s, 'c', "");     /* unreferenced partial: removed with map and lock */
+	put_partial(f->s, 'c', ".map");
+	put_partial(f->s, 'c', ".lock");
+	put_partial(f->s, 'a', ".map"); /* leftover next to a complete blob */
+	readme = tu_path(f->s->blobs, "README");
+	ollama_partial = tu_path(f->s->blobs,
+		"sha256-9999eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-partial-0");
+	junk_partial = tu_path(f->s->partial, "junk");
+	fresh_tmp = tu_path(f->s->tmp, "tmp.fresh");
+	old_tmp = tu_path(f->s->tmp, "tmp.old");
+	q = tu_path(f->s->quarantine, "sha256-x.123.mismatch");
+	tu_write_str(readme, "hi");
+	tu_write_str(ollama_partial, "partial");
+	tu_write_str(junk_partial, "junk");
+	tu_write_str(fresh_tmp, "fresh");
+	tu_write_str(old_tmp, "old");
+	assert_int_equal(utimensat(AT_FDCWD, old_tmp, old, 0), 0);
+	put_file(q, BLOB_SIZE);
+
+	assert_int_equal(store_gc(f->s, &freed), 0);
+	assert_int_equal(freed.blobs, 2);
+	assert_int_equal(freed.partials, 1);
+	assert_true(freed.bytes >= 3 * BLOB_SIZE);
+	assert_true(has_blob(f->s, '1'));
+	assert_true(has_blob(f->s, 'a'));
+	assert_false(has_blob(f->s, 'e'));
+	assert_false(has_blob(f->s, 'd'));
+	assert_true(has_partial(f->s, 'b', ""));
+	assert_true(has_partial(f->s, 'b', ".map"));
+	assert_false(has_partial(f->s, 'c', ""));
+	assert_false(has_partial(f->s, 'c', ".map"));
+	assert_false(has_partial(f->s, 'c', ".lock"));
+	assert_false(has_partial(f->s, 'a', ".map"));
+	assert_true(tu_exists(readme));
+	assert_true(tu_exists(ollama_partial));
+	assert_true(tu_exists(junk_partial));
+	assert_true(tu_exists(fresh_tmp));
+	assert_false(tu_exists(old_tmp));
+	assert_false(tu_exists(q));
+	assert_int_equal(tu_count_entries(f->s->quarantine), 0);
+
+	/* A second run has nothing left to do. */
+	assert_int_equal(store_gc(f->s, &freed), 0);
+	assert_int_equal(freed.blobs, 0);
+	assert_int_equal(freed.partials, 0);
+	free(readme);
+	free(ollama_partial);
+	free(junk_partial);
+	free(fresh_tmp);
+	free(old_tmp);
+	free(q);
+}
+
+static void test_gc_spares_a_locked_partial(void **state)
+{
+	struct fx *f = *state;
+	struct store_freed freed;
+	struct digest d = dg('c');
+	int fd;
+
+	put_partial(f->s, 'c', "");
+	put_partial(f->s, 'c', ".map");
+	fd = store_blob_trylock(f->s, &d);
+	assert_true(fd >= 0);
+	assert_int_equal(store_gc(f->s, &freed), 0);
+	assert_int_equal(freed.partials, 0);
+	assert_true(has_partial(f->s, 'c', ""));
+	assert_true(has_partial(f->s, 'c', ".map"));
+	store_blob_unlock(f->s, &d, fd, false);
+	assert_int_equal(store_gc(f->s, &freed), 0);
+	assert_int_equal(freed.partials, 1);
+	assert_false(has_partial(f->s, 'c', ""));
+}
+
+/* ---- locks ---- */
+
+static void test_blob_trylock_excludes_other_fds_and_processes(void **state)
+{
+	struct fx *f = *state;
+	struct digest d = dg('a');
+	int fd = store_blob_trylock(f->s, &d), fd2;
+	pid_t pid;
+
+	assert_true(fd >= 0);
+	assert_true(has_partial(f->s, 'a', ".lock"));
+	/* Another open file in this process. */
+	assert_int_equal(store_blob_trylock(f->s, &d), -EBUSY);
+	/* Another process. */
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0)
+		_exit(store_blob_trylock(f->s, &d) == -EBUSY ? 0 : 1);
+	assert_int_equal(wait_child(pid), 0);
+	/* Another digest is independent. */
+	{
+		struct digest e = dg('b');
+		int fe = store_blob_trylock(f->s, &e);
+		assert_true(fe >= 0);
+		store_blob_unlock(f->s, &e, fe, true);
+	}
+	store_blob_unlock(f->s, &d, fd, false);
+	assert_true(has_partial(f->s, 'a', ".lock"));
+
+	/* Free again: another process gets it. */
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		int r = store_blob_trylock(f->s, &d);
+		_exit(r >= 0 ? 0 : 1);
+	}
+	assert_int_equal(wait_child(pid), 0);
+
+	fd2 = store_blob_trylock(f->s, &d);
+	assert_true(fd2 >= 0);
+	store_blob_unlock(f->s, &d, fd2, true);
+	assert_false(has_partial(f->s, 'a', ".lock"));
+	store_blob_unlock(f->s, &d, -1, true); /* no-op */
+}
+
+static void test_index_lock_excludes_other_processes(void **state)
+{
+	struct fx *f = *state;
+	char *lock = tu_path(f->s->state, "lock");
+	pid_t pid;
+
+	assert_int_equal(store_lock(f->s), 0);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		int fd = open(lock, O_RDWR);
+		_exit(fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) < 0 && errno == EWOULDBLOCK ? 0 : 1);
+	}
+	assert_int_equal(wait_child(pid), 0);
+	store_unlock(f->s);
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		int fd = open(lock, O_RDWR);
+		_exit(fd >= 0 && flock(fd, LOCK_EX | LOCK_NB) == 0 ? 0 : 1);
+	}
+	assert_int_equal(wait_child(pid), 0);
+	free(lock);
+}
+
+/* ---- blobs in and out ---- */
+
+static void test_open_blob(void **state)
+{
+	struct fx *f = *state;
+	struct digest d = dg('a'), e = dg('e');
+	uint8_t buf[16];
+	int fd = -1;
+
+	put_blob(f->s, 'a');
+	assert_int_equal(store_open_blob(f->s, &d, BLOB_SIZE, &fd), 0);
+	assert_true(fd >= 0);
+	assert_int_equal(pread(fd, buf, sizeof(buf), 100), (ssize_t)sizeof(buf));
+	for (size_t i = 0; i < sizeof(buf); i++)
+		assert_int_equal(buf[i], pattern(100 + i));
+	close(fd);
+	assert_int_equal(store_open_blob(f->s, &e, BLOB_SIZE, &fd), -ENOENT);
+}
+
+static void test_open_blob_wrong_size_is_quarantined(void **state)
+{
+	struct fx *f = *state;
+	struct digest d = dg('a');
+	int fd = -1;
+	char *q;
+
+	put_blob(f->s, 'a');
+	assert_int_equal(store_open_blob(f->s, &d, BLOB_SIZE + 1, &fd), -ENOENT);
+	assert_int_equal(fd, -1);
+	assert_false(has_blob(f->s, 'a'));
+	assert_int_equal(tu_count_entries(f->s->quarantine), 1);
+	q = tu_find_entry(f->s->quarantine,
+		"sha256-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.");
+	assert_non_null(q);
+	assert_non_null(strstr(q, "badsize"));
+	free(q);
+	/* Now it is simply absent. */
+	assert_int_equal(store_open_blob(f->s, &d, BLOB_SIZE, &fd), -ENOENT);
+}
+
+static void test_open_blob_wrong_size_read_only(void **state)
+{
+	struct fx *f = *state;
+	struct digest d = dg('a');
+	struct store *ro;
+	int fd = -1;
+
+	put_blob(f->s, 'a');
+	assert_int_equal(store_open(f->root, false, &ro), 0);
+	assert_false(ro->writable);
+	assert_int_equal(store_open_blob(ro, &d, BLOB_SIZE - 1, &fd), -EIO);
+	assert_true(has_blob(f->s, 'a'));   /* left alone */
+	assert_int_equal(store_open_blob(ro, &d, BLOB_SIZE, &fd), 0);
+	close(fd);
+	store_close(ro);
+}
+
+static void test_commit_blob(void **state)
+{
+	struct fx *f = *state;
+	struct digest d = dg('c');
+	int fd;
+
+	put_partial(f->s, 'c', "");
+	put_partial(f->s, 'c', ".map");
+	assert_int_equal(store_commit_blob(f->s, &d), 0);
+	assert_true(has_blob(f->s, 'c'));
+	assert_false(has_partial(f->s, 'c', ""));
+	assert_false(has_partial(f->s, 'c', ".map"));
+	assert_int_equal(store_open_blob(f->s, &d, BLOB_SIZE, &fd), 0);
+	close(fd);
+	/* Nothing to commit. */
+	d = dg('d');
+	assert_int_equal(store_commit_blob(f->s, &d), -ENOENT);
+	assert_false(has_blob(f->s, 'd'));
+}
+
+static void test_quarantine_partial_and_complete(void **state)
+{
+	struct fx *f = *state;
+	struct digest d = dg('c'), e = dg('e');
+	char *q;
+
+	put_partial(f->s, 'c', "");
+	put_partial(f->s, 'c', ".map");
+	assert_int_equal(store_quarantine_blob(f->s, &d), 0);
+	assert_false(has_partial(f->s, 'c', ""));
+	assert_false(has_partial(f->s, 'c', ".map"));
+	assert_false(has_blob(f->s, 'c'));
+	q = tu_find_entry(f->s->quarantine, "sha256-cccc");
+	assert_non_null(q);
+	assert_non_null(strstr(q, ".mismatch"));
+	free(q);
+
+	put_blob(f->s, 'e');
+	assert_int_equal(store_quarantine_complete(f->s, &e, "corrupt"), 0);
+	assert_false(has_blob(f->s, 'e'));
+	q = tu_find_entry(f->s->quarantine, "sha256-eeee");
+	assert_non_null(q);
+	assert_non_null(strstr(q, ".corrupt"));
+	free(q);
+	assert_int_equal(tu_count_entries(f->s->quarantine), 2);
+
+	/* Nothing there. */
+	assert_int_equal(store_quarantine_complete(f->s, &e, "corrupt"), -ENOENT);
+	assert_int_equal(store_quarantine_blob(f->s, &d), -ENOENT);
+}
+
+/* ---- strmap ---- */
+
+static void test_strmap_many_keys(void **state)
+{
+	struct strmap *m = strmap_new();
+	char key[32];
+	uint64_t v;
+
+	assert_int_equal(strmap_count(m), 0);
+	assert_false(strmap_get(m, "absent", &v));
+	for (unsigned i = 0; i < 10000; i++) {
+		snprintf(key, sizeof(key), "key-%u", i);
+		strmap_put(m, key, (uint64_t)i * 3 + 1);
+	}
+	assert_int_equal(strmap_count(m), 10000);
+	for (unsigned i = 0; i < 10000; i++) {
+		snprintf(key, sizeof(key), "key-%u", i);
+		v = 0;
+		if (!strmap_get(m, key, &v))
+			fail_msg("'%s' missing", key);
+		assert_int_equal(v, (uint64_t)i * 3 + 1);
+	}
+	assert_false(strmap_get(m, "key-10000", &v));
+	assert_false(strmap_get(m, "key-", &v));
+	assert_false(strmap_get(m, "", &v));
+	/* Overwrite keeps the count. */
+	strmap_put(m, "key-42", 7);
+	assert_int_equal(strmap_count(m), 10000);
+	assert_true(strmap_get(m, "key-42", &v));
+	assert_int_equal(v, 7);
+	assert_true(strmap_get(m, "key-43", NULL));
+	strmap_put(m, "", 99);
+	assert_true(strmap_get(m, "", &v));
+	assert_int_equal(v, 99);
+	assert_int_equal(strmap_count(m), 10001);
+	strmap_free(m);
+	strmap_free(NULL);
+}
+
+static void test_strmap_copies_keys(void **state)
+{
+	struct strmap *m = strmap_new();
+	char key[8] = "abc";
+	uint64_t v;
+
+	strmap_put(m, key, 1);
+	strcpy(key, "xyz");
+	assert_true(strmap_get(m, "abc", &v));
+	assert_int_equal(v, 1);
+	assert_false(strmap_get(m, "xyz", &v));
+	strmap_free(m);
+}
+
+/* ---- util ---- */
+
+static void test_parse_size(void **state)
+{
+	static const struct { const char *s; uint64_t v; } ok[] = {
+		{ "16M", 16ull << 20 }, { "1GiB", 1ull << 30 }, { "4096", 4096 },
+		{ "1.5K", 1536 }, { "2.5G", 5ull << 29 }, { "1k", 1024 }, { "1KB", 1024 },
+		{ "1kib", 1024 }, { "1MiB", 1ull << 20 }, { "0", 0 }, { "1T", 1ull << 40 },
+		{ ".5K", 512 }, { "64m", 64ull << 20 },
+	};
+	static const char *const bad[] = {
+		"", "-1", "abc", "1X", "nan", "inf", "NaN", "-inf", "1 M", " 1", "1KBx", "1iB",
+		"1MM", "16777216T", "1e30", "K", "1.5.K",
+	};
+	uint64_t v;
+
+	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+		v = 12345;
+		if (parse_size(ok[i].s, &v) != 0)
+			fail_msg("'%s' refused", ok[i].s);
+		assert_int_equal(v, ok[i].v);
+	}
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		v = 12345;
+		if (parse_size(bad[i], &v) != -EINVAL)
+			fail_msg("'%s' accepted as %llu", bad[i], (unsigned long long)v);
+		assert_int_equal(v, 12345);
+	}
+	assert_int_equal(parse_size(NULL, &v), -EINVAL);
+}
+
+static void test_format_size(void **state)
+{
+	static const struct { uint64_t b; const char *s; } cases[] = {
+		{ 0, "0 B" }, { 999, "999 B" }, { 1000, "1.00 KB" }, { 1500, "1.50 KB" },
+		{ 12345678, "12.3 MB" }, { 123456789, "123 MB" }, { 4661211424ull, "4.66 GB" },
+		{ 1000000000000ull, "1.00 TB" }, { 1000000000000000ull, "1.00 PB" },
+	};
+	char buf[32];
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		format_size(cases[i].b, buf, sizeof(buf));
+		assert_string_equal(buf, cases[i].s);
+	}
+	format_size(4661211424ull, buf, 4);
+	assert_string_equal(buf, "4.6");
+}
+
+static void test_format_size_never_shows_1000_of_a_unit(void **state)
+{
+	/* util.h: "123.4 MB" with SI units; 999999 bytes is not "1000 KB". */
+	static const uint64_t sizes[] = { 999499, 999500, 999999, 999999999, 999999999999ull };
+	char buf[32], wrong[256] = "";
+
+	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		format_size(sizes[i], buf, sizeof(buf));
+		if (strtod(buf, NULL) >= 1000)
+			snprintf(wrong + strlen(wrong), sizeof(wrong) - strlen(wrong), " %llu->'%s'",
+				 (unsigned long long)sizes[i], buf);
+	}
+	if (wrong[0])
+		fail_msg("shown as 1000 of a unit:%s", wrong);
+}
+
+static void test_format_duration(void **state)
+{
+	static const struct { uint64_t s; const char *out; } cases[] = {
+		{ 0, "0s" }, { 59, "59s" }, { 60, "1m00s" }, { 245, "4m05s" }, { 3599, "59m59s" },
+		{ 3600, "1h00m" }, { 3720, "1h02m" }, { 90061, "25h01m" },
+	};
+	char buf[32];
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		format_duration(cases[i].s, buf, sizeof(buf));
+		assert_string_equal(buf, cases[i].out);
+	}
+}
+
+static void test_parse_u64(void **state)
+{
+	uint64_t v = 0;
+
+	assert_true(parse_u64("0", 1, &v));
+	assert_int_equal(v, 0);
+	assert_true(parse_u64("18446744073709551615", 20, &v));
+	assert_int_equal(v, UINT64_MAX);
+	assert_true(parse_u64("12345", 2, &v));
+	assert_int_equal(v, 12);
+	assert_true(parse_u64("007", 3, &v));
+	assert_int_equal(v, 7);
+	v = 5;
+	assert_false(parse_u64("18446744073709551616", 20, &v));
+	assert_false(parse_u64("99999999999999999999", 20, &v));
+	assert_false(parse_u64("184467440737095516150", 21, &v));
+	assert_false(parse_u64("", 0, &v));
+	assert_false(parse_u64("12a", 3, &v));
+	assert_false(parse_u64("+1", 2, &v));
+	assert_false(parse_u64("-1", 2, &v));
+	assert_false(parse_u64(" 1", 2, &v));
+	assert_false(parse_u64("1 ", 2, &v));
+	assert_int_equal(v, 5);
+}
+
+static void test_mkdir_p(void **state)
+{
+	struct fx *f = *state;
+	char *deep = tu_path(f->dir, "a/b/c"), *file = tu_path(f->dir, "file");
+	char *under = tu_path(file, "x/y"), *slash = tu_path(f->dir, "s/t/");
+	mode_t old = umask(022);
+
+	assert_int_equal(mkdir_p(deep, 0750), 0);
+	assert_true(is_dir(deep));
+	assert_int_equal(mode_of(deep), 0750);
+	assert_int_equal(mkdir_p(deep, 0750), 0);           /* exists: fine */
+	assert_int_equal(mkdir_p(f->dir, 0755), 0);
+	tu_write_str(file, "x");
+	assert_int_equal(mkdir_p(file, 0755), -ENOTDIR);
+	assert_int_equal(mkdir_p(under, 0755), -ENOTDIR);
+	assert_int_equal(mkdir_p(slash, 0755), 0);
+	assert_true(is_dir(slash));
+	umask(old);
+	free(deep);
+	free(file);
+	free(under);
+	free(slash);
+}
+
+/*
+ * An empty path is an error, not a walk past the end of the buffer. In a
+ * plain build this only fails by luck; valgrind and ASan catch the overrun.
+ */
+static void test_mkdir_p_empty_path(void **state)
+{
+	assert_int_equal(mkdir_p("", 0755), -ENOENT);
+}
+
+static void test_write_file_atomic_and_read_file(void **state)
+{
+	struct fx *f = *state;
+	char *tmp = tu_path(f->dir, "tmp"), *path = tu_path(f->dir, "out");
+	char *nodir = tu_path(f->dir, "nodir/out"), *notmp = tu_path(f->dir, "notmp");
+	char *buf;
+	size_t len;
+
+	assert_int_equal(mkdir(tmp, 0700), 0);
+	assert_int_equal(write_file_atomic(tmp, path, "hello", 5, 0640), 0);
+	assert_int_equal(mode_of(path), 0640);
+	assert_int_equal(tu_count_entries(tmp), 0);
+	assert_int_equal(read_file(path, 100, &buf, &len), 0);
+	assert_int_equal(len, 5);
+	assert_string_equal(buf, "hello");
+	free(buf);
+	/* Replace. */
+	assert_int_equal(write_file_atomic(tmp, path, "bye", 3, 0600), 0);
+	assert_int_equal(mode_of(path), 0600);
+	assert_int_equal(read_file(path, 100, &buf, &len), 0);
+	assert_int_equal(len, 3);
+	assert_string_equal(buf, "bye");
+	free(buf);
+	/* Failures leave nothing behind and the old file intact. */
+	assert_int_equal(write_file_atomic(tmp, nodir, "x", 1, 0600), -ENOENT);
+	assert_int_equal(tu_count_entries(tmp), 0);
+	assert_int_equal(write_file_atomic(notmp, path, "x", 1, 0600), -ENOENT);
+	assert_int_equal(read_file(path, 100, &buf, &len), 0);
+	assert_string_equal(buf, "bye");
+	free(buf);
+	/* Empty contents. */
+	assert_int_equal(write_file_atomic(tmp, path, "", 0, 0600), 0);
+	assert_int_equal(read_file(path, 0, &buf, &len), 0);
+	assert_int_equal(len, 0);
+	assert_string_equal(buf, "");
+	free(buf);
+	free(tmp);
+	free(path);
+	free(nodir);
+	free(notmp);
+}
+
+static void test_read_file_max(void **state)
+{
+	struct fx *f = *state;
+	char *path = tu_path(f->dir, "f");
+	char *buf = (char *)(uintptr_t)1;
+	size_t len;
+
+	put_file(path, 10);
+	assert_int_equal(read_file(path, 10, &buf, &len), 0);
+	assert_int_equal(len, 10);
+	assert_int_equal(buf[10], '\0');
+	free(buf);
+	assert_int_equal(read_file(path, 9, &buf, &len), -EFBIG);
+	assert_int_equal(read_file(path, 0, &buf, &len), -EFBIG);
+	put_file(path, 4096);
+	assert_int_equal(read_file(path, 4096, &buf, &len), 0);
+	assert_int_equal(len, 4096);
+	free(buf);
+	assert_int_equal(read_file(path, 4095, &buf, &len), -EFBIG);
+	put_file(path, 4097);
+	assert_int_equal(read_file(path, 4096, &buf, &len), -EFBIG);
+	put_file(path, 100000);
+	assert_int_equal(read_file(path, 1u << 20, &buf, &len), 0);
+	assert_int_equal(len, 100000);
+	assert_int_equal((uint8_t)buf[99999], pattern(99999));
+	assert_int_equal(buf[100000], '\0');
+	free(buf);
+	assert_int_equal(read_file(path, 99999, &buf, &len), -EFBIG);
+	free(path);
+	path = tu_path(f->dir, "absent");
+	assert_int_equal(read_file(path, 100, &buf, &len), -ENOENT);
+	assert_int_equal(read_file(f->dir, 100, &buf, &len), -EISDIR);
+	free(path);
+}
+
+static void test_pread_pwrite_all(void **state)
+{
+	struct fx *f = *state;
+	char *path = tu_path(f->dir, "rw"), buf[8];
+	int fd = open(path, O_RDWR | O_CREAT, 0600);
+
+	assert_true(fd >= 0);
+	assert_int_equal(pwrite_all(fd, "abcdef", 6, 10), 0);
+	assert_int_equal(pread_all(fd, buf, 6, 10), 0);
+	assert_memory_equal(buf, "abcdef", 6);
+	assert_int_equal(pread_all(fd, buf, 2, 0), 0);
+	assert_int_equal(buf[0], '\0');                    /* the hole reads as zeros */
+	assert_int_equal(pread_all(fd, buf, 7, 10), -EIO);  /* short file */
+	close(fd);
+	assert_int_equal(pread_all(fd, buf, 1, 0), -EBADF);
+	free(path);
+}
+
+#define T(fn) cmocka_unit_test_setup_teardown(fn, fx_setup, fx_teardown)
+#define TB(fn) cmocka_unit_test_setup_teardown(fn, fx_setup_bare, fx_teardown)
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		T(test_open_creates_layout),
+		TB(test_open_state_is_private_whatever_the_umask),
+		TB(test_open_fixes_existing_state_mode),
+		TB(test_open_strips_trailing_slashes),
+		TB(test_open_missing_without_create_reads_empty),
+		TB(test_open_create_fails_under_a_file),
+		cmocka_unit_test(test_default_root_precedence),
+		T(test_paths),
+		T(test_write_read_find_exact),
+		T(test_find_tag_stored_casing_wins),
+		T(test_write_other_casing_reuses_directories),
+		T(test_find_tag_absent),
+		T(test_list_tags_sorted_and_filtered),
+		T(test_referenced),
+		T(test_remove_tag_frees_unshared_blobs),
+		T(test_remove_tag_keeps_shared_config),
+		T(test_remove_last_tag_prunes_all_levels),
+		T(test_remove_tag_absent),
+		T(test_remove_tag_case_insensitive),
+		T(test_unparseable_manifest_protects_its_digests),
+		T(test_removing_unparseable_manifest_frees_mentioned_blobs),
+		T(test_oversized_manifest_still_protects_its_digests),
+		T(test_gc),
+		T(test_gc_spares_a_locked_partial),
+		T(test_blob_trylock_excludes_other_fds_and_processes),
+		T(test_index_lock_excludes_other_processes),
+		T(test_open_blob),
+		T(test_open_blob_wrong_size_is_quarantined),
+		T(test_open_blob_wrong_size_read_only),
+		T(test_commit_blob),
+		T(test_quarantine_partial_and_complete),
+		cmocka_unit_test(test_strmap_many_keys),
+		cmocka_unit_test(test_strmap_copies_keys),
+		cmocka_unit_test(test_parse_size),
+		cmocka_unit_test(test_format_size),
+		cmocka_unit_test(test_format_size_never_shows_1000_of_a_unit),
+		cmocka_unit_test(test_format_duration),
+		cmocka_unit_test(test_parse_u64),
+		TB(test_mkdir_p),
+		TB(test_write_file_atomic_and_read_file),
+		TB(test_read_file_max),
+		TB(test_pread_pwrite_all),
+		/* Last: under ASan this one aborts the program (see the report). */
+		cmocka_unit_test(test_mkdir_p_empty_path),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
