@@ -34,6 +34,7 @@
 #include "log.h"
 #include "remote.h"
 #include "store.h"
+#include "strmap.h"
 #include "util.h"
 
 enum { CH_MISSING, CH_INFLIGHT, CH_WRITTEN, CH_PRESENT };
@@ -81,6 +82,7 @@ struct blob {
 	unsigned bad_chunks;
 	uint64_t fetched;
 	bool orphan;                   /* no tag uses it: never commit, delete when done */
+	bool fail_reported;            /* on_fail was called */
 };
 
 struct blobcache {
@@ -92,6 +94,7 @@ struct blobcache {
 	pthread_cond_t cond;
 	struct blob **table;
 	size_t nbuckets;
+	struct strmap *failed;         /* digests that failed verification here */
 	struct blob *work;             /* blobs the worker must look at */
 	bool kicked;                   /* something on the list is urgent */
 	bool stop;
@@ -116,6 +119,7 @@ struct blobcache *blobcache_new(struct store *s, struct fetcher *f,
 		c->opts.sync_interval_ms = 1000;
 	c->nbuckets = 1024;
 	c->table = xcalloc(c->nbuckets, sizeof(*c->table));
+	c->failed = strmap_new();
 	pthread_mutex_init(&c->lock, NULL);
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -139,6 +143,7 @@ void blobcache_free(struct blobcache *c)
 	pthread_join(c->worker, NULL);
 	pthread_mutex_destroy(&c->lock);
 	pthread_cond_destroy(&c->cond);
+	strmap_free(c->failed);
 	free(c->table);
 	free(c);
 }
@@ -235,6 +240,11 @@ struct blob *blob_get(struct blobcache *c, const struct digest *d, uint64_t size
 		b->present_bytes = size;
 	}
 	pthread_mutex_lock(&c->lock);
+	if (b->state != BLOB_COMPLETE && strmap_get(c->failed, b->name, NULL)) {
+		/* It failed verification in this process: keep saying so. */
+		b->state = BLOB_FAILED;
+		b->err = -EIO;
+	}
 	other = lookup(c, d);
 	if (!other) {
 		size_t h = bucket(c, d);
@@ -362,6 +372,23 @@ int blob_wfd(struct blob *b)
 
 /* ---- waiters ---- */
 
+/*
+ * May chunk i be handed to readers? Present chunks may, but for the last one:
+ * whenever the whole blob is here, or about to be (it is being fetched whole),
+ * the last chunk waits for the blob's sha256, so a reader that reads to the
+ * end of a corrupt blob gets EIO, never silently wrong bytes. A reader that
+ * only jumps about gets its chunks unverified (there is no other way to be
+ * lazy), unless the registry gave per-chunk checksums.
+ */
+static bool chunk_readable(const struct blob *b, uint32_t i)
+{
+	if (b->cs[i] != CH_PRESENT)
+		return false;
+	if (i + 1 < b->map->n || b->map->sums)
+		return true;
+	return !b->want_all && b->npresent < b->map->n;
+}
+
 static void waiter_unlink(struct blob_waiter *w)
 {
 	w->prev->next = w->next;
@@ -379,7 +406,7 @@ static void waiter_chunks(const struct blob *b, struct blob_waiter *w)
 /* Advance w->first past present chunks; true when all of w is present. */
 static bool waiter_ready(const struct blob *b, struct blob_waiter *w)
 {
-	while (w->first <= w->last && b->cs[w->first] == CH_PRESENT)
+	while (w->first <= w->last && chunk_readable(b, w->first))
 		w->first++;
 	return w->first > w->last;
 }
@@ -1082,6 +1109,11 @@ static void finish_blob(struct blob *b, struct blob_waiter **ready)
 			  "moved to quarantine", b->name, hex);
 		store_quarantine_blob(c->store, &b->digest);
 	}
+	if (!ok) {
+		pthread_mutex_lock(&c->lock);
+		strmap_put(c->failed, b->name, 1);
+		pthread_mutex_unlock(&c->lock);
+	}
 	pthread_mutex_lock(&b->lock);
 	if (!ok || ret < 0) {
 		b->state = BLOB_FAILED;
@@ -1126,8 +1158,13 @@ static bool blob_work(struct blob *b, uint64_t now, bool final)
 	}
 	more = b->waiters.next != &b->waiters || b->state == BLOB_BUSY ||
 	       (b->state == BLOB_PARTIAL && (b->map_dirty || b->nwritten));
+	bool failed_now = b->state == BLOB_FAILED && !b->fail_reported;
+	if (failed_now)
+		b->fail_reported = true;
 	pthread_mutex_unlock(&b->lock);
 	finish_waiters(done);
+	if (failed_now && c->opts.on_fail)
+		c->opts.on_fail(c->opts.on_fail_arg, &b->digest);
 	if (kick && !final)
 		fetcher_kick(c->fetcher, b);
 	return more;
@@ -1151,6 +1188,8 @@ static void add_ms(struct timespec *ts, long ms)
 static void *worker_main(void *arg)
 {
 	struct blobcache *c = arg;
+	struct blob **batch = NULL;
+	size_t cap = 0;
 	bool stopping = false;
 
 	pthread_mutex_lock(&c->lock);
@@ -1163,22 +1202,32 @@ static void *worker_main(void *arg)
 		}
 		stopping = c->stop;
 		c->kicked = false;
-		struct blob *list = c->work;
+		/*
+		 * Take the list into an array: once on_work is clear, others may
+		 * enlist these blobs again, which rewrites their wnext links.
+		 */
+		size_t n = 0;
+		for (struct blob *b = c->work; b; b = b->wnext) {
+			if (n == cap) {
+				cap = cap ? 2 * cap : 64;
+				batch = xrealloc(batch, cap * sizeof(*batch));
+			}
+			batch[n++] = b;
+		}
+		for (size_t i = 0; i < n; i++)
+			batch[i]->on_work = false;
 		c->work = NULL;
-		for (struct blob *b = list; b; b = b->wnext)
-			b->on_work = false;
 		pthread_mutex_unlock(&c->lock);
 
 		uint64_t now = now_ms();
-		while (list) {
-			struct blob *b = list;
-			list = b->wnext;
-			if (blob_work(b, now, stopping) && !stopping)
-				requeue(b);
-			blob_put(b);
+		for (size_t i = 0; i < n; i++) {
+			if (blob_work(batch[i], now, stopping) && !stopping)
+				requeue(batch[i]);
+			blob_put(batch[i]);   /* the reference the list held */
 		}
 		pthread_mutex_lock(&c->lock);
 	}
 	pthread_mutex_unlock(&c->lock);
+	free(batch);
 	return NULL;
 }

@@ -37,6 +37,9 @@ struct blob_waiter {
 
 struct blob_opts {
 	uint64_t chunk_size;       /* 0: chosen per blob */
+	/* A blob failed verification (called from the worker, no locks held). */
+	void (*on_fail)(void *arg, const struct digest *d);
+	void *on_fail_arg;
 	uint64_t read_timeout_ms;  /* a parked read fails with EIO after this */
 	uint64_t sync_interval_ms; /* how often the chunk map is made durable */
 };

@@ -189,8 +189,7 @@ int cmd_mount(struct session_opts *so, struct fs_opts *fo, const char *mountpoin
 		fuse_opt_add_arg(&args, "subtype=blobfs");
 	}
 	fo->fuse_argc = args.argc;
-	fo->fuse_argv = args.argv;
-	args.allocated = 0;      /* fs_mount frees them */
+	fo->fuse_argv = args.argv;   /* still ours: freed below */
 	clear_dead_mount(mountpoint);
 	ret = fs_mount(so, fo, mountpoint);
 out:

@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/ioctl.h>
 #include <sys/random.h>
 #include <time.h>
 #include <unistd.h>
@@ -51,7 +52,9 @@
 
 #define MAX_REDIRECTS 8          /* redirects without a byte in between */
 #define MAX_RERESOLVES 8         /* expired CDN URLs in a row */
-#define SPLIT_GAP (1u << 20)     /* split a request when a reader waits this far ahead */
+#define SPLIT_GAP (1u << 20)     /* never split for a reader waiting closer than this */
+#define SPLIT_WAIT_MS 150        /* split when the request would take longer to get there */
+#define SPLIT_MIN_AGE_MS 50      /* ... as judged from at least this much of its speed */
 #define STEAL_MIN (4u << 20)     /* only split idle-time tails bigger than twice this */
 #define SLOW_CHECK_MS 1000
 #define SLOW_MIN_AGE_MS 3000
@@ -68,7 +71,7 @@ struct authent {                 /* auth for one (registry, scope) */
 	enum auth_scheme scheme;     /* AUTH_NONE until challenged */
 	struct auth_challenge ch;    /* the last Bearer challenge */
 	char *token;
-	uint64_t expires_ms;
+	uint64_t issued_ms, expires_ms;
 	bool pending;                /* a token request is in flight */
 	int err;                     /* the last token request failed with this */
 	char msg[512];
@@ -152,7 +155,7 @@ struct job {
 	unsigned attempt, slow_restarts;
 	bool auth_retried, demand, cut, slow, bad, done_early;
 	int werr;
-	uint64_t started_ms, win_bytes;
+	uint64_t started_ms, first_byte_ms, win_bytes;
 	/* JOB_MEM */
 	struct memreq *req;
 	char *body;
@@ -269,9 +272,16 @@ static struct credentials *auth_credentials(struct fetcher *f, struct authent *a
 	return a->cred.user ? &a->cred : NULL;
 }
 
+/*
+ * A token is renewed a little before it expires: TOKEN_MARGIN_MS, or a
+ * quarter of its life if that is shorter, so a token that lives a second is
+ * still used rather than renewed forever.
+ */
 static bool token_valid(const struct authent *a, uint64_t now)
 {
-	return a->token && now + TOKEN_MARGIN_MS < a->expires_ms;
+	uint64_t life = a->expires_ms - a->issued_ms;
+
+	return a->token && now + MIN((uint64_t)TOKEN_MARGIN_MS, life / 4) < a->expires_ms;
 }
 
 static void start_token_request(struct fetcher *f, struct authent *a);
@@ -505,6 +515,7 @@ static size_t on_range_data(char *data, size_t size, size_t n, void *arg)
 
 	if (!j->checked) {
 		j->checked = true;
+		j->first_byte_ms = now_ms();
 		if (!check_range_response(j)) {
 			j->bad = true;
 			return 0;
@@ -740,7 +751,8 @@ static void token_done(struct http_result *res, void *arg)
 	if (res->err == 0 && auth_parse_token(res->body, res->len, &token, &ttl) == 0) {
 		free(a->token);
 		a->token = token;
-		a->expires_ms = now_ms() + ttl * 1000;
+		a->issued_ms = now_ms();
+		a->expires_ms = a->issued_ms + ttl * 1000;
 		a->err = 0;
 		log_debug("got a token for '%s' on '%s', valid %llus", a->scope, a->authority,
 			  (unsigned long long)ttl);
@@ -787,7 +799,7 @@ static void finish_mem(struct fetcher *f, struct job *j, CURLcode res)
 			  res != CURLE_UNSUPPORTED_PROTOCOL && res != CURLE_URL_MALFORMAT &&
 			  res != CURLE_TOO_MANY_REDIRECTS) ||
 			 (res == CURLE_OK && http_status_retryable(j->status));
-	if (transient && ++r->attempt < f->o.retry.max_attempts) {
+	if (transient && ++r->attempt < f->o.retry.max_attempts) {   /* attempt: made so far */
 		uint64_t delay = retry_delay_ms(&f->o.retry, r->attempt, rnd()), ra;
 		if (j->retry_after && http_parse_retry_after(j->retry_after, time(NULL), &ra) == 0)
 			delay = MAX(delay, MIN(ra, f->o.retry.retry_after_max_ms));
@@ -1099,7 +1111,15 @@ static void range_failed(struct fetcher *f, struct job *j, CURLcode res)
 	}
 	if (res == CURLE_OK && !j->to_registry &&
 	    (j->status == 403 || j->status == 404 || j->status == 410)) {
-		/* The CDN URL expired: ask the registry again. */
+		/*
+		 * The CDN URL expired: ask the registry again. Requests still in
+		 * flight with the old URL fail the same way; they only need the
+		 * new one, so only a failure of the current URL counts.
+		 */
+		if (!s->direct || strcmp(j->url, s->direct) != 0) {
+			queue_retry(s, r, true);
+			goto out;
+		}
 		if (++s->reresolves > MAX_RERESOLVES) {
 			err = -EIO;
 			snprintf(msg, sizeof(msg), "'%s' keeps answering %ld", where, j->status);
@@ -1124,16 +1144,16 @@ static void range_failed(struct fetcher *f, struct job *j, CURLcode res)
 		goto final;
 	}
 	/* Transient: 5xx, 429, a reset, a stall, a short or malformed response. */
-	r->attempt++;
+	r->attempt++;                  /* attempts made without progress */
 	stat_add(f, &f->stats.errors, 1);
-	if (r->attempt > f->o.retry.max_attempts) {
+	if (r->attempt >= f->o.retry.max_attempts) {
 		err = -EIO;
 		if (res != CURLE_OK && !j->bad)
 			snprintf(msg, sizeof(msg), "'%s': %s (gave up after %u attempts)", where,
-				 curl_easy_strerror(res), r->attempt - 1);
+				 curl_easy_strerror(res), r->attempt);
 		else
 			snprintf(msg, sizeof(msg), "'%s': %s (gave up after %u attempts)", where,
-				 j->bad ? "invalid responses" : "server errors", r->attempt - 1);
+				 j->bad ? "invalid responses" : "server errors", r->attempt);
 		goto final;
 	}
 	delay = retry_delay_ms(&f->o.retry, r->attempt, rnd());
@@ -1206,22 +1226,61 @@ static struct retry *split_job(struct job *j, uint64_t at)
 	if (at <= j->pos || at >= j->end || j->src->no_ranges)
 		return NULL;
 	struct retry *r = retry_new(at, at, j->end);
+	log_debug("splitting bytes %llu-%llu at %llu (the request is at %llu)",
+		  (unsigned long long)j->start, (unsigned long long)j->end - 1,
+		  (unsigned long long)at, (unsigned long long)j->pos);
 	j->end = at;
 	j->cut = true;
 	queue_retry(j->src, r, true);
 	return r;
 }
 
-/* Readers blocked on chunks deep inside a running request get their own request. */
+/* Bytes of j's response that have arrived but that curl has not handed us yet. */
+static uint64_t queued_bytes(const struct job *j)
+{
+	curl_socket_t sock = CURL_SOCKET_BAD;
+	int n = 0;
+
+	if (curl_easy_getinfo(j->easy, CURLINFO_ACTIVESOCKET, &sock) != CURLE_OK ||
+	    sock == CURL_SOCKET_BAD || ioctl(sock, FIONREAD, &n) < 0 || n < 0)
+		return 0;
+	return (uint64_t)n;
+}
+
+/*
+ * Will job j take long to reach offset off? Cutting a request costs what
+ * the server has already sent past the cut (on a fast link, all the rest
+ * of it), so a request is cut only when the bytes the reader needs have not
+ * arrived and the request, measured since its first byte, is too slow to
+ * bring them soon.
+ */
+static bool too_slow_to_reach(const struct job *j, uint64_t off, uint64_t now)
+{
+	uint64_t gap = off - j->pos, age;
+
+	/* Not started yet: a new request would start no sooner (stalls are retried anyway). */
+	if (!j->first_byte_ms || gap <= SPLIT_GAP)
+		return false;
+	age = now - j->first_byte_ms;
+	if (age < SPLIT_MIN_AGE_MS)
+		return false;
+	uint64_t queued = queued_bytes(j);
+	if (queued >= gap)
+		return false;
+	uint64_t rate = (j->pos + queued - j->start) * 1000 / age;   /* bytes per second */
+	return rate == 0 || (gap - queued) * 1000 / rate > SPLIT_WAIT_MS;
+}
+
+/* Readers blocked on chunks deep inside a slow request get their own request. */
 static void split_for_readers(struct fetcher *f, struct source *s)
 {
-	uint64_t offs[16];
+	uint64_t offs[16], now = now_ms();
 	int n = blob_blocked_offsets(s->blob, offs, 16);
 
 	for (int k = 0; k < n; k++) {
 		for (struct job *j = f->jobs; j; j = j->next) {
 			if (j->kind == JOB_RANGE && j->src == s && offs[k] >= j->pos &&
-			    offs[k] < j->end && offs[k] - j->pos > SPLIT_GAP) {
+			    offs[k] < j->end && too_slow_to_reach(j, offs[k], now)) {
 				struct retry *r = split_job(j, offs[k]);
 				if (r)
 					r->demand = true;

@@ -67,16 +67,23 @@ struct fs {
 	struct fs_opts o;
 	uid_t uid;
 	gid_t gid;
-	pthread_mutex_t miss_lock;   /* guards misses */
+	pthread_mutex_t miss_lock;   /* guards misses and removed */
 	struct strmap *misses;       /* "host/ns/model:tag" → expiry, monotonic ms */
+	struct strmap *removed;      /* tags removed through this mount: never rediscovered */
 };
 
-struct ofile {                   /* an open file */
+/*
+ * An open file. Reads touch it only under its lock, and release takes the
+ * lock before freeing it: the kernel orders a release after the file's last
+ * reply, but that order passes through /dev/fuse, where neither a reader of
+ * this code nor ThreadSanitizer can see it.
+ */
+struct ofile {
 	enum inode_kind kind;
 	struct blob *blob;           /* INODE_BLOB */
 	char *data;                  /* INODE_MANIFEST: its bytes */
 	size_t len;
-	pthread_mutex_t lock;        /* guards the read-ahead state */
+	pthread_mutex_t lock;        /* guards all of the above's use, and: */
 	uint64_t next_off, seq_bytes, ra;
 	bool background;
 };
@@ -90,6 +97,7 @@ struct parked {                  /* a read waiting for bytes */
 };
 
 struct dirsnap {                 /* a directory listing taken at opendir */
+	pthread_mutex_t lock;        /* as for struct ofile */
 	size_t n;
 	struct {
 		char *name;
@@ -201,16 +209,28 @@ static char *miss_key(const struct model_name *n)
 	return xasprintf("%s/%s/%s:%s", n->host, n->ns, n->model, n->tag);
 }
 
+/* Was the tag missing a moment ago, or removed through this mount? */
 static bool recent_miss(struct fs *fs, const struct model_name *n)
 {
 	char *key = miss_key(n);
-	uint64_t until = 0;
+	uint64_t until = 0, gone = 0;
 
 	pthread_mutex_lock(&fs->miss_lock);
 	strmap_get(fs->misses, key, &until);
+	strmap_get(fs->removed, key, &gone);
 	pthread_mutex_unlock(&fs->miss_lock);
 	free(key);
-	return until > now_ms();
+	return until > now_ms() || gone;
+}
+
+static void remember_removed(struct fs *fs, const struct model_name *n)
+{
+	char *key = miss_key(n);
+
+	pthread_mutex_lock(&fs->miss_lock);
+	strmap_put(fs->removed, key, 1);
+	pthread_mutex_unlock(&fs->miss_lock);
+	free(key);
 }
 
 static void remember_miss(struct fs *fs, const struct model_name *n)
@@ -476,6 +496,7 @@ static int remove_tag(struct fs *fs, const struct model_name *n, struct digest_s
 		return ret;
 	}
 	index_drop_tag(fs->ix, n);
+	remember_removed(fs, n);   /* a lookup right after rm must not bring it back */
 	log_info("removed '%s' (%u blobs freed)", full, freed.blobs + freed.partials);
 	for (size_t i = 0; i < used->n; i++) {
 		bool still;
@@ -587,6 +608,7 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	}
 	real = index_real(fs->ix, in);
 	snap = xcalloc(1, sizeof(*snap));
+	pthread_mutex_init(&snap->lock, NULL);
 	snap->e = xcalloc((real ? real->nents : 0) + 2, sizeof(*snap->e));
 	snap->e[0].name = xstrdup(".");
 	snap->e[0].ino = in->ino;
@@ -616,6 +638,7 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	size_t used = 0;
 
 	(void)ino;
+	pthread_mutex_lock(&snap->lock);
 	for (size_t i = (size_t)off; i < snap->n; i++) {
 		struct stat st = { .st_ino = snap->e[i].ino, .st_mode = snap->e[i].mode };
 		size_t len = fuse_add_direntry(req, buf + used, size - used, snap->e[i].name,
@@ -624,6 +647,7 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 			break;
 		used += len;
 	}
+	pthread_mutex_unlock(&snap->lock);
 	fuse_reply_buf(req, buf, used);
 	free(buf);
 }
@@ -633,6 +657,9 @@ static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 	struct dirsnap *snap = (struct dirsnap *)(uintptr_t)fi->fh;
 
 	(void)ino;
+	pthread_mutex_lock(&snap->lock);     /* after the last readdir's use */
+	pthread_mutex_unlock(&snap->lock);
+	pthread_mutex_destroy(&snap->lock);
 	for (size_t i = 0; i < snap->n; i++)
 		free(snap->e[i].name);
 	free(snap->e);
@@ -689,6 +716,8 @@ static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct ofile *of = (struct ofile *)(uintptr_t)fi->fh;
 
 	(void)ino;
+	pthread_mutex_lock(&of->lock);       /* after the last read's use */
+	pthread_mutex_unlock(&of->lock);
 	blob_put(of->blob);
 	free(of->data);
 	pthread_mutex_destroy(&of->lock);
@@ -735,13 +764,11 @@ static void parked_interrupted(fuse_req_t req, void *data)
 	}
 }
 
-/* Track sequential reading; returns the read-ahead hint for this read. */
+/* Track sequential reading; returns the read-ahead hint. of->lock held. */
 static uint64_t track_sequential(struct fs *fs, struct ofile *of, uint64_t off, size_t size,
 			  bool *start_background)
 {
 	uint64_t ra;
-
-	pthread_mutex_lock(&of->lock);
 	bool seq = (off == 0 && of->next_off == 0) ||
 		   (off + SEQ_SLACK >= of->next_off && off <= of->next_off + SEQ_SLACK &&
 		    of->next_off > 0);
@@ -761,7 +788,6 @@ static uint64_t track_sequential(struct fs *fs, struct ofile *of, uint64_t off, 
 			     (fs->o.background == BG_SEQUENTIAL && of->seq_bytes >= BACKGROUND_AFTER));
 	if (*start_background)
 		of->background = true;
-	pthread_mutex_unlock(&of->lock);
 	return ra;
 }
 
@@ -771,6 +797,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	struct fs *fs = fs_of(req);
 	struct ofile *of = (struct ofile *)(uintptr_t)fi->fh;
 	struct parked *p;
+	struct blob *b;
 	bool background;
 	uint64_t ra, bsize;
 	int ret;
@@ -780,34 +807,40 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fuse_reply_err(req, EINVAL);
 		return;
 	}
+	pthread_mutex_lock(&of->lock);
 	if (of->kind == INODE_MANIFEST) {
 		size_t o = MIN((size_t)off, of->len);
 		fuse_reply_buf(req, of->data + o, MIN(size, of->len - o));
+		pthread_mutex_unlock(&of->lock);
 		return;
 	}
-	bsize = blob_size(of->blob);
+	b = blob_ref(of->blob);
+	bsize = blob_size(b);
 	if ((uint64_t)off >= bsize || size == 0) {
+		pthread_mutex_unlock(&of->lock);
+		blob_put(b);
 		fuse_reply_buf(req, NULL, 0);
 		return;
 	}
 	size = (size_t)MIN((uint64_t)size, bsize - (uint64_t)off);
 	ra = track_sequential(fs, of, (uint64_t)off, size, &background);
-	if (background && blob_fetch_all(of->blob) < 0)
+	pthread_mutex_unlock(&of->lock);
+	if (background && blob_fetch_all(b) < 0)
 		log_debug("background completion could not start");
 
 	p = xcalloc(1, sizeof(*p));
 	p->req = req;
-	p->blob = blob_ref(of->blob);
+	p->blob = b;                /* the reference taken above */
 	p->off = (uint64_t)off;
 	p->size = size;
 	p->w.done = parked_done;
 	fuse_req_interrupt_func(req, parked_interrupted, p);
-	ret = blob_read(of->blob, (uint64_t)off, size, ra, &p->w);
+	ret = blob_read(b, (uint64_t)off, size, ra, &p->w);
 	if (ret == 0)
 		return;    /* parked: parked_done() or parked_interrupted() replies */
 	fuse_req_interrupt_func(req, NULL, NULL);
 	if (ret > 0)
-		reply_from_fd(req, of->blob, (uint64_t)off, size);
+		reply_from_fd(req, b, (uint64_t)off, size);
 	else
 		fuse_reply_err(req, -ret);
 	parked_free(p);
@@ -918,6 +951,22 @@ void fs_opts_defaults(struct fs_opts *o)
 	o->threads = 16;
 }
 
+/*
+ * A blob failed verification: pages of it that readers already got may sit
+ * in the kernel's cache; drop them so every later read asks us, and fails.
+ */
+static void on_blob_failed(void *arg, const struct digest *d)
+{
+	struct fs *fs = arg;
+	uint64_t ino;
+
+	index_rdlock(fs->ix);
+	ino = index_blob_ino(fs->ix, d);
+	index_unlock(fs->ix);
+	if (ino)
+		fuse_lowlevel_notify_inval_inode(fs->se, ino, 0, 0);
+}
+
 static void on_store_change(void *arg)
 {
 	struct fs *fs = arg;
@@ -941,6 +990,7 @@ int fs_mount(const struct session_opts *so, const struct fs_opts *fo, const char
 	fs->gid = getgid();
 	pthread_mutex_init(&fs->miss_lock, NULL);
 	fs->misses = strmap_new();
+	fs->removed = strmap_new();
 	if (session_open(so, SESSION_WRITE, &fs->sess) < 0)
 		goto out;
 	fs->ix = index_new(fs->sess->store, so->insecure);
@@ -960,6 +1010,8 @@ int fs_mount(const struct session_opts *so, const struct fs_opts *fo, const char
 		goto out_unmount;
 	if (!fo->foreground)
 		log_use_syslog(true);
+	fs->sess->opts.blob.on_fail = on_blob_failed;
+	fs->sess->opts.blob.on_fail_arg = fs;
 	if (session_start_net(fs->sess) < 0)
 		goto out_unmount;
 	fs->watch = watch_start(fs->sess->store->manifests, 3, 30, on_store_change, fs);
@@ -973,13 +1025,21 @@ int fs_mount(const struct session_opts *so, const struct fs_opts *fo, const char
 out_unmount:
 	fuse_session_unmount(fs->se);
 out_signals:
+	/*
+	 * Our threads stop before the session goes: they reply to requests too,
+	 * and libfuse frees each replying thread's splice pipe only as long as
+	 * its session lives.
+	 */
+	session_close(fs->sess);
+	fs->sess = NULL;
 	fuse_remove_signal_handlers(fs->se);
 out:
+	session_close(fs->sess);
 	if (fs->se)
 		fuse_session_destroy(fs->se);
-	session_close(fs->sess);
 	index_free(fs->ix);
 	strmap_free(fs->misses);
+	strmap_free(fs->removed);
 	pthread_mutex_destroy(&fs->miss_lock);
 	fuse_opt_free_args(&args);
 	free(fs);

@@ -284,8 +284,14 @@ struct inode *index_child(struct index *ix, struct inode *dir, const char *name)
 
 struct inode *index_real(struct index *ix, struct inode *dir)
 {
-	if (!dir->phantom)
-		return dir->linked || dir->ino == ROOT_INO ? dir : NULL;
+	/*
+	 * A phantom, or a directory pruned when its last tag went, is found again
+	 * by its path: a tag added since may have made that path real.
+	 */
+	if (dir->linked || dir->ino == ROOT_INO)
+		return dir;
+	if (!dir->parent || !dir->name)
+		return NULL;
 	struct inode *parent = index_real(ix, dir->parent);
 	if (!parent)
 		return NULL;
@@ -498,7 +504,7 @@ static void index_remove_tag(struct index *ix, struct itag *t)
 	struct inode *mdir = tagdir->parent;
 	char *key = tag_key(&t->name);
 
-	/* Files in the tag directory lose this name. */
+	/* Files in the tag directory lose this name; the directory stays a path. */
 	while (tagdir->nents)
 		dir_del(tagdir, tagdir->ents[tagdir->nents - 1].name);
 	dir_del(mdir, t->name.tag);
@@ -552,6 +558,13 @@ bool index_has_blob(struct index *ix, const struct digest *d)
 	return find_blob(ix, d) != NULL;
 }
 
+uint64_t index_blob_ino(struct index *ix, const struct digest *d)
+{
+	struct inode *in = find_blob(ix, d);
+
+	return in ? in->ino : 0;
+}
+
 /* Read and parse a stored manifest into a new, unlinked tag. */
 static struct itag *load_tag(struct index *ix, const struct model_name *n, const char *path,
 			     int64_t mtime)
@@ -602,7 +615,8 @@ int index_scan(struct index *ix, unsigned *added, unsigned *removed)
 	pthread_rwlock_rdlock(&ix->lock);
 	struct itag **have = xmalloc((ix->ntags + 1) * sizeof(*have));
 	size_t nhave = ix->ntags;
-	memcpy(have, ix->tags, nhave * sizeof(*have));
+	if (nhave)
+		memcpy(have, ix->tags, nhave * sizeof(*have));
 	pthread_rwlock_unlock(&ix->lock);
 
 	for (size_t i = 0; i < n; i++) {

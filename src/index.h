@@ -104,6 +104,8 @@ int index_add_tag(struct index *ix, const struct model_name *n);
 bool index_drop_tag(struct index *ix, const struct model_name *n);
 /* Is the digest still used by any tag (lock held)? */
 bool index_has_blob(struct index *ix, const struct digest *d);
+/* The inode number of a blob, or 0 (lock held). */
+uint64_t index_blob_ino(struct index *ix, const struct digest *d);
 /* The model name a DIR_MODELS_MODEL / DIR_MANIFESTS_MODEL path spells, with tag. */
 bool index_dir_name(struct inode *dir, const char *tag, struct model_name *out);
 

@@ -130,12 +130,15 @@ static const char *opt_name(int c)
 	return "?";
 }
 
+static int dispatch(const char *cmd, char *const *args, int nargs, struct session_opts *so,
+		    struct pull_args *pa, struct fs_opts *fo, char **mopts, int nmopts);
+
 int main(int argc, char **argv)
 {
 	struct session_opts so;
 	struct pull_args pa = { 0 };
 	struct fs_opts fo;
-	char **mopts = xcalloc(argc + 1, sizeof(*mopts));
+	static char *mopts[256];
 	int nmopts = 0;
 	bool seen[512] = { false };
 	unsigned v;
@@ -144,7 +147,8 @@ int main(int argc, char **argv)
 
 	session_opts_defaults(&so);
 	fs_opts_defaults(&fo);
-	while ((c = getopt_long(argc, argv, "s:dqhVfo:", longopts, NULL)) != -1) {
+	opterr = 0;    /* our own messages, naming the option */
+	while ((c = getopt_long(argc, argv, ":s:dqhVfo:", longopts, NULL)) != -1) {
 		if (c >= 0 && c < (int)ARRAY_SIZE(seen))
 			seen[c] = true;
 		switch (c) {
@@ -213,10 +217,14 @@ int main(int argc, char **argv)
 			fo.foreground = true;
 			break;
 		case OPT_OPTION:
+			if (nmopts == (int)ARRAY_SIZE(mopts))
+				return usage_error("%s", "too many -o options");
 			mopts[nmopts++] = optarg;
 			break;
+		case ':':
+			return usage_error("option '%s' needs a value", argv[optind - 1]);
 		default:
-			return usage_error("%s", "invalid option");
+			return usage_error("unknown option '%s'", argv[optind - 1]);
 		}
 	}
 	if (optind >= argc)
@@ -238,29 +246,36 @@ int main(int argc, char **argv)
 	if (seen[OPT_LAZY] && strcmp(cmd, "pull") != 0)
 		return usage_error("%s", "--lazy applies to 'pull' only");
 
+	return dispatch(cmd, args, nargs, &so, &pa, &fo, mopts, nmopts);
+}
+
+/* Run the command, its options parsed. */
+static int dispatch(const char *cmd, char *const *args, int nargs, struct session_opts *so,
+		    struct pull_args *pa, struct fs_opts *fo, char **mopts, int nmopts)
+{
 	if (strcmp(cmd, "pull") == 0) {
 		if (nargs == 0)
 			return usage_error("%s", "pull: which model? (blobfs pull NAME)");
-		return cmd_pull(&so, &pa, args, nargs);
+		return cmd_pull(so, pa, args, nargs);
 	}
 	if (strcmp(cmd, "ls") == 0 || strcmp(cmd, "list") == 0)
-		return cmd_ls(&so, args, nargs);
+		return cmd_ls(so, args, nargs);
 	if (strcmp(cmd, "rm") == 0) {
 		if (nargs == 0)
 			return usage_error("%s", "rm: which model? (blobfs rm NAME)");
-		return cmd_rm(&so, args, nargs);
+		return cmd_rm(so, args, nargs);
 	}
 	if (strcmp(cmd, "gc") == 0) {
 		if (nargs)
 			return usage_error("gc takes no arguments, not '%s'", args[0]);
-		return cmd_gc(&so);
+		return cmd_gc(so);
 	}
 	if (strcmp(cmd, "verify") == 0)
-		return cmd_verify(&so, args, nargs);
+		return cmd_verify(so, args, nargs);
 	if (strcmp(cmd, "mount") == 0) {
 		if (nargs != 1)
 			return usage_error("%s", "mount: one mount point, please (blobfs mount DIR)");
-		return cmd_mount(&so, &fo, args[0], mopts, nmopts);
+		return cmd_mount(so, fo, args[0], mopts, nmopts);
 	}
 	if (strcmp(cmd, "umount") == 0 || strcmp(cmd, "unmount") == 0) {
 		if (nargs != 1)

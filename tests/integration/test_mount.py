@@ -1,0 +1,1149 @@
+"""Integration tests of `blobfs mount`: a real FUSE mount of a store, read by
+real programs (cat, cmp, du, getfattr, df, rm, a C mmap probe), with blobs
+served by real servers on loopback: Debian's docker-registry (optionally
+behind an nginx CDN, optionally rate-capped) and tests/lib/faultreg.py.
+
+Every file operation that could block on the mount runs either in a child
+process with a time limit or under a per-test watchdog that kills the daemon
+(which makes any stuck system call fail), so a broken mount fails the test
+instead of hanging the suite. Mounts are always taken down afterwards
+(fusermount3 -u, kill, fusermount3 -uz), and the daemon's log is printed when
+a test fails.
+"""
+
+import errno
+import hashlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from faultreg import FaultRegistry
+from models import (
+    OLLAMA_LICENSE, OLLAMA_MODEL, OLLAMA_PARAMS, OLLAMA_SYSTEM, OLLAMA_TEMPLATE,
+    make_model, push_model,
+)
+
+MiB = 1 << 20
+BIG = 256 * MiB          # "a big model": many chunks, many requests
+MID = 128 * MiB
+REPO = "library/x"
+PYTHON = "/usr/bin/python3"
+HERE = Path(__file__).resolve().parent
+
+MOUNT_TIMEOUT = 15.0     # seconds for the mountpoint to become a FUSE mount
+UNMOUNT_TIMEOUT = 10.0   # seconds for the daemon to exit after fusermount3 -u
+WATCHDOG = 150.0         # seconds a test may keep a mount before the daemon is killed
+
+OLLAMA_PROJECTOR = "application/vnd.ollama.image.projector"
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def sha256_file(path):
+    with open(path, "rb") as f:
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def hex_of(digest):
+    return digest.split(":", 1)[1]
+
+
+def blob_name(digest):
+    return "sha256-" + hex_of(digest)
+
+
+def store_blob(store, digest):
+    return Path(store) / "blobs" / blob_name(digest)
+
+
+def store_manifest(store, host, repo=REPO, tag="latest"):
+    return Path(store) / "manifests" / host / repo / tag
+
+
+def files_under(path):
+    path = Path(path)
+    if not path.exists():
+        return []
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+
+
+def partial_files(store):
+    return files_under(Path(store) / ".blobfs" / "partial")
+
+
+def quarantine_files(store):
+    return files_under(Path(store) / ".blobfs" / "quarantine")
+
+
+def store_snapshot(store):
+    """{relative path: (size, mtime_ns)} of every file in the store except
+    .blobfs/ (lock files and the like), for 'nothing changed' checks."""
+    snap = {}
+    for p in Path(store).rglob("*"):
+        rel = p.relative_to(store)
+        if rel.parts and rel.parts[0] == ".blobfs":
+            continue
+        if p.is_file():
+            st = p.stat()
+            snap[str(rel)] = (st.st_size, st.st_mtime_ns)
+    return snap
+
+
+def wait_for(predicate, timeout, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def model_name(reg, repo=REPO, tag="latest"):
+    return f"{reg.host}/{repo}:{tag}"
+
+
+def tag_dir(mnt, host, repo=REPO, tag="latest"):
+    return Path(mnt) / "models" / host / repo / tag
+
+
+def mount_manifest(mnt, host, repo=REPO, tag="latest"):
+    return Path(mnt) / "manifests" / host / repo / tag
+
+
+def source_bytes(path, offset, length):
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+def fuse_mounts():
+    """{mountpoint: fstype} of the FUSE mounts in /proc/mounts."""
+    mounts = {}
+    with open("/proc/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 3 and fields[2].startswith("fuse"):
+                point = re.sub(r"\\(\d{3})", lambda m: chr(int(m[1], 8)), fields[1])
+                mounts[point] = fields[2]
+    return mounts
+
+
+def is_blobfs_mount(path):
+    return fuse_mounts().get(str(path)) == "fuse.blobfs"
+
+
+def run(argv, timeout=60, check=False, **kwargs):
+    """subprocess.run with captured text output; fails the test past TIMEOUT."""
+    try:
+        result = subprocess.run([str(a) for a in argv], stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, timeout=timeout, **kwargs)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{' '.join(map(str, argv))} did not finish within {timeout}s "
+                    f"(stdout {exc.stdout!r}, stderr {exc.stderr!r})")
+    if check:
+        assert result.returncode == 0, \
+            f"{' '.join(map(str, argv))} exited {result.returncode}: {result.stderr}"
+    return result
+
+
+def child(code, *args, timeout=60):
+    """Run Python CODE in a child (sys.argv[1:] = ARGS); return its stdout parsed as JSON."""
+    result = run([PYTHON, "-c", code, *args], timeout=timeout)
+    assert result.returncode == 0, f"child exited {result.returncode}:\n{result.stderr}"
+    return json.loads(result.stdout)
+
+
+# Reads a file front to back in 1 MiB pieces; reports the hash, or where it failed.
+READ_ALL = r"""
+import hashlib, json, os, sys, time
+path = sys.argv[1]
+sha, off, t0 = hashlib.sha256(), 0, time.monotonic()
+out = {"ok": True}
+try:
+    fd = os.open(path, os.O_RDONLY)
+except OSError as e:
+    print(json.dumps({"ok": False, "errno": e.errno, "offset": None, "where": "open",
+                      "elapsed": time.monotonic() - t0}))
+    sys.exit(0)
+try:
+    while True:
+        piece = os.read(fd, 1 << 20)
+        if not piece:
+            break
+        sha.update(piece)
+        off += len(piece)
+except OSError as e:
+    out = {"ok": False, "errno": e.errno, "where": "read"}
+out.update({"offset": off, "sha": "sha256:" + sha.hexdigest(), "elapsed": time.monotonic() - t0})
+print(json.dumps(out))
+"""
+
+# pread(fd, LENGTH, OFFSET) once; reports the bytes (hex) or the errno.
+PREAD_ONE = r"""
+import json, os, sys, time
+path, offset, length = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+t0 = time.monotonic()
+try:
+    fd = os.open(path, os.O_RDONLY)
+    data = os.pread(fd, length, offset)
+    out = {"ok": True, "hex": data.hex()}
+except OSError as e:
+    out = {"ok": False, "errno": e.errno}
+out["elapsed"] = time.monotonic() - t0
+print(json.dumps(out))
+"""
+
+# Reads the whole file in PIECE-sized preads starting at START and wrapping
+# around; compares every piece with the source file.
+ROTATED_READ = r"""
+import json, os, sys
+path, source, start, piece = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+size = os.path.getsize(source)
+fd, src = os.open(path, os.O_RDONLY), os.open(source, os.O_RDONLY)
+bad, total, err = [], 0, None
+offsets = list(range(start, size, piece)) + list(range(0, start, piece))
+try:
+    for off in offsets:
+        n = min(piece, size - off, (start - off) if off < start else size)
+        got = os.pread(fd, n, off)
+        total += len(got)
+        if got != os.pread(src, n, off):
+            bad.append(off)
+except OSError as e:
+    err = [e.errno, off]
+print(json.dumps({"bad": bad[:10], "nbad": len(bad), "total": total, "error": err}))
+"""
+
+# Python mmap of the whole file with MAP_SHARED or MAP_PRIVATE; LEN bytes at each offset.
+PY_MMAP = r"""
+import json, mmap, os, sys
+path, kind, length = sys.argv[1], sys.argv[2], int(sys.argv[3])
+offsets = [int(a) for a in sys.argv[4:]]
+fd = os.open(path, os.O_RDONLY)
+if kind == "shared":
+    m = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+else:  # copy-on-write private mapping, written to afterwards
+    m = mmap.mmap(fd, 0, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+out = {str(off): m[off:off + length].hex() for off in offsets}
+if kind == "private":
+    m[offsets[0]] = m[offsets[0]] ^ 0xFF   # stays private: the file must not change
+m.close()
+print(json.dumps(out))
+"""
+
+
+# ---------------------------------------------------------------- the mount fixture
+
+
+class Mount:
+    """One `blobfs mount -f` daemon and its mountpoint."""
+
+    def __init__(self, blobfs_bin, store, path, log_path, options=(), global_args=(),
+                 debug=False):
+        self.path = Path(path)
+        self.store = Path(store)
+        self.log_path = Path(log_path)
+        self.argv = [str(blobfs_bin), "--store", str(store), *map(str, global_args)]
+        if debug:
+            self.argv.append("--debug")
+        self.argv += ["mount", "-f"]
+        if options:
+            self.argv += ["-o", ",".join(options)]
+        self.argv.append(str(self.path))
+        self.killed_by_watchdog = False
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=log, start_new_session=True)
+
+    def wait_mounted(self, timeout=MOUNT_TIMEOUT):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if is_blobfs_mount(self.path):
+                return
+            if self.proc.poll() is not None:
+                pytest.fail(f"blobfs mount exited with status {self.proc.returncode} before "
+                            f"mounting:\n{self.log()}")
+            time.sleep(0.05)
+        pytest.fail(f"{self.path} is not a fuse.blobfs mount {timeout:.0f}s after starting "
+                    f"{' '.join(self.argv)}:\n{self.log()}")
+
+    def log(self, tail=200):
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return "(no log)"
+        cut = len(lines) - tail
+        return "\n".join((["... (%d lines before)" % cut] if cut > 0 else []) + lines[-tail:])
+
+    def mounted(self):
+        return is_blobfs_mount(self.path)
+
+    def kill(self, sig=signal.SIGKILL):
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    def force_detach(self):
+        """After the daemon died: lazily detach the dead mount."""
+        if str(self.path) in fuse_mounts():
+            subprocess.run(["fusermount3", "-uz", str(self.path)], capture_output=True,
+                           timeout=10)
+
+    def cleanup(self):
+        """Unmount, stop the daemon, detach whatever is left; never raises."""
+        try:
+            if self.proc.poll() is None and self.mounted():
+                deadline = time.monotonic() + 5
+                while time.monotonic() < deadline:
+                    r = subprocess.run(["fusermount3", "-u", str(self.path)],
+                                       capture_output=True, timeout=10)
+                    if r.returncode == 0 or not self.mounted():
+                        break
+                    time.sleep(0.2)
+            try:
+                self.proc.wait(UNMOUNT_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        except Exception as exc:  # noqa: BLE001 - cleanup goes on regardless
+            print(f"cleanup of {self.path}: {exc!r}", file=sys.stderr)
+            if self.proc.poll() is None:
+                self.proc.kill()
+        finally:
+            try:
+                self.force_detach()
+            except Exception:  # noqa: BLE001
+                pass
+
+
+@pytest.fixture
+def mount(blobfs_bin, store, request):
+    """Factory: mount(*OPTIONS, store=<store>, global_args=(), debug=True, path=None)
+    -> Mount, mounted and ready. Every mount is taken down after the test, and a
+    watchdog kills the daemons if the test holds them for more than WATCHDOG s."""
+    mounts = []
+    tmp = Path(tempfile.mkdtemp(prefix="blobfs-mnt-"))
+    failed_before = request.session.testsfailed
+
+    def fire():
+        for m in mounts:
+            if m.proc.poll() is None:
+                m.killed_by_watchdog = True
+                with open(m.log_path, "a") as log:
+                    log.write(f"\n[test watchdog: killing the daemon after {WATCHDOG:.0f}s]\n")
+                m.kill()
+                m.force_detach()
+
+    watchdog = threading.Timer(WATCHDOG, fire)
+    watchdog.daemon = True
+    watchdog.start()
+
+    def start(*options, store=store, global_args=(), debug=True, path=None):
+        index = len(mounts)
+        if path is None:
+            path = tmp / f"mnt{index}"
+            path.mkdir()
+        m = Mount(blobfs_bin, store, Path(os.path.realpath(path)), tmp / f"blobfs{index}.log",
+                  options, global_args, debug)
+        mounts.append(m)
+        m.wait_mounted()
+        return m
+
+    yield start
+
+    watchdog.cancel()
+    for m in mounts:
+        m.cleanup()
+    if request.session.testsfailed > failed_before or any(m.killed_by_watchdog for m in mounts):
+        for m in mounts:
+            print(f"===== blobfs log ({' '.join(m.argv)}), exit status {m.proc.returncode}:")
+            print(m.log())
+    leftover = [str(m.path) for m in mounts if str(m.path) in fuse_mounts()]
+    for p in sorted(tmp.glob("mnt*")):
+        if str(p) not in leftover:
+            try:
+                p.rmdir()
+            except OSError:
+                pass
+    if not leftover:
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert not leftover, f"mounts left behind: {leftover}"
+    assert not any(m.killed_by_watchdog for m in mounts), \
+        f"the test ran past the {WATCHDOG:.0f}s watchdog, which killed the daemon"
+
+
+@pytest.fixture
+def fault_registry():
+    """Factory for FaultRegistry instances, all stopped after the test."""
+    started = []
+
+    def start(**options):
+        reg = FaultRegistry(**options)
+        started.append(reg)
+        return reg
+
+    yield start
+    for reg in started:
+        reg.stop()
+
+
+@pytest.fixture(scope="session")
+def mmap_probe():
+    """tests/integration/mmap_probe.c compiled with gcc into a temp dir."""
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    if gcc is None:
+        pytest.skip("no C compiler (install the Debian package 'gcc')")
+    with tempfile.TemporaryDirectory(prefix="blobfs-mmap-probe-") as tmp:
+        exe = Path(tmp) / "mmap_probe"
+        result = run([gcc, "-O2", "-Wall", "-Werror", "-o", exe, HERE / "mmap_probe.c"],
+                     timeout=60)
+        assert result.returncode == 0, result.stderr
+        yield exe
+
+
+# ---------------------------------------------------------------- model helpers
+
+
+def big_model(workdir, blob_cache, size=BIG, seed=0, extra=()):
+    return make_model(workdir, [(OLLAMA_MODEL, size, seed),
+                                (OLLAMA_TEMPLATE, b"{{ .System }} {{ .Prompt }}"),
+                                *extra],
+                      cache_dir=blob_cache)
+
+
+def small_model(workdir, blob_cache, seed, size=MiB, template=b"{{ .Prompt }}"):
+    return make_model(workdir, [(OLLAMA_MODEL, size, seed), (OLLAMA_TEMPLATE, template)],
+                      cache_dir=blob_cache)
+
+
+def pull(run_blobfs, store, *names, lazy=True, timeout=120):
+    args = ["pull", "--quiet"] + (["--lazy"] if lazy else []) + list(names)
+    result = run_blobfs(args, store=store, timeout=timeout)
+    how = (f"was killed by {signal.Signals(-result.returncode).name}" if result.returncode < 0
+           else f"exited {result.returncode}")
+    assert result.returncode == 0, f"blobfs {' '.join(args)} {how}:\n{result.stderr}"
+    return result
+
+
+def blob_uri_entries(reg, digest, since):
+    """CDN log entries for blob DIGEST after SINCE."""
+    uri = reg.cdn_blob_url(digest)[len(reg.cdn_url):]
+    return [e for e in reg.cdn_log_entries(since=since) if e["uri"].split("?")[0] == uri]
+
+
+def range_span(header, size):
+    """[start, end) of a Range header (whole blob when absent)."""
+    if not header:
+        return 0, size
+    match = re.fullmatch(r"bytes=(\d+)-(\d*)", header)
+    assert match, f"unexpected Range header {header!r}"
+    return int(match[1]), (int(match[2]) + 1 if match[2] else size)
+
+
+def overlapping_bytes(spans):
+    """Bytes covered by more than one of SPANS ([start, end) pairs)."""
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    depth, last, overlap = 0, None, 0
+    for pos, delta in events:
+        if depth > 1 and last is not None:
+            overlap += (pos - last) * (depth - 1)
+        depth += delta
+        last = pos
+    return overlap
+
+
+def getxattr(path, name):
+    return os.getxattr(path, name).decode()
+
+
+# ================================================================ 1. the tree
+
+
+def test_tree_sizes_du_xattrs_links_and_manifest(registry, run_blobfs, store, mount, tmp_path,
+                                                 blob_cache):
+    layers = [
+        (OLLAMA_MODEL, 4 * MiB, 101),
+        (OLLAMA_TEMPLATE, b"{{ .System }} {{ .Prompt }}"),
+        (OLLAMA_PARAMS, b'{"stop":["</s>"],"temperature":0.7}'),
+        (OLLAMA_SYSTEM, b"You are a test."),
+        (OLLAMA_LICENSE, b"MIT License\n"),
+        (OLLAMA_LICENSE, b"Apache License 2.0\n"),
+        (OLLAMA_PROJECTOR, 64 * 1024, 102),
+    ]
+    model = make_model(tmp_path, layers, names={6: "mmproj.gguf"}, cache_dir=blob_cache)
+    push_model(registry, REPO, "latest", model)
+    pull(run_blobfs, store, model_name(registry))
+    host = registry.host
+    expected = {
+        "config.json": model.config, "model": model.layers[0], "template": model.layers[1],
+        "params": model.layers[2], "system": model.layers[3], "license": model.layers[4],
+        "license.1": model.layers[5], "mmproj.gguf": model.layers[6],
+    }
+    m = mount()
+    mnt = m.path
+
+    # ls at every level
+    assert sorted(os.listdir(mnt)) == ["blobs", "manifests", "models"]
+    assert os.listdir(mnt / "models") == [host]
+    assert os.listdir(mnt / "models" / host) == ["library"]
+    assert os.listdir(mnt / "models" / host / "library") == ["x"]
+    assert os.listdir(mnt / "models" / host / "library" / "x") == ["latest"]
+    tdir = tag_dir(mnt, host)
+    assert sorted(os.listdir(tdir)) == sorted([*expected, "manifest.json"])
+    assert sorted(os.listdir(mnt / "blobs")) == sorted(blob_name(b.digest) for b in model.blobs)
+    assert os.listdir(mnt / "manifests") == [host]
+    assert os.listdir(mnt / "manifests" / host / "library" / "x") == ["latest"]
+    ls = run(["ls", "-lR", mnt], timeout=20, check=True)
+    assert "mmproj.gguf" in ls.stdout
+
+    # sizes before anything is fetched; nothing local yet
+    for fname, blob in expected.items():
+        st = os.stat(tdir / fname)
+        assert stat.S_ISREG(st.st_mode), fname
+        assert st.st_size == blob.size, f"{fname}: st_size {st.st_size}, blob has {blob.size}"
+    model_file = tdir / "model"
+    layer = model.layers[0]
+    assert os.stat(model_file).st_blocks == 0
+    assert run(["du", "-B1", model_file], check=True).stdout.split()[0] == "0"
+    assert not store_blob(store, layer.digest).exists()
+
+    # xattrs, with getfattr
+    out = run(["getfattr", "-d", "-m", "-", "--absolute-names", model_file], check=True).stdout
+    assert f'user.blobfs.digest="{layer.digest}"' in out, out
+    assert 'user.blobfs.cached="0"' in out, out
+    only = run(["getfattr", "--only-values", "-n", "user.blobfs.digest", model_file], check=True)
+    assert only.stdout == layer.digest
+
+    # hard links: same inode under models/ and blobs/, and a link count that says so
+    for fname, blob in expected.items():
+        a, b = os.stat(tdir / fname), os.stat(mnt / "blobs" / blob_name(blob.digest))
+        assert a.st_ino == b.st_ino, f"{fname} and blobs/{blob_name(blob.digest)} differ in st_ino"
+        assert a.st_nlink >= 2, f"{fname} is hard-linked from blobs/ but has st_nlink {a.st_nlink}"
+        assert os.path.samefile(tdir / fname, mnt / "blobs" / blob_name(blob.digest))
+
+    # manifests/... is the stored manifest, and the same file as manifest.json
+    stored = store_manifest(store, host).read_bytes()
+    assert stored == model.manifest_bytes
+    assert (mount_manifest(mnt, host)).read_bytes() == stored
+    assert (tdir / "manifest.json").read_bytes() == stored
+    assert os.stat(mount_manifest(mnt, host)).st_size == len(stored)
+    assert os.stat(mount_manifest(mnt, host)).st_ino == os.stat(tdir / "manifest.json").st_ino
+
+    # timestamps stable across two stats (past the 1 s attribute timeout)
+    paths = [mnt, mnt / "models", tdir, model_file, tdir / "config.json", tdir / "manifest.json",
+             mount_manifest(mnt, host), mnt / "blobs" / blob_name(layer.digest)]
+    times = lambda: {str(p): (os.stat(p).st_mtime_ns, os.stat(p).st_ctime_ns,  # noqa: E731
+                              os.stat(p).st_atime_ns) for p in paths}
+    first = times()
+    time.sleep(1.2)
+    assert times() == first, "timestamps changed between two stats"
+
+    # small files read right; the model read in full fills du and the cached count
+    for fname, blob in expected.items():
+        assert (tdir / fname).read_bytes() == blob.read_bytes(), f"{fname} has wrong bytes"
+    time.sleep(1.1)  # attribute timeout
+    st = os.stat(model_file)
+    assert st.st_blocks * 512 == layer.size, \
+        f"after reading all {layer.size} bytes st_blocks is {st.st_blocks}"
+    assert run(["du", "-B1", model_file], check=True).stdout.split()[0] == str(layer.size)
+    assert getxattr(model_file, "user.blobfs.cached") == str(layer.size)
+    assert getxattr(mnt / "blobs" / blob_name(layer.digest), "user.blobfs.cached") == str(layer.size)
+    after = times()
+    assert {p: t[:2] for p, t in after.items()} == {p: t[:2] for p, t in first.items()}, \
+        "mtime/ctime changed after reading"
+
+
+# ================================================================ 2. cat a big file
+
+
+@pytest.mark.slow
+def test_cat_big_file_hash_and_cmp_then_blob_committed(registry, run_blobfs, store, mount,
+                                                       tmp_path, blob_cache):
+    model = big_model(tmp_path, blob_cache)
+    layer = model.layer(OLLAMA_MODEL)
+    push_model(registry, REPO, "latest", model)
+    pull(run_blobfs, store, model_name(registry))
+    m = mount()
+    path = tag_dir(m.path, registry.host) / "model"
+
+    cat = run(["sh", "-c", 'cat "$1" | sha256sum', "sh", path], timeout=90)
+    assert cat.returncode == 0, cat.stderr
+    assert "sha256:" + cat.stdout.split()[0] == layer.digest, "cat | sha256sum differs from the source"
+    cmp = run(["cmp", path, layer.path], timeout=60)
+    assert cmp.returncode == 0, f"cmp: {cmp.stdout}{cmp.stderr}"
+
+    blob = store_blob(store, layer.digest)
+    assert wait_for(lambda: blob.is_file() and blob.stat().st_size == layer.size
+                    and partial_files(store) == [], timeout=5), \
+        f"5 s after the read: blobs/{blob.name} exists={blob.exists()}, " \
+        f"partial={partial_files(store)}"
+    assert sha256_file(blob) == layer.digest, "the committed blob does not hash to its name"
+    assert getxattr(path, "user.blobfs.cached") == str(layer.size)
+
+
+# ================================================================ 3. random preads
+
+
+@pytest.mark.slow
+def test_random_preads_fetch_little(cdn_registry, run_blobfs, store, mount, tmp_path, blob_cache):
+    reg = cdn_registry
+    model = big_model(tmp_path, blob_cache)
+    layer = model.layer(OLLAMA_MODEL)
+    push_model(reg, REPO, "latest", model)
+    pull(run_blobfs, store, model_name(reg))
+    mark = reg.cdn_log_mark()
+    m = mount()
+    path = tag_dir(m.path, reg.host) / "model"
+
+    rng = random.Random(2024)
+    offsets = [rng.randrange(0, layer.size - 4096) for _ in range(50)]
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with open(layer.path, "rb") as src:
+            for off in offsets:
+                got = os.pread(fd, 4096, off)
+                src.seek(off)
+                assert got == src.read(4096), f"pread of 4096 bytes at {off} returned wrong bytes"
+    finally:
+        os.close(fd)
+
+    time.sleep(2)  # would-be background completion has had time to show
+    cached = int(getxattr(path, "user.blobfs.cached"))
+    sent = reg.cdn_bytes_sent(since=mark)
+    print(f"CDN sent {sent} bytes; user.blobfs.cached {cached}")
+    assert sent < layer.size // 10, \
+        f"50 random 4 KiB preads made the CDN send {sent} bytes ({100 * sent / layer.size:.1f}% " \
+        f"of the {layer.size} byte blob)"
+    assert 50 * 4096 <= cached < layer.size // 10, f"user.blobfs.cached is {cached}"
+    assert not store_blob(store, layer.digest).exists()
+
+
+# ================================================================ 4. mmap
+
+
+def test_mmap_shared_and_private(registry, run_blobfs, store, mount, mmap_probe, tmp_path,
+                                 blob_cache):
+    model = big_model(tmp_path, blob_cache, size=32 * MiB, seed=41)
+    layer = model.layer(OLLAMA_MODEL)
+    push_model(registry, REPO, "latest", model)
+    pull(run_blobfs, store, model_name(registry))
+    m = mount()
+    path = tag_dir(m.path, registry.host) / "model"
+    rng = random.Random(7)
+    length = 64
+
+    def expect(offsets):
+        return {str(off): source_bytes(layer.path, off, length).hex() for off in offsets}
+
+    for kind in ("shared", "private"):
+        offsets = sorted(rng.randrange(0, layer.size - length) for _ in range(20))
+        offsets += [0, layer.size - length]
+        got = child(PY_MMAP, path, kind, length, *offsets, timeout=60)
+        assert got == expect(offsets), f"Python mmap ({kind}) returned wrong bytes"
+
+    offsets = sorted(rng.randrange(0, layer.size - length) for _ in range(20)) + [layer.size - length]
+    result = run([mmap_probe, path, length, *offsets], timeout=60)
+    assert result.returncode == 0, result.stderr
+    want = expect(offsets)
+    got = {}
+    for line in result.stdout.splitlines():
+        kind, off, hexbytes = line.split()
+        got.setdefault(kind, {})[off] = hexbytes
+    assert got == {"shared": want, "private": want}, "C mmap probe read wrong bytes"
+
+    # the private mapping's write did not reach the file
+    assert sha256_file(path) == layer.digest
+
+
+# ================================================================ 5. concurrent readers
+
+
+@pytest.mark.slow
+def test_16_concurrent_readers_one_download(cdn_registry, run_blobfs, store, mount, tmp_path,
+                                            blob_cache):
+    reg = cdn_registry
+    model = big_model(tmp_path, blob_cache, size=MID, seed=0)
+    layer = model.layer(OLLAMA_MODEL)
+    push_model(reg, REPO, "latest", model)
+    pull(run_blobfs, store, model_name(reg))
+    mark = reg.cdn_log_mark()
+    m = mount()
+    path = tag_dir(m.path, reg.host) / "model"
+
+    readers = []
+    for i in range(16):
+        start = (i * layer.size // 16) // 4096 * 4096 if i % 2 else 0
+        readers.append(subprocess.Popen(
+            [PYTHON, "-c", ROTATED_READ, str(path), str(layer.path), str(start), str(MiB)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    deadline = time.monotonic() + 90
+    for proc in readers:
+        try:
+            out, err = proc.communicate(timeout=max(1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            for p in readers:
+                p.kill()
+            pytest.fail("16 concurrent readers did not finish within 90 s")
+        assert proc.returncode == 0, err
+        results.append(json.loads(out))
+    for i, r in enumerate(results):
+        assert r["error"] is None, f"reader {i} failed: errno {r['error']}"
+        assert r["nbad"] == 0 and r["total"] == layer.size, f"reader {i}: {r}"
+
+    entries = blob_uri_entries(reg, layer.digest, mark)
+    body = sum(e["body_bytes_sent"] for e in entries)
+    spans = [range_span(e["range"], layer.size) for e in entries if e["status"] in (200, 206)]
+    overlap = overlapping_bytes(spans)
+    print(f"{len(entries)} CDN requests, {body} body bytes, {overlap} overlapping")
+    assert body <= layer.size + 2 * MiB, \
+        f"the CDN sent {body} body bytes for a {layer.size} byte blob read by 16 readers " \
+        f"({len(entries)} requests, {overlap} bytes requested more than once)"
+    assert overlap <= 2 * MiB, f"{overlap} bytes of the blob were requested more than once"
+
+
+# ================================================================ 6. rm
+
+
+def _rm_setup(registry, run_blobfs, store, tmp_path, blob_cache):
+    """x:latest and x:v2 share the template; y:latest; z:a and z:b. All pulled in full."""
+    models = {
+        ("library/x", "latest"): small_model(tmp_path / "xl", blob_cache, 61),
+        ("library/x", "v2"): small_model(tmp_path / "xv", blob_cache, 62),
+        ("library/y", "latest"): small_model(tmp_path / "yl", blob_cache, 63, template=b"y"),
+        ("library/z", "a"): small_model(tmp_path / "za", blob_cache, 64, template=b"za"),
+        ("library/z", "b"): small_model(tmp_path / "zb", blob_cache, 65, template=b"zb"),
+    }
+    for (repo, tag), model in models.items():
+        push_model(registry, repo, tag, model)
+    pull(run_blobfs, store, *(model_name(registry, r, t) for r, t in models), lazy=False)
+    for model in models.values():
+        for blob in model.blobs:
+            assert store_blob(store, blob.digest).is_file()
+    return models
+
+
+def _assert_gone(store, host, models, repo, tag, keep_digests):
+    model = models[(repo, tag)]
+    assert not store_manifest(store, host, repo, tag).exists(), \
+        f"{repo}:{tag}'s manifest is still in the store"
+    for blob in model.blobs:
+        path = store_blob(store, blob.digest)
+        if blob.digest in keep_digests:
+            assert path.is_file(), f"blob {path.name}, still used by another tag, was removed"
+        else:
+            assert not path.exists(), f"blob {path.name}, used only by {repo}:{tag}, was kept"
+
+
+def _digests(models, *keys):
+    return {b.digest for k in keys for b in models[k].blobs}
+
+
+# Each rm test runs twice: with the default mount, where a later lookup of the
+# removed path must not bring the tag back (discovery is for tags the store
+# never had, not for undoing a removal), and with -o nodiscover, which checks
+# the removal alone. The checks right after rm use readdir (which never
+# discovers); the lookups come after them, then the store is checked again.
+DISCOVERY_MODES = pytest.mark.parametrize("options", [(), ("nodiscover",)],
+                                          ids=["default", "nodiscover"])
+
+
+def _assert_lookup_fails(path, store, host, repo, tag):
+    """A lookup of removed PATH gives ENOENT and does not put the tag back in the store."""
+    exists = path.exists()
+    back = store_manifest(store, host, repo, tag).exists()
+    assert not exists and not back, \
+        f"after the removal, a lookup of {path} found it (exists={exists}) and the tag's " \
+        f"manifest is {'back' if back else 'not back'} in the store"
+
+
+@DISCOVERY_MODES
+def test_rm_r_tag_dir_removes_the_tag(registry, run_blobfs, store, mount, tmp_path, blob_cache,
+                                      options):
+    models = _rm_setup(registry, run_blobfs, store, tmp_path, blob_cache)
+    host = registry.host
+    m = mount(*options)
+    xl = models[("library/x", "latest")]
+    assert xl.layers[1].digest == models[("library/x", "v2")].layers[1].digest
+    xdir = m.path / "models" / host / "library" / "x"
+    assert sorted(os.listdir(xdir)) == ["latest", "v2"]
+
+    result = run(["rm", "-r", tag_dir(m.path, host)], timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(xdir) == ["v2"]
+    assert os.listdir(m.path / "manifests" / host / "library" / "x") == ["v2"]
+    assert blob_name(xl.layers[0].digest) not in os.listdir(m.path / "blobs")
+    others = [k for k in models if k != ("library/x", "latest")]
+    _assert_gone(store, host, models, "library/x", "latest", _digests(models, *others))
+    for repo, tag in others:
+        assert store_manifest(store, host, repo, tag).is_file()
+
+    _assert_lookup_fails(tag_dir(m.path, host), store, host, "library/x", "latest")
+    _assert_lookup_fails(mount_manifest(m.path, host), store, host, "library/x", "latest")
+    # the other tag still reads right, shared template included
+    v2 = tag_dir(m.path, host, tag="v2")
+    assert (v2 / "template").read_bytes() == xl.layers[1].read_bytes()
+    assert (v2 / "model").read_bytes() == models[("library/x", "v2")].layers[0].read_bytes()
+    _assert_gone(store, host, models, "library/x", "latest", _digests(models, *others))
+
+
+@DISCOVERY_MODES
+def test_rm_manifest_file_removes_the_tag(registry, run_blobfs, store, mount, tmp_path, blob_cache,
+                                          options):
+    models = _rm_setup(registry, run_blobfs, store, tmp_path, blob_cache)
+    host = registry.host
+    m = mount(*options)
+
+    result = run(["rm", mount_manifest(m.path, host, "library/y")], timeout=20)
+    assert result.returncode == 0, result.stderr
+    # y had one tag: its directories go with it
+    assert sorted(os.listdir(m.path / "models" / host / "library")) == ["x", "z"]
+    assert sorted(os.listdir(m.path / "manifests" / host / "library")) == ["x", "z"]
+    others = [k for k in models if k != ("library/y", "latest")]
+    _assert_gone(store, host, models, "library/y", "latest", _digests(models, *others))
+    for repo, tag in others:
+        assert store_manifest(store, host, repo, tag).is_file()
+
+    _assert_lookup_fails(mount_manifest(m.path, host, "library/y"), store, host, "library/y",
+                         "latest")
+    _assert_lookup_fails(tag_dir(m.path, host, "library/y"), store, host, "library/y", "latest")
+
+
+@DISCOVERY_MODES
+def test_rm_r_name_dir_removes_all_its_tags(registry, run_blobfs, store, mount, tmp_path,
+                                            blob_cache, options):
+    models = _rm_setup(registry, run_blobfs, store, tmp_path, blob_cache)
+    host = registry.host
+    m = mount(*options)
+    library = m.path / "models" / host / "library"
+
+    result = run(["rm", "-r", library / "z"], timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(library)) == ["x", "y"]
+    assert sorted(os.listdir(m.path / "manifests" / host / "library")) == ["x", "y"]
+    others = [k for k in models if k[0] != "library/z"]
+    for tag in ("a", "b"):
+        _assert_gone(store, host, models, "library/z", tag, _digests(models, *others))
+    for repo, tag in others:
+        assert store_manifest(store, host, repo, tag).is_file()
+
+    if "nodiscover" in options:  # with discovery, any name dir can be looked up (never listed)
+        assert not (library / "z").exists()
+    for tag in ("a", "b"):
+        _assert_lookup_fails(tag_dir(m.path, host, "library/z", tag), store, host, "library/z", tag)
+        _assert_lookup_fails(mount_manifest(m.path, host, "library/z", tag), store, host,
+                             "library/z", tag)
+
+
+# ================================================================ 7. discovery
+
+
+def test_discovery_of_a_tag_pushed_after_mounting(registry, run_blobfs, store, mount, tmp_path,
+                                                  blob_cache):
+    m = mount()
+    host = registry.host
+    model = small_model(tmp_path / "n", blob_cache, 71, size=3 * MiB)
+    push_model(registry, "library/newmodel", "newtag", model)
+
+    tdir = tag_dir(m.path, host, "library/newmodel", "newtag")
+    assert sorted(os.listdir(tdir)) == ["config.json", "manifest.json", "model", "template"]
+    assert (tdir / "model").read_bytes() == model.layers[0].read_bytes()
+    assert (tdir / "template").read_bytes() == model.layers[1].read_bytes()
+    assert store_manifest(store, host, "library/newmodel", "newtag").read_bytes() \
+        == model.manifest_bytes
+    assert "newtag" in os.listdir(m.path / "models" / host / "library" / "newmodel")
+
+    # through manifests/ as well
+    push_model(registry, "library/newmodel", "other", model)
+    assert mount_manifest(m.path, host, "library/newmodel", "other").read_bytes() \
+        == model.manifest_bytes
+
+    # a tag the registry lacks
+    with pytest.raises(FileNotFoundError):
+        os.stat(tag_dir(m.path, host, "library/newmodel", "nosuchtag"))
+    with pytest.raises(FileNotFoundError):
+        os.listdir(tag_dir(m.path, host, "library/nosuchmodel", "latest"))
+    assert not store_manifest(store, host, "library/newmodel", "nosuchtag").exists()
+
+
+def test_nodiscover_does_not_look_up_the_registry(registry, run_blobfs, store, mount, tmp_path,
+                                                  blob_cache):
+    model = small_model(tmp_path / "n", blob_cache, 72)
+    push_model(registry, "library/newmodel", "newtag", model)
+    m = mount("nodiscover")
+    mark = registry.registry_log_mark()
+    with pytest.raises(FileNotFoundError):
+        os.stat(tag_dir(m.path, registry.host, "library/newmodel", "newtag"))
+    with pytest.raises(FileNotFoundError):
+        os.stat(mount_manifest(m.path, registry.host, "library/newmodel", "newtag"))
+    assert not store_manifest(store, registry.host, "library/newmodel", "newtag").exists()
+    asked = [e for e in registry.registry_log_entries(since=mark) if "/manifests/" in e["uri"]]
+    assert asked == [], f"with -o nodiscover the registry was asked: {asked}"
+
+
+# ================================================================ 8. another process
+
+
+def test_tags_pulled_and_removed_by_another_process_show_up(registry, run_blobfs, store, mount,
+                                                            tmp_path, blob_cache):
+    host = registry.host
+    model = small_model(tmp_path / "n", blob_cache, 81, size=2 * MiB)
+    push_model(registry, REPO, "latest", model)
+    # nodiscover: what appears can only come from watching the store
+    m = mount("nodiscover")
+    tdir = tag_dir(m.path, host)
+    assert not tdir.exists()
+
+    pull(run_blobfs, store, model_name(registry))
+    t0 = time.monotonic()
+    appeared = wait_for(lambda: tdir.is_dir(), timeout=5, interval=0.1)
+    took = time.monotonic() - t0
+    assert appeared, "a tag pulled by another process did not appear within 5 s"
+    assert took <= 2.5, f"a tag pulled by another process took {took:.1f}s to appear"
+    assert "latest" in os.listdir(m.path / "models" / host / "library" / "x")
+    assert sorted(os.listdir(tdir)) == ["config.json", "manifest.json", "model", "template"]
+    assert (tdir / "model").read_bytes() == model.layers[0].read_bytes()
+
+    result = run_blobfs(["rm", model_name(registry)], store=store, timeout=20)
+    assert result.returncode == 0, result.stderr
+    t0 = time.monotonic()
+    gone = wait_for(lambda: not tdir.exists() and not mount_manifest(m.path, host).exists(),
+                    timeout=5, interval=0.1)
+    took = time.monotonic() - t0
+    assert gone, "a tag removed by another process was still there 5 s later"
+    assert took <= 2.5, f"a tag removed by another process took {took:.1f}s to disappear"
+
+
+# ================================================================ 9. kill -9 and resume
+
+
+@pytest.mark.slow
+def test_kill_9_mid_read_then_remount_resumes(capped_cdn_registry, run_blobfs, store, mount,
+                                              tmp_path, blob_cache):
+    reg = capped_cdn_registry("2m")
+    model = big_model(tmp_path, blob_cache, size=MID, seed=0)
+    layer = model.layer(OLLAMA_MODEL)
+    push_model(reg, REPO, "latest", model)
+    pull(run_blobfs, store, model_name(reg))
+    mark = reg.cdn_log_mark()
+    mapfile = Path(store) / ".blobfs" / "partial" / (blob_name(layer.digest) + ".map")
+
+    m = mount()
+    path = tag_dir(m.path, reg.host) / "model"
+    reader = subprocess.Popen(["cat", str(path)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        t0 = time.monotonic()
+        wait_for(lambda: int(getxattr(path, "user.blobfs.cached")) >= 8 * MiB, timeout=4,
+                 interval=0.1)
+        # let the periodic map save catch some progress
+        first = mapfile.stat().st_mtime_ns if mapfile.exists() else None
+        wait_for(lambda: mapfile.exists() and mapfile.stat().st_mtime_ns != first, timeout=2.5)
+        time.sleep(max(0.0, 1.5 - (time.monotonic() - t0)))
+        before_kill = int(getxattr(path, "user.blobfs.cached"))
+        m.kill(signal.SIGKILL)
+        m.proc.wait(10)
+    finally:
+        try:
+            reader.wait(10)
+        except subprocess.TimeoutExpired:
+            reader.kill()
+            reader.wait(5)
+        m.force_detach()
+    assert not m.mounted()
+    if before_kill >= layer.size or store_blob(store, layer.digest).exists():
+        pytest.fail(f"the blob was complete before kill -9 ({before_kill} bytes): the cap "
+                    "did not slow the read down enough to test resuming")
+    assert mapfile.exists(), f"no chunk map in .blobfs/partial after kill -9: {partial_files(store)}"
+
+    m2 = mount(path=m.path)
+    path = tag_dir(m2.path, reg.host) / "model"
+    kept = int(getxattr(path, "user.blobfs.cached"))
+    mark2 = reg.cdn_log_mark()
+    r = child(READ_ALL, path, timeout=90)
+    assert r["ok"], f"reading after remount failed: {r}"
+    assert r["sha"] == layer.digest and r["offset"] == layer.size, r
+
+    total = sum(e["body_bytes_sent"] for e in blob_uri_entries(reg, layer.digest, mark))
+    second_mount = sum(e["body_bytes_sent"] for e in blob_uri_entries(reg, layer.digest, mark2))
+    first_mount = total - second_mount
+    info = (f"{before_kill} bytes local at kill -9, {kept} kept after remount; the CDN sent "
+            f"{first_mount} before and {second_mount} after the remount, blob {layer.size}")
+    print(info)
+    assert kept > 0, "nothing of the interrupted read survived kill -9: " + info
+    assert second_mount <= layer.size - kept + 4 * MiB, \
+        "the remounted read fetched bytes the chunk map had: " + info
+    assert total < 2 * layer.size, info
+    blob = store_blob(store, layer.digest)
+    assert wait_for(lambda: blob.is_file() and partial_files(store) == [], timeout=5), \
+        f"after the full read: blobs/{blob.name} exists={blob.exists()}, partial={partial_files(store)}"
+    assert sha256_file(blob) == layer.digest
+
+
+# ================================================================ 10. corrupt blob
+
+
+def test_corrupt_blob_gives_eio_and_is_quarantined(fault_registry, run_blobfs, store, mount):
+    reg = fault_registry()
+    data = random.Random(1010).randbytes(8 * MiB)
+    _, (digest,) = reg.add_model(REPO, "latest", [(OLLAMA_MODEL, data)])
+    pull(run_blobfs, store, model_name(reg))
+    reg.fault("corrupt", digest=digest, offset=5 * MiB + 17)
+    m = mount("no_chunksums")
+    path = tag_dir(m.path, reg.host) / "model"
+
+    def describe(r):
+        if r["ok"]:
+            return (f"read all {r['offset']} bytes without an error; they hash to {r['sha']}, "
+                    f"not {digest}")
+        return f"failed with {errno.errorcode.get(r['errno'], r['errno'])} at byte {r['offset']}"
+
+    first = child(READ_ALL, path, timeout=60)
+    print("first read:", describe(first))
+    assert not first["ok"] and first["errno"] == errno.EIO, \
+        "reading a blob the server corrupts (no chunksums) must fail with EIO at or before " \
+        "its end; the first read " + describe(first)
+
+    # once found corrupt, the blob stays unreadable: no one gets the bad bytes afterwards
+    sent = reg.bytes_sent(digest=digest)
+    again = child(READ_ALL, path, timeout=60)
+    tail = child(PREAD_ONE, path, len(data) - 4096, 4096, timeout=60)
+    served = (f" (the server sent {sent} bytes of the {len(data)} byte blob for the first read, "
+              f"{reg.bytes_sent(digest=digest) - sent} more since)")
+    assert not again["ok"] and again["errno"] == errno.EIO, \
+        "a second read of the corrupt blob must fail with EIO; it " + describe(again) + served
+    assert not tail["ok"] and tail["errno"] == errno.EIO, \
+        f"a pread of the last 4 KiB of the corrupt blob must fail with EIO; it returned " \
+        f"{len(tail.get('hex', '')) // 2} bytes" + served
+
+    assert not store_blob(store, digest).exists(), "a corrupt blob was committed to blobs/"
+    assert wait_for(lambda: quarantine_files(store) != [], timeout=5), \
+        f"nothing in .blobfs/quarantine; partial: {partial_files(store)}"
+    assert os.listdir(tag_dir(m.path, reg.host))  # the mount is still usable
+
+
+# ================================================================ 11. read-only
+
+
+def test_writes_fail_with_erofs_and_change_nothing(registry, run_blobfs, store, mount, tmp_path,
+                                                   blob_cache):
+    model = small_model(tmp_path / "n", blob_cache, 111)
+    push_model(registry, REPO, "latest", model)
+    pull(run_blobfs, store, model_name(registry), lazy=False)
+    m = mount()
+    host = registry.host
+    tdir = tag_dir(m.path, host)
+    f = tdir / "model"
+    before = store_snapshot(store)
+    mode_before = os.stat(f).st_mode
+    listing = {str(p.relative_to(m.path)) for p in m.path.rglob("*")}
+    ok_errnos = (errno.EROFS, errno.EACCES)
+
+    def refuses(what, fn):
+        with pytest.raises(OSError) as info:
+            fn()
+        assert info.value.errno in ok_errnos, \
+            f"{what}: {os.strerror(info.value.errno)} instead of EROFS/EACCES"
+
+    refuses("open for write", lambda: os.open(f, os.O_WRONLY))
+    refuses("open read-write", lambda: os.open(f, os.O_RDWR))
+    refuses("open for append", lambda: os.open(f, os.O_WRONLY | os.O_APPEND))
+    refuses("open with O_TRUNC", lambda: os.open(f, os.O_RDONLY | os.O_TRUNC))
+    refuses("create in a tag dir", lambda: os.open(tdir / "new", os.O_WRONLY | os.O_CREAT, 0o644))
+    refuses("create in blobs/", lambda: os.open(m.path / "blobs" / "new",
+                                                os.O_WRONLY | os.O_CREAT, 0o644))
+    refuses("mknod", lambda: os.mknod(tdir / "fifo", 0o644 | stat.S_IFIFO))
+    refuses("truncate", lambda: os.truncate(f, 0))
+    refuses("chmod", lambda: os.chmod(f, 0o600))
+    refuses("chown", lambda: os.chown(f, 1, 1))
+    refuses("utime", lambda: os.utime(f, (0, 0)))
+    refuses("rename a file", lambda: os.rename(f, tdir / "renamed"))
+    refuses("rename a tag dir", lambda: os.rename(tdir, tdir.parent / "renamed"))
+    refuses("mkdir in a tag dir", lambda: os.mkdir(tdir / "d"))
+    refuses("mkdir at the top", lambda: os.mkdir(m.path / "d"))
+    refuses("symlink", lambda: os.symlink("model", tdir / "link"))
+    refuses("hard link", lambda: os.link(f, tdir / "link"))
+    shell = run(["sh", "-c", 'echo x >> "$1"', "sh", f], timeout=10)
+    assert shell.returncode != 0 and "Read-only file system" in shell.stderr, shell.stderr
+
+    assert store_snapshot(store) == before, "a refused write changed the store"
+    assert {str(p.relative_to(m.path)) for p in m.path.rglob("*")} == listing
+    assert f.read_bytes() == model.layers[0].read_bytes()
+    assert os.stat(f).st_mode == mode_before, "chmod changed the mode although it failed"
+
+
+# ================================================================ 12. unsatisfiable read
+
+
+@pytest.mark.parametrize("failure", ["always_500", "server_stopped"])
+def test_unsatisfiable_read_fails_with_eio_promptly(fault_registry, run_blobfs, store, mount,
+                                                    failure):
+    reg = fault_registry()
+    data = random.Random(1212).randbytes(2 * MiB)
+    reg.add_model(REPO, "latest", [(OLLAMA_MODEL, data)])
+    pull(run_blobfs, store, model_name(reg))
+    host = reg.host
+    if failure == "always_500":
+        reg.fault("status", code=500)
+    else:
+        reg.stop()
+    m = mount("read_timeout=5", global_args=["--retries", "2"])
+    tdir = tag_dir(m.path, host)
+
+    for attempt in range(2):
+        r = child(PREAD_ONE, tdir / "model", 1000, 4096, timeout=40)
+        assert not r["ok"] and r["errno"] == errno.EIO, f"read {attempt + 1}: {r}"
+        assert r["elapsed"] <= 15, f"read {attempt + 1} took {r['elapsed']:.1f}s to fail"
+    assert "model" in os.listdir(tdir)
+    assert os.stat(tdir / "model").st_size == len(data)
+    assert (tdir / "manifest.json").read_bytes() == store_manifest(store, host).read_bytes()
+    assert m.proc.poll() is None, "the daemon exited"
+
+
+# ================================================================ 13. signals
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_unmounts_cleanly(registry, run_blobfs, store, mount, tmp_path, blob_cache, sig):
+    model = small_model(tmp_path / "n", blob_cache, 131)
+    push_model(registry, REPO, "latest", model)
+    pull(run_blobfs, store, model_name(registry))
+    m = mount()
+    assert (tag_dir(m.path, registry.host) / "model").read_bytes() == model.layers[0].read_bytes()
+    m.kill(sig)
+    try:
+        status = m.proc.wait(10)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"the daemon did not exit within 10 s of {sig.name}")
+    assert status == 0, f"the daemon exited with status {status} after {sig.name}"
+    assert str(m.path) not in fuse_mounts(), f"{m.path} is still mounted after {sig.name}"
+    assert not os.path.ismount(m.path)
+    assert os.listdir(m.path) == []
+
+
+# ================================================================ 14. df
+
+
+def test_df_reports_the_store_filesystem(store, mount):
+    m = mount()
+    mine, theirs = os.statvfs(m.path), os.statvfs(store)
+    assert mine.f_blocks == theirs.f_blocks
+    assert mine.f_frsize == theirs.f_frsize
+    assert mine.f_files == theirs.f_files
+    assert abs(mine.f_bavail - theirs.f_bavail) * theirs.f_frsize < 256 * MiB
+    df = run(["df", "-P", "-B1", m.path], timeout=10, check=True)
+    line = df.stdout.splitlines()[-1].split()
+    assert line[0] == "blobfs" and line[-1] == str(m.path), df.stdout
+    assert int(line[1]) == theirs.f_blocks * theirs.f_frsize
