@@ -667,6 +667,16 @@ static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 	fuse_reply_err(req, 0);
 }
 
+static void ofile_free(struct ofile *of)
+{
+	pthread_mutex_lock(&of->lock);       /* after the last read's use */
+	pthread_mutex_unlock(&of->lock);
+	blob_put(of->blob);
+	free(of->data);
+	pthread_mutex_destroy(&of->lock);
+	free(of);
+}
+
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *fs = fs_of(req);
@@ -703,25 +713,14 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	remote_unref(r);
 	fi->fh = (uint64_t)(uintptr_t)of;
 	fi->keep_cache = 1;   /* immutable content: keep the page cache across opens */
-	if (fuse_reply_open(req, fi) != 0) {
-		blob_put(of->blob);
-		free(of->data);
-		pthread_mutex_destroy(&of->lock);
-		free(of);
-	}
+	if (fuse_reply_open(req, fi) != 0)
+		ofile_free(of);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
-	struct ofile *of = (struct ofile *)(uintptr_t)fi->fh;
-
 	(void)ino;
-	pthread_mutex_lock(&of->lock);       /* after the last read's use */
-	pthread_mutex_unlock(&of->lock);
-	blob_put(of->blob);
-	free(of->data);
-	pthread_mutex_destroy(&of->lock);
-	free(of);
+	ofile_free((struct ofile *)(uintptr_t)fi->fh);
 	fuse_reply_err(req, 0);
 }
 

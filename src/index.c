@@ -341,18 +341,24 @@ static void maybe_free(struct index *ix, struct inode *in)
 	free_inode(ix, in);
 }
 
-static void free_inode(struct index *ix, struct inode *in)
+/* The memory of an inode; its table entry and parent are the caller's. */
+static void inode_release(struct inode *in)
 {
-	struct inode *parent = in->parent;
-
-	table_remove(ix->inos, ino_hash(ix, in->ino), in);
-	ix->ninos--;
 	for (size_t i = 0; i < in->nents; i++)
 		free(in->ents[i].name);
 	free(in->ents);
 	free(in->name);
 	remote_unref(in->remote);
 	free(in);
+}
+
+static void free_inode(struct index *ix, struct inode *in)
+{
+	struct inode *parent = in->parent;
+
+	table_remove(ix->inos, ino_hash(ix, in->ino), in);
+	ix->ninos--;
+	inode_release(in);
 	if (parent && __atomic_sub_fetch(&parent->lookups, 1, __ATOMIC_ACQ_REL) == 0)
 		maybe_free(ix, parent);
 }
@@ -744,14 +750,8 @@ void index_free(struct index *ix)
 	for (size_t b = 0; b < ix->ino_buckets; b++) {
 		while (ix->inos[b]) {
 			struct bucket_entry *e = ix->inos[b];
-			struct inode *in = e->inode;
 			ix->inos[b] = e->next;
-			for (size_t i = 0; i < in->nents; i++)
-				free(in->ents[i].name);
-			free(in->ents);
-			free(in->name);
-			remote_unref(in->remote);
-			free(in);
+			inode_release(e->inode);
 			free(e);
 		}
 	}
