@@ -43,6 +43,8 @@ enum { CH_MISSING, CH_INFLIGHT, CH_WRITTEN, CH_PRESENT };
 #define CHUNKSUMS_MIN_SIZE (64ULL << 20)
 /* The worker wakes at least this often (deadlines, busy polls). */
 #define WORKER_TICK_MS 100
+/* Background requests shrink toward a blob's end, but not below this. */
+#define SHARE_MIN (1u << 20)
 /* Give up on a blob after this many chunks failed their checksum. */
 #define BAD_CHUNKS_MAX 16
 
@@ -69,6 +71,7 @@ struct blob {
 	struct chunkmap *map;          /* geometry, and the bits last made durable */
 	uint8_t *cs;                   /* chunk states */
 	uint32_t npresent, nmissing, ninflight, nwritten;
+	uint64_t missing_bytes;         /* bytes of MISSING chunks */
 	uint64_t present_bytes;
 	struct blob_waiter waiters;    /* circular list head */
 	uint64_t ra_start, ra_end;     /* read-ahead window */
@@ -495,10 +498,12 @@ static int open_partial(struct blob *b)
 	b->map = m;
 	b->cs = xcalloc(m->n + 1, 1);
 	b->nmissing = m->n;
+	b->missing_bytes = b->size;
 	for (uint32_t i = 0; i < m->n; i++) {
 		if (chunkmap_has(m, i)) {
 			set_chunk_present(b, i);
 			b->nmissing--;
+			b->missing_bytes -= chunkmap_end(m, i) - chunkmap_start(m, i);
 		}
 	}
 	if (b->npresent)
@@ -763,6 +768,7 @@ void blob_adopt_chunks(struct blob *b, struct chunkmap *m)
 	free(b->cs);
 	b->cs = xcalloc(m->n + 1, 1);
 	b->nmissing = m->n;
+	b->missing_bytes = b->size;
 	b->cursor = 0;
 	for (struct blob_waiter *w = b->waiters.next; w != &b->waiters; w = w->next)
 		waiter_chunks(b, w);
@@ -779,6 +785,7 @@ static void claim(struct blob *b, uint32_t i, uint32_t j, uint64_t *start, uint6
 	b->ninflight += j - i;
 	*start = chunkmap_start(b->map, i);
 	*end = chunkmap_end(b->map, j - 1);
+	b->missing_bytes -= *end - *start;
 }
 
 /* From missing chunk i, extend over missing chunks that start below limit. */
@@ -793,7 +800,7 @@ static uint32_t extend(const struct blob *b, uint32_t i, uint64_t limit, uint64_
 	return j;
 }
 
-int blob_claim(struct blob *b, bool demand_only, uint64_t max_bytes,
+int blob_claim(struct blob *b, bool demand_only, uint64_t max_bytes, unsigned spread,
 	       uint64_t *start, uint64_t *end)
 {
 	int prio = -1;
@@ -826,6 +833,13 @@ int blob_claim(struct blob *b, bool demand_only, uint64_t max_bytes,
 	}
 	if (demand_only || !b->want_all)
 		goto out;
+	/*
+	 * Background requests take their share of what is missing, so that near
+	 * the end of a blob every connection gets a piece and they finish
+	 * together instead of one long request finishing alone.
+	 */
+	if (spread > 1)
+		max_bytes = MIN(max_bytes, MAX(b->missing_bytes / spread, (uint64_t)SHARE_MIN));
 	for (uint32_t k = 0; k < b->map->n; k++) {
 		uint32_t i = (b->cursor + k) % b->map->n;
 		if (b->cs[i] == CH_MISSING) {
@@ -916,6 +930,7 @@ void blob_unclaim(struct blob *b, uint64_t from, uint64_t end, int err)
 		b->cs[i] = CH_MISSING;
 		b->ninflight--;
 		b->nmissing++;
+		b->missing_bytes += chunkmap_end(b->map, i) - chunkmap_start(b->map, i);
 	}
 	if (lo < b->cursor)
 		b->cursor = lo;
@@ -997,6 +1012,7 @@ static bool verify_chunks(struct blob *b, struct blob_waiter **ready)
 		}
 		b->cs[i] = CH_MISSING;
 		b->nmissing++;
+		b->missing_bytes += len;
 		if (i < b->cursor)
 			b->cursor = i;
 		b->bad_chunks++;

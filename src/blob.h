@@ -113,10 +113,11 @@ enum blob_prio { PRIO_DEMAND, PRIO_READAHEAD, PRIO_BACKGROUND };
 
 /*
  * Claim the next range to fetch: marks missing chunks in flight and returns
- * [*start, *end). demand_only limits it to what readers wait for. Returns
- * the priority of the work, or -1 when there is none.
+ * [*start, *end), at most max_bytes, and for background work at most a
+ * spread-th of what is missing. demand_only limits it to what readers wait
+ * for. Returns the priority of the work, or -1 when there is none.
  */
-int blob_claim(struct blob *b, bool demand_only, uint64_t max_bytes,
+int blob_claim(struct blob *b, bool demand_only, uint64_t max_bytes, unsigned spread,
 	       uint64_t *start, uint64_t *end);
 /*
  * Chunks readers are blocked on that are already in flight, as offsets

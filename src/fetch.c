@@ -59,6 +59,8 @@
 #define SLOW_CHECK_MS 1000
 #define SLOW_MIN_AGE_MS 3000
 #define SLOW_RESTARTS_MAX 3
+#define SLOW_MIN_LEFT (1u << 20)  /* not worth restarting for less than this */
+#define SLOW_PEERS 4              /* peers needed for a median; else the typical speed */
 #define TOKEN_MARGIN_MS 5000     /* refresh a token this long before it expires */
 #define HEADER_MAX 8192
 
@@ -188,6 +190,7 @@ struct fetcher {
 	struct hostinfo *hosts;
 	unsigned nrange;
 	uint64_t last_slow_check;
+	uint64_t typical_rate;       /* bytes/s of a finished range request, smoothed */
 };
 
 void net_opts_defaults(struct net_opts *o)
@@ -195,7 +198,7 @@ void net_opts_defaults(struct net_opts *o)
 	memset(o, 0, sizeof(*o));
 	o->connections = 16;
 	o->demand_reserve = 4;
-	o->request_max = 32u << 20;
+	o->request_max = 16u << 20;
 	o->connect_timeout_s = 10;
 	o->stall_timeout_s = 20;
 	o->retry.max_attempts = 6;
@@ -1182,6 +1185,8 @@ out:
 	free(where);
 }
 
+static void note_rate(struct fetcher *f, const struct job *j);
+
 static void finish_range(struct fetcher *f, struct job *j, CURLcode res)
 {
 	struct source *s = j->src;
@@ -1196,6 +1201,7 @@ static void finish_range(struct fetcher *f, struct job *j, CURLcode res)
 	bool ok = (res == CURLE_OK || (res == CURLE_WRITE_ERROR && j->done_early)) &&
 		  !j->bad && !j->werr && !j->slow && (j->status == 206 || j->status == 200);
 	if (ok && j->pos == j->end) {
+		note_rate(f, j);
 		if (!s->direct && j->to_registry)
 			s->direct = xstrdup(j->url);   /* the registry serves ranges itself */
 		if (j->cut && j->end < blob_size(s->blob) && j->status == 206 && !j->slow) {
@@ -1364,13 +1370,9 @@ static bool schedule_one(struct fetcher *f, struct source *s, uint64_t now, bool
 		start_range(f, s, r);
 		return true;
 	}
-	/* Spread a blob over the connections from the start; splits handle the tail. */
-	max = blob_size(s->blob) / f->o.connections;
-	max = MAX(max, CHUNK_MIN);
-	max = MIN(max, f->o.request_max);
-	if (s->no_ranges)
-		max = blob_size(s->blob);
-	prio = blob_claim(s->blob, demand_only, max, &start, &end);
+	max = s->no_ranges ? blob_size(s->blob) : f->o.request_max;
+	prio = blob_claim(s->blob, demand_only, max, s->no_ranges ? 1 : f->o.connections,
+			  &start, &end);
 	if (prio < 0)
 		return false;
 	r = retry_new(start, start, end);
@@ -1412,10 +1414,26 @@ static void schedule(struct fetcher *f)
 	}
 }
 
-/* Restart ranges running at under a tenth of the median speed of their peers. */
+/* Learn how fast a range request normally goes, from those that finish. */
+static void note_rate(struct fetcher *f, const struct job *j)
+{
+	uint64_t now = now_ms(), bytes = j->pos - j->start;
+
+	if (!j->first_byte_ms || bytes < SLOW_MIN_LEFT || now - j->first_byte_ms < 20)
+		return;
+	uint64_t rate = bytes * 1000 / (now - j->first_byte_ms);
+	f->typical_rate = f->typical_rate ? (7 * f->typical_rate + 3 * rate) / 10 : rate;
+}
+
+/*
+ * Restart ranges running at under a tenth of the speed of their peers (the
+ * median of those running, or, with too few running, the typical speed of
+ * ranges that finished) on a fresh connection: a straggler is often one bad
+ * connection or one slow CDN node.
+ */
 static void check_slow(struct fetcher *f, uint64_t now)
 {
-	uint64_t rates[64];
+	uint64_t rates[64], ref = 0;
 	int n = 0;
 
 	if (now - f->last_slow_check < SLOW_CHECK_MS)
@@ -1425,23 +1443,25 @@ static void check_slow(struct fetcher *f, uint64_t now)
 	for (struct job *j = f->jobs; j && n < 64; j = j->next)
 		if (j->kind == JOB_RANGE && now - j->started_ms >= SLOW_MIN_AGE_MS)
 			rates[n++] = j->win_bytes * 1000 / span;
-	if (n >= 4) {
+	if (n >= SLOW_PEERS) {
 		for (int a = 1; a < n; a++)
 			for (int b = a; b > 0 && rates[b - 1] > rates[b]; b--) {
 				uint64_t t = rates[b]; rates[b] = rates[b - 1]; rates[b - 1] = t;
 			}
-		uint64_t median = rates[n / 2];
-		for (struct job *j = f->jobs, *next; j; j = next) {
-			next = j->next;
-			if (j->kind != JOB_RANGE || now - j->started_ms < SLOW_MIN_AGE_MS ||
-			    j->slow_restarts >= SLOW_RESTARTS_MAX || j->end - j->pos < STEAL_MIN ||
-			    j->win_bytes * 1000 / span * 10 >= median)
-				continue;
-			j->slow = true;
-			job_remove(f, j);
-			j->next = f->finished;
-			f->finished = j;
-		}
+		ref = rates[n / 2];
+	} else if (n > 0) {
+		ref = f->typical_rate;
+	}
+	for (struct job *j = f->jobs, *next; j && ref; j = next) {
+		next = j->next;
+		if (j->kind != JOB_RANGE || now - j->started_ms < SLOW_MIN_AGE_MS ||
+		    j->slow_restarts >= SLOW_RESTARTS_MAX || j->end - j->pos < SLOW_MIN_LEFT ||
+		    j->win_bytes * 1000 / span * 10 >= ref)
+			continue;
+		j->slow = true;
+		job_remove(f, j);
+		j->next = f->finished;
+		f->finished = j;
 	}
 	for (struct job *j = f->jobs; j; j = j->next)
 		j->win_bytes = 0;

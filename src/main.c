@@ -86,7 +86,7 @@ static const char usage_text[] =
 	"      --no-netrc          do not read ~/.netrc\n"
 	"      --connections N     range requests in flight (default 16)\n"
 	"      --chunk-size SIZE   chunk map granularity (default: by blob size, >= 64K)\n"
-	"      --request-size SIZE largest range asked for in one request (default 32M)\n"
+	"      --request-size SIZE largest range asked for in one request (default 16M)\n"
 	"      --stall-timeout SEC retry a request that receives nothing this long (20)\n"
 	"      --read-timeout SEC  fail a read that waits longer than this (60)\n"
 	"      --retries N         attempts per range before giving up (6)\n"

@@ -988,3 +988,38 @@ def test_ollama_store_is_read_without_network(run_blobfs, store):
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert verify_lines(verified.stdout)[0][hex_of(sha256(template))] == "not local"
     assert ls_table(run_blobfs, store)["x:latest"] == 99
+
+
+# ---------------------------------------------------------------- slow peers
+
+
+@pytest.mark.timing
+def test_a_range_far_slower_than_its_peers_is_restarted(fault_registry, run_blobfs, store,
+                                                       blob_cache):
+    """One range trickles at 100 KB/s while the rest of the blob arrives at
+    loopback speed: blobfs restarts that range on a new connection instead of
+    waiting the ~80 s the trickle would take."""
+    reg = fault_registry()
+    path, _ = random_blob(blob_cache, 64 << 20, seed=7)
+    data = path.read_bytes()
+    manifest, (digest,) = reg.add_model("library/f", "latest", [(OLLAMA_MODEL, data)])
+    slow_at = 40 << 20
+    fault = reg.fault("trickle", rate=100_000, digest=digest, covers=slow_at, times=1)
+    t0 = time.monotonic()
+    result = run_blobfs(["--request-size", "8M", "pull", f"{reg.host}/library/f:latest"],
+                        timeout=60)
+    took = time.monotonic() - t0
+    assert result.returncode == 0, result.stderr
+    assert_blob_ok(store, digest, len(data))
+    assert fault.hits == 1
+    assert took < 20, f"the pull took {took:.1f}s: the trickling range was waited out"
+    [slow] = reg.requests(fault="trickle")
+    lo, hi = range_span(slow.range, len(data))
+    # The rest of the slow range, from where the trickle left it, on another connection.
+    restarted = [r for r in layer_requests(reg, digest)
+                 if r.time > slow.time and r.fault is None and r.status == 206
+                 and lo < range_span(r.range, len(data))[0] < hi]
+    assert restarted, f"the rest of the slow range {slow.range} was never asked for again"
+    assert range_span(restarted[0].range, len(data))[0] <= lo + slow.bytes_sent, \
+        "bytes the slow range never delivered were skipped"
+    assert restarted[0].conn != slow.conn, "the slow range was restarted on the same connection"
