@@ -1296,13 +1296,18 @@ static void split_for_readers(struct fetcher *f, struct source *s)
 	}
 }
 
-/* Connections are idle and nothing is left to claim: split the biggest tail. */
+/*
+ * Connections are idle and nothing is left to claim: split the biggest tail
+ * that is too slow to arrive soon on its own (see too_slow_to_reach).
+ */
 static bool steal_tail(struct fetcher *f)
 {
 	struct job *best = NULL;
+	uint64_t now = now_ms();
 
 	for (struct job *j = f->jobs; j; j = j->next)
 		if (j->kind == JOB_RANGE && !j->src->no_ranges && j->end - j->pos > 2 * STEAL_MIN &&
+		    too_slow_to_reach(j, j->pos + (j->end - j->pos) / 2, now) &&
 		    (!best || j->end - j->pos > best->end - best->pos))
 			best = j;
 	return best && split_job(best, best->pos + (best->end - best->pos) / 2) != NULL;
