@@ -86,6 +86,7 @@ struct blob {
 	uint64_t fetched;
 	bool orphan;                   /* no tag uses it: never commit, delete when done */
 	bool fail_reported;            /* on_fail was called */
+	bool sync_failing;             /* the last chunk map save failed */
 };
 
 struct blobcache {
@@ -687,7 +688,27 @@ bool blob_cancel(struct blob *b, struct blob_waiter *w)
 	return found;
 }
 
-int blob_fetch_all(struct blob *b)
+/* Reserve the blob's disk space now, so a full disk fails before the download. */
+static int reserve(struct blob *b)
+{
+	int ret = posix_fallocate(b->wfd, 0, (off_t)b->size);
+
+	if (ret == EOPNOTSUPP || ret == EINVAL)
+		return 0;   /* the filesystem cannot: find out while writing */
+	if (ret) {
+		char need[16];
+		format_size(b->size - b->present_bytes, need, sizeof(need));
+		log_error("cannot make room for '%s' (%s more) in the store: %s", b->name, need,
+			  strerror(ret));
+		/* A failed allocation may keep what it got; give it back if nothing is ours yet. */
+		if (b->present_bytes == 0 && (ftruncate(b->wfd, 0) < 0 ||
+					      ftruncate(b->wfd, (off_t)b->size) < 0))
+			log_warn("cannot release space reserved for '%s': %s", b->name, strerror(errno));
+	}
+	return -ret;
+}
+
+int blob_fetch_all(struct blob *b, bool reserve_space)
 {
 	int ret = 0;
 	bool kick = false;
@@ -697,6 +718,8 @@ int blob_fetch_all(struct blob *b)
 		ret = activate_locked(b);
 	if (b->state == BLOB_FAILED) {
 		ret = b->err;
+	} else if (b->state == BLOB_PARTIAL && reserve_space && (ret = reserve(b)) < 0) {
+		/* nothing fetched: a pull stops here with the reason */
 	} else if (b->state == BLOB_PARTIAL) {
 		b->want_all = true;
 		b->err = 0;
@@ -1095,8 +1118,13 @@ static void sync_map(struct blob *b)
 	free(buf);
 	pthread_mutex_lock(&b->lock);
 	if (ret < 0) {
-		log_error("cannot save the progress of '%s': %s", b->name, strerror(-ret));
+		/* Tried again after the usual interval; said once until it works. */
+		if (!b->sync_failing)
+			log_error("cannot save the progress of '%s': %s", b->name, strerror(-ret));
+		b->sync_failing = true;
 		b->map_dirty = true;
+	} else {
+		b->sync_failing = false;
 	}
 }
 

@@ -81,8 +81,12 @@ int blob_read(struct blob *b, uint64_t off, uint64_t len, uint64_t ra,
 bool blob_cancel(struct blob *b, struct blob_waiter *w);
 /* The file to read present bytes from; valid while the blob is referenced. */
 int blob_fd(struct blob *b);
-/* Fetch the whole blob in the background; 0 or a negative errno. */
-int blob_fetch_all(struct blob *b);
+/*
+ * Fetch the whole blob in the background; 0 or a negative errno. With
+ * reserve_space, its disk space is allocated first (a pull), so a full disk
+ * fails now with -ENOSPC rather than half way through.
+ */
+int blob_fetch_all(struct blob *b, bool reserve_space);
 /*
  * No tag uses the blob any more: stop fetching it, never commit it, and
  * delete its partial state once the last reference goes.

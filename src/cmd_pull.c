@@ -160,7 +160,7 @@ static int pull_one(struct session *s, const struct pull_args *a, const char *ar
 						      c.items[i].layer->size);
 	}
 	for (int i = 0; i < c.n && ret == 0; i++) {
-		ret = blob_fetch_all(c.items[i].blob);
+		ret = blob_fetch_all(c.items[i].blob, true);
 		if (ret < 0)
 			cli_error("cannot pull '%s': %s: %s", full, c.items[i].layer->file,
 				  strerror(-ret));

@@ -59,6 +59,12 @@
 #define XATTR_DIGEST "user.blobfs.digest"
 #define XATTR_CACHED "user.blobfs.cached"
 
+/* Open files and directory snapshots, so what the kernel never released is freed at exit. */
+struct handle {
+	struct handle *prev, *next;
+	void (*free)(struct handle *h);
+};
+
 struct fs {
 	struct session *sess;
 	struct index *ix;
@@ -67,6 +73,8 @@ struct fs {
 	struct fs_opts o;
 	uid_t uid;
 	gid_t gid;
+	pthread_mutex_t open_lock;   /* guards the open list */
+	struct handle open;          /* open files and directories (circular) */
 	pthread_mutex_t miss_lock;   /* guards misses and removed */
 	struct strmap *misses;       /* "host/ns/model:tag" → expiry, monotonic ms */
 	struct strmap *removed;      /* tags removed through this mount: never rediscovered */
@@ -79,6 +87,7 @@ struct fs {
  * this code nor ThreadSanitizer can see it.
  */
 struct ofile {
+	struct handle h;             /* first */
 	enum inode_kind kind;
 	struct blob *blob;           /* INODE_BLOB */
 	char *data;                  /* INODE_MANIFEST: its bytes */
@@ -97,6 +106,7 @@ struct parked {                  /* a read waiting for bytes */
 };
 
 struct dirsnap {                 /* a directory listing taken at opendir */
+	struct handle h;             /* first */
 	pthread_mutex_t lock;        /* as for struct ofile */
 	size_t n;
 	struct {
@@ -109,6 +119,34 @@ struct dirsnap {                 /* a directory listing taken at opendir */
 static struct fs *fs_of(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
+}
+
+static void handle_add(struct fs *fs, struct handle *h, void (*release)(struct handle *h))
+{
+	h->free = release;
+	pthread_mutex_lock(&fs->open_lock);
+	h->next = &fs->open;
+	h->prev = fs->open.prev;
+	fs->open.prev->next = h;
+	fs->open.prev = h;
+	pthread_mutex_unlock(&fs->open_lock);
+}
+
+/* Take h off the open list and free it. */
+static void handle_free(struct fs *fs, struct handle *h)
+{
+	pthread_mutex_lock(&fs->open_lock);
+	h->prev->next = h->next;
+	h->next->prev = h->prev;
+	pthread_mutex_unlock(&fs->open_lock);
+	h->free(h);
+}
+
+/* The session is over: free what the kernel still had open. */
+static void free_handles(struct fs *fs)
+{
+	while (fs->open.next != &fs->open)
+		handle_free(fs, fs->open.next);
 }
 
 /* ---- attributes ---- */
@@ -593,6 +631,8 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 	fuse_reply_err(req, err);
 }
 
+static void dirsnap_free(struct handle *h);
+
 static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *fs = fs_of(req);
@@ -626,8 +666,10 @@ static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 		snap->n++;
 	}
 	index_unlock(fs->ix);
+	handle_add(fs, &snap->h, dirsnap_free);
 	fi->fh = (uint64_t)(uintptr_t)snap;
-	fuse_reply_open(req, fi);
+	if (fuse_reply_open(req, fi) != 0)
+		handle_free(fs, &snap->h);
 }
 
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
@@ -652,11 +694,10 @@ static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	free(buf);
 }
 
-static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+static void dirsnap_free(struct handle *h)
 {
-	struct dirsnap *snap = (struct dirsnap *)(uintptr_t)fi->fh;
+	struct dirsnap *snap = (struct dirsnap *)h;
 
-	(void)ino;
 	pthread_mutex_lock(&snap->lock);     /* after the last readdir's use */
 	pthread_mutex_unlock(&snap->lock);
 	pthread_mutex_destroy(&snap->lock);
@@ -664,11 +705,19 @@ static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info 
 		free(snap->e[i].name);
 	free(snap->e);
 	free(snap);
+}
+
+static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
+{
+	(void)ino;
+	handle_free(fs_of(req), (struct handle *)(uintptr_t)fi->fh);
 	fuse_reply_err(req, 0);
 }
 
-static void ofile_free(struct ofile *of)
+static void ofile_free(struct handle *h)
 {
+	struct ofile *of = (struct ofile *)h;
+
 	pthread_mutex_lock(&of->lock);       /* after the last read's use */
 	pthread_mutex_unlock(&of->lock);
 	blob_put(of->blob);
@@ -711,16 +760,17 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		blob_set_remote(of->blob, r);
 	}
 	remote_unref(r);
+	handle_add(fs, &of->h, ofile_free);
 	fi->fh = (uint64_t)(uintptr_t)of;
 	fi->keep_cache = 1;   /* immutable content: keep the page cache across opens */
 	if (fuse_reply_open(req, fi) != 0)
-		ofile_free(of);
+		handle_free(fs, &of->h);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	(void)ino;
-	ofile_free((struct ofile *)(uintptr_t)fi->fh);
+	handle_free(fs_of(req), (struct handle *)(uintptr_t)fi->fh);
 	fuse_reply_err(req, 0);
 }
 
@@ -824,7 +874,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	size = (size_t)MIN((uint64_t)size, bsize - (uint64_t)off);
 	ra = track_sequential(fs, of, (uint64_t)off, size, &background);
 	pthread_mutex_unlock(&of->lock);
-	if (background && blob_fetch_all(b) < 0)
+	if (background && blob_fetch_all(b, false) < 0)
 		log_debug("background completion could not start");
 
 	p = xcalloc(1, sizeof(*p));
@@ -987,6 +1037,8 @@ int fs_mount(const struct session_opts *so, const struct fs_opts *fo, const char
 	fs->o = *fo;
 	fs->uid = getuid();
 	fs->gid = getgid();
+	pthread_mutex_init(&fs->open_lock, NULL);
+	fs->open.next = fs->open.prev = &fs->open;
 	pthread_mutex_init(&fs->miss_lock, NULL);
 	fs->misses = strmap_new();
 	fs->removed = strmap_new();
@@ -1029,6 +1081,7 @@ out_signals:
 	 * and libfuse frees each replying thread's splice pipe only as long as
 	 * its session lives.
 	 */
+	free_handles(fs);        /* blob references the kernel never released */
 	session_close(fs->sess);
 	fs->sess = NULL;
 	fuse_remove_signal_handlers(fs->se);
@@ -1040,6 +1093,7 @@ out:
 	strmap_free(fs->misses);
 	strmap_free(fs->removed);
 	pthread_mutex_destroy(&fs->miss_lock);
+	pthread_mutex_destroy(&fs->open_lock);
 	fuse_opt_free_args(&args);
 	free(fs);
 	return ret;
