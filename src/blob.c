@@ -493,7 +493,9 @@ static int open_partial(struct blob *b)
 	if (chunkmap_load(mpath, &b->digest, b->size, &m) == 0) {
 		b->chunksums_decided = true;
 	} else {
-		m = chunkmap_new_fixed(b->size, c->opts.chunk_size);
+		uint64_t chunk = b->remote && b->remote->o.chunk_size ? b->remote->o.chunk_size
+								       : c->opts.chunk_size;
+		m = chunkmap_new_fixed(b->size, chunk);
 		unlink(mpath);
 	}
 	b->map = m;

@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "conffile.h"
 #include "fs.h"
 #include "log.h"
 #include "util.h"
@@ -126,18 +127,24 @@ int cmd_mount(struct session_opts *so, struct fs_opts *fo, const char *mountpoin
 		fo->discover = false;
 	if (mo.discover)
 		fo->discover = true;
-	if (mo.insecure)
-		so->insecure = true;
-	if (mo.no_chunksums)
-		so->net.chunksums = false;
-	if (mo.no_netrc)
-		so->net.no_netrc = true;
+	if (mo.insecure) {
+		so->cli.insecure = true;
+		so->cli.set |= CF_INSECURE;
+	}
+	if (mo.no_chunksums) {
+		so->cli.chunksums = false;
+		so->cli.set |= CF_CHUNKSUMS;
+	}
+	if (mo.no_netrc) {
+		so->cli.netrc = false;
+		so->cli.set |= CF_NETRC;
+	}
 	if (mo.cacert)
-		so->net.cacert = mo.cacert;
+		conf_set_str(&so->cli, CF_CACERT, mo.cacert);
 	if (mo.credentials)
-		so->net.credentials = mo.credentials;
+		conf_set_str(&so->cli, CF_CREDENTIALS, mo.credentials);
 	if (mo.store)
-		so->store = mo.store;
+		conf_set_str(&so->cli, CF_STORE, mo.store);
 	if (mo.background) {
 		if (strcmp(mo.background, "sequential") == 0)
 			fo->background = BG_SEQUENTIAL;
@@ -156,22 +163,26 @@ int cmd_mount(struct session_opts *so, struct fs_opts *fo, const char *mountpoin
 	if (mo.read_timeout) {
 		if (!in_range(mo.read_timeout, 1, 86400, "read_timeout"))
 			goto out;
-		so->blob.read_timeout_ms = (uint64_t)mo.read_timeout * 1000;
+		so->cli.read_timeout_s = mo.read_timeout;
+		so->cli.set |= CF_READ_TIMEOUT;
 	}
 	if (mo.connections) {
 		if (!in_range(mo.connections, 1, 256, "connections"))
 			goto out;
-		so->net.connections = mo.connections;
+		so->cli.connections = mo.connections;
+		so->cli.set |= CF_CONNECTIONS;
 	}
 	if (mo.stall_timeout) {
 		if (!in_range(mo.stall_timeout, 1, 3600, "stall_timeout"))
 			goto out;
-		so->net.stall_timeout_s = mo.stall_timeout;
+		so->cli.stall_timeout_s = mo.stall_timeout;
+		so->cli.set |= CF_STALL_TIMEOUT;
 	}
 	if (mo.retries) {
 		if (!in_range(mo.retries, 1, 100, "retries"))
 			goto out;
-		so->net.retry.max_attempts = mo.retries;
+		so->cli.retries = mo.retries;
+		so->cli.set |= CF_RETRIES;
 	}
 	if (mo.miss_ttl)
 		fo->miss_ttl_s = mo.miss_ttl;
@@ -195,6 +206,9 @@ int cmd_mount(struct session_opts *so, struct fs_opts *fo, const char *mountpoin
 out:
 	fuse_opt_free_args(&args);
 	free(mo.background);
+	free(mo.cacert);
+	free(mo.credentials);
+	free(mo.store);
 	return ret;
 }
 

@@ -128,7 +128,7 @@ static int pull_one(struct session *s, const struct pull_args *a, const char *ar
 		return -EINVAL;
 	}
 	name_format(&n, full, sizeof(full));
-	c.remote = remote_new(&n, s->opts.insecure);
+	c.remote = session_remote(s, &n);
 	if (!c.remote)
 		return -EINVAL;
 	ret = registry_fetch_manifest(s->fetcher, c.remote, n.tag, &buf, &len, &m, err, sizeof(err));
@@ -136,6 +136,7 @@ static int pull_one(struct session *s, const struct pull_args *a, const char *ar
 		cli_error("cannot pull '%s': %s", full, err);
 		goto out;
 	}
+	session_record_scheme(s, &n);
 	stored = n;
 	if (store_find_tag(s->store, &n, &stored) < 0)
 		stored = n;

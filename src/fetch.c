@@ -66,25 +66,27 @@
 
 /* ---- structures; all owned by the network thread unless noted ---- */
 
-struct authent {                 /* auth for one (registry, scope) */
+struct authent {                 /* auth for one (endpoint, scope) */
 	struct authent *next;
 	char *authority;
 	char *scope;
+	struct remote *origin;       /* whose settings (credentials, CA) apply */
 	enum auth_scheme scheme;     /* AUTH_NONE until challenged */
 	struct auth_challenge ch;    /* the last Bearer challenge */
 	char *token;
 	uint64_t issued_ms, expires_ms;
 	bool pending;                /* a token request is in flight */
 	int err;                     /* the last token request failed with this */
-	char msg[512];
+	char msg[1400];
 	bool cred_loaded;
 	struct credentials cred;
 };
 
-struct hostinfo {
+struct hostinfo {                /* what we learned about an endpoint */
 	struct hostinfo *next;
 	char *authority;
 	bool no_chunksums;
+	uint64_t down_until;         /* a mirror that failed is skipped until then */
 };
 
 struct retry {                   /* a claimed range waiting to be fetched again */
@@ -102,7 +104,8 @@ struct source {                  /* a blob being fetched */
 	struct source *next;
 	struct blob *blob;           /* referenced */
 	struct remote *remote;       /* referenced */
-	char *start_url;             /* the registry's blob URL (or chunksums' Content-Location) */
+	size_t ep;                   /* the endpoint in use (mirrors first) */
+	char *start_url;             /* the endpoint's blob URL (or chunksums' Content-Location) */
 	char *direct;                /* where ranges go once resolved */
 	bool resolving;
 	unsigned redirects, reresolves;
@@ -118,7 +121,9 @@ struct source {                  /* a blob being fetched */
 struct memreq {                  /* a small GET into memory */
 	struct memreq *next;
 	struct remote *remote;       /* NULL for a token request */
-	char *url;
+	char *path;                  /* under the endpoint's repository (remote set) */
+	size_t ep;                   /* the endpoint tried now */
+	char *url;                   /* the URL of the current attempt */
 	char *accept;
 	size_t max;
 	void (*done)(struct http_result *res, void *arg);
@@ -148,6 +153,7 @@ struct job {
 	char *content_type, *docker_digest, *content_location;
 	int64_t content_length;
 	bool checked;                /* the response was validated before its first byte */
+	char errbuf[CURL_ERROR_SIZE]; /* curl's detailed message */
 	/* JOB_RANGE */
 	struct source *src;
 	int wfd;
@@ -156,6 +162,7 @@ struct job {
 	uint64_t asked_end;          /* the end in the Range header (end may be cut later) */
 	unsigned attempt, slow_restarts;
 	bool auth_retried, demand, cut, slow, bad, done_early;
+	size_t ep;                   /* the endpoint this request went to */
 	int werr;
 	uint64_t started_ms, first_byte_ms, win_bytes;
 	/* JOB_MEM */
@@ -198,14 +205,6 @@ void net_opts_defaults(struct net_opts *o)
 	memset(o, 0, sizeof(*o));
 	o->connections = 16;
 	o->demand_reserve = 4;
-	o->request_max = 16u << 20;
-	o->connect_timeout_s = 10;
-	o->stall_timeout_s = 20;
-	o->retry.max_attempts = 6;
-	o->retry.base_ms = 250;
-	o->retry.max_ms = 8000;
-	o->retry.retry_after_max_ms = 60000;
-	o->chunksums = true;
 	o->user_agent = PACKAGE_NAME "/" PACKAGE_VERSION;
 }
 
@@ -226,6 +225,7 @@ static void stat_add(struct fetcher *f, uint64_t *field, uint64_t n)
 
 void http_result_release(struct http_result *r)
 {
+	free(r->url);
 	free(r->body);
 	free(r->content_type);
 	free(r->docker_digest);
@@ -233,18 +233,48 @@ void http_result_release(struct http_result *r)
 	memset(r, 0, sizeof(*r));
 }
 
+/* ---- what we know of endpoints ---- */
+
+static struct hostinfo *hostinfo_get(struct fetcher *f, const char *authority)
+{
+	struct hostinfo *h;
+
+	for (h = f->hosts; h; h = h->next)
+		if (strcasecmp(h->authority, authority) == 0)
+			return h;
+	h = xcalloc(1, sizeof(*h));
+	h->authority = xstrdup(authority);
+	h->next = f->hosts;
+	f->hosts = h;
+	return h;
+}
+
+#define MIRROR_DOWN_MS 30000
+
+/* The first endpoint from ep on that is not a mirror known to be down. */
+static size_t healthy_endpoint(struct fetcher *f, const struct remote *r, size_t ep)
+{
+	uint64_t now = now_ms();
+
+	while (ep + 1 < r->nep && hostinfo_get(f, r->ep[ep].authority)->down_until > now)
+		ep++;
+	return ep;
+}
+
 /* ---- auth cache ---- */
 
-static struct authent *auth_get(struct fetcher *f, const struct remote *r)
+static struct authent *auth_get(struct fetcher *f, struct remote *r, size_t ep)
 {
+	const char *authority = r->ep[ep].authority;
 	struct authent *a;
 
 	for (a = f->auth; a; a = a->next)
-		if (strcasecmp(a->authority, r->authority) == 0 && strcmp(a->scope, r->scope) == 0)
+		if (strcasecmp(a->authority, authority) == 0 && strcmp(a->scope, r->scope) == 0)
 			return a;
 	a = xcalloc(1, sizeof(*a));
-	a->authority = xstrdup(r->authority);
+	a->authority = xstrdup(authority);
 	a->scope = xstrdup(r->scope);
+	a->origin = remote_ref(r);
 	a->next = f->auth;
 	f->auth = a;
 	return a;
@@ -256,14 +286,15 @@ static struct credentials *auth_credentials(struct fetcher *f, struct authent *a
 	if (!a->cred_loaded) {
 		const char *home = getenv("HOME");
 		int ret = -ENOENT;
+		const struct remote_opts *o = &a->origin->o;
 		a->cred_loaded = true;
-		if (f->o.credentials) {
-			ret = netrc_lookup(f->o.credentials, a->authority, &a->cred);
+		if (o->credentials) {
+			ret = netrc_lookup(o->credentials, a->authority, &a->cred);
 			if (ret < 0 && ret != -ENOENT)
-				log_warn("cannot read credentials file '%s': %s", f->o.credentials,
+				log_warn("cannot read credentials file '%s': %s", o->credentials,
 					 ret == -EINVAL ? "bad syntax" : strerror(-ret));
 		}
-		if (ret < 0 && !f->o.no_netrc && home) {
+		if (ret < 0 && !o->no_netrc && home) {
 			char *netrc = xasprintf("%s/.netrc", home);
 			ret = netrc_lookup(netrc, a->authority, &a->cred);
 			if (ret < 0 && ret != -ENOENT)
@@ -559,7 +590,8 @@ static size_t on_range_data(char *data, size_t size, size_t n, void *arg)
 
 /* ---- jobs: lifecycle ---- */
 
-static CURL *new_easy(struct fetcher *f, struct job *j, const char *url)
+static CURL *new_easy(struct fetcher *f, struct job *j, const char *url,
+		      const struct remote_opts *o)
 {
 	CURL *e = curl_easy_init();
 
@@ -569,19 +601,20 @@ static CURL *new_easy(struct fetcher *f, struct job *j, const char *url)
 	}
 	curl_easy_setopt(e, CURLOPT_URL, url);
 	curl_easy_setopt(e, CURLOPT_PRIVATE, j);
+	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, j->errbuf);
 	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
 	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
 	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
 	curl_easy_setopt(e, CURLOPT_HEADERDATA, j);
-	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, (long)f->o.connect_timeout_s);
+	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, (long)o->connect_timeout_s);
 	curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-	curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)f->o.stall_timeout_s);
+	curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)o->stall_timeout_s);
 	curl_easy_setopt(e, CURLOPT_USERAGENT, f->o.user_agent);
 	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
 	curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 256L * 1024);
-	if (f->o.cacert)
-		curl_easy_setopt(e, CURLOPT_CAINFO, f->o.cacert);
+	if (o->cacert)
+		curl_easy_setopt(e, CURLOPT_CAINFO, o->cacert);
 	j->url = xstrdup(url);
 	j->content_length = -1;
 	return e;
@@ -626,6 +659,7 @@ static void job_remove(struct fetcher *f, struct job *j)
 static void memreq_free(struct memreq *r)
 {
 	remote_unref(r->remote);
+	free(r->path);
 	free(r->url);
 	free(r->accept);
 	free(r);
@@ -658,7 +692,12 @@ static void start_mem(struct fetcher *f, struct memreq *r)
 	j->f = f;
 	j->kind = JOB_MEM;
 	j->req = r;
-	j->easy = new_easy(f, j, r->url);
+	if (r->remote) {
+		free(r->url);
+		r->url = remote_url(r->remote, r->ep, r->path);
+	}
+	j->ep = r->ep;
+	j->easy = new_easy(f, j, r->url, r->remote ? &r->remote->o : &r->token_for->origin->o);
 	curl_easy_setopt(j->easy, CURLOPT_WRITEFUNCTION, on_mem_data);
 	curl_easy_setopt(j->easy, CURLOPT_WRITEDATA, j);
 	curl_easy_setopt(j->easy, CURLOPT_FOLLOWLOCATION, 1L);
@@ -678,7 +717,7 @@ static void start_mem(struct fetcher *f, struct memreq *r)
 	}
 	if (r->remote) {
 		j->to_registry = true;
-		auth_apply(f, j, auth_get(f, r->remote));
+		auth_apply(f, j, auth_get(f, r->remote, r->ep));
 	}
 	if (log_get_level() >= LOG_LVL_DEBUG) {
 		char *u = url_redact(r->url);
@@ -694,9 +733,15 @@ static void submit_mem(struct fetcher *f, struct memreq *r)
 	uint64_t now = now_ms();
 
 	if (r->due_ms <= now && r->remote) {
-		int ready = auth_ready(f, auth_get(f, r->remote), now);
+		r->ep = healthy_endpoint(f, r->remote, r->ep);
+		struct authent *a = auth_get(f, r->remote, r->ep);
+		int ready = auth_ready(f, a, now);
+		if (ready < 0 && r->ep + 1 < r->remote->nep) {
+			r->ep++;           /* that mirror will not let us in: the next one */
+			submit_mem(f, r);
+			return;
+		}
 		if (ready < 0) {
-			struct authent *a = auth_get(f, r->remote);
 			memreq_fail(r, ready, "%s", a->msg);
 			return;
 		}
@@ -778,17 +823,62 @@ static void token_done(struct http_result *res, void *arg)
 	http_result_release(res);
 }
 
-/* A finished small GET: retry, re-authenticate, or answer. */
+/* What curl said went wrong: its detailed message if it left one. */
+static const char *job_error(const struct job *j, CURLcode res)
+{
+	return j->errbuf[0] ? j->errbuf : curl_easy_strerror(res);
+}
+
+/* Is a transport failure worth another attempt? TLS and URL errors are not. */
+static bool transient_curl(CURLcode res)
+{
+	return res != CURLE_OK && res != CURLE_WRITE_ERROR &&
+	       res != CURLE_PEER_FAILED_VERIFICATION && res != CURLE_SSL_CACERT_BADFILE &&
+	       res != CURLE_UNSUPPORTED_PROTOCOL && res != CURLE_URL_MALFORMAT &&
+	       res != CURLE_TOO_MANY_REDIRECTS;
+}
+
+/* A mirror gets fewer attempts than the registry: the next endpoint is waiting. */
+static unsigned attempts_for(const struct remote *r, size_t ep)
+{
+	unsigned max = r->o.retry.max_attempts;
+
+	return r->ep[ep].mirror ? MIN(max, 2u) : max;
+}
+
+/* Leave a failing mirror for the next endpoint; remember it is down for a while. */
+static void mirror_failed(struct fetcher *f, const struct remote *r, size_t ep, const char *why)
+{
+	char *u = url_redact(r->ep[ep].base), *next = url_redact(r->ep[ep + 1].base);
+
+	hostinfo_get(f, r->ep[ep].authority)->down_until = now_ms() + MIRROR_DOWN_MS;
+	log_warn("mirror '%s' failed (%s); trying '%s'", u, why, next);
+	free(u);
+	free(next);
+}
+
+/* A finished small GET: retry, re-authenticate, try the next endpoint, or answer. */
 static void finish_mem(struct fetcher *f, struct job *j, CURLcode res)
 {
 	struct memreq *r = j->req;
 	struct http_result out = { 0 };
-	char msg[256];
+	const struct retry_policy *rp = r->remote ? &r->remote->o.retry
+						  : &r->token_for->origin->o.retry;
+	unsigned max = r->remote ? attempts_for(r->remote, r->ep) : rp->max_attempts;
+	char msg[1400];
 
 	j->req = NULL;
 	if (res == CURLE_OK && j->status == 401 && r->remote) {
-		struct authent *a = auth_get(f, r->remote);
+		struct authent *a = auth_get(f, r->remote, r->ep);
 		int ret = auth_challenged(f, a, j, r->auth_retried, msg, sizeof(msg));
+		if (ret < 0 && r->ep + 1 < r->remote->nep) {
+			mirror_failed(f, r->remote, r->ep, msg);
+			r->ep++;
+			r->attempt = 0;
+			r->auth_retried = false;
+			submit_mem(f, r);
+			return;
+		}
 		if (ret < 0) {
 			memreq_fail(r, ret, "%s", msg);
 			return;
@@ -797,15 +887,11 @@ static void finish_mem(struct fetcher *f, struct job *j, CURLcode res)
 		submit_mem(f, r);
 		return;
 	}
-	bool transient = (res != CURLE_OK && res != CURLE_WRITE_ERROR &&
-			  res != CURLE_PEER_FAILED_VERIFICATION && res != CURLE_SSL_CACERT_BADFILE &&
-			  res != CURLE_UNSUPPORTED_PROTOCOL && res != CURLE_URL_MALFORMAT &&
-			  res != CURLE_TOO_MANY_REDIRECTS) ||
-			 (res == CURLE_OK && http_status_retryable(j->status));
-	if (transient && ++r->attempt < f->o.retry.max_attempts) {   /* attempt: made so far */
-		uint64_t delay = retry_delay_ms(&f->o.retry, r->attempt, rnd()), ra;
+	bool transient = transient_curl(res) || (res == CURLE_OK && http_status_retryable(j->status));
+	if (transient && ++r->attempt < max) {   /* attempt: made so far */
+		uint64_t delay = retry_delay_ms(rp, r->attempt, rnd()), ra;
 		if (j->retry_after && http_parse_retry_after(j->retry_after, time(NULL), &ra) == 0)
-			delay = MAX(delay, MIN(ra, f->o.retry.retry_after_max_ms));
+			delay = MAX(delay, MIN(ra, rp->retry_after_max_ms));
 		if (log_get_level() >= LOG_LVL_DEBUG) {
 			char *u = url_redact(r->url);
 			log_debug("retrying %s in %llums", u, (unsigned long long)delay);
@@ -822,8 +908,7 @@ static void finish_mem(struct fetcher *f, struct job *j, CURLcode res)
 		snprintf(out.msg, sizeof(out.msg), "'%s' sent more than %zu bytes", where, r->max);
 	} else if (res != CURLE_OK) {
 		out.err = res == CURLE_PEER_FAILED_VERIFICATION ? -EACCES : -EIO;
-		snprintf(out.msg, sizeof(out.msg), "cannot get '%s': %s%s", where,
-			 curl_easy_strerror(res),
+		snprintf(out.msg, sizeof(out.msg), "cannot get '%s': %s%s", where, job_error(j, res),
 			 res == CURLE_PEER_FAILED_VERIFICATION
 			 ? " (is the CA known? see --cacert)" : "");
 	} else {
@@ -834,6 +919,16 @@ static void finish_mem(struct fetcher *f, struct job *j, CURLcode res)
 		}
 	}
 	free(where);
+	if (out.err && r->remote && r->ep + 1 < r->remote->nep) {
+		mirror_failed(f, r->remote, r->ep, out.msg);
+		r->ep++;
+		r->attempt = 0;
+		r->auth_retried = false;
+		r->due_ms = 0;
+		submit_mem(f, r);
+		return;
+	}
+	out.url = xstrdup(r->url);
 	out.body = j->body;
 	out.len = j->len;
 	j->body = NULL;
@@ -896,7 +991,8 @@ static void start_range(struct fetcher *f, struct source *s, struct retry *r)
 	j->auth_retried = r->auth_retried;
 	j->demand = r->demand;
 	j->next_boundary = chunkmap_end(j->geo, chunkmap_index(j->geo, j->pos));
-	j->easy = new_easy(f, j, url);
+	j->ep = s->ep;
+	j->easy = new_easy(f, j, url, &s->remote->o);
 	curl_easy_setopt(j->easy, CURLOPT_WRITEFUNCTION, on_range_data);
 	curl_easy_setopt(j->easy, CURLOPT_WRITEDATA, j);
 	snprintf(range, sizeof(range), "%llu-%llu", (unsigned long long)r->start,
@@ -904,15 +1000,19 @@ static void start_range(struct fetcher *f, struct source *s, struct retry *r)
 	curl_easy_setopt(j->easy, CURLOPT_RANGE, range);
 	if (r->fresh)
 		curl_easy_setopt(j->easy, CURLOPT_FRESH_CONNECT, 1L);
-	j->to_registry = url_same_origin(url, s->remote->base);
+	j->to_registry = url_same_origin(url, s->remote->ep[s->ep].base);
 	if (j->to_registry)
-		auth_apply(f, j, auth_get(f, s->remote));
+		auth_apply(f, j, auth_get(f, s->remote, s->ep));
 	if (!s->direct)
 		s->resolving = true;
 	s->jobs++;
 	f->nrange++;
 	free(r);
-	log_debug("GET %s bytes %s", s->direct ? "(direct)" : "(registry)", range);
+	if (log_get_level() >= LOG_LVL_DEBUG) {
+		char *u = url_redact(url);
+		log_debug("GET %s bytes %s", u, range);
+		free(u);
+	}
 	job_add(f, j);
 }
 
@@ -921,7 +1021,6 @@ static void chunksums_done(struct http_result *res, void *arg);
 struct cs_req {
 	struct fetcher *f;
 	struct source *s;
-	char *url;
 };
 
 /* Ask the registry for chunk checksums once per large fresh blob and host. */
@@ -931,17 +1030,11 @@ static bool want_chunksums(struct fetcher *f, struct source *s)
 
 	if (s->chunksums_checked)
 		return false;
-	if (!f->o.chunksums || !blob_wants_chunksums(s->blob)) {
+	h = hostinfo_get(f, s->remote->ep[s->ep].authority);
+	if (!s->remote->o.chunksums || h->no_chunksums || !blob_wants_chunksums(s->blob)) {
 		s->chunksums_checked = true;
 		blob_chunksums_done(s->blob);
 		return false;
-	}
-	for (h = f->hosts; h; h = h->next) {
-		if (strcasecmp(h->authority, s->remote->authority) == 0 && h->no_chunksums) {
-			s->chunksums_checked = true;
-			blob_chunksums_done(s->blob);
-			return false;
-		}
 	}
 	return true;
 }
@@ -954,8 +1047,8 @@ static void request_chunksums(struct fetcher *f, struct source *s)
 	c->f = f;
 	c->s = s;
 	r->remote = remote_ref(s->remote);
-	r->url = remote_chunksums_url(s->remote, blob_digest(s->blob));
-	c->url = xstrdup(r->url);
+	r->path = remote_chunksums_path(blob_digest(s->blob));
+	r->ep = s->ep;
 	r->max = 64u << 20;
 	r->done = chunksums_done;
 	r->arg = c;
@@ -976,8 +1069,8 @@ static void chunksums_done(struct http_result *res, void *arg)
 							      blob_size(s->blob), err, sizeof(err));
 		if (m) {
 			blob_adopt_chunks(s->blob, m);
-			if (res->content_location) {
-				char *u = url_resolve(c->url, res->content_location);
+			if (res->content_location && res->url) {
+				char *u = url_resolve(res->url, res->content_location);
 				if (u) {
 					free(s->start_url);
 					s->start_url = u;
@@ -987,15 +1080,10 @@ static void chunksums_done(struct http_result *res, void *arg)
 			log_warn("ignoring the registry's chunk checksums: %s", err);
 		}
 	} else if (res->status == 404 || res->status == 405 || res->status == 400) {
-		struct hostinfo *h = xcalloc(1, sizeof(*h));
-		h->authority = xstrdup(s->remote->authority);
-		h->no_chunksums = true;
-		h->next = c->f->hosts;
-		c->f->hosts = h;
+		hostinfo_get(c->f, s->remote->ep[s->ep].authority)->no_chunksums = true;
 	}
 	blob_chunksums_done(s->blob);
 	http_result_release(res);
-	free(c->url);
 	free(c);
 }
 
@@ -1036,7 +1124,10 @@ static void source_add(struct fetcher *f, struct blob *b)
 	s = xcalloc(1, sizeof(*s));
 	s->blob = b;
 	s->remote = remote_ref(r);
-	s->start_url = remote_blob_url(r, blob_digest(b));
+	s->ep = healthy_endpoint(f, r, 0);
+	char *path = remote_blob_path(blob_digest(b));
+	s->start_url = remote_url(r, s->ep, path);
+	free(path);
 	s->next = f->sources;
 	f->sources = s;
 }
@@ -1057,6 +1148,22 @@ static void source_free(struct fetcher *f, struct source *s)
 	(void)f;
 }
 
+/* Move a source to its next endpoint: a new blob URL, to be resolved afresh. */
+static void source_next_endpoint(struct source *s)
+{
+	char *path = remote_blob_path(blob_digest(s->blob));
+
+	s->ep++;
+	free(s->start_url);
+	s->start_url = remote_url(s->remote, s->ep, path);
+	free(path);
+	free(s->direct);
+	s->direct = NULL;
+	s->resolving = false;
+	s->redirects = s->reresolves = 0;
+	s->no_ranges = false;
+}
+
 /*
  * Classify a failed attempt of a range request and act: another attempt
  * (after a backoff), re-resolution of an expired CDN URL, authentication,
@@ -1070,7 +1177,7 @@ static void range_failed(struct fetcher *f, struct job *j, CURLcode res)
 	uint64_t now = now_ms(), delay = 0, ra;
 	char *where = url_redact(j->url);
 	int err = 0;
-	char msg[256] = "";
+	char msg[1024] = "";
 
 	r = retry_new(j->origin, j->pos, j->end);
 	r->attempt = progress ? 0 : j->attempt;
@@ -1078,6 +1185,13 @@ static void range_failed(struct fetcher *f, struct job *j, CURLcode res)
 	r->auth_retried = progress ? false : j->auth_retried;
 	r->demand = j->demand;
 
+	if (j->ep < s->ep && !j->werr) {
+		/* It went to a mirror the source has left since: go where it is now. */
+		r->attempt = 0;
+		r->auth_retried = false;
+		queue_retry(s, r, true);
+		goto out;
+	}
 	if (j->werr) {
 		err = j->werr;
 		snprintf(msg, sizeof(msg), "cannot write to the store: %s", strerror(-err));
@@ -1104,7 +1218,7 @@ static void range_failed(struct fetcher *f, struct job *j, CURLcode res)
 		goto out;
 	}
 	if (res == CURLE_OK && j->status == 401 && j->to_registry) {
-		struct authent *a = auth_get(f, s->remote);
+		struct authent *a = auth_get(f, s->remote, s->ep);
 		err = auth_challenged(f, a, j, j->auth_retried, msg, sizeof(msg));
 		if (err < 0)
 			goto final;
@@ -1143,25 +1257,25 @@ static void range_failed(struct fetcher *f, struct job *j, CURLcode res)
 	if (res == CURLE_PEER_FAILED_VERIFICATION || res == CURLE_SSL_CACERT_BADFILE) {
 		err = -EACCES;
 		snprintf(msg, sizeof(msg), "cannot verify the TLS certificate of '%s': %s "
-			 "(is the CA known? see --cacert)", where, curl_easy_strerror(res));
+			 "(is the CA known? see --cacert)", where, job_error(j, res));
 		goto final;
 	}
 	/* Transient: 5xx, 429, a reset, a stall, a short or malformed response. */
 	r->attempt++;                  /* attempts made without progress */
 	stat_add(f, &f->stats.errors, 1);
-	if (r->attempt >= f->o.retry.max_attempts) {
+	if (r->attempt >= attempts_for(s->remote, s->ep)) {
 		err = -EIO;
 		if (res != CURLE_OK && !j->bad)
 			snprintf(msg, sizeof(msg), "'%s': %s (gave up after %u attempts)", where,
-				 curl_easy_strerror(res), r->attempt);
+				 job_error(j, res), r->attempt);
 		else
 			snprintf(msg, sizeof(msg), "'%s': %s (gave up after %u attempts)", where,
 				 j->bad ? "invalid responses" : "server errors", r->attempt);
 		goto final;
 	}
-	delay = retry_delay_ms(&f->o.retry, r->attempt, rnd());
+	delay = retry_delay_ms(&s->remote->o.retry, r->attempt, rnd());
 	if (j->retry_after && http_parse_retry_after(j->retry_after, time(NULL), &ra) == 0) {
-		ra = MIN(ra, f->o.retry.retry_after_max_ms);
+		ra = MIN(ra, s->remote->o.retry.retry_after_max_ms);
 		delay = MAX(delay, ra);
 		s->pause_until = MAX(s->pause_until, now + ra);
 	}
@@ -1170,11 +1284,21 @@ static void range_failed(struct fetcher *f, struct job *j, CURLcode res)
 	stat_add(f, &f->stats.retries, 1);
 	log_debug("range %llu-%llu of '%s' failed (%s, HTTP %ld); attempt %u in %llums",
 		  (unsigned long long)j->pos, (unsigned long long)j->end - 1, where,
-		  res != CURLE_OK ? curl_easy_strerror(res) : j->bad ? "bad response" : "status",
+		  res != CURLE_OK ? job_error(j, res) : j->bad ? "bad response" : "status",
 		  j->status, r->attempt, (unsigned long long)delay);
 	queue_retry(s, r, false);
 	goto out;
 final:
+	if (!j->werr && s->ep + 1 < s->remote->nep) {
+		/* A mirror failed for good: the next endpoint (at last the registry) takes over. */
+		mirror_failed(f, s->remote, s->ep, msg);
+		source_next_endpoint(s);
+		r->attempt = 0;
+		r->auth_retried = false;
+		r->fresh = true;
+		queue_retry(s, r, true);
+		goto out;
+	}
 	free(r);
 	if (j->werr)
 		blob_fail(s->blob, err, msg);   /* a local error stops the whole blob */
@@ -1204,9 +1328,6 @@ static void finish_range(struct fetcher *f, struct job *j, CURLcode res)
 		note_rate(f, j);
 		if (!s->direct && j->to_registry)
 			s->direct = xstrdup(j->url);   /* the registry serves ranges itself */
-		if (j->cut && j->end < blob_size(s->blob) && j->status == 206 && !j->slow) {
-			/* nothing: the rest of a cut request belongs to whoever cut it */
-		}
 		return;
 	}
 	if (ok && j->pos < j->end) {
@@ -1336,10 +1457,15 @@ static bool source_ready(struct fetcher *f, struct source *s, uint64_t now)
 	}
 	if (now < s->pause_until)
 		return false;
-	if ((!s->direct || url_same_origin(s->direct, s->remote->base))) {
-		int ready = auth_ready(f, auth_get(f, s->remote), now);
+	if ((!s->direct || url_same_origin(s->direct, s->remote->ep[s->ep].base))) {
+		struct authent *a = auth_get(f, s->remote, s->ep);
+		int ready = auth_ready(f, a, now);
+		if (ready < 0 && s->ep + 1 < s->remote->nep) {
+			mirror_failed(f, s->remote, s->ep, a->msg);
+			source_next_endpoint(s);
+			return false;
+		}
 		if (ready < 0) {
-			struct authent *a = auth_get(f, s->remote);
 			blob_fail(s->blob, ready, a->msg);
 			while (s->retries) {
 				struct retry *r = s->retries;
@@ -1368,15 +1494,17 @@ static bool schedule_one(struct fetcher *f, struct source *s, uint64_t now, bool
 	uint64_t start, end, max;
 	int prio;
 
-	if (!source_ready(f, s, now))
+	if (!source_ready(f, s, now) || s->jobs >= s->remote->o.connections + f->o.demand_reserve ||
+	    (!demand_only && s->jobs >= s->remote->o.connections))
 		return false;
 	r = take_due_retry(s, now, demand_only);
 	if (r) {
 		start_range(f, s, r);
 		return true;
 	}
-	max = s->no_ranges ? blob_size(s->blob) : f->o.request_max;
-	prio = blob_claim(s->blob, demand_only, max, s->no_ranges ? 1 : f->o.connections,
+	max = s->no_ranges ? blob_size(s->blob) : s->remote->o.request_size;
+	prio = blob_claim(s->blob, demand_only, max,
+			  s->no_ranges ? 1 : MIN(f->o.connections, s->remote->o.connections),
 			  &start, &end);
 	if (prio < 0)
 		return false;
@@ -1566,6 +1694,7 @@ static void shutdown_all(struct fetcher *f)
 		f->auth = a->next;
 		free(a->authority);
 		free(a->scope);
+		remote_unref(a->origin);
 		auth_challenge_release(&a->ch);
 		if (a->token)
 			explicit_bzero(a->token, strlen(a->token));
@@ -1718,14 +1847,15 @@ void fetcher_kick(struct fetcher *f, struct blob *b)
 	curl_multi_wakeup(f->multi);
 }
 
-void fetcher_get_async(struct fetcher *f, struct remote *r, const char *url,
+void fetcher_get_async(struct fetcher *f, struct remote *r, const char *path,
 		       const char *accept, size_t max,
 		       void (*done)(struct http_result *res, void *arg), void *arg)
 {
 	struct memreq *q = xcalloc(1, sizeof(*q));
 
-	q->remote = r ? remote_ref(r) : NULL;
-	q->url = xstrdup(url);
+	q->remote = remote_ref(r);
+	q->path = xstrdup(path);
+	q->url = remote_url(r, 0, path);
 	q->accept = accept ? xstrdup(accept) : NULL;
 	q->max = max;
 	q->done = done;
@@ -1760,13 +1890,13 @@ static void sync_done(struct http_result *res, void *arg)
 	pthread_mutex_unlock(&g->lock);
 }
 
-int fetcher_get(struct fetcher *f, struct remote *r, const char *url,
+int fetcher_get(struct fetcher *f, struct remote *r, const char *path,
 		const char *accept, size_t max, struct http_result *res)
 {
 	struct sync_get g = { .lock = PTHREAD_MUTEX_INITIALIZER,
 			      .cond = PTHREAD_COND_INITIALIZER };
 
-	fetcher_get_async(f, r, url, accept, max, sync_done, &g);
+	fetcher_get_async(f, r, path, accept, max, sync_done, &g);
 	pthread_mutex_lock(&g.lock);
 	while (!g.done)
 		pthread_cond_wait(&g.cond, &g.lock);

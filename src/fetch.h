@@ -6,23 +6,15 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "http.h"
 
 struct blob;
 struct remote;
 struct fetcher;
 
+/* Settings of the network thread as a whole; per-host ones are in struct remote. */
 struct net_opts {
-	unsigned connections;       /* range requests in flight (default 16) */
+	unsigned connections;       /* range requests in flight in all (default 16) */
 	unsigned demand_reserve;    /* extra slots only reads may use */
-	uint64_t request_max;       /* largest range asked for in one request */
-	unsigned connect_timeout_s;
-	unsigned stall_timeout_s;   /* no bytes for this long: cancel and retry */
-	struct retry_policy retry;
-	const char *cacert;         /* CA bundle for TLS, or NULL for the system's */
-	const char *credentials;    /* netrc-syntax credentials file, or NULL */
-	bool no_netrc;              /* do not read ~/.netrc */
-	bool chunksums;             /* ask registries for Ollama chunk checksums */
 	const char *user_agent;
 };
 
@@ -46,25 +38,27 @@ void fetcher_stats(struct fetcher *f, struct fetch_stats *st);
 struct http_result {
 	int err;             /* 0, or negative errno */
 	long status;
+	char *url;           /* the URL that answered (before redirects curl followed) */
 	char *body;
 	size_t len;
 	char *content_type;
 	char *docker_digest; /* Docker-Content-Digest */
 	char *content_location;
-	char msg[256];       /* why it failed, for the user */
+	char msg[1024];      /* why it failed, for the user */
 };
 
 void http_result_release(struct http_result *r);
 
 /*
- * GET url (under remote r, whose credentials apply) into memory, at most max
- * bytes; authentication, redirects and retries are handled. Blocks the caller
- * until done. Never call it from the network thread.
+ * GET path (under the repository of remote r: "manifests/latest") into
+ * memory, at most max bytes; authentication, redirects, retries and mirrors
+ * are handled. Blocks the caller until done. Never call it from the network
+ * thread.
  */
-int fetcher_get(struct fetcher *f, struct remote *r, const char *url,
+int fetcher_get(struct fetcher *f, struct remote *r, const char *path,
 		const char *accept, size_t max, struct http_result *res);
 /* The same, answering through a callback on the network thread. */
-void fetcher_get_async(struct fetcher *f, struct remote *r, const char *url,
+void fetcher_get_async(struct fetcher *f, struct remote *r, const char *path,
 		       const char *accept, size_t max,
 		       void (*done)(struct http_result *res, void *arg), void *arg);
 

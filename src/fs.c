@@ -297,7 +297,7 @@ static int discover(struct fs *fs, const struct model_name *n)
 	if (recent_miss(fs, n))
 		return -ENOENT;
 	name_format(n, full, sizeof(full));
-	r = remote_new(n, fs->sess->opts.insecure);
+	r = session_remote(fs->sess, n);
 	if (!r)
 		return -ENOENT;
 	ret = registry_fetch_manifest(fs->sess->fetcher, r, n->tag, &buf, &len, &m,
@@ -784,6 +784,16 @@ static void reply_from_fd(fuse_req_t req, struct blob *b, uint64_t off, size_t s
 	fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
 }
 
+/*
+ * The errno a failed read returns: EIO, as readers expect of a filesystem,
+ * whatever the registry said (the log has the detail); but a full disk and
+ * an interrupted read keep theirs, since they mean something to the reader.
+ */
+static int read_errno(int err)
+{
+	return err == -ENOSPC || err == -EDQUOT || err == -EINTR ? -err : EIO;
+}
+
 static void parked_free(struct parked *p)
 {
 	blob_put(p->blob);
@@ -797,7 +807,7 @@ static void parked_done(struct blob_waiter *w, int err)
 
 	fuse_req_interrupt_func(p->req, NULL, NULL);
 	if (err)
-		fuse_reply_err(p->req, -err);
+		fuse_reply_err(p->req, read_errno(err));
 	else
 		reply_from_fd(p->req, p->blob, p->off, p->size);
 	parked_free(p);
@@ -891,7 +901,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	if (ret > 0)
 		reply_from_fd(req, b, (uint64_t)off, size);
 	else
-		fuse_reply_err(req, -ret);
+		fuse_reply_err(req, read_errno(ret));
 	parked_free(p);
 }
 
@@ -1016,6 +1026,11 @@ static void on_blob_failed(void *arg, const struct digest *d)
 		fuse_lowlevel_notify_inval_inode(fs->se, ino, 0, 0);
 }
 
+static struct remote *tag_remote(void *arg, const struct model_name *n)
+{
+	return session_remote(arg, n);
+}
+
 static void on_store_change(void *arg)
 {
 	struct fs *fs = arg;
@@ -1044,7 +1059,7 @@ int fs_mount(const struct session_opts *so, const struct fs_opts *fo, const char
 	fs->removed = strmap_new();
 	if (session_open(so, SESSION_WRITE, &fs->sess) < 0)
 		goto out;
-	fs->ix = index_new(fs->sess->store, so->insecure);
+	fs->ix = index_new(fs->sess->store, tag_remote, fs->sess);
 	index_scan(fs->ix, &added, &removed);
 
 	fs->se = fuse_session_new(&args, &ops, sizeof(ops), fs);
@@ -1061,8 +1076,8 @@ int fs_mount(const struct session_opts *so, const struct fs_opts *fo, const char
 		goto out_unmount;
 	if (!fo->foreground)
 		log_use_syslog(true);
-	fs->sess->opts.blob.on_fail = on_blob_failed;
-	fs->sess->opts.blob.on_fail_arg = fs;
+	fs->sess->blob.on_fail = on_blob_failed;
+	fs->sess->blob.on_fail_arg = fs;
 	if (session_start_net(fs->sess) < 0)
 		goto out_unmount;
 	fs->watch = watch_start(fs->sess->store->manifests, 3, 30, on_store_change, fs);

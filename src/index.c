@@ -49,7 +49,8 @@ struct bucket_entry {
 
 struct index {
 	struct store *store;
-	bool insecure;
+	struct remote *(*remote_for)(void *arg, const struct model_name *n);
+	void *remote_arg;
 	pthread_rwlock_t lock;
 	pthread_mutex_t scan_lock;
 
@@ -591,7 +592,7 @@ static struct itag *load_tag(struct index *ix, const struct model_name *n, const
 		itag_free(t);
 		return NULL;
 	}
-	t->remote = remote_new(n, ix->insecure);
+	t->remote = ix->remote_for(ix->remote_arg, n);
 	if (!t->remote) {
 		itag_free(t);
 		return NULL;
@@ -709,12 +710,15 @@ out:
 
 /* ---- setup ---- */
 
-struct index *index_new(struct store *s, bool insecure)
+struct index *index_new(struct store *s,
+			struct remote *(*remote_for)(void *arg, const struct model_name *n),
+			void *arg)
 {
 	struct index *ix = xcalloc(1, sizeof(*ix));
 
 	ix->store = s;
-	ix->insecure = insecure;
+	ix->remote_for = remote_for;
+	ix->remote_arg = arg;
 	pthread_rwlock_init(&ix->lock, NULL);
 	pthread_mutex_init(&ix->scan_lock, NULL);
 	ix->ino_buckets = 1024;

@@ -68,7 +68,10 @@ struct itag {
 
 struct index;
 
-struct index *index_new(struct store *s, bool insecure);
+/* remote_for gives the remote of a tag's repository (with a reference). */
+struct index *index_new(struct store *s,
+			struct remote *(*remote_for)(void *arg, const struct model_name *n),
+			void *arg);
 void index_free(struct index *ix);
 
 /*

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "conffile.h"
 #include "fs.h"
 #include "log.h"
 #include "util.h"
@@ -145,7 +146,7 @@ int main(int argc, char **argv)
 	uint64_t size;
 	int c;
 
-	session_opts_defaults(&so);
+	session_opts_init(&so);
 	fs_opts_defaults(&fo);
 	opterr = 0;    /* our own messages, naming the option */
 	while ((c = getopt_long(argc, argv, ":s:dqhVfo:", longopts, NULL)) != -1) {
@@ -153,7 +154,7 @@ int main(int argc, char **argv)
 			seen[c] = true;
 		switch (c) {
 		case OPT_STORE:
-			so.store = optarg;
+			conf_set_str(&so.cli, CF_STORE, optarg);
 			break;
 		case OPT_DEBUG:
 			log_set_level(LOG_LVL_DEBUG);
@@ -171,47 +172,56 @@ int main(int argc, char **argv)
 			pa.lazy = true;
 			break;
 		case OPT_INSECURE:
-			so.insecure = true;
+			so.cli.insecure = true;
+			so.cli.set |= CF_INSECURE;
 			break;
 		case OPT_CACERT:
-			so.net.cacert = optarg;
+			conf_set_str(&so.cli, CF_CACERT, optarg);
 			break;
 		case OPT_CREDENTIALS:
-			so.net.credentials = optarg;
+			conf_set_str(&so.cli, CF_CREDENTIALS, optarg);
 			break;
 		case OPT_NO_NETRC:
-			so.net.no_netrc = true;
+			so.cli.netrc = false;
+			so.cli.set |= CF_NETRC;
 			break;
 		case OPT_CONNECTIONS:
-			if (!parse_uint(optarg, 1, 256, &so.net.connections))
+			so.cli.set |= CF_CONNECTIONS;
+			if (!parse_uint(optarg, 1, 256, &so.cli.connections))
 				return usage_error("--connections wants a number from 1 to 256, not '%s'", optarg);
 			break;
 		case OPT_CHUNK_SIZE:
 			if (parse_size(optarg, &size) < 0 || size < 4096 || size > (1ULL << 30) ||
 			    (size & (size - 1)))
 				return usage_error("--chunk-size wants a power of two from 4K to 1G, not '%s'", optarg);
-			so.blob.chunk_size = size;
+			so.cli.chunk_size = size;
+			so.cli.set |= CF_CHUNK_SIZE;
 			break;
 		case OPT_REQUEST_SIZE:
 			if (parse_size(optarg, &size) < 0 || size < 4096 || size > (1ULL << 34))
 				return usage_error("--request-size wants a size from 4K to 16G, not '%s'", optarg);
-			so.net.request_max = size;
+			so.cli.request_size = size;
+			so.cli.set |= CF_REQUEST_SIZE;
 			break;
 		case OPT_STALL_TIMEOUT:
-			if (!parse_uint(optarg, 1, 3600, &so.net.stall_timeout_s))
+			so.cli.set |= CF_STALL_TIMEOUT;
+			if (!parse_uint(optarg, 1, 3600, &so.cli.stall_timeout_s))
 				return usage_error("--stall-timeout wants seconds from 1 to 3600, not '%s'", optarg);
 			break;
 		case OPT_READ_TIMEOUT:
 			if (!parse_uint(optarg, 1, 86400, &v))
 				return usage_error("--read-timeout wants seconds from 1 to 86400, not '%s'", optarg);
-			so.blob.read_timeout_ms = (uint64_t)v * 1000;
+			so.cli.read_timeout_s = v;
+			so.cli.set |= CF_READ_TIMEOUT;
 			break;
 		case OPT_RETRIES:
-			if (!parse_uint(optarg, 1, 100, &so.net.retry.max_attempts))
+			so.cli.set |= CF_RETRIES;
+			if (!parse_uint(optarg, 1, 100, &so.cli.retries))
 				return usage_error("--retries wants a number from 1 to 100, not '%s'", optarg);
 			break;
 		case OPT_NO_CHUNKSUMS:
-			so.net.chunksums = false;
+			so.cli.chunksums = false;
+			so.cli.set |= CF_CHUNKSUMS;
 			break;
 		case OPT_FOREGROUND:
 			fo.foreground = true;
@@ -246,7 +256,15 @@ int main(int argc, char **argv)
 	if (seen[OPT_LAZY] && strcmp(cmd, "pull") != 0)
 		return usage_error("%s", "--lazy applies to 'pull' only");
 
-	return dispatch(cmd, args, nargs, &so, &pa, &fo, mopts, nmopts);
+	char err[512];
+	if (session_opts_load(&so, err, sizeof(err)) < 0) {
+		fprintf(stderr, "blobfs: error: bad configuration: %s\n", err);
+		session_opts_release(&so);
+		return EXIT_FAIL;
+	}
+	int ret = dispatch(cmd, args, nargs, &so, &pa, &fo, mopts, nmopts);
+	session_opts_release(&so);
+	return ret;
 }
 
 /* Run the command, its options parsed. */

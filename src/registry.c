@@ -22,16 +22,17 @@ int registry_fetch_manifest(struct fetcher *f, struct remote *r, const char *tag
 			    char *err, size_t errlen)
 {
 	struct http_result res;
-	char *url = remote_manifest_url(r, tag);
+	char *path = xasprintf("manifests/%s", tag);
 	char why[256];
 	int ret;
 
 	*buf = NULL;
 	*m = NULL;
-	ret = fetcher_get(f, r, url, MANIFEST_ACCEPT, MANIFEST_MAX_BYTES, &res);
-	free(url);
+	ret = fetcher_get(f, r, path, MANIFEST_ACCEPT, MANIFEST_MAX_BYTES, &res);
+	free(path);
 	if (ret == -ENOENT) {
-		snprintf(err, errlen, "'%s:%s' was not found on '%s'", r->repo, tag, r->authority);
+		snprintf(err, errlen, "'%s:%s' was not found on '%s'", r->repo, tag,
+			 remote_upstream(r)->authority);
 		goto out;
 	}
 	if (ret == -EMSGSIZE) {

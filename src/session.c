@@ -1,34 +1,135 @@
 /*
- * session.c - one place that opens, in order, what every command and the
- * mount need, and closes it in reverse: the network thread first (so no more
- * bytes arrive), then the blob cache (whose worker makes progress durable).
+ * session.c - one place that settles the settings and opens, in order, what
+ * every command and the mount need, and closes it in reverse: the network
+ * thread first (so no more bytes arrive), then the blob cache (whose worker
+ * makes progress durable).
+ *
+ * The store remembers one thing about hosts in .blobfs/hosts, in the
+ * configuration file's syntax: the scheme a host was pulled with when the
+ * name said so (https://127.0.0.1:5000/...), so that a later mount talks to
+ * it the same way instead of guessing from the host name.
  */
 #include "config.h"
 
+#include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
+#include "log.h"
+#include "remote.h"
 #include "session.h"
 #include "store.h"
 #include "util.h"
 
-void session_opts_defaults(struct session_opts *o)
+void session_opts_init(struct session_opts *o)
 {
 	memset(o, 0, sizeof(*o));
-	net_opts_defaults(&o->net);
+}
+
+int session_opts_load(struct session_opts *o, char *err, size_t errlen)
+{
+	const char *store = getenv("BLOBFS_STORE");
+
+	if (store && *store) {
+		free(o->env.store);
+		o->env.store = xstrdup(store);
+		o->env.set |= CF_STORE;
+	}
+	return config_load_default(&o->files, err, errlen);
+}
+
+void session_opts_release(struct session_opts *o)
+{
+	config_release(&o->files);
+	conf_release(&o->env);
+	conf_release(&o->cli);
+}
+
+void session_conf(const struct session *s, const char *host, struct conf *out)
+{
+	struct conf layer;
+
+	conf_defaults(out);
+	if (host) {
+		config_for_host(&s->opts->files, host, &layer);
+		conf_merge(out, &layer);
+		conf_release(&layer);
+		config_for_host(&s->recorded, host, &layer);
+		conf_merge(out, &layer);
+		conf_release(&layer);
+	} else {
+		conf_merge(out, &s->opts->files.global);
+	}
+	conf_merge(out, &s->opts->env);
+	conf_merge(out, &s->opts->cli);
+}
+
+struct remote *session_remote(const struct session *s, const struct model_name *n)
+{
+	struct conf c;
+	struct remote *r;
+
+	session_conf(s, n->host, &c);
+	r = remote_new(n, &c);
+	conf_release(&c);
+	return r;
+}
+
+static char *hosts_path(const struct session *s)
+{
+	return xasprintf("%s/hosts", s->store->state);
+}
+
+void session_record_scheme(struct session *s, const struct model_name *n)
+{
+	struct conf have;
+	char err[256], *path, *text = NULL;
+	size_t len = 0;
+
+	if (!n->scheme[0] || !s->store->writable)
+		return;
+	config_for_host(&s->recorded, n->host, &have);
+	bool same = have.scheme && strcmp(have.scheme, n->scheme) == 0;
+	conf_release(&have);
+	if (same)
+		return;
+	path = hosts_path(s);
+	if (read_file(path, 1u << 20, &text, &len) < 0) {
+		text = xstrdup("# Written by blobfs: how hosts were reached. Edit with care.\n");
+		len = strlen(text);
+	}
+	char *more = xasprintf("%.*s[host %s]\nscheme = %s\n", (int)len, text, n->host, n->scheme);
+	if (config_load_text(&s->recorded, path, more, strlen(more), err, sizeof(err)) == 0 &&
+	    write_file_atomic(s->store->tmp, path, more, strlen(more), 0600) < 0)
+		log_warn("cannot record the scheme of '%s' in '%s'", n->host, path);
+	free(more);
+	free(text);
+	free(path);
 }
 
 int session_open(const struct session_opts *o, unsigned flags, struct session **out)
 {
 	struct session *s = xcalloc(1, sizeof(*s));
-	char *root = store_default_root(o->store);
+	struct conf g;
+	char *root, err[512];
 	int ret;
 
-	s->opts = *o;
+	s->opts = o;
+	session_conf(s, NULL, &g);
+	root = store_default_root((g.set & CF_STORE) ? g.store : NULL);
+	s->blob.chunk_size = g.chunk_size;
+	s->blob.read_timeout_ms = (uint64_t)g.read_timeout_s * 1000;
+	conf_release(&g);
 	ret = store_open(root, flags & (SESSION_WRITE | SESSION_NET), &s->store);
 	free(root);
 	if (ret < 0)
 		goto fail;
+	char *path = hosts_path(s);
+	if (config_load_file(&s->recorded, path, err, sizeof(err)) < 0)
+		log_warn("ignoring %s", err);
+	free(path);
 	if ((flags & SESSION_NET) && (ret = session_start_net(s)) < 0)
 		goto fail;
 	*out = s;
@@ -40,11 +141,18 @@ fail:
 
 int session_start_net(struct session *s)
 {
-	int ret = fetcher_start(&s->opts.net, &s->fetcher);
+	struct net_opts no;
+	struct conf g;
+	int ret;
 
+	net_opts_defaults(&no);
+	session_conf(s, NULL, &g);
+	no.connections = g.connections;
+	conf_release(&g);
+	ret = fetcher_start(&no, &s->fetcher);
 	if (ret < 0)
 		return ret;
-	s->cache = blobcache_new(s->store, s->fetcher, &s->opts.blob);
+	s->cache = blobcache_new(s->store, s->fetcher, &s->blob);
 	return 0;
 }
 
@@ -56,5 +164,6 @@ void session_close(struct session *s)
 	blobcache_free(s->cache);
 	fetcher_free(s->fetcher);
 	store_close(s->store);
+	config_release(&s->recorded);
 	free(s);
 }

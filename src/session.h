@@ -1,27 +1,39 @@
-/* session.h - what one blobfs process holds open: store, network thread, blobs. */
+/* session.h - what one blobfs process holds open: settings, store, network, blobs. */
 #ifndef BLOBFS_SESSION_H
 #define BLOBFS_SESSION_H
 
 #include <stdbool.h>
 
 #include "blob.h"
+#include "conffile.h"
 #include "fetch.h"
+#include "name.h"
 
+/*
+ * Settings come in layers, each overriding the one before: defaults, the
+ * configuration files, what the store recorded (the scheme a host was pulled
+ * with), the environment, the command line.
+ */
 struct session_opts {
-	const char *store;          /* --store, or NULL for the default */
-	bool insecure;              /* plain HTTP to hosts without a scheme */
-	struct net_opts net;
-	struct blob_opts blob;
+	struct config files;        /* /etc/blobfs/config, then the user's */
+	struct conf env;            /* BLOBFS_STORE */
+	struct conf cli;            /* the command line (and mount -o) */
 };
 
+void session_opts_init(struct session_opts *o);
+/* Read the configuration files and the environment; -EINVAL with a reason in err. */
+int session_opts_load(struct session_opts *o, char *err, size_t errlen);
+void session_opts_release(struct session_opts *o);
+
 struct session {
+	const struct session_opts *opts;
+	struct config recorded;     /* per-host facts the store remembers */
 	struct store *store;
 	struct fetcher *fetcher;
 	struct blobcache *cache;
-	struct session_opts opts;
+	struct blob_opts blob;
 };
 
-void session_opts_defaults(struct session_opts *o);
 enum {
 	SESSION_WRITE = 1,          /* create the store if needed; it must be writable */
 	SESSION_NET = 2,            /* start the network thread and the blob cache */
@@ -31,5 +43,12 @@ int session_open(const struct session_opts *o, unsigned flags, struct session **
 /* Start the network thread and blob cache later (after a fork, say). */
 int session_start_net(struct session *s);
 void session_close(struct session *s);
+
+/* The effective settings for a registry host (NULL: the global ones). */
+void session_conf(const struct session *s, const char *host, struct conf *out);
+/* Where and how to reach a model's repository. */
+struct remote *session_remote(const struct session *s, const struct model_name *n);
+/* Remember that a host was reached with an explicit scheme (https:// in a name). */
+void session_record_scheme(struct session *s, const struct model_name *n);
 
 #endif

@@ -25,6 +25,8 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers", "timing: asserts loose wall-clock bounds; may flake on an overloaded machine")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    config.addinivalue_line(
+        "markers", "faults: the fault suite (make check-faults runs it alone)")
 
 
 @pytest.fixture(scope="session")

@@ -11,6 +11,17 @@ so tests can count exactly what the CDN sent.
         mark = reg.cdn_log_mark()
         ...                                  # download through reg.url
         assert reg.cdn_bytes_sent(since=mark) < limit
+
+With ``tls=True`` a second nginx terminates TLS on 127.0.0.1 in front of the
+registry (which stays on plain HTTP behind it), and the CDN, if any, speaks TLS
+too.  The certificate is the caller's (``tls_cert``/``tls_key``, e.g. from
+make_server_cert) or, by default, one made here for ``localhost`` and
+127.0.0.1 by a throwaway CA whose certificate is ``reg.ca_cert``:
+
+    with DockerRegistry(tls=True, cdn=True) as reg:
+        push_model(reg.backend_url, ...)     # pushes skip the TLS front
+        ...                                  # clients use reg.url (https://...)
+                                             # and trust reg.ca_cert
 """
 
 import ctypes
@@ -22,6 +33,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -89,6 +101,65 @@ def free_port():
         return sock.getsockname()[1]
 
 
+class CertAuthority:
+    """A throwaway certificate authority made with the openssl CLI: cert and key
+    are PEM file paths (the key unencrypted)."""
+
+    def __init__(self, cert, key):
+        self.cert = Path(cert)
+        self.key = Path(key)
+
+
+def _openssl(*args):
+    openssl = find_tool("openssl", "openssl")
+    result = subprocess.run([openssl, *map(str, args)], stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=30)
+    if result.returncode != 0:
+        raise RuntimeError(f"openssl {' '.join(map(str, args))} failed:\n{result.stderr}")
+
+
+def make_ca(directory, name="blobfs test CA"):
+    """Create DIRECTORY/ca.pem and DIRECTORY/ca.key, a self-signed CA valid for 2 days."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / "ca.pem", directory / "ca.key"
+    _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+             "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", f"/CN={name}",
+             "-addext", "basicConstraints=critical,CA:TRUE",
+             "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    return CertAuthority(cert, key)
+
+
+def make_server_cert(ca, directory, dns_names=("localhost",), ip_addresses=("127.0.0.1",),
+                     stem="server"):
+    """A server certificate signed by CA (a CertAuthority) for the given subjectAltNames.
+
+    Writes DIRECTORY/STEM.pem and DIRECTORY/STEM.key; returns (cert, key) paths.
+    The common name is the first DNS name (or address); clients that honour
+    subjectAltName ignore it.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / f"{stem}.pem", directory / f"{stem}.key"
+    csr, ext = directory / f"{stem}.csr", directory / f"{stem}.ext"
+    sans = [f"DNS:{name}" for name in dns_names] + [f"IP:{addr}" for addr in ip_addresses]
+    if not sans:
+        raise ValueError("a server certificate needs at least one DNS name or IP address")
+    common_name = (list(dns_names) + list(ip_addresses))[0]
+    ext.write_text(
+        "basicConstraints=critical,CA:FALSE\n"
+        "keyUsage=critical,digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\n"
+        f"subjectAltName={','.join(sans)}\n"
+    )
+    _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+             "-keyout", key, "-out", csr, "-subj", f"/CN={common_name}")
+    _openssl("x509", "-req", "-in", csr, "-CA", ca.cert, "-CAkey", ca.key,
+             "-set_serial", "0x" + secrets.token_hex(8), "-days", "2",
+             "-extfile", ext, "-out", cert)
+    return cert, key
+
+
 def _die_with_parent():
     """Run in the child before exec: get SIGTERM if the test process dies."""
     _libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -132,9 +203,17 @@ class _Server:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def _probe(port, path, timeout=1.0):
-    """The response to GET http://127.0.0.1:PORT/PATH, or None if nothing answers."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+def _probe(port, path, timeout=1.0, tls=False):
+    """The response to GET http[s]://127.0.0.1:PORT/PATH, or None if nothing answers.
+
+    With TLS the certificate is not checked: the instance token header is."""
+    if tls:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=timeout, context=context)
+    else:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         conn.request("GET", path)
         resp = conn.getresponse()
@@ -146,7 +225,7 @@ def _probe(port, path, timeout=1.0):
         conn.close()
 
 
-def _start_on_free_port(name, launch, ready_path, ready_status, token, timeout):
+def _start_on_free_port(name, launch, ready_path, ready_status, token, timeout, tls=False):
     """Start a server via launch(port) -> _Server; retry on port races.
 
     Waits until GET READY_PATH answers READY_STATUS with TOKEN in the
@@ -158,7 +237,7 @@ def _start_on_free_port(name, launch, ready_path, ready_status, token, timeout):
         server = launch(port)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and server.alive():
-            response = _probe(port, ready_path)
+            response = _probe(port, ready_path, tls=tls)
             if (response is not None and response.status == ready_status
                     and response.getheader(_TOKEN_HEADER) == token):
                 return server, port
@@ -206,17 +285,32 @@ def _shutdown(servers, workdir):
 class DockerRegistry:
     """A throwaway registry (no auth, deletes enabled) on 127.0.0.1.
 
-    Attributes: url ("http://127.0.0.1:PORT"), host ("127.0.0.1:PORT"), rootdir
-    (storage root), workdir (temp dir holding config, logs and storage); with a
-    CDN also cdn_url and cdn_host.  Servers stop and the temp dir is removed on
-    stop(), on leaving the ``with`` block, on garbage collection or at exit.
+    Attributes: url ("http://127.0.0.1:PORT", or "https://..." with tls), host
+    ("127.0.0.1:PORT"), backend_url (the registry itself over plain HTTP: equal
+    to url without tls), rootdir (storage root), workdir (temp dir holding
+    config, logs and storage); with a CDN also cdn_url and cdn_host; with tls
+    also ca_cert (the CA that signed the default certificate, None when the
+    caller gave one), tls_cert and tls_key.  Servers stop and the temp dir is
+    removed on stop(), on leaving the ``with`` block, on garbage collection or
+    at exit.
     """
 
-    def __init__(self, cdn=False, cdn_rate=None, start_timeout=15.0):
+    def __init__(self, cdn=False, cdn_rate=None, start_timeout=15.0, tls=False,
+                 tls_cert=None, tls_key=None, cdn_tls_cert=None, cdn_tls_key=None):
         """cdn_rate: nginx limit_rate, which caps each request (e.g. "40m" =
-        40 MiB/s), not the total; implies cdn."""
+        40 MiB/s), not the total; implies cdn.
+
+        tls: put an nginx TLS front before the registry (url becomes https://)
+        and serve the CDN over TLS.  tls_cert/tls_key: PEM files of the
+        server certificate (default: made here for localhost and 127.0.0.1);
+        cdn_tls_cert/cdn_tls_key: the CDN's, if different from the front's.
+        """
         registry_bin = find_tool("docker-registry", "docker-registry")
-        nginx_bin = find_tool("nginx", "nginx-light") if cdn or cdn_rate else None
+        nginx_bin = find_tool("nginx", "nginx-light") if cdn or cdn_rate or tls else None
+        if (tls_cert is None) != (tls_key is None) or (cdn_tls_cert is None) != (cdn_tls_key is None):
+            raise ValueError("give a certificate and its key together")
+        if not tls and (tls_cert or cdn_tls_cert):
+            raise ValueError("tls_cert and cdn_tls_cert need tls=True")
         self.workdir = Path(tempfile.mkdtemp(prefix="blobfs-registry-"))
         self.rootdir = self.workdir / "storage"
         self.rootdir.mkdir()
@@ -224,22 +318,39 @@ class DockerRegistry:
         self.registry_access_log = self.workdir / "registry-access.log"
         self.cdn_url = self.cdn_host = None
         self.cdn_access_log = self.workdir / "cdn" / "access.log"
+        self.tls = tls
+        self.ca_cert = self.tls_cert = self.tls_key = None
+        self.tls_access_log = self.workdir / "tls" / "access.log"
         self._servers = []
         self._token = secrets.token_hex(8)  # tells our servers from strangers
         self._finalizer = weakref.finalize(self, _shutdown, self._servers, self.workdir)
         try:
-            if nginx_bin:
-                cdn_port = self._start_cdn(nginx_bin, cdn_rate, start_timeout)
+            if tls:
+                if tls_cert is None:
+                    ca = make_ca(self.workdir / "pki")
+                    tls_cert, tls_key = make_server_cert(ca, self.workdir / "pki")
+                    self.ca_cert = ca.cert
+                self.tls_cert, self.tls_key = Path(tls_cert), Path(tls_key)
+                if cdn_tls_cert is None:
+                    cdn_tls_cert, cdn_tls_key = tls_cert, tls_key
+            if cdn or cdn_rate:
+                cdn_tls = (cdn_tls_cert, cdn_tls_key) if tls else None
+                cdn_port = self._start_cdn(nginx_bin, cdn_rate, start_timeout, cdn_tls)
                 self.cdn_host = f"127.0.0.1:{cdn_port}"
-                self.cdn_url = f"http://{self.cdn_host}"
+                self.cdn_url = f"{'https' if tls else 'http'}://{self.cdn_host}"
             port = self._start_registry(registry_bin, start_timeout)
+            self.backend_host = f"127.0.0.1:{port}"
+            self.backend_url = f"http://{self.backend_host}"
+            if tls:
+                port = self._start_tls_front(nginx_bin, port, start_timeout)
         except BaseException:
             self.stop()
             raise
         self.host = f"127.0.0.1:{port}"
-        self.url = f"http://{self.host}"
+        self.url = f"{'https' if tls else 'http'}://{self.host}"
         # Log offset after the readiness probes: the default "since".
         self._registry_log_start = _read_log(self.registry_access_log, 0)[1]
+        self._tls_log_start = _read_log(self.tls_access_log, 0)[1] if tls else 0
 
     def _registry_config(self, port):
         config = {
@@ -280,28 +391,14 @@ class DockerRegistry:
         self._servers.append(server)
         return port
 
-    def _nginx_config(self, prefix, port, rate):
-        user = "user root;\n" if os.geteuid() == 0 else ""
+    def _nginx_config(self, prefix, port, rate, tls=None):
+        """The CDN's nginx.conf; TLS: (cert, key) to listen with TLS."""
         limit = f"            limit_rate {rate};\n" if rate else ""
-        temp = "".join(
-            f"    {kind}_temp_path {prefix}/tmp/{kind};\n"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        return (
-            f"# Static CDN for the test registry's storage directory.\n"
-            f"{user}"
-            f"worker_processes 1;\n"
-            f"pid {prefix}/nginx.pid;\n"
-            f"error_log {prefix}/error.log info;\n"
-            f"events {{ worker_connections 1024; }}\n"
-            f"http {{\n"
-            f"    log_format cdn {_CDN_LOG_FORMAT};\n"
-            f"    access_log {self.cdn_access_log} cdn;\n"
-            f"{temp}"
+        return self._nginx_main(prefix, self.cdn_access_log, (
             f"    default_type application/octet-stream;\n"
             f"    sendfile on;\n"
             f"    server {{\n"
-            f"        listen 127.0.0.1:{port};\n"
+            f"{self._nginx_listen(port, tls)}"
             f"        root {self.rootdir};\n"
             f"        location = {_CDN_READY_PATH} {{\n"
             f"            access_log off;\n"
@@ -312,18 +409,67 @@ class DockerRegistry:
             f"{limit}"
             f"        }}\n"
             f"    }}\n"
+        ), "# Static CDN for the test registry's storage directory.\n")
+
+    @staticmethod
+    def _nginx_listen(port, tls):
+        if tls is None:
+            return f"        listen 127.0.0.1:{port};\n"
+        cert, key = tls
+        return (
+            f"        listen 127.0.0.1:{port} ssl;\n"
+            f"        ssl_certificate {cert};\n"
+            f"        ssl_certificate_key {key};\n"
+        )
+
+    def _nginx_main(self, prefix, access_log, http_body, comment):
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        temp = "".join(
+            f"    {kind}_temp_path {prefix}/tmp/{kind};\n"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        return (
+            f"{comment}"
+            f"{user}"
+            f"worker_processes 1;\n"
+            f"pid {prefix}/nginx.pid;\n"
+            f"error_log {prefix}/error.log info;\n"
+            f"events {{ worker_connections 1024; }}\n"
+            f"http {{\n"
+            f"    log_format cdn {_CDN_LOG_FORMAT};\n"
+            f"    access_log {access_log} cdn;\n"
+            f"{temp}"
+            f"{http_body}"
             f"}}\n"
         )
 
-    def _start_cdn(self, nginx_bin, rate, timeout):
-        prefix = self.workdir / "cdn"
+    def _tls_front_config(self, prefix, port, backend_port):
+        return self._nginx_main(prefix, self.tls_access_log, (
+            f"    server {{\n"
+            f"{self._nginx_listen(port, (self.tls_cert, self.tls_key))}"
+            f"        client_max_body_size 0;\n"
+            f"        location / {{\n"
+            f"            proxy_pass http://127.0.0.1:{backend_port};\n"
+            f"            proxy_http_version 1.1;\n"
+            f"            proxy_set_header Host $http_host;\n"
+            f"            proxy_set_header X-Forwarded-Proto https;\n"
+            f"            proxy_set_header Connection \"\";\n"
+            f"            proxy_buffering off;\n"
+            f"            proxy_request_buffering off;\n"
+            f"            proxy_read_timeout 300s;\n"
+            f"        }}\n"
+            f"    }}\n"
+        ), "# TLS front for the test registry.\n")
+
+    def _start_nginx(self, nginx_bin, name, prefix, make_config, ready_path, ready_status,
+                     timeout, tls):
         (prefix / "tmp").mkdir(parents=True)
         conf = prefix / "nginx.conf"
 
         def launch(port):
-            conf.write_text(self._nginx_config(prefix, port, rate))
+            conf.write_text(make_config(port))
             return _Server(
-                "nginx",
+                name,
                 [nginx_bin, "-p", f"{prefix}/", "-c", str(conf),
                  "-e", str(prefix / "error.log"), "-g", "daemon off;"],
                 prefix / "stdout.log",
@@ -331,9 +477,23 @@ class DockerRegistry:
             )
 
         server, port = _start_on_free_port(
-            "nginx", launch, _CDN_READY_PATH, 204, self._token, timeout)
+            name, launch, ready_path, ready_status, self._token, timeout, tls=tls)
         self._servers.append(server)
         return port
+
+    def _start_cdn(self, nginx_bin, rate, timeout, tls=None):
+        prefix = self.workdir / "cdn"
+        return self._start_nginx(
+            nginx_bin, "nginx", prefix, lambda port: self._nginx_config(prefix, port, rate, tls),
+            _CDN_READY_PATH, 204, timeout, tls is not None)
+
+    def _start_tls_front(self, nginx_bin, backend_port, timeout):
+        prefix = self.workdir / "tls"
+        # The registry's /v2/ answers 200 with the instance header through the proxy.
+        return self._start_nginx(
+            nginx_bin, "nginx-tls", prefix,
+            lambda port: self._tls_front_config(prefix, port, backend_port),
+            "/v2/", 200, timeout, True)
 
     def stop(self):
         """Stop nginx and the registry, remove the temp dir (idempotent)."""
@@ -347,7 +507,8 @@ class DockerRegistry:
 
     @property
     def pids(self):
-        """PIDs of the running servers (nginx master first when there is a CDN);
+        """PIDs of the running servers (CDN nginx master first when there is a
+        CDN, then the registry, then the TLS front's nginx master with tls);
         each leads its own process group, so os.killpg(pid, sig) reaches workers."""
         return [server.popen.pid for server in self._servers if server.alive()]
 
@@ -408,6 +569,21 @@ class DockerRegistry:
         self._require_cdn()
         return [json.loads(line) for line in _read_log(self.cdn_access_log, since)[0]]
 
+    def tls_log_mark(self):
+        """Offset in the TLS front's access log (requires tls)."""
+        self._require_tls()
+        return _read_log(self.tls_access_log, 0)[1]
+
+    def tls_log_entries(self, since=None):
+        """Requests the TLS front answered after offset SINCE (default: since it
+        became ready, so the harness's probes are not counted), oldest first;
+        dicts as cdn_log_entries gives.  A client that gave up during the TLS
+        handshake sent no request, so it leaves no entry."""
+        self._require_tls()
+        if since is None:
+            since = self._tls_log_start
+        return [json.loads(line) for line in _read_log(self.tls_access_log, since)[0]]
+
     def cdn_bytes_sent(self, since=0):
         """Bytes the CDN sent (headers + bodies) after offset SINCE."""
         return sum(e["bytes_sent"] for e in self.cdn_log_entries(since))
@@ -415,6 +591,10 @@ class DockerRegistry:
     def cdn_body_bytes_sent(self, since=0):
         """Body bytes the CDN sent after offset SINCE."""
         return sum(e["body_bytes_sent"] for e in self.cdn_log_entries(since))
+
+    def _require_tls(self):
+        if not self.tls:
+            raise RuntimeError("this DockerRegistry was started without TLS (tls=True)")
 
     def _require_cdn(self):
         if not self.cdn_url:

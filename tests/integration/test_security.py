@@ -1,0 +1,792 @@
+"""Security tests of blobfs against real servers on loopback: TLS with a test CA
+(Debian's docker-registry behind an nginx TLS front, blobs redirected to an
+nginx CDN that speaks TLS too), secrets kept out of --debug logs (bearer
+tokens, Basic credentials, presigned CDN URLs from tests/lib/faultreg.py), the
+mode of the store's state directory, who may enter a mount, and when plain
+HTTP is used.
+
+Certificates are made with the openssl CLI in a temp dir (dockerreg.make_ca,
+dockerreg.make_server_cert).  Names that must not count as loopback use the
+host REGISTRY_NAME, which resolves to 127.0.0.1 only inside a private mount
+namespace whose /etc/hosts is a bind-mounted test file (unshare --mount);
+blobfs runs inside it, and a mount made there is reached with nsenter.  When
+the namespace's last process exits its mounts go with it.
+
+Every child runs with a time limit, every server and mount is stopped after
+its test, and a failing test prints the daemon's log.
+"""
+
+import base64
+import errno
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import dockerreg
+from faultreg import FaultRegistry, _Grant
+from models import OLLAMA_MODEL, OLLAMA_TEMPLATE, make_model, push_model
+
+MiB = 1 << 20
+REPO = "library/x"
+PYTHON = "/usr/bin/python3"
+REGISTRY_NAME = "registry.blobfs.test"  # not loopback by name; 127.0.0.1 in the test namespace
+NOBODY = 65534
+USER = "alice"
+PASSWORD = "s3cr3t-PASS"
+SIG_MARK = "TOPSECRET"
+MOUNT_TIMEOUT = 15.0
+CHILD_TIMEOUT = 40.0
+
+CERT_PROBLEM = re.compile(r"certificate|\bCA\b|\bSSL\b|\bTLS\b", re.I)
+
+
+# ---------------------------------------------------------------- small helpers
+
+
+def sha256_file(path):
+    with open(path, "rb") as f:
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def blob_files(store):
+    blobs = Path(store) / "blobs"
+    return sorted(p.name for p in blobs.iterdir()) if blobs.is_dir() else []
+
+
+def files_under(path):
+    path = Path(path)
+    if not path.exists():
+        return []
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+
+
+def assert_store_holds(store, host, model, repo=REPO):
+    """Every blob of MODEL is in blobs/ and hashes to its name; the manifest is byte-exact."""
+    for blob in model.blobs:
+        path = Path(store) / "blobs" / ("sha256-" + blob.hex)
+        assert path.is_file(), f"{path.name} missing from blobs/ (have {blob_files(store)})"
+        assert sha256_file(path) == blob.digest, f"{path.name} does not hash to its name"
+    manifest = Path(store) / "manifests" / host / repo / "latest"
+    assert manifest.read_bytes() == model.manifest_bytes
+
+
+def assert_nothing_stored(store):
+    assert blob_files(store) == [], f"blobs/ holds {blob_files(store)} after a refused pull"
+    assert files_under(Path(store) / "manifests") == [], \
+        f"manifests/ holds {files_under(Path(store) / 'manifests')} after a refused pull"
+
+
+def error_lines(stderr):
+    errors = [line for line in stderr.splitlines() if line.startswith("blobfs: error: ")]
+    assert errors, f"no 'blobfs: error: ...' line on stderr:\n{stderr}"
+    return "\n".join(errors)
+
+
+def debug_lines(text):
+    return [line for line in text.splitlines() if line.startswith("blobfs: debug: ")]
+
+
+def run(argv, timeout=CHILD_TIMEOUT, env=None, preexec_fn=None):
+    """Run ARGV in its own process group with captured text output; past TIMEOUT
+    the group is killed and the test fails."""
+    argv = [str(a) for a in argv]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, **(env or {})}, preexec_fn=preexec_fn)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        try:
+            out, err = proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.wait()
+            out = err = "(unavailable)"
+        pytest.fail(f"{' '.join(argv)} did not finish within {timeout}s\n"
+                    f"stdout:\n{out}\nstderr:\n{err}")
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
+def in_hosts_namespace(argv, hosts_file):
+    """ARGV run in a private mount namespace where /etc/hosts is HOSTS_FILE."""
+    return ["unshare", "--mount", "--propagation", "private", "--",
+            "/bin/sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"', str(hosts_file),
+            *map(str, argv)]
+
+
+def as_nobody(argv):
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+            *map(str, argv)]
+
+
+# Reads a file front to back; reports the hash or the errno.
+READ_ALL = r"""
+import hashlib, json, os, sys, time
+t0 = time.monotonic()
+sha, n, out = hashlib.sha256(), 0, {"ok": True}
+try:
+    with open(sys.argv[1], "rb", buffering=0) as f:
+        while True:
+            piece = f.read(1 << 20)
+            if not piece:
+                break
+            sha.update(piece)
+            n += len(piece)
+except OSError as e:
+    out = {"ok": False, "errno": e.errno, "error": str(e)}
+out.update({"bytes": n, "sha": "sha256:" + sha.hexdigest(), "elapsed": time.monotonic() - t0})
+print(json.dumps(out))
+"""
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A test CA, a server certificate it signed for localhost, REGISTRY_NAME and
+    127.0.0.1, and one it signed for example.com only."""
+    base = tmp_path_factory.mktemp("pki")
+    try:
+        ca = dockerreg.make_ca(base)
+    except dockerreg.ToolMissing as missing:
+        pytest.skip(str(missing))
+    cert, key = dockerreg.make_server_cert(ca, base, ("localhost", REGISTRY_NAME), ("127.0.0.1",))
+    wrong_cert, wrong_key = dockerreg.make_server_cert(ca, base, ("example.com",), (),
+                                                       stem="example")
+    return {"ca": ca.cert, "cert": cert, "key": key,
+            "wrong_cert": wrong_cert, "wrong_key": wrong_key}
+
+
+@pytest.fixture(scope="module")
+def hosts_file(tmp_path_factory):
+    """An /etc/hosts for the test namespace; skips if such a namespace cannot be made."""
+    path = tmp_path_factory.mktemp("hosts") / "hosts"
+    path.write_text(f"127.0.0.1 localhost\n127.0.0.1 {REGISTRY_NAME}\n")
+    path.chmod(0o644)
+    if not all(shutil.which(tool) for tool in ("unshare", "nsenter")):
+        pytest.skip("unshare/nsenter (util-linux) are needed for the name tests")
+    probe = subprocess.run(in_hosts_namespace(["getent", "hosts", REGISTRY_NAME], path),
+                           capture_output=True, text=True, timeout=20)
+    if probe.returncode != 0 or not probe.stdout.startswith("127.0.0.1"):
+        pytest.skip(f"cannot bind-mount a test /etc/hosts in a private mount namespace "
+                    f"(needs root): {probe.stderr.strip()}")
+    return path
+
+
+@pytest.fixture
+def home(tmp_path):
+    """An empty HOME, so that no ~/.netrc of the machine's is read."""
+    path = tmp_path / "home"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def blobfs(blobfs_bin, store, home):
+    """blobfs(args, *, store=<store>, hosts=None, env=None, umask=None, timeout=60)
+    -> CompletedProcess.  HOSTS: run in the test namespace with that /etc/hosts."""
+    default_store = store
+
+    def call(args, *, store=default_store, hosts=None, env=None, umask=None, timeout=60):
+        argv = [blobfs_bin, "--store", store, *args]
+        if hosts is not None:
+            argv = in_hosts_namespace(argv, hosts)
+        preexec = (lambda: os.umask(umask)) if umask is not None else None
+        return run(argv, timeout=timeout, env={"HOME": str(home), **(env or {})},
+                   preexec_fn=preexec)
+
+    return call
+
+
+@pytest.fixture
+def small_model(tmp_path, blob_cache):
+    """A model of a 1 MiB random layer and a template."""
+    return make_model(tmp_path / "model", [(OLLAMA_MODEL, MiB, 11),
+                                           (OLLAMA_TEMPLATE, b"{{ .Prompt }}")],
+                      cache_dir=blob_cache)
+
+
+@pytest.fixture
+def tls_registry(pki, small_model):
+    """Factory: tls_registry(**options) -> DockerRegistry(tls=True, cdn=True) with
+    the test certificate (overridable) and small_model pushed as REPO:latest."""
+    started = []
+
+    def start(**options):
+        options = {"tls": True, "cdn": True, "tls_cert": pki["cert"], "tls_key": pki["key"],
+                   **options}
+        try:
+            reg = dockerreg.DockerRegistry(**options)
+        except dockerreg.ToolMissing as missing:
+            pytest.skip(str(missing))
+        started.append(reg)
+        push_model(reg.backend_url, REPO, "latest", small_model)
+        reg.model = small_model
+        return reg
+
+    yield start
+    for reg in started:
+        reg.stop()
+
+
+class PresignedRegistry(FaultRegistry):
+    """A FaultRegistry whose CDN signatures all start with SIG_MARK, so that any
+    trace of one in a log is easy to find."""
+
+    def _mint_cdn_url(self, repo, digest):
+        if self.cdn_url is None:
+            raise RuntimeError("a CDN redirect needs cdn=True")
+        sig = SIG_MARK + secrets.token_hex(12)
+        with self._lock:
+            self._grants[sig] = _Grant(repo, digest)
+        return f"{self.cdn_url}/cdn/{digest}?sig={sig}"
+
+    def secrets_issued(self):
+        """Every bearer token and CDN signature handed out so far."""
+        with self._lock:
+            return list(self._tokens) + list(self._grants)
+
+
+@pytest.fixture
+def fault_registry():
+    """Factory for (Presigned)FaultRegistry instances, all stopped after the test."""
+    started = []
+
+    def start(**options):
+        reg = PresignedRegistry(**options)
+        started.append(reg)
+        reg.manifest, (reg.layer,) = reg.add_model("library/f", "latest",
+                                                    [(OLLAMA_MODEL, os.urandom(600_000))])
+        return reg
+
+    yield start
+    for reg in started:
+        reg.stop()
+
+
+class Mount:
+    """One `blobfs --debug mount -f` daemon, optionally in the hosts namespace
+    (then its mount is only visible there, and run() enters it)."""
+
+    def __init__(self, blobfs_bin, store, path, log_path, options, hosts, env):
+        self.path = Path(path)
+        self.log_path = Path(log_path)
+        self.in_namespace = hosts is not None
+        self.argv = [str(blobfs_bin), "--store", str(store), "--debug", "mount", "-f"]
+        if options:
+            self.argv += ["-o", ",".join(options)]
+        self.argv.append(str(self.path))
+        if hosts is not None:
+            self.argv = in_hosts_namespace(self.argv, hosts)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=log, start_new_session=True,
+                                         env={**os.environ, **env})
+
+    def _mounts_file(self):
+        return f"/proc/{self.proc.pid}/mounts" if self.in_namespace else "/proc/mounts"
+
+    def mount_entry(self):
+        """(fstype, options) of the mount at self.path, or None."""
+        try:
+            with open(self._mounts_file()) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            return None
+        for line in lines:
+            fields = line.split()
+            if len(fields) >= 4:
+                point = re.sub(r"\\(\d{3})", lambda m: chr(int(m[1], 8)), fields[1])
+                if point == str(self.path):
+                    return fields[2], fields[3].split(",")
+        return None
+
+    def mounted(self):
+        entry = self.mount_entry()
+        return entry is not None and entry[0] == "fuse.blobfs"
+
+    def wait_mounted(self):
+        deadline = time.monotonic() + MOUNT_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"blobfs mount exited {self.proc.returncode} before mounting:\n"
+                            f"{self.log()}")
+            if self.mounted():
+                return self
+            time.sleep(0.05)
+        pytest.fail(f"{self.path} not mounted {MOUNT_TIMEOUT:.0f}s after "
+                    f"{' '.join(self.argv)}:\n{self.log()}")
+
+    def run(self, argv, timeout=CHILD_TIMEOUT):
+        """Run ARGV where the mount is visible."""
+        if self.in_namespace:
+            argv = ["nsenter", f"--target={self.proc.pid}", "--mount", "--", *map(str, argv)]
+        return run(argv, timeout=timeout)
+
+    def read(self, relpath, timeout=CHILD_TIMEOUT):
+        result = self.run([PYTHON, "-c", READ_ALL, self.path / relpath], timeout=timeout)
+        assert result.returncode == 0, f"reader failed: {result.stderr}"
+        return json.loads(result.stdout)
+
+    def log(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return "(no log)"
+
+    def stop(self):
+        """Unmount, end the daemon, detach what is left; never raises."""
+        try:
+            if self.proc.poll() is None:
+                if self.mounted():
+                    self.run(["fusermount3", "-u", self.path], timeout=10)
+                try:
+                    self.proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait(10)
+        except BaseException as exc:  # noqa: BLE001 - cleanup goes on regardless
+            print(f"stopping the mount at {self.path}: {exc!r}")
+            if self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        if not self.in_namespace and self.mount_entry() is not None:
+            subprocess.run(["fusermount3", "-uz", str(self.path)], capture_output=True,
+                           timeout=10)
+
+
+@pytest.fixture
+def mount(blobfs_bin, store, home, request):
+    """Factory: mount(*OPTIONS, store=<store>, hosts=None) -> Mount, mounted.
+    Mountpoints live in a 0755 directory so that other users can reach them."""
+    mounts = []
+    base = Path(tempfile.mkdtemp(prefix="blobfs-sec-mnt-"))
+    base.chmod(0o755)
+    failed_before = request.session.testsfailed
+
+    def start(*options, store=store, hosts=None):
+        index = len(mounts)
+        path = base / f"mnt{index}"
+        path.mkdir()
+        path.chmod(0o755)
+        m = Mount(blobfs_bin, store, path, base / f"blobfs{index}.log", options, hosts,
+                  {"HOME": str(home)})
+        mounts.append(m)
+        return m.wait_mounted()
+
+    start.base = base
+    yield start
+    for m in mounts:
+        m.stop()
+    if request.session.testsfailed > failed_before:
+        for m in mounts:
+            print(f"===== blobfs log ({' '.join(m.argv)}), exit status {m.proc.returncode}:\n"
+                  f"{m.log()[-6000:]}")
+    leftover = [str(m.path) for m in mounts if m.mount_entry() is not None]
+    if not leftover:
+        shutil.rmtree(base, ignore_errors=True)
+    assert not leftover, f"mounts left behind: {leftover}"
+
+
+class Sniffer:
+    """A TCP listener on 127.0.0.1 that records the first bytes each client sends
+    and hangs up: tells a TLS ClientHello (0x16 0x03 ...) from plain HTTP."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.1)
+        self.port = self.sock.getsockname()[1]
+        self.host = f"127.0.0.1:{self.port}"
+        self.first_bytes = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self):
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except (socket.timeout, OSError):
+                continue
+            with conn:
+                conn.settimeout(3)
+                try:
+                    self.first_bytes.append(conn.recv(16))
+                except OSError:
+                    self.first_bytes.append(b"")
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+
+
+@pytest.fixture
+def sniffer():
+    s = Sniffer()
+    yield s
+    s.stop()
+
+
+def assert_only_tls_hellos(sniffer):
+    assert sniffer.first_bytes, "blobfs never connected: the test proves nothing"
+    plain = [b for b in sniffer.first_bytes if not b.startswith(b"\x16\x03")]
+    assert not plain, (f"blobfs sent something other than a TLS ClientHello: "
+                       f"{[b[:16] for b in plain]}")
+
+
+# ================================================================ 1. TLS
+
+
+def test_tls_pull_without_cacert_is_refused_clearly(tls_registry, blobfs, store):
+    reg = tls_registry()
+    result = blobfs(["pull", f"{reg.url}/{REPO}"], timeout=30)
+    assert result.returncode == 1, f"exit {result.returncode}:\n{result.stderr}"
+    message = error_lines(result.stderr)
+    assert re.search(r"certificate|\bCA\b", message, re.I), \
+        f"the error does not say the certificate/CA is the problem: {message}"
+    assert_nothing_stored(store)
+    assert reg.tls_log_entries() == [], "a request went through an unverified TLS connection"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_tls_pull_with_cacert_verifies_and_stores(tls_registry, pki, blobfs, store, host):
+    reg = tls_registry()
+    hostport = f"{host}:{reg.host.rsplit(':', 1)[1]}"
+    result = blobfs(["pull", "--cacert", pki["ca"], f"https://{hostport}/{REPO}"], timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert_store_holds(store, hostport, reg.model)
+    # The manifest came through the TLS front and the blobs from the TLS CDN.
+    assert any("/manifests/latest" in e["uri"] for e in reg.tls_log_entries())
+    served = {e["uri"].rsplit("/", 2)[-2] for e in reg.cdn_log_entries() if e["status"] in (200, 206)}
+    assert {b.hex for b in reg.model.blobs} <= served, "blobs did not come from the TLS CDN"
+    verify = blobfs(["verify"], timeout=30)
+    summary = f"{len(reg.model.blobs)} ok, 0 corrupt, 0 partial, 0 not local"
+    assert verify.returncode == 0 and summary in verify.stdout, verify.stdout
+
+
+def test_tls_insecure_does_not_turn_off_verification(tls_registry, blobfs, store):
+    """--insecure is about plain HTTP for names without a scheme; an https:// name
+    must still have its certificate checked."""
+    reg = tls_registry()
+    result = blobfs(["--insecure", "pull", f"{reg.url}/{REPO}"], timeout=30)
+    assert result.returncode == 1, f"exit {result.returncode}:\n{result.stderr}"
+    assert re.search(r"certificate|\bCA\b", error_lines(result.stderr), re.I), result.stderr
+    assert_nothing_stored(store)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_tls_certificate_for_another_host_is_refused(tls_registry, pki, blobfs, store, host):
+    """A certificate the trusted CA issued for example.com only is no good for
+    127.0.0.1 or localhost."""
+    reg = tls_registry(tls_cert=pki["wrong_cert"], tls_key=pki["wrong_key"])
+    port = reg.host.rsplit(":", 1)[1]
+    result = blobfs(["pull", "--cacert", pki["ca"], f"https://{host}:{port}/{REPO}"], timeout=30)
+    assert result.returncode == 1, f"exit {result.returncode}:\n{result.stderr}"
+    assert CERT_PROBLEM.search(error_lines(result.stderr)), result.stderr
+    assert_nothing_stored(store)
+    assert reg.tls_log_entries() == [], "a request went through to a host with the wrong name"
+
+
+def test_tls_cdn_certificate_for_another_host_is_refused(tls_registry, pki, blobfs, store):
+    """The registry's certificate is right but the CDN it redirects to shows one
+    for example.com: no blob may come from there."""
+    reg = tls_registry(cdn_tls_cert=pki["wrong_cert"], cdn_tls_key=pki["wrong_key"])
+    result = blobfs(["pull", "--retries", "2", "--cacert", pki["ca"], f"{reg.url}/{REPO}"],
+                    timeout=40)
+    assert result.returncode == 1, f"exit {result.returncode}:\n{result.stderr}"
+    assert CERT_PROBLEM.search(error_lines(result.stderr)), result.stderr
+    assert blob_files(store) == [], f"blobs/ holds {blob_files(store)}"
+    assert reg.cdn_log_entries() == [], "the CDN with the wrong certificate served requests"
+    assert any(e["status"] == 307 for e in reg.tls_log_entries()), \
+        "blobfs never got the redirect to the CDN: the test proves nothing"
+
+
+def lazy_pull_by_name(tls_registry, pki, blobfs, hosts_file):
+    """Start a TLS registry and pull its model --lazy as REGISTRY_NAME:PORT/REPO (a
+    name that is not loopback, so HTTPS); returns (registry, path of the layer
+    below a mountpoint)."""
+    reg = tls_registry()
+    host = f"{REGISTRY_NAME}:{reg.host.rsplit(':', 1)[1]}"
+    refused = blobfs(["pull", "--lazy", f"{host}/{REPO}"], hosts=hosts_file, timeout=30)
+    assert refused.returncode == 1, \
+        f"a lazy pull of a non-loopback name without the CA did not fail:\n{refused.stderr}"
+    result = blobfs(["pull", "--lazy", "--quiet", "--cacert", pki["ca"], f"{host}/{REPO}"],
+                    hosts=hosts_file, timeout=30)
+    assert result.returncode == 0, result.stderr
+    return reg, Path("models") / host / REPO / "latest" / "model"
+
+
+def test_mount_without_cacert_read_fails_with_eio(tls_registry, pki, blobfs, mount, hosts_file):
+    """Reading a lazily pulled layer of an HTTPS registry whose CA the mount was
+    not given fails with EIO (not a hang), and the log says why."""
+    reg, relpath = lazy_pull_by_name(tls_registry, pki, blobfs, hosts_file)
+    m = mount("read_timeout=20", hosts=hosts_file)
+    got = m.read(relpath)
+    assert not got["ok"], f"read without the CA succeeded: {got}"
+    assert re.search(r"certificate|\bCA\b", m.log(), re.I), \
+        f"the mount's log does not explain the failed read:\n{m.log()[-3000:]}"
+    assert got["errno"] == errno.EIO, (
+        f"the read failed with {errno.errorcode.get(got['errno'])} ({got['error']}), not EIO; "
+        f"log:\n{m.log()[-1500:]}")
+    assert reg.cdn_log_entries() == []
+
+
+def test_mount_with_cacert_option_reads(tls_registry, pki, blobfs, mount, hosts_file):
+    reg, relpath = lazy_pull_by_name(tls_registry, pki, blobfs, hosts_file)
+    m = mount(f"cacert={pki['ca']}", hosts=hosts_file)
+    got = m.read(relpath)
+    assert got["ok"], f"read with -o cacert failed: {got}\nlog:\n{m.log()[-3000:]}"
+    layer = reg.model.layer(OLLAMA_MODEL)
+    assert (got["bytes"], got["sha"]) == (layer.size, layer.digest)
+    assert any(e["status"] in (200, 206) for e in reg.cdn_log_entries()), \
+        "the layer did not come from the TLS CDN"
+
+
+def test_mount_keeps_https_for_a_model_pulled_with_https(tls_registry, pki, blobfs, store, mount):
+    """`pull --lazy https://127.0.0.1:PORT/...` asked for HTTPS; reading the model
+    through a mount later must use HTTPS too, not plain HTTP to the TLS port."""
+    reg = tls_registry()
+    result = blobfs(["pull", "--lazy", "--quiet", "--cacert", pki["ca"], f"{reg.url}/{REPO}"],
+                    timeout=30)
+    assert result.returncode == 0, result.stderr
+    layer = reg.model.layer(OLLAMA_MODEL)
+    m = mount(f"cacert={pki['ca']}", "read_timeout=20")
+    got = m.read(Path("models") / reg.host / REPO / "latest" / "model")
+    plain = [line for line in m.log().splitlines() if f"http://{reg.host}/" in line]
+    assert got["ok"] and got["sha"] == layer.digest, (
+        f"read through the mount: {got}; plain-HTTP requests to the TLS port: {plain[:3]}\n"
+        f"log:\n{m.log()[-2000:]}")
+
+
+# ================================================================ 2. secrets
+
+
+def forbidden_strings(reg, extra=()):
+    """Secrets that must never appear in a log, plus markers of them."""
+    userpass = f"{USER}:{PASSWORD}".encode()
+    found = [PASSWORD, base64.b64encode(userpass).decode(), "Authorization", "sig=", SIG_MARK,
+             *extra]
+    return found + reg.secrets_issued()
+
+
+def assert_no_secrets(text, reg, what):
+    leaks = [s for s in forbidden_strings(reg) if s in text]
+    assert not leaks, f"{what} contains secrets {leaks}:\n" + "\n".join(
+        line for line in text.splitlines() if any(s in line for s in leaks))[:3000]
+
+
+def netrc(path, host="127.0.0.1", password=PASSWORD):
+    path.write_text(f"machine {host} login {USER} password {password}\n")
+    path.chmod(0o600)
+    return path
+
+
+@pytest.mark.parametrize("setup", ["bearer-netrc", "basic-credentials", "bearer-redirect",
+                                   "bearer-redirect-expiring"])
+def test_debug_log_of_pull_has_no_secrets(fault_registry, blobfs, store, home, tmp_path, setup):
+    """bearer-redirect-expiring: tokens good for 3 uses and CDN URLs for 2, so the
+    refresh and re-resolve paths (and their log lines) run many times."""
+    expiring = setup.endswith("-expiring")
+    if setup == "bearer-netrc":
+        reg = fault_registry(auth="bearer", token_credentials=(USER, PASSWORD))
+        netrc(home / ".netrc")
+        args = []
+    elif setup == "basic-credentials":
+        reg = fault_registry(auth="basic", credentials=(USER, PASSWORD))
+        args = ["--credentials", netrc(tmp_path / "creds")]
+    else:
+        reg = fault_registry(auth="bearer", token_credentials=(USER, PASSWORD), redirect=True,
+                             token_max_uses=3 if expiring else None,
+                             cdn_max_uses=2 if expiring else None)
+        args = ["--credentials", netrc(tmp_path / "creds")]
+        if expiring:
+            args += ["--request-size", "64K", "--connections", "2"]
+    result = blobfs(["--debug", "pull", *args, f"{reg.host}/library/f"], timeout=40)
+    assert result.returncode == 0, result.stderr
+    assert (Path(store) / "blobs" / ("sha256-" + reg.layer.split(":")[1])).is_file()
+
+    # Not vacuous: requests were logged, and the secrets were really used.
+    logged = [line for line in debug_lines(result.stderr) if "GET " in line]
+    assert any("/v2/library/f/manifests/latest" in line for line in logged), result.stderr
+    assert len(logged) >= 3, result.stderr
+    assert reg.count(had_auth=True) >= 2, "no request carried credentials"
+    if setup.startswith("bearer"):
+        assert reg.secrets_issued(), "no token was issued"
+    if "redirect" in setup:
+        assert reg.count(listener="cdn", status=206) + reg.count(listener="cdn", status=200) >= 1
+        assert any(s.startswith(SIG_MARK) for s in reg.secrets_issued())
+        assert not reg.cdn_saw_authorization, "credentials were sent to the CDN"
+    if expiring:
+        assert reg.count(listener="cdn", status=403) >= 1, "no CDN URL expired"
+        assert reg.count(path_contains="/token") >= 2, "no token was refreshed"
+        # The re-resolve path names the expired CDN URL: it must be cut at the '?'.
+        cdn_lines = [line for line in debug_lines(result.stderr) if f"{reg.cdn_url}/cdn/" in line]
+        assert cdn_lines, "no --debug line names a CDN URL: the redaction is not exercised"
+    assert_no_secrets(result.stderr + result.stdout, reg, "pull --debug output")
+
+
+@pytest.mark.parametrize("auth", ["bearer", "basic"])
+def test_debug_log_of_refused_pull_has_no_secrets(fault_registry, blobfs, store, tmp_path, auth):
+    """Wrong credentials: the error paths must not print what was sent either."""
+    wrong = "s3cr3t-WRONG"
+    if auth == "bearer":
+        reg = fault_registry(auth="bearer", token_credentials=(USER, PASSWORD))
+    else:
+        reg = fault_registry(auth="basic", credentials=(USER, PASSWORD))
+    creds = netrc(tmp_path / "creds", password=wrong)
+    result = blobfs(["--debug", "pull", "--retries", "2", "--credentials", creds,
+                     f"{reg.host}/library/f"], timeout=30)
+    assert result.returncode == 1, result.stderr
+    assert reg.count(had_auth=True) >= 1, "the wrong credentials were never sent"
+    assert debug_lines(result.stderr), result.stderr
+    leaked = [s for s in (wrong, base64.b64encode(f"{USER}:{wrong}".encode()).decode())
+              if s in result.stderr]
+    assert not leaked, f"the log shows the credentials sent: {leaked}\n{result.stderr}"
+    assert_no_secrets(result.stderr, reg, "pull --debug output")
+
+
+def test_debug_log_of_mount_has_no_secrets(fault_registry, blobfs, store, mount, tmp_path):
+    reg = fault_registry(auth="bearer", token_credentials=(USER, PASSWORD), redirect=True)
+    creds = netrc(tmp_path / "creds")
+    pulled = blobfs(["--debug", "pull", "--lazy", "--credentials", creds, f"{reg.host}/library/f"],
+                    timeout=30)
+    assert pulled.returncode == 0, pulled.stderr
+    tokens_before = len(reg.secrets_issued())
+    m = mount(f"credentials={creds}")
+    got = m.read(Path("models") / reg.host / "library/f/latest/model")
+    assert got["ok"] and got["sha"] == reg.layer, f"{got}\n{m.log()[-3000:]}"
+    m.stop()
+    log = m.log()
+    assert any("GET " in line for line in debug_lines(log)), f"no request in the mount's log:\n{log}"
+    assert len(reg.secrets_issued()) > tokens_before, "the mount used no new token or CDN URL"
+    assert reg.count(listener="cdn", status=206) + reg.count(listener="cdn", status=200) >= 1
+    assert not reg.cdn_saw_authorization, "credentials were sent to the CDN"
+    assert_no_secrets(pulled.stderr, reg, "pull --lazy --debug output")
+    assert_no_secrets(log, reg, "the mount's --debug log")
+
+
+def test_debug_log_names_cdn_requests_without_their_query(fault_registry, blobfs, store):
+    """The man page: --debug logs every request, URLs without their query string.
+    The presigned CDN URL must show up, cut at the '?'."""
+    reg = fault_registry(redirect=True)
+    result = blobfs(["--debug", "pull", f"{reg.host}/library/f"], timeout=30)
+    assert result.returncode == 0, result.stderr
+    cdn_path = f"{reg.cdn_url}/cdn/{reg.layer}"
+    lines = [line for line in debug_lines(result.stderr) if cdn_path in line]
+    assert lines, (f"no --debug line names the CDN URL {cdn_path} that served the layer; "
+                   f"the request lines are:\n" +
+                   "\n".join(line for line in debug_lines(result.stderr) if "GET" in line))
+    assert all(line.split(cdn_path, 1)[1][:1] in ("", " ") for line in lines), lines
+    assert_no_secrets(result.stderr, reg, "pull --debug output")
+
+
+# ================================================================ 3. the state directory
+
+
+def state_mode(store):
+    return stat.S_IMODE((Path(store) / ".blobfs").stat().st_mode)
+
+
+@pytest.mark.parametrize("how", ["pull", "mount"])
+@pytest.mark.parametrize("before", ["absent", "0755"])
+def test_state_dir_is_0700(fault_registry, blobfs, store, mount, how, before):
+    """<store>/.blobfs is 0700 after a pull or a mount: made so under umask 000,
+    and narrowed when it existed with 0755."""
+    reg = fault_registry()
+    if before == "0755":
+        (Path(store) / ".blobfs").mkdir()
+        (Path(store) / ".blobfs").chmod(0o755)
+    if how == "pull":
+        result = blobfs(["pull", "--quiet", f"{reg.host}/library/f"], umask=0, timeout=30)
+        assert result.returncode == 0, result.stderr
+    else:
+        old = os.umask(0)
+        try:
+            mount()
+        finally:
+            os.umask(old)
+    mode = state_mode(store)
+    assert mode == 0o700, f"{store}/.blobfs has mode {mode:04o} after {how} (it was {before})"
+
+
+# ================================================================ 4. who may enter the mount
+
+
+def test_mount_is_private_to_its_user_by_default(mount):
+    probe = run(as_nobody(["ls", mount.base]), timeout=20)
+    assert probe.returncode == 0, f"uid {NOBODY} cannot reach the mountpoints at all: {probe.stderr}"
+    m = mount()
+    fstype, options = m.mount_entry()
+    assert "allow_other" not in options, f"mounted with {options} without -o allow_other"
+    mine = m.run(["ls", m.path])
+    assert mine.returncode == 0 and "models" in mine.stdout.split(), mine
+    theirs = run(as_nobody(["ls", m.path]), timeout=20)
+    assert theirs.returncode != 0, f"uid {NOBODY} listed the mount: {theirs.stdout!r}"
+    assert "Permission denied" in theirs.stderr, theirs.stderr
+    stat_probe = run(as_nobody([PYTHON, "-c",
+                                "import os, sys\n"
+                                "try:\n    os.stat(sys.argv[1]); print(0)\n"
+                                "except OSError as e:\n    print(e.errno)", m.path]), timeout=20)
+    assert stat_probe.stdout.strip() == str(errno.EACCES), stat_probe
+
+
+def test_allow_other_lets_other_users_in(mount):
+    m = mount("allow_other")
+    fstype, options = m.mount_entry()
+    assert "allow_other" in options, options
+    theirs = run(as_nobody(["ls", m.path]), timeout=20)
+    assert theirs.returncode == 0, theirs.stderr
+    assert {"blobs", "manifests", "models"} <= set(theirs.stdout.split()), theirs.stdout
+
+
+# ================================================================ 5. plain HTTP
+
+
+def test_non_loopback_name_is_not_fetched_over_plain_http(sniffer, blobfs, store, hosts_file):
+    """REGISTRY_NAME:PORT resolves to 127.0.0.1 but is not loopback by name:
+    blobfs opens TLS (a ClientHello), never a plain-HTTP request."""
+    port = sniffer.port
+    result = blobfs(["pull", "--retries", "1", f"{REGISTRY_NAME}:{port}/library/f"],
+                    hosts=hosts_file, timeout=30)
+    assert result.returncode == 1, f"exit {result.returncode}:\n{result.stderr}"
+    assert_only_tls_hellos(sniffer)
+    assert re.search(r"SSL|TLS|https", error_lines(result.stderr), re.I), result.stderr
+    assert_nothing_stored(store)
+
+
+def test_https_scheme_forces_tls_on_loopback(sniffer, blobfs, store):
+    result = blobfs(["pull", "--retries", "1", f"https://{sniffer.host}/library/f"], timeout=30)
+    assert result.returncode == 1, f"exit {result.returncode}:\n{result.stderr}"
+    assert_only_tls_hellos(sniffer)
+    assert_nothing_stored(store)
+
+
+@pytest.mark.parametrize("how", ["--insecure", "http://"])
+def test_plain_http_to_non_loopback_name_when_asked(fault_registry, blobfs, store, hosts_file,
+                                                    how):
+    reg = fault_registry()
+    port = reg.host.rsplit(":", 1)[1]
+    name = f"{REGISTRY_NAME}:{port}/library/f"
+    args = ["--insecure", "pull", name] if how == "--insecure" else ["pull", "http://" + name]
+    result = blobfs(["--quiet", *args], hosts=hosts_file, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert reg.count(path_contains="/v2/library/f/manifests/latest", status=200) >= 1
+    blob = Path(store) / "blobs" / ("sha256-" + reg.layer.split(":")[1])
+    assert blob.is_file() and sha256_file(blob) == reg.layer
