@@ -216,6 +216,38 @@ struct blob *blob_find(struct blobcache *c, const struct digest *d)
 	return b;
 }
 
+void blobcache_each(struct blobcache *c, void (*fn)(struct blob *b, void *arg), void *arg)
+{
+	struct blob **all = NULL;
+	size_t n = 0, cap = 0;
+
+	pthread_mutex_lock(&c->lock);
+	for (size_t i = 0; i < c->nbuckets; i++) {
+		for (struct blob *b = c->table[i]; b; b = b->hnext) {
+			if (n == cap) {
+				cap = cap ? 2 * cap : 64;
+				all = xrealloc(all, cap * sizeof(*all));
+			}
+			b->refs++;
+			all[n++] = b;
+		}
+	}
+	pthread_mutex_unlock(&c->lock);
+	for (size_t i = 0; i < n; i++) {
+		fn(all[i], arg);
+		blob_put(all[i]);
+	}
+	free(all);
+}
+
+bool blob_in_use(void *cache, const struct digest *d)
+{
+	struct blob *b = blob_find(cache, d);
+
+	blob_put(b);
+	return b != NULL;
+}
+
 struct blob *blob_get(struct blobcache *c, const struct digest *d, uint64_t size)
 {
 	struct blob *b, *other;
@@ -1189,6 +1221,7 @@ static bool blob_work(struct blob *b, uint64_t now, bool final)
 	if (b->state == BLOB_BUSY && !final && activate_locked(b) == 0 &&
 	    b->state == BLOB_PARTIAL)
 		kick = true;
+	bool was_partial = b->state == BLOB_PARTIAL;
 	collect_waiters(b, &done, 0, 0, 0);
 	expire_waiters(b, final ? UINT64_MAX : now, &done);
 	if (b->state == BLOB_PARTIAL) {
@@ -1205,12 +1238,15 @@ static bool blob_work(struct blob *b, uint64_t now, bool final)
 	more = b->waiters.next != &b->waiters || b->state == BLOB_BUSY ||
 	       (b->state == BLOB_PARTIAL && (b->map_dirty || b->nwritten));
 	bool failed_now = b->state == BLOB_FAILED && !b->fail_reported;
+	bool committed_now = b->state == BLOB_COMPLETE && was_partial;
 	if (failed_now)
 		b->fail_reported = true;
 	pthread_mutex_unlock(&b->lock);
 	finish_waiters(done);
 	if (failed_now && c->opts.on_fail)
-		c->opts.on_fail(c->opts.on_fail_arg, &b->digest);
+		c->opts.on_fail(c->opts.hook_arg, &b->digest);
+	if (committed_now && c->opts.on_commit)
+		c->opts.on_commit(c->opts.hook_arg, &b->digest);
 	if (kick && !final)
 		fetcher_kick(c->fetcher, b);
 	return more;

@@ -37,9 +37,10 @@ struct blob_waiter {
 
 struct blob_opts {
 	uint64_t chunk_size;       /* 0: chosen per blob */
-	/* A blob failed verification (called from the worker, no locks held). */
+	/* A blob failed verification / was committed (from the worker, no locks held). */
 	void (*on_fail)(void *arg, const struct digest *d);
-	void *on_fail_arg;
+	void (*on_commit)(void *arg, const struct digest *d);
+	void *hook_arg;
 	uint64_t read_timeout_ms;  /* a parked read fails with EIO after this */
 	uint64_t sync_interval_ms; /* how often the chunk map is made durable */
 };
@@ -65,6 +66,10 @@ void blobcache_free(struct blobcache *c);
 struct blob *blob_get(struct blobcache *c, const struct digest *d, uint64_t size);
 /* The blob for a digest if this process has it, with a reference; else NULL. */
 struct blob *blob_find(struct blobcache *c, const struct digest *d);
+/* Call fn for every blob this process has, outside the cache's lock. */
+void blobcache_each(struct blobcache *c, void (*fn)(struct blob *b, void *arg), void *arg);
+/* Does this process use the blob (open, being fetched)? For cache eviction. */
+bool blob_in_use(void *cache, const struct digest *d);
 struct blob *blob_ref(struct blob *b);
 void blob_put(struct blob *b);
 /* Where to fetch it from, if it must be fetched; the first remote set wins. */

@@ -23,6 +23,7 @@ int cmd_ls(const struct session_opts *so, char *const *names, int n);
 int cmd_rm(const struct session_opts *so, char *const *names, int n);
 int cmd_gc(const struct session_opts *so);
 int cmd_verify(const struct session_opts *so, char *const *names, int n);
+int cmd_status(const struct session_opts *so);
 
 struct fs_opts;
 int cmd_mount(struct session_opts *so, struct fs_opts *fo, const char *mountpoint,

@@ -15,6 +15,7 @@
 #include "cli.h"
 #include "manifest.h"
 #include "name.h"
+#include "status.h"
 #include "store.h"
 #include "util.h"
 
@@ -52,6 +53,19 @@ static bool wanted(const struct model_name *tag, const struct model_name *want, 
 		if (name_equal(tag, &want[i]))
 			return true;
 	return false;
+}
+
+int cmd_status(const struct session_opts *so)
+{
+	struct session *s;
+	int ret;
+
+	/* Writable if we may (to drop files of dead mounts); read-only will do. */
+	if (session_open(so, SESSION_WRITE, &s) < 0 && session_open(so, 0, &s) < 0)
+		return EXIT_FAIL;
+	ret = status_print(s);
+	session_close(s);
+	return ret;
 }
 
 int cmd_ls(const struct session_opts *so, char *const *names, int n)

@@ -27,7 +27,7 @@
 
 struct mount_opts {
 	int nodiscover, discover, insecure, no_chunksums, no_netrc;
-	char *background, *cacert, *credentials, *store;
+	char *background, *cacert, *credentials, *store, *max_cache;
 	unsigned read_timeout, connections, stall_timeout, retries, miss_ttl, threads;
 	int fsname_given, subtype_given;
 };
@@ -45,6 +45,7 @@ static const struct fuse_opt spec[] = {
 	VAL("cacert=%s", cacert),
 	VAL("credentials=%s", credentials),
 	VAL("store=%s", store),
+	VAL("max_cache=%s", max_cache),
 	VAL("read_timeout=%u", read_timeout),
 	VAL("connections=%u", connections),
 	VAL("stall_timeout=%u", stall_timeout),
@@ -184,6 +185,15 @@ int cmd_mount(struct session_opts *so, struct fs_opts *fo, const char *mountpoin
 		so->cli.retries = mo.retries;
 		so->cli.set |= CF_RETRIES;
 	}
+	if (mo.max_cache) {
+		uint64_t size;
+		if (parse_size(mo.max_cache, &size) < 0) {
+			cli_error("-o max_cache wants a size such as 200G, not '%s'", mo.max_cache);
+			goto out;
+		}
+		so->cli.max_cache = size;
+		so->cli.set |= CF_MAX_CACHE;
+	}
 	if (mo.miss_ttl)
 		fo->miss_ttl_s = mo.miss_ttl;
 	if (mo.threads) {
@@ -209,6 +219,7 @@ out:
 	free(mo.cacert);
 	free(mo.credentials);
 	free(mo.store);
+	free(mo.max_cache);
 	return ret;
 }
 

@@ -173,6 +173,8 @@ static int pull_one(struct session *s, const struct pull_args *a, const char *ar
 		blob_stats(c.items[i].blob, &st);
 		fetched += st.fetched;
 	}
+	if (ret == 0)
+		session_evict(s);   /* the blobs just pulled are in use, so they stay */
 	if (ret == 0 && !a->quiet) {
 		char size[16], got[16], rate[16], took[16];
 		uint64_t ms = MAX(now_ms() - t0, 1);

@@ -59,6 +59,7 @@ int cmd_gc(const struct session_opts *so)
 	if (session_open(so, SESSION_WRITE, &s) < 0)
 		return EXIT_FAIL;
 	r = store_gc(s->store, &freed);
+	session_evict(s);
 	session_close(s);
 	if (r < 0) {
 		cli_error("cannot collect garbage: %s", strerror(-r));

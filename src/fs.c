@@ -43,6 +43,7 @@
 #include "manifest.h"
 #include "registry.h"
 #include "remote.h"
+#include "status.h"
 #include "store.h"
 #include "strmap.h"
 #include "util.h"
@@ -69,6 +70,8 @@ struct fs {
 	struct session *sess;
 	struct index *ix;
 	struct watch *watch;
+	struct status_writer *status;
+	struct read_stats rs;        /* atomics */
 	struct fuse_session *se;
 	struct fs_opts o;
 	uid_t uid;
@@ -99,6 +102,7 @@ struct ofile {
 
 struct parked {                  /* a read waiting for bytes */
 	struct blob_waiter w;        /* first: w is what the blob hands back */
+	struct fs *fs;
 	fuse_req_t req;
 	struct blob *blob;
 	uint64_t off;
@@ -758,6 +762,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	if (of->kind == INODE_BLOB) {
 		of->blob = blob_get(fs->sess->cache, &d, size);
 		blob_set_remote(of->blob, r);
+		store_touch_blob(fs->sess->store, &d);   /* most recently used */
 	}
 	remote_unref(r);
 	handle_add(fs, &of->h, ofile_free);
@@ -789,6 +794,11 @@ static void reply_from_fd(fuse_req_t req, struct blob *b, uint64_t off, size_t s
  * whatever the registry said (the log has the detail); but a full disk and
  * an interrupted read keep theirs, since they mean something to the reader.
  */
+static void count(uint64_t *counter)
+{
+	__atomic_add_fetch(counter, 1, __ATOMIC_RELAXED);
+}
+
 static int read_errno(int err)
 {
 	return err == -ENOSPC || err == -EDQUOT || err == -EINTR ? -err : EIO;
@@ -806,8 +816,10 @@ static void parked_done(struct blob_waiter *w, int err)
 	struct parked *p = (struct parked *)w;
 
 	fuse_req_interrupt_func(p->req, NULL, NULL);
-	if (err)
+	if (err) {
+		count(&p->fs->rs.errors);
 		fuse_reply_err(p->req, read_errno(err));
+	}
 	else
 		reply_from_fd(p->req, p->blob, p->off, p->size);
 	parked_free(p);
@@ -887,7 +899,9 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	if (background && blob_fetch_all(b, false) < 0)
 		log_debug("background completion could not start");
 
+	count(&fs->rs.reads);
 	p = xcalloc(1, sizeof(*p));
+	p->fs = fs;
 	p->req = req;
 	p->blob = b;                /* the reference taken above */
 	p->off = (uint64_t)off;
@@ -895,13 +909,18 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	p->w.done = parked_done;
 	fuse_req_interrupt_func(req, parked_interrupted, p);
 	ret = blob_read(b, (uint64_t)off, size, ra, &p->w);
-	if (ret == 0)
+	if (ret == 0) {
+		count(&fs->rs.waited);
 		return;    /* parked: parked_done() or parked_interrupted() replies */
+	}
 	fuse_req_interrupt_func(req, NULL, NULL);
-	if (ret > 0)
+	if (ret > 0) {
+		count(&fs->rs.local);
 		reply_from_fd(req, b, (uint64_t)off, size);
-	else
+	} else {
+		count(&fs->rs.errors);
 		fuse_reply_err(req, read_errno(ret));
+	}
 	parked_free(p);
 }
 
@@ -1026,6 +1045,15 @@ static void on_blob_failed(void *arg, const struct digest *d)
 		fuse_lowlevel_notify_inval_inode(fs->se, ino, 0, 0);
 }
 
+/* A blob joined the cache: keep the cache within its limit. */
+static void on_blob_committed(void *arg, const struct digest *d)
+{
+	struct fs *fs = arg;
+
+	(void)d;
+	session_evict(fs->sess);
+}
+
 static struct remote *tag_remote(void *arg, const struct model_name *n)
 {
 	return session_remote(arg, n);
@@ -1077,16 +1105,20 @@ int fs_mount(const struct session_opts *so, const struct fs_opts *fo, const char
 	if (!fo->foreground)
 		log_use_syslog(true);
 	fs->sess->blob.on_fail = on_blob_failed;
-	fs->sess->blob.on_fail_arg = fs;
+	fs->sess->blob.on_commit = on_blob_committed;
+	fs->sess->blob.hook_arg = fs;
 	if (session_start_net(fs->sess) < 0)
 		goto out_unmount;
+	session_evict(fs->sess);
 	fs->watch = watch_start(fs->sess->store->manifests, 3, 30, on_store_change, fs);
+	fs->status = status_start(fs->sess, mountpoint, &fs->rs);
 	log_info("mounted '%s' on '%s' (%u tags)", fs->sess->store->root, mountpoint, added);
 
 	cfg = fuse_loop_cfg_create();
 	fuse_loop_cfg_set_max_threads(cfg, fo->threads);
 	ret = fuse_session_loop_mt(fs->se, cfg) < 0 ? 1 : 0;  /* > 0: a signal; a clean stop */
 	fuse_loop_cfg_destroy(cfg);
+	status_stop(fs->status);
 	watch_stop(fs->watch);
 out_unmount:
 	fuse_session_unmount(fs->se);

@@ -24,7 +24,7 @@ enum opt {
 	OPT_STORE = 's', OPT_DEBUG = 'd', OPT_QUIET = 'q', OPT_HELP = 'h', OPT_VERSION = 'V',
 	OPT_LAZY = 256, OPT_INSECURE, OPT_CACERT, OPT_CREDENTIALS, OPT_CONNECTIONS,
 	OPT_CHUNK_SIZE, OPT_STALL_TIMEOUT, OPT_RETRIES, OPT_NO_CHUNKSUMS, OPT_NO_NETRC,
-	OPT_READ_TIMEOUT, OPT_REQUEST_SIZE, OPT_FOREGROUND = 'f', OPT_OPTION = 'o',
+	OPT_READ_TIMEOUT, OPT_REQUEST_SIZE, OPT_MAX_CACHE, OPT_FOREGROUND = 'f', OPT_OPTION = 'o',
 };
 
 static const struct option longopts[] = {
@@ -45,6 +45,7 @@ static const struct option longopts[] = {
 	{ "read-timeout", required_argument, NULL, OPT_READ_TIMEOUT },
 	{ "retries", required_argument, NULL, OPT_RETRIES },
 	{ "no-chunksums", no_argument, NULL, OPT_NO_CHUNKSUMS },
+	{ "max-cache", required_argument, NULL, OPT_MAX_CACHE },
 	{ "foreground", no_argument, NULL, OPT_FOREGROUND },
 	{ "option", required_argument, NULL, OPT_OPTION },
 	{ NULL, 0, NULL, 0 },
@@ -68,6 +69,7 @@ static const char usage_text[] =
 	"  rm NAME...              remove models and the blobs only they use\n"
 	"  gc                      delete unreferenced blobs and stale partial downloads\n"
 	"  verify [NAME...]        hash complete blobs again and report each\n"
+	"  status                  what each mount of the store is doing\n"
 	"  mount [-f] [-o OPT,...] MOUNTPOINT\n"
 	"                          mount the store; files fill in on first read\n"
 	"  umount MOUNTPOINT       unmount\n"
@@ -92,6 +94,8 @@ static const char usage_text[] =
 	"      --read-timeout SEC  fail a read that waits longer than this (60)\n"
 	"      --retries N         attempts per range before giving up (6)\n"
 	"      --no-chunksums      do not ask registries for per-chunk checksums\n"
+	"      --max-cache SIZE    pull, mount, gc: keep complete blobs within SIZE,\n"
+	"                          evicting the least recently used\n"
 	"  -f, --foreground        mount: stay in the foreground, log to stderr\n"
 	"  -o, --option OPT,...    mount: FUSE and blobfs mount options (see blobfs(1))\n"
 	"  -h, --help              this help\n"
@@ -219,6 +223,12 @@ int main(int argc, char **argv)
 			if (!parse_uint(optarg, 1, 100, &so.cli.retries))
 				return usage_error("--retries wants a number from 1 to 100, not '%s'", optarg);
 			break;
+		case OPT_MAX_CACHE:
+			if (parse_size(optarg, &size) < 0)
+				return usage_error("--max-cache wants a size such as 200G, not '%s'", optarg);
+			so.cli.max_cache = size;
+			so.cli.set |= CF_MAX_CACHE;
+			break;
 		case OPT_NO_CHUNKSUMS:
 			so.cli.chunksums = false;
 			so.cli.set |= CF_CHUNKSUMS;
@@ -253,6 +263,8 @@ int main(int argc, char **argv)
 			if (seen[net_opts[i]])
 				return usage_error("--%s does not apply here", opt_name(net_opts[i]));
 	}
+	if (seen[OPT_MAX_CACHE] && !fetches && strcmp(cmd, "gc") != 0)
+		return usage_error("%s", "--max-cache applies to pull, mount and gc");
 	if (seen[OPT_LAZY] && strcmp(cmd, "pull") != 0)
 		return usage_error("%s", "--lazy applies to 'pull' only");
 
@@ -290,6 +302,11 @@ static int dispatch(const char *cmd, char *const *args, int nargs, struct sessio
 	}
 	if (strcmp(cmd, "verify") == 0)
 		return cmd_verify(so, args, nargs);
+	if (strcmp(cmd, "status") == 0) {
+		if (nargs)
+			return usage_error("status takes no arguments, not '%s'", args[0]);
+		return cmd_status(so);
+	}
 	if (strcmp(cmd, "mount") == 0) {
 		if (nargs != 1)
 			return usage_error("%s", "mount: one mount point, please (blobfs mount DIR)");

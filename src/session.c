@@ -77,6 +77,20 @@ struct remote *session_remote(const struct session *s, const struct model_name *
 	return r;
 }
 
+void session_evict(struct session *s)
+{
+	struct store_freed freed;
+	char size[16];
+
+	if (!s->max_cache || !s->store->writable)
+		return;
+	if (store_evict(s->store, s->max_cache, s->cache ? blob_in_use : NULL, s->cache, &freed) == 0 &&
+	    freed.blobs) {
+		format_size(freed.bytes, size, sizeof(size));
+		log_info("cache over its limit: evicted %u blobs, %s", freed.blobs, size);
+	}
+}
+
 static char *hosts_path(const struct session *s)
 {
 	return xasprintf("%s/hosts", s->store->state);
@@ -121,6 +135,7 @@ int session_open(const struct session_opts *o, unsigned flags, struct session **
 	root = store_default_root((g.set & CF_STORE) ? g.store : NULL);
 	s->blob.chunk_size = g.chunk_size;
 	s->blob.read_timeout_ms = (uint64_t)g.read_timeout_s * 1000;
+	s->max_cache = g.max_cache;
 	conf_release(&g);
 	ret = store_open(root, flags & (SESSION_WRITE | SESSION_NET), &s->store);
 	free(root);

@@ -32,6 +32,7 @@ struct session {
 	struct fetcher *fetcher;
 	struct blobcache *cache;
 	struct blob_opts blob;
+	uint64_t max_cache;         /* bytes of complete blobs to keep; 0: no limit */
 };
 
 enum {
@@ -48,6 +49,8 @@ void session_close(struct session *s);
 void session_conf(const struct session *s, const char *host, struct conf *out);
 /* Where and how to reach a model's repository. */
 struct remote *session_remote(const struct session *s, const struct model_name *n);
+/* Keep the cache within --max-cache, sparing what this process uses. */
+void session_evict(struct session *s);
 /* Remember that a host was reached with an explicit scheme (https:// in a name). */
 void session_record_scheme(struct session *s, const struct model_name *n);
 

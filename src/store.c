@@ -28,6 +28,7 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -674,6 +675,103 @@ out:
 	digest_set_release(&g.refs);
 	store_unlock(s);
 	return ret;
+}
+
+void store_touch_blob(const struct store *s, const struct digest *d)
+{
+	char *path = store_blob_path(s, d);
+	const struct timespec ts[2] = { { .tv_nsec = UTIME_NOW }, { .tv_nsec = UTIME_OMIT } };
+
+	utimensat(AT_FDCWD, path, ts, 0);   /* best effort: at worst it is evicted sooner */
+	free(path);
+}
+
+struct cached {
+	struct digest d;
+	uint64_t bytes;      /* space it takes */
+	int64_t atime;
+};
+
+static int cmp_atime(const void *a, const void *b)
+{
+	const struct cached *x = a, *y = b;
+
+	return (x->atime > y->atime) - (x->atime < y->atime);
+}
+
+/*
+ * The most the cache may hold now: the quota, and no more than leaves
+ * headroom free (5% of the filesystem, at most 1 GiB) given what it holds.
+ */
+static uint64_t cache_limit(const struct store *s, uint64_t max, uint64_t used)
+{
+	struct statvfs sv;
+
+	if (statvfs(s->root, &sv) == 0) {
+		uint64_t total = (uint64_t)sv.f_blocks * sv.f_frsize;
+		uint64_t avail = (uint64_t)sv.f_bavail * sv.f_frsize;
+		uint64_t headroom = MIN(total / 20, 1ULL << 30);
+		uint64_t fits = used + avail > headroom ? used + avail - headroom : 0;
+		max = MIN(max, fits);
+	}
+	return max;
+}
+
+int store_evict(struct store *s, uint64_t max,
+		bool (*in_use)(void *arg, const struct digest *d), void *arg,
+		struct store_freed *freed)
+{
+	struct cached *v = NULL;
+	size_t n = 0, cap = 0;
+	uint64_t used = 0, limit;
+	DIR *dir;
+	struct dirent *e;
+	int ret;
+
+	memset(freed, 0, sizeof(*freed));
+	if ((ret = store_lock(s)) < 0)
+		return ret;
+	dir = opendir(s->blobs);
+	while (dir && (e = readdir(dir)) != NULL) {
+		struct stat st;
+		struct digest d;
+		if (digest_parse_filename(e->d_name, &d) < 0 ||
+		    fstatat(dirfd(dir), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
+			continue;
+		if (n == cap) {
+			cap = cap ? 2 * cap : 256;
+			v = xrealloc(v, cap * sizeof(*v));
+		}
+		v[n].d = d;
+		v[n].bytes = (uint64_t)st.st_blocks * 512;
+		v[n].atime = (int64_t)st.st_atim.tv_sec * 1000000000 + st.st_atim.tv_nsec;
+		used += v[n].bytes;
+		n++;
+	}
+	if (dir)
+		closedir(dir);
+	limit = cache_limit(s, max, used);
+	if (n > 1)
+		qsort(v, n, sizeof(*v), cmp_atime);
+	for (size_t i = 0; i < n && used > limit; i++) {
+		if (in_use && in_use(arg, &v[i].d))
+			continue;
+		char *path = store_blob_path(s, &v[i].d);
+		if (unlink(path) == 0) {
+			char name[DIGEST_STR_LEN];
+			digest_format(&v[i].d, name);
+			log_info("evicted '%s' from the cache (least recently used)", name);
+			used -= v[i].bytes;
+			freed->blobs++;
+			freed->bytes += v[i].bytes;
+		}
+		free(path);
+	}
+	if (freed->blobs)
+		fsync_dir(s->blobs);
+	free(v);
+	store_unlock(s);
+	return 0;
 }
 
 static int move_to_quarantine(const struct store *s, const char *from,

@@ -114,6 +114,19 @@ int store_blob_trylock(const struct store *s, const struct digest *d);
 void store_blob_unlock(const struct store *s, const struct digest *d, int lockfd,
 		       bool remove);
 
+/* Mark a complete blob as used now (its atime), for least-recently-used eviction. */
+void store_touch_blob(const struct store *s, const struct digest *d);
+
+/*
+ * Keep complete blobs within max bytes, and leave headroom free on the
+ * store's filesystem: delete the least recently used blobs first, skipping
+ * those in_use() says are open or being fetched (it may be NULL). Takes the
+ * index lock. Returns what was deleted in *freed.
+ */
+int store_evict(struct store *s, uint64_t max,
+		bool (*in_use)(void *arg, const struct digest *d), void *arg,
+		struct store_freed *freed);
+
 /* Move a finished partial file into blobs/ (atomic rename, then fsync). */
 int store_commit_blob(const struct store *s, const struct digest *d);
 /* Move a partial file that failed verification out of the way. */

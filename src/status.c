@@ -1,0 +1,240 @@
+/*
+ * status.c - `blobfs status`.
+ *
+ * A mount publishes its state as a small JSON file, <store>/.blobfs/run/
+ * <pid>.json, rewritten (atomically) about once a second by a thread of its
+ * own: reads and how they were answered, what the network thread fetched,
+ * retried and failed, and each blob in flight with its progress. The command
+ * reads every file, drops those whose process is gone, and prints them. A
+ * file, not a socket: it needs no server, survives nothing it should not
+ * (the pid check), and can be read by anyone who may read the store.
+ */
+#include "config.h"
+
+#include <cjson/cJSON.h>
+#include <dirent.h>
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "blob.h"
+#include "fetch.h"
+#include "log.h"
+#include "session.h"
+#include "status.h"
+#include "store.h"
+#include "util.h"
+
+#define STATUS_INTERVAL_MS 1000
+
+struct status_writer {
+	struct session *s;
+	char *mountpoint;
+	const struct read_stats *rs;
+	char *path;
+	uint64_t started;           /* wall clock, seconds */
+	pthread_t thread;
+	pthread_mutex_t lock;       /* guards stop */
+	pthread_cond_t cond;
+	bool stop;
+};
+
+static void add_blob(struct blob *b, void *arg)
+{
+	cJSON *list = arg, *o;
+	struct blob_stats st;
+	char d[DIGEST_STR_LEN];
+
+	blob_stats(b, &st);
+	if (st.state != BLOB_PARTIAL && st.state != BLOB_BUSY)
+		return;
+	digest_format(blob_digest(b), d);
+	o = cJSON_CreateObject();
+	cJSON_AddStringToObject(o, "digest", d);
+	cJSON_AddNumberToObject(o, "size", (double)st.size);
+	cJSON_AddNumberToObject(o, "local", (double)st.present);
+	cJSON_AddNumberToObject(o, "fetched", (double)st.fetched);
+	cJSON_AddBoolToObject(o, "waiting_for_another_process", st.state == BLOB_BUSY);
+	cJSON_AddBoolToObject(o, "verifying", st.hashing);
+	cJSON_AddItemToArray(list, o);
+}
+
+static uint64_t load(const uint64_t *v)
+{
+	return __atomic_load_n(v, __ATOMIC_RELAXED);
+}
+
+static void write_status(struct status_writer *w)
+{
+	struct fetch_stats fs;
+	cJSON *root = cJSON_CreateObject(), *list = cJSON_CreateArray();
+	char *text;
+
+	fetcher_stats(w->s->fetcher, &fs);
+	cJSON_AddNumberToObject(root, "pid", getpid());
+	cJSON_AddStringToObject(root, "mountpoint", w->mountpoint);
+	cJSON_AddNumberToObject(root, "started", (double)w->started);
+	cJSON_AddNumberToObject(root, "updated", (double)(wall_ms() / 1000));
+	cJSON_AddNumberToObject(root, "reads", (double)load(&w->rs->reads));
+	cJSON_AddNumberToObject(root, "reads_local", (double)load(&w->rs->local));
+	cJSON_AddNumberToObject(root, "reads_waited", (double)load(&w->rs->waited));
+	cJSON_AddNumberToObject(root, "read_errors", (double)load(&w->rs->errors));
+	cJSON_AddNumberToObject(root, "fetched_bytes", (double)fs.bytes);
+	cJSON_AddNumberToObject(root, "requests", (double)fs.requests);
+	cJSON_AddNumberToObject(root, "retries", (double)fs.retries);
+	cJSON_AddNumberToObject(root, "failed_attempts", (double)fs.errors);
+	cJSON_AddNumberToObject(root, "requests_in_flight", fs.inflight);
+	blobcache_each(w->s->cache, add_blob, list);
+	cJSON_AddItemToObject(root, "fetching", list);
+	text = cJSON_PrintUnformatted(root);
+	if (text && write_file_atomic(w->s->store->tmp, w->path, text, strlen(text), 0644) < 0)
+		log_debug("cannot write '%s'", w->path);
+	cJSON_free(text);
+	cJSON_Delete(root);
+}
+
+static void *status_main(void *arg)
+{
+	struct status_writer *w = arg;
+
+	pthread_mutex_lock(&w->lock);
+	while (!w->stop) {
+		pthread_mutex_unlock(&w->lock);
+		write_status(w);
+		pthread_mutex_lock(&w->lock);
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += STATUS_INTERVAL_MS / 1000;
+		if (!w->stop)
+			pthread_cond_timedwait(&w->cond, &w->lock, &ts);
+	}
+	pthread_mutex_unlock(&w->lock);
+	return NULL;
+}
+
+struct status_writer *status_start(struct session *s, const char *mountpoint,
+				   const struct read_stats *rs)
+{
+	struct status_writer *w = xcalloc(1, sizeof(*w));
+	char *dir = xasprintf("%s/run", s->store->state);
+
+	if (mkdir_p(dir, 0700) < 0)
+		log_warn("cannot create '%s': 'blobfs status' will not see this mount", dir);
+	w->s = s;
+	w->mountpoint = realpath(mountpoint, NULL);
+	if (!w->mountpoint)
+		w->mountpoint = xstrdup(mountpoint);
+	w->rs = rs;
+	w->path = xasprintf("%s/%d.json", dir, (int)getpid());
+	w->started = wall_ms() / 1000;
+	pthread_mutex_init(&w->lock, NULL);
+	pthread_cond_init(&w->cond, NULL);
+	free(dir);
+	if (pthread_create(&w->thread, NULL, status_main, w) != 0) {
+		log_error("cannot start the status thread");
+		abort();
+	}
+	return w;
+}
+
+void status_stop(struct status_writer *w)
+{
+	if (!w)
+		return;
+	pthread_mutex_lock(&w->lock);
+	w->stop = true;
+	pthread_cond_signal(&w->cond);
+	pthread_mutex_unlock(&w->lock);
+	pthread_join(w->thread, NULL);
+	unlink(w->path);
+	pthread_mutex_destroy(&w->lock);
+	pthread_cond_destroy(&w->cond);
+	free(w->mountpoint);
+	free(w->path);
+	free(w);
+}
+
+static double num(const cJSON *o, const char *key)
+{
+	const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+
+	return cJSON_IsNumber(v) ? v->valuedouble : 0;
+}
+
+static bool alive(pid_t pid)
+{
+	return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
+}
+
+/* Print one mount's status; false if the file is stale or unreadable. */
+static bool print_one(const char *path)
+{
+	char *buf, size[16], got[16], up[32];
+	size_t len;
+	cJSON *root;
+	bool ok = false;
+
+	if (read_file(path, 1u << 20, &buf, &len) < 0)
+		return false;
+	root = cJSON_ParseWithLength(buf, len);
+	free(buf);
+	if (!cJSON_IsObject(root) || !alive((pid_t)num(root, "pid")))
+		goto out;
+	const cJSON *mp = cJSON_GetObjectItemCaseSensitive(root, "mountpoint");
+	format_duration((uint64_t)(wall_ms() / 1000 - (uint64_t)num(root, "started")), up, sizeof(up));
+	printf("mount %s (pid %.0f, up %s)\n", cJSON_IsString(mp) ? mp->valuestring : "?",
+	       num(root, "pid"), up);
+	printf("  reads: %.0f, %.0f from local data, %.0f waited for the network, %.0f failed\n",
+	       num(root, "reads"), num(root, "reads_local"), num(root, "reads_waited"),
+	       num(root, "read_errors"));
+	format_size((uint64_t)num(root, "fetched_bytes"), got, sizeof(got));
+	printf("  network: %s fetched in %.0f requests (%.0f in flight), %.0f retries, "
+	       "%.0f failed attempts\n", got, num(root, "requests"),
+	       num(root, "requests_in_flight"), num(root, "retries"), num(root, "failed_attempts"));
+	const cJSON *list = cJSON_GetObjectItemCaseSensitive(root, "fetching"), *b;
+	cJSON_ArrayForEach(b, list) {
+		const cJSON *d = cJSON_GetObjectItemCaseSensitive(b, "digest");
+		double sz = num(b, "size"), local = num(b, "local");
+		format_size((uint64_t)sz, size, sizeof(size));
+		printf("  fetching %s: %.0f%% of %s%s\n", cJSON_IsString(d) ? d->valuestring : "?",
+		       sz > 0 ? local * 100 / sz : 100, size,
+		       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "verifying")) ? ", verifying" :
+		       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "waiting_for_another_process"))
+		       ? ", another blobfs has it" : "");
+	}
+	ok = true;
+out:
+	cJSON_Delete(root);
+	return ok;
+}
+
+int status_print(struct session *s)
+{
+	char *dir = xasprintf("%s/run", s->store->state);
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	unsigned shown = 0;
+
+	while (d && (e = readdir(d)) != NULL) {
+		size_t len = strlen(e->d_name);
+		if (len < 6 || strcmp(e->d_name + len - 5, ".json") != 0)
+			continue;
+		char *path = xasprintf("%s/%s", dir, e->d_name);
+		if (print_one(path))
+			shown++;
+		else if (s->store->writable)
+			unlink(path);   /* its process is gone */
+		free(path);
+	}
+	if (d)
+		closedir(d);
+	if (!shown)
+		printf("no blobfs mounts of '%s'\n", s->store->root);
+	free(dir);
+	return 0;
+}
