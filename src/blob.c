@@ -43,10 +43,11 @@ enum { CH_MISSING, CH_INFLIGHT, CH_WRITTEN, CH_PRESENT };
 #define CHUNKSUMS_MIN_SIZE (64ULL << 20)
 /* The worker wakes at least this often (deadlines, busy polls). */
 #define WORKER_TICK_MS 100
+/* Ranges that failed recently; a read of them fails at once for a while. */
+#define RECENT_FAILS 8
+#define FAIL_MEMORY_MS 5000
 /* Background requests shrink toward a blob's end, but not below this. */
 #define SHARE_MIN (1u << 20)
-/* Give up on a blob after this many chunks failed their checksum. */
-#define BAD_CHUNKS_MAX 16
 
 struct blob {
 	/* immutable */
@@ -82,9 +83,14 @@ struct blob {
 	uint64_t last_sync_ms;
 	uint64_t hashed;               /* [0, hashed) has gone into hash */
 	struct hasher *hash;
-	unsigned bad_chunks;
 	uint64_t fetched;
 	bool orphan;                   /* no tag uses it: never commit, delete when done */
+	struct {                       /* recent failures (see record_failure) */
+		uint64_t start, end, until_ms;
+		int err;
+	} fails[RECENT_FAILS];
+	unsigned nfails;
+	uint8_t *bad;                  /* per chunk: checksum failures in a row */
 	bool fail_reported;            /* on_fail was called */
 	bool sync_failing;             /* the last chunk map save failed */
 };
@@ -324,6 +330,7 @@ static void blob_destroy(struct blob *b)
 	store_blob_unlock(c->store, &b->digest, b->lockfd, false);
 	chunkmap_free(b->map);
 	free(b->cs);
+	free(b->bad);
 	hasher_free(b->hash);
 	remote_unref(b->remote);
 	pthread_mutex_destroy(&b->lock);
@@ -404,6 +411,43 @@ const struct chunkmap *blob_geometry(struct blob *b)
 int blob_wfd(struct blob *b)
 {
 	return b->wfd;
+}
+
+/* ---- failures ---- */
+
+/*
+ * Remember that [start, end) failed with err. The kernel answers a failed
+ * read-ahead by reading the same page again at once; without this memory
+ * that second read would wait a whole read timeout more.
+ */
+static void record_failure(struct blob *b, uint64_t start, uint64_t end, int err)
+{
+	uint64_t window = MIN(b->cache->opts.read_timeout_ms, (uint64_t)FAIL_MEMORY_MS);
+	unsigned i = b->nfails++ % RECENT_FAILS;
+
+	b->fails[i].start = start;
+	b->fails[i].end = end;
+	b->fails[i].until_ms = now_ms() + window;
+	b->fails[i].err = err;
+}
+
+static bool chunk_readable(const struct blob *b, uint32_t i);
+
+/* The error of a recent failure of bytes in [off, off + len) not yet readable, or 0. */
+static int recent_failure(const struct blob *b, uint64_t off, uint64_t len)
+{
+	uint64_t now = now_ms();
+
+	for (unsigned k = 0; k < RECENT_FAILS; k++) {
+		uint64_t lo = MAX(off, b->fails[k].start), hi = MIN(off + len, b->fails[k].end);
+		if (b->fails[k].until_ms <= now || lo >= hi)
+			continue;
+		for (uint32_t i = chunkmap_index(b->map, lo);
+		     i < b->map->n && chunkmap_start(b->map, i) < hi; i++)
+			if (!chunk_readable(b, i))
+				return b->fails[k].err;
+	}
+	return 0;
 }
 
 /* ---- waiters ---- */
@@ -688,6 +732,8 @@ int blob_read(struct blob *b, uint64_t off, uint64_t len, uint64_t ra,
 			ret = 1;
 			goto out;
 		}
+		if ((ret = recent_failure(b, off, len)) < 0)
+			goto out;
 		kick = true;
 	} else {
 		w->first = 0;
@@ -912,6 +958,28 @@ out:
 	return prio;
 }
 
+int blob_claim_from(struct blob *b, uint64_t from, uint64_t max_bytes,
+		    uint64_t *start, uint64_t *end)
+{
+	int ret = -1;
+
+	pthread_mutex_lock(&b->lock);
+	if (b->state == BLOB_PARTIAL && b->nmissing && from < b->size) {
+		uint32_t i = chunkmap_index(b->map, from);
+		if (chunkmap_start(b->map, i) < from)
+			i++;
+		for (; i < b->map->n; i++) {
+			if (b->cs[i] == CH_MISSING) {
+				claim(b, i, extend(b, i, b->size, max_bytes), start, end);
+				ret = 0;
+				break;
+			}
+		}
+	}
+	pthread_mutex_unlock(&b->lock);
+	return ret;
+}
+
 int blob_blocked_offsets(struct blob *b, uint64_t *offs, int max)
 {
 	int n = 0;
@@ -995,6 +1063,8 @@ void blob_unclaim(struct blob *b, uint64_t from, uint64_t end, int err)
 		b->err = err;
 		b->want_all = false;
 		b->ra_start = b->ra_end = 0;
+		if (err != -ENOSPC && err != -EDQUOT && err != -EROFS)
+			record_failure(b, from, end, err);   /* a full disk may empty any moment */
 		collect_waiters(b, &failed, err, lo, hi);
 	}
 	pthread_mutex_unlock(&b->lock);
@@ -1039,6 +1109,8 @@ static void expire_waiters(struct blob *b, uint64_t now, struct blob_waiter **ou
 		if (w->deadline_ms > now)
 			continue;
 		waiter_unlink(w);
+		if (b->state == BLOB_PARTIAL)
+			record_failure(b, w->off, w->off + w->len, -EIO);
 		w->result = -EIO;
 		w->next = *out;
 		*out = w;
@@ -1047,12 +1119,17 @@ static void expire_waiters(struct blob *b, uint64_t now, struct blob_waiter **ou
 
 /*
  * Check chunks that await their checksum; returns true if some must be
- * fetched again. Called and returns with b->lock held.
+ * fetched again. A chunk that fails its checksum as many times in a row as
+ * a range may be attempted fails its readers with EIO. Called and returns
+ * with b->lock held.
  */
 static bool verify_chunks(struct blob *b, struct blob_waiter **ready)
 {
+	unsigned attempts = b->remote ? b->remote->o.retry.max_attempts : 6;
 	bool refetch = false;
 
+	if (!b->bad)
+		b->bad = xcalloc(b->map->n + 1, 1);
 	for (uint32_t i = 0; i < b->map->n && b->nwritten; i++) {
 		if (b->cs[i] != CH_WRITTEN)
 			continue;
@@ -1064,6 +1141,7 @@ static bool verify_chunks(struct blob *b, struct blob_waiter **ready)
 		b->nwritten--;
 		if (ret == 0 && digest_equal(&got, &b->map->sums[i])) {
 			set_chunk_present(b, i);
+			b->bad[i] = 0;
 			b->map_dirty = true;
 			continue;
 		}
@@ -1072,20 +1150,22 @@ static bool verify_chunks(struct blob *b, struct blob_waiter **ready)
 		b->missing_bytes += len;
 		if (i < b->cursor)
 			b->cursor = i;
-		b->bad_chunks++;
-		refetch = true;
-		log_warn("'%s': chunk %u (bytes %llu-%llu) failed its checksum; fetching it again",
-			 b->name, i, (unsigned long long)s, (unsigned long long)(s + len - 1));
-	}
-	collect_waiters(b, ready, 0, 0, 0);
-	if (b->bad_chunks > BAD_CHUNKS_MAX) {
-		log_error("giving up on '%s': %u chunks failed their checksums",
-			  b->name, b->bad_chunks);
+		if (++b->bad[i] < attempts) {
+			refetch = true;
+			log_warn("'%s': chunk %u (bytes %llu-%llu) failed its checksum; fetching it again",
+				 b->name, i, (unsigned long long)s, (unsigned long long)(s + len - 1));
+			continue;
+		}
+		log_error("'%s': chunk %u (bytes %llu-%llu) failed its checksum %u times; giving up",
+			  b->name, i, (unsigned long long)s, (unsigned long long)(s + len - 1),
+			  attempts);
+		b->bad[i] = 0;   /* a later read may try again */
 		b->err = -EIO;
 		b->want_all = false;
-		collect_waiters(b, ready, -EIO, 0, UINT32_MAX);
-		return false;
+		record_failure(b, s, s + len, -EIO);
+		collect_waiters(b, ready, -EIO, i, i);
 	}
+	collect_waiters(b, ready, 0, 0, 0);
 	return refetch;
 }
 

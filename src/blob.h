@@ -128,6 +128,9 @@ enum blob_prio { PRIO_DEMAND, PRIO_READAHEAD, PRIO_BACKGROUND };
  */
 int blob_claim(struct blob *b, bool demand_only, uint64_t max_bytes, unsigned spread,
 	       uint64_t *start, uint64_t *end);
+/* Claim the first missing run that starts at or after from; 0, or -1 if none. */
+int blob_claim_from(struct blob *b, uint64_t from, uint64_t max_bytes,
+		    uint64_t *start, uint64_t *end);
 /*
  * Chunks readers are blocked on that are already in flight, as offsets
  * (at most max); the network thread may split a request to reach them sooner.

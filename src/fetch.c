@@ -158,13 +158,17 @@ struct job {
 	struct source *src;
 	int wfd;
 	const struct chunkmap *geo;
-	uint64_t origin, start, pos, end, reported, next_boundary, skip;
+	uint64_t origin, start, pos, end, reported, next_boundary;
+	uint64_t body_off;           /* a 200 answer: the blob offset of the next body byte */
 	uint64_t asked_end;          /* the end in the Range header (end may be cut later) */
 	unsigned attempt, slow_restarts;
 	bool auth_retried, demand, cut, slow, bad, done_early;
 	size_t ep;                   /* the endpoint this request went to */
 	int werr;
 	uint64_t started_ms, first_byte_ms, win_bytes;
+	uint64_t last_io_ms;         /* when the last byte (header or body) arrived */
+	uint64_t stall_ms;           /* cancel when nothing arrives for this long */
+	bool stalled;
 	/* JOB_MEM */
 	struct memreq *req;
 	char *body;
@@ -420,6 +424,7 @@ static size_t on_header(char *line, size_t size, size_t n, void *arg)
 	const char *v;
 	size_t vl;
 
+	j->last_io_ms = now_ms();
 	if (len >= 5 && strncmp(line, "HTTP/", 5) == 0) {
 		/* A new response (after a followed redirect): forget the last one's headers. */
 		const char *sp = memchr(line, ' ', len);
@@ -463,6 +468,7 @@ static size_t on_mem_data(char *data, size_t size, size_t n, void *arg)
 	struct job *j = arg;
 	size_t len = size * n;
 
+	j->last_io_ms = now_ms();
 	if (j->len + len > j->req->max) {
 		j->too_big = true;
 		return 0;
@@ -525,8 +531,7 @@ static bool check_range_response(struct job *j)
 			free(u);
 		}
 		j->src->no_ranges = true;
-		j->skip = j->pos;
-		return true;
+		return true;   /* the body starts at offset 0: on_range_data skips to pos */
 	}
 	return true; /* an error body: read and dropped */
 }
@@ -541,12 +546,31 @@ static void report_progress(struct job *j)
 		j->next_boundary = chunkmap_end(j->geo, chunkmap_index(j->geo, j->pos));
 }
 
+/*
+ * A server that ignores ranges sends each blob whole, from offset 0: rather
+ * than stop where the claimed range ends and ask again (from 0 again), keep
+ * reading and claim the next missing chunks as the stream reaches them.
+ */
+static bool stream_on(struct job *j)
+{
+	uint64_t start, end;
+
+	report_progress(j);
+	if (blob_claim_from(j->src->blob, j->end, blob_size(j->src->blob), &start, &end) < 0)
+		return false;
+	j->origin = j->pos = j->reported = start;
+	j->end = j->asked_end = end;
+	j->next_boundary = chunkmap_end(j->geo, chunkmap_index(j->geo, start));
+	return true;
+}
+
 static size_t on_range_data(char *data, size_t size, size_t n, void *arg)
 {
 	struct job *j = arg;
-	size_t len = size * n, take;
+	size_t len = size * n, done = 0;
 	int ret;
 
+	j->last_io_ms = now_ms();
 	if (!j->checked) {
 		j->checked = true;
 		j->first_byte_ms = now_ms();
@@ -556,36 +580,40 @@ static size_t on_range_data(char *data, size_t size, size_t n, void *arg)
 		}
 	}
 	if (j->status != 206 && j->status != 200)
-		return len;
-	if (j->skip) {
-		size_t k = MIN((uint64_t)len, j->skip);
-		j->skip -= k;
-		data += k;
-		len -= k;
-		if (!len)
-			return size * n;
-	}
-	take = MIN((uint64_t)len, j->end - j->pos);
-	if (take) {
-		ret = pwrite_all(j->wfd, data, take, (off_t)j->pos);
+		return len;   /* an error body: read and dropped */
+	while (done < len) {
+		size_t avail = len - done;
+		/* A 200 carries the blob from offset 0: skip what is not ours to write. */
+		if (j->status == 200 && j->body_off < j->pos) {
+			size_t k = (size_t)MIN((uint64_t)avail, j->pos - j->body_off);
+			j->body_off += k;
+			done += k;
+			continue;
+		}
+		if (j->pos == j->end) {
+			if (j->status == 200 && j->src->no_ranges && stream_on(j))
+				continue;
+			/* Past what we asked for: a cut request, or a server sending extra. */
+			if (!j->cut && j->status == 206)
+				log_debug("the server sent more than the range asked for");
+			j->done_early = true;
+			return 0;
+		}
+		size_t take = (size_t)MIN((uint64_t)avail, j->end - j->pos);
+		ret = pwrite_all(j->wfd, data + done, take, (off_t)j->pos);
 		if (ret < 0) {
 			j->werr = ret;
 			return 0;
 		}
 		j->pos += take;
+		j->body_off += take;
 		j->win_bytes += take;
+		done += take;
 		stat_add(j->f, &j->f->stats.bytes, take);
 		if (j->pos >= j->next_boundary || j->pos == j->end)
 			report_progress(j);
 	}
-	if (j->pos == j->end && take < len) {
-		/* Past what we asked for: a cut request, a whole-blob 200, or a server sending extra. */
-		if (!j->cut && j->status == 206)
-			log_debug("the server sent more than the range asked for");
-		j->done_early = true;
-		return 0;
-	}
-	return size * n;
+	return len;
 }
 
 /* ---- jobs: lifecycle ---- */
@@ -608,8 +636,6 @@ static CURL *new_easy(struct fetcher *f, struct job *j, const char *url,
 	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
 	curl_easy_setopt(e, CURLOPT_HEADERDATA, j);
 	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, (long)o->connect_timeout_s);
-	curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-	curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)o->stall_timeout_s);
 	curl_easy_setopt(e, CURLOPT_USERAGENT, f->o.user_agent);
 	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
 	curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 256L * 1024);
@@ -617,6 +643,9 @@ static CURL *new_easy(struct fetcher *f, struct job *j, const char *url,
 		curl_easy_setopt(e, CURLOPT_CAINFO, o->cacert);
 	j->url = xstrdup(url);
 	j->content_length = -1;
+	/* Stalls are ours to see (check_stalls): curl's low-speed test averages over
+	 * seconds, so a burst followed by silence would go unnoticed for too long. */
+	j->stall_ms = (uint64_t)o->stall_timeout_s * 1000;
 	return e;
 }
 
@@ -638,7 +667,7 @@ static void job_add(struct fetcher *f, struct job *j)
 {
 	j->next = f->jobs;
 	f->jobs = j;
-	j->started_ms = now_ms();
+	j->started_ms = j->last_io_ms = now_ms();
 	curl_multi_add_handle(f->multi, j->easy);
 	stat_add(f, &f->stats.requests, 1);
 }
@@ -1547,6 +1576,22 @@ static void schedule(struct fetcher *f)
 	}
 }
 
+/* Cancel requests that received nothing for their stall timeout; they are retried. */
+static void check_stalls(struct fetcher *f, uint64_t now)
+{
+	for (struct job *j = f->jobs, *next; j; j = next) {
+		next = j->next;
+		if (!j->stall_ms || now - j->last_io_ms < j->stall_ms)
+			continue;
+		j->stalled = true;
+		snprintf(j->errbuf, sizeof(j->errbuf), "no data for %llu s",
+			 (unsigned long long)(j->stall_ms / 1000));
+		job_remove(f, j);
+		j->next = f->finished;
+		f->finished = j;
+	}
+}
+
 /* Learn how fast a range request normally goes, from those that finish. */
 static void note_rate(struct fetcher *f, const struct job *j)
 {
@@ -1659,6 +1704,9 @@ static long next_timeout(struct fetcher *f)
 		next = MIN(next, r->due_ms);
 	if (f->nrange)
 		next = MIN(next, f->last_slow_check + SLOW_CHECK_MS);
+	for (struct job *j = f->jobs; j; j = j->next)
+		if (j->stall_ms)
+			next = MIN(next, j->last_io_ms + j->stall_ms);
 	return next > now ? (long)(next - now) : 0;
 }
 
@@ -1738,11 +1786,12 @@ static void *fetcher_main(void *arg)
 			job_remove(f, j);
 			finish_job(f, j, res);
 		}
+		check_stalls(f, now_ms());
 		check_slow(f, now_ms());
 		while (f->finished) {
 			struct job *j = f->finished;
 			f->finished = j->next;
-			finish_job(f, j, CURLE_ABORTED_BY_CALLBACK);
+			finish_job(f, j, j->stalled ? CURLE_OPERATION_TIMEDOUT : CURLE_ABORTED_BY_CALLBACK);
 		}
 	}
 	shutdown_all(f);
