@@ -60,8 +60,8 @@ int cmd_status(const struct session_opts *so)
 	struct session *s;
 	int ret;
 
-	/* Writable if we may (to drop files of dead mounts); read-only will do. */
-	if (session_open(so, SESSION_WRITE, &s) < 0 && session_open(so, 0, &s) < 0)
+	/* Read-only: status never creates a store (stale files are dropped if we may). */
+	if (session_open(so, 0, &s) < 0)
 		return EXIT_FAIL;
 	ret = status_print(s);
 	session_close(s);

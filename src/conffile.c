@@ -45,7 +45,7 @@ static const struct key keys[] = {
 	{ "chunk-size", CF_CHUNK_SIZE, false, false },
 	{ "request-size", CF_REQUEST_SIZE, false, false },
 	{ "stall-timeout", CF_STALL_TIMEOUT, false, false },
-	{ "read-timeout", CF_READ_TIMEOUT, false, false },
+	{ "read-timeout", CF_READ_TIMEOUT, true, false },
 	{ "connect-timeout", CF_CONNECT_TIMEOUT, false, false },
 	{ "retries", CF_RETRIES, false, false },
 	{ "insecure", CF_INSECURE, false, false },
@@ -310,6 +310,22 @@ static int set_value(struct parse *p, struct conf *c, const struct key *k, const
 	return 0;
 }
 
+/* Cut a comment that follows a blank ("value   # why"), outside double quotes. */
+static void cut_comment(char *s)
+{
+	bool quoted = false;
+
+	for (char *p = s; *p; p++) {
+		if (*p == '"')
+			quoted = !quoted;
+		else if (!quoted && (*p == '#' || *p == ';') && p > s &&
+			 (p[-1] == ' ' || p[-1] == '\t')) {
+			*p = '\0';
+			return;
+		}
+	}
+}
+
 static char *trim(char *s)
 {
 	char *e;
@@ -398,6 +414,7 @@ int config_load_text(struct config *cfg, const char *name, const char *text, siz
 			continue;
 		}
 		*eq = '\0';
+		cut_comment(eq + 1);
 		char *key = trim(s), *val = trim(eq + 1);
 		size_t vl = strlen(val);
 		if (vl >= 2 && val[0] == '"' && val[vl - 1] == '"') {

@@ -199,7 +199,7 @@ struct fetcher {
 	struct memreq *pending;      /* waiting for a token or a retry time */
 	struct authent *auth;
 	struct hostinfo *hosts;
-	unsigned nrange;
+	unsigned nrange;             /* range requests in flight; written here only, atomically */
 	uint64_t last_slow_check;
 	uint64_t typical_rate;       /* bytes/s of a finished range request, smoothed */
 };
@@ -1035,7 +1035,7 @@ static void start_range(struct fetcher *f, struct source *s, struct retry *r)
 	if (!s->direct)
 		s->resolving = true;
 	s->jobs++;
-	f->nrange++;
+	__atomic_add_fetch(&f->nrange, 1, __ATOMIC_RELAXED);   /* read by status */
 	free(r);
 	if (log_get_level() >= LOG_LVL_DEBUG) {
 		char *u = url_redact(url);
@@ -1346,7 +1346,7 @@ static void finish_range(struct fetcher *f, struct job *j, CURLcode res)
 
 	report_progress(j);
 	s->jobs--;
-	f->nrange--;
+	__atomic_sub_fetch(&f->nrange, 1, __ATOMIC_RELAXED);
 	if (j->to_registry || !s->direct)
 		s->resolving = false;
 	if (j->pos > j->start)

@@ -1069,8 +1069,15 @@ static void on_store_change(void *arg)
 		log_info("store changed: %u tags added, %u removed", added, removed);
 }
 
-int fs_mount(const struct session_opts *so, const struct fs_opts *fo, const char *mountpoint)
+int fs_mount(const struct session_opts *so, const struct fs_opts *fo, const char *mp)
 {
+	/* Absolute: the daemon changes to / when it detaches. */
+	char *mountpoint = realpath(mp, NULL);
+
+	if (!mountpoint) {
+		fprintf(stderr, "blobfs: error: cannot mount on '%s': %s\n", mp, strerror(errno));
+		return 1;
+	}
 	struct fuse_args args = FUSE_ARGS_INIT(fo->fuse_argc, fo->fuse_argv);
 	struct fs *fs = xcalloc(1, sizeof(*fs));
 	struct fuse_loop_config *cfg = NULL;
@@ -1143,5 +1150,6 @@ out:
 	pthread_mutex_destroy(&fs->open_lock);
 	fuse_opt_free_args(&args);
 	free(fs);
+	free(mountpoint);
 	return ret;
 }

@@ -227,8 +227,8 @@ int status_print(struct session *s)
 		char *path = xasprintf("%s/%s", dir, e->d_name);
 		if (print_one(path))
 			shown++;
-		else if (s->store->writable)
-			unlink(path);   /* its process is gone */
+		else
+			unlink(path);   /* its process is gone; fine if we may not */
 		free(path);
 	}
 	if (d)

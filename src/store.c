@@ -75,7 +75,21 @@ int store_open(const char *root, bool create, struct store **out)
 
 	while (len > 1 && root[len - 1] == '/')
 		len--;
-	s->root = xstrndup(root, len);
+	if (root[0] != '/') {
+		/* Absolute, so it still names the same place after a daemon's chdir("/"). */
+		char *cwd = getcwd(NULL, 0);
+		if (!cwd) {
+			ret = -errno;
+			log_error("cannot find the current directory for store '%s': %s", root,
+				  strerror(errno));
+			free(s);
+			return ret;
+		}
+		s->root = xasprintf("%s/%.*s", cwd, (int)len, root);
+		free(cwd);
+	} else {
+		s->root = xstrndup(root, len);
+	}
 	s->blobs = xasprintf("%s/blobs", s->root);
 	s->manifests = xasprintf("%s/manifests", s->root);
 	s->state = xasprintf("%s/.blobfs", s->root);

@@ -41,7 +41,8 @@ static void test_globals_and_host_sections(void **state)
 		"insecure = yes\n"
 		"connections = 4\n"
 		"[global]\n"
-		"stall-timeout = 7\n";
+		"stall-timeout = 7   # end-of-line comments are allowed\n"
+		"credentials = \"/etc/blobfs/creds#1\"  ; a # inside quotes is kept\n";
 
 	(void)state;
 	assert_int_equal(load(&cfg, text, err, sizeof(err)), 0);
@@ -49,6 +50,7 @@ static void test_globals_and_host_sections(void **state)
 	assert_int_equal(cfg.global.max_cache, 200ULL << 30);
 	assert_int_equal(cfg.global.request_size, 8u << 20);
 	assert_int_equal(cfg.global.stall_timeout_s, 7);
+	assert_string_equal(cfg.global.credentials, "/etc/blobfs/creds#1");
 	assert_true(cfg.global.set & CF_STALL_TIMEOUT);
 	assert_false(cfg.global.set & CF_CACERT);
 
@@ -122,6 +124,7 @@ static void test_refusals_name_file_line_and_reason(void **state)
 		{ "mirror = http://x\n", "test.conf:1:", "belongs in a [host NAME] section" },
 		{ "[host h]\nstore = /x\n", "test.conf:2:", "for the whole store" },
 		{ "[host h]\nmax-cache = 1G\n", "test.conf:2:", "for the whole store" },
+		{ "[host h]\nread-timeout = 5\n", "test.conf:2:", "for the whole store" },
 		{ "[host h]\nmirror = ftp://x\n", "test.conf:2:", "http:// or https://" },
 		{ "[host h]\nmirror = http://x/?q=1\n", "test.conf:2:", "http:// or https://" },
 		{ "[host h]\nscheme = gopher\n", "test.conf:2:", "http or https" },
