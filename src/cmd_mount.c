@@ -25,15 +25,28 @@
 #include "log.h"
 #include "util.h"
 
+/*
+ * blobfs's -o options. Settings keep their text and go through conf_set(),
+ * which checks them as the configuration file and the command line are
+ * checked; the rest are the mount's own.
+ */
 struct mount_opts {
 	int nodiscover, discover, insecure, no_chunksums, no_netrc;
-	char *background, *cacert, *credentials, *store, *max_cache;
-	unsigned read_timeout, connections, stall_timeout, retries, miss_ttl, threads;
+	char *background;
+	unsigned miss_ttl, threads;
+	char *settings[9];
 	int fsname_given, subtype_given;
+};
+
+/* The settings, by their -o names (the configuration keys, with '_'). */
+static const char *const setting_names[] = {
+	"cacert", "credentials", "store", "max_cache", "read_timeout", "connections",
+	"stall_timeout", "retries", "request_size",
 };
 
 #define OPT(t, f) { t, offsetof(struct mount_opts, f), 1 }
 #define VAL(t, f) { t, offsetof(struct mount_opts, f), 0 }
+#define SETTING(t, i) { t "=%s", offsetof(struct mount_opts, settings) + (i) * sizeof(char *), 0 }
 
 static const struct fuse_opt spec[] = {
 	OPT("nodiscover", nodiscover),
@@ -42,16 +55,17 @@ static const struct fuse_opt spec[] = {
 	OPT("no_chunksums", no_chunksums),
 	OPT("no_netrc", no_netrc),
 	VAL("background=%s", background),
-	VAL("cacert=%s", cacert),
-	VAL("credentials=%s", credentials),
-	VAL("store=%s", store),
-	VAL("max_cache=%s", max_cache),
-	VAL("read_timeout=%u", read_timeout),
-	VAL("connections=%u", connections),
-	VAL("stall_timeout=%u", stall_timeout),
-	VAL("retries=%u", retries),
 	VAL("miss_ttl=%u", miss_ttl),
 	VAL("threads=%u", threads),
+	SETTING("cacert", 0),
+	SETTING("credentials", 1),
+	SETTING("store", 2),
+	SETTING("max_cache", 3),
+	SETTING("read_timeout", 4),
+	SETTING("connections", 5),
+	SETTING("stall_timeout", 6),
+	SETTING("retries", 7),
+	SETTING("request_size", 8),
 	FUSE_OPT_END
 };
 
@@ -113,6 +127,7 @@ int cmd_mount(struct session_opts *so, struct fs_opts *fo, const char *mountpoin
 {
 	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
 	struct mount_opts mo = { 0 };
+	char err[256];
 	int ret;
 
 	fuse_opt_add_arg(&args, "blobfs");
@@ -128,24 +143,6 @@ int cmd_mount(struct session_opts *so, struct fs_opts *fo, const char *mountpoin
 		fo->discover = false;
 	if (mo.discover)
 		fo->discover = true;
-	if (mo.insecure) {
-		so->cli.insecure = true;
-		so->cli.set |= CF_INSECURE;
-	}
-	if (mo.no_chunksums) {
-		so->cli.chunksums = false;
-		so->cli.set |= CF_CHUNKSUMS;
-	}
-	if (mo.no_netrc) {
-		so->cli.netrc = false;
-		so->cli.set |= CF_NETRC;
-	}
-	if (mo.cacert)
-		conf_set_str(&so->cli, CF_CACERT, mo.cacert);
-	if (mo.credentials)
-		conf_set_str(&so->cli, CF_CREDENTIALS, mo.credentials);
-	if (mo.store)
-		conf_set_str(&so->cli, CF_STORE, mo.store);
 	if (mo.background) {
 		if (strcmp(mo.background, "sequential") == 0)
 			fo->background = BG_SEQUENTIAL;
@@ -161,38 +158,17 @@ int cmd_mount(struct session_opts *so, struct fs_opts *fo, const char *mountpoin
 		}
 	}
 	ret = EXIT_USAGE;
-	if (mo.read_timeout) {
-		if (!in_range(mo.read_timeout, 1, 86400, "read_timeout"))
-			goto out;
-		so->cli.read_timeout_s = mo.read_timeout;
-		so->cli.set |= CF_READ_TIMEOUT;
-	}
-	if (mo.connections) {
-		if (!in_range(mo.connections, 1, 256, "connections"))
-			goto out;
-		so->cli.connections = mo.connections;
-		so->cli.set |= CF_CONNECTIONS;
-	}
-	if (mo.stall_timeout) {
-		if (!in_range(mo.stall_timeout, 1, 3600, "stall_timeout"))
-			goto out;
-		so->cli.stall_timeout_s = mo.stall_timeout;
-		so->cli.set |= CF_STALL_TIMEOUT;
-	}
-	if (mo.retries) {
-		if (!in_range(mo.retries, 1, 100, "retries"))
-			goto out;
-		so->cli.retries = mo.retries;
-		so->cli.set |= CF_RETRIES;
-	}
-	if (mo.max_cache) {
-		uint64_t size;
-		if (parse_size(mo.max_cache, &size) < 0) {
-			cli_error("-o max_cache wants a size such as 200G, not '%s'", mo.max_cache);
-			goto out;
-		}
-		so->cli.max_cache = size;
-		so->cli.set |= CF_MAX_CACHE;
+	if ((mo.insecure && conf_set(&so->cli, "insecure", "yes", "-o insecure", err, sizeof(err))) ||
+	    (mo.no_chunksums && conf_set(&so->cli, "chunksums", "no", "-o no_chunksums", err, sizeof(err))) ||
+	    (mo.no_netrc && conf_set(&so->cli, "netrc", "no", "-o no_netrc", err, sizeof(err))))
+		goto bad;
+	for (size_t i = 0; i < ARRAY_SIZE(setting_names); i++) {
+		char label[64];
+		if (!mo.settings[i])
+			continue;
+		snprintf(label, sizeof(label), "-o %s", setting_names[i]);
+		if (conf_set(&so->cli, setting_names[i], mo.settings[i], label, err, sizeof(err)) < 0)
+			goto bad;
 	}
 	if (mo.miss_ttl)
 		fo->miss_ttl_s = mo.miss_ttl;
@@ -213,13 +189,14 @@ int cmd_mount(struct session_opts *so, struct fs_opts *fo, const char *mountpoin
 	fo->fuse_argv = args.argv;   /* still ours: freed below */
 	clear_dead_mount(mountpoint);
 	ret = fs_mount(so, fo, mountpoint);
+	goto out;
+bad:
+	cli_error("%s", err);
 out:
 	fuse_opt_free_args(&args);
 	free(mo.background);
-	free(mo.cacert);
-	free(mo.credentials);
-	free(mo.store);
-	free(mo.max_cache);
+	for (size_t i = 0; i < ARRAY_SIZE(mo.settings); i++)
+		free(mo.settings[i]);
 	return ret;
 }
 

@@ -58,8 +58,9 @@ static const struct key keys[] = {
 };
 
 struct parse {
-	const char *name;
+	const char *name;      /* the file, or NULL (a setting from the command line) */
 	unsigned line;
+	const char *label;     /* how the setting is named in messages */
 	char *err;
 	size_t errlen;
 };
@@ -74,7 +75,10 @@ static int bad(struct parse *p, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(why, sizeof(why), fmt, ap);
 	va_end(ap);
-	snprintf(p->err, p->errlen, "%s:%u: %s", p->name, p->line, why);
+	if (p->name)
+		snprintf(p->err, p->errlen, "%s:%u: %s", p->name, p->line, why);
+	else
+		snprintf(p->err, p->errlen, "%s", why);
 	return -EINVAL;
 }
 
@@ -235,66 +239,66 @@ static int set_value(struct parse *p, struct conf *c, const struct key *k, const
 	case CF_CACERT:
 	case CF_CREDENTIALS:
 		if (!*v)
-			return bad(p, "'%s' wants a path", k->name);
+			return bad(p, "%s wants a path", p->label);
 		set_str(k->field == CF_STORE ? &c->store :
 			k->field == CF_CACERT ? &c->cacert : &c->credentials, v);
 		break;
 	case CF_CONNECTIONS:
 		if (!parse_uint_range(v, 1, 256, &c->connections))
-			return bad(p, "'connections' wants a number from 1 to 256, not '%s'", v);
+			return bad(p, "%s wants a number from 1 to 256, not '%s'", p->label, v);
 		break;
 	case CF_RETRIES:
 		if (!parse_uint_range(v, 1, 100, &c->retries))
-			return bad(p, "'retries' wants a number from 1 to 100, not '%s'", v);
+			return bad(p, "%s wants a number from 1 to 100, not '%s'", p->label, v);
 		break;
 	case CF_STALL_TIMEOUT:
 		if (!parse_uint_range(v, 1, 3600, &c->stall_timeout_s))
-			return bad(p, "'stall-timeout' wants seconds from 1 to 3600, not '%s'", v);
+			return bad(p, "%s wants seconds from 1 to 3600, not '%s'", p->label, v);
 		break;
 	case CF_CONNECT_TIMEOUT:
 		if (!parse_uint_range(v, 1, 600, &c->connect_timeout_s))
-			return bad(p, "'connect-timeout' wants seconds from 1 to 600, not '%s'", v);
+			return bad(p, "%s wants seconds from 1 to 600, not '%s'", p->label, v);
 		break;
 	case CF_READ_TIMEOUT:
 		if (!parse_uint_range(v, 1, 86400, &c->read_timeout_s))
-			return bad(p, "'read-timeout' wants seconds from 1 to 86400, not '%s'", v);
+			return bad(p, "%s wants seconds from 1 to 86400, not '%s'", p->label, v);
 		break;
 	case CF_CHUNK_SIZE:
 		if (parse_size(v, &size) < 0 || size < 4096 || size > (1ULL << 30) ||
 		    (size & (size - 1)))
-			return bad(p, "'chunk-size' wants a power of two from 4K to 1G, not '%s'", v);
+			return bad(p, "%s wants a power of two from 4K to 1G, not '%s'", p->label, v);
 		c->chunk_size = size;
 		break;
 	case CF_REQUEST_SIZE:
 		if (parse_size(v, &size) < 0 || size < 4096 || size > (1ULL << 34))
-			return bad(p, "'request-size' wants a size from 4K to 16G, not '%s'", v);
+			return bad(p, "%s wants a size from 4K to 16G, not '%s'", p->label, v);
 		c->request_size = size;
 		break;
 	case CF_MAX_CACHE:
 		if (parse_size(v, &size) < 0)
-			return bad(p, "'max-cache' wants a size such as 200G, not '%s'", v);
+			return bad(p, "%s wants a size such as 200G, not '%s'", p->label, v);
 		c->max_cache = size;
 		break;
 	case CF_INSECURE:
 		if (!parse_bool(v, &c->insecure))
-			return bad(p, "'insecure' wants yes or no, not '%s'", v);
+			return bad(p, "%s wants yes or no, not '%s'", p->label, v);
 		break;
 	case CF_CHUNKSUMS:
 		if (!parse_bool(v, &c->chunksums))
-			return bad(p, "'chunksums' wants yes or no, not '%s'", v);
+			return bad(p, "%s wants yes or no, not '%s'", p->label, v);
 		break;
 	case CF_NETRC:
 		if (!parse_bool(v, &c->netrc))
-			return bad(p, "'netrc' wants yes or no, not '%s'", v);
+			return bad(p, "%s wants yes or no, not '%s'", p->label, v);
 		break;
 	case CF_SCHEME:
 		if (strcmp(v, "http") != 0 && strcmp(v, "https") != 0)
-			return bad(p, "'scheme' wants http or https, not '%s'", v);
+			return bad(p, "%s wants http or https, not '%s'", p->label, v);
 		set_str(&c->scheme, v);
 		break;
 	case CF_MIRRORS:
 		if (!valid_mirror(v))
-			return bad(p, "'mirror' wants an http:// or https:// URL, not '%s'", v);
+			return bad(p, "%s wants an http:// or https:// URL, not '%s'", p->label, v);
 		if (!(c->set & CF_MIRRORS)) {
 			/* The first mirror line of a file replaces what earlier files said. */
 			for (size_t i = 0; i < c->nmirrors; i++)
@@ -324,6 +328,22 @@ static void cut_comment(char *s)
 			return;
 		}
 	}
+}
+
+int conf_set(struct conf *c, const char *key, const char *value, const char *label,
+	     char *err, size_t errlen)
+{
+	struct parse p = { .label = label, .err = err, .errlen = errlen };
+	char norm[32];
+
+	snprintf(norm, sizeof(norm), "%s", key);
+	for (char *q = norm; *q; q++)
+		if (*q == '_')
+			*q = '-';
+	for (size_t i = 0; i < ARRAY_SIZE(keys); i++)
+		if (strcasecmp(norm, keys[i].name) == 0)
+			return set_value(&p, c, &keys[i], value);
+	return bad(&p, "unknown setting '%s'", key);
 }
 
 static char *trim(char *s)
@@ -433,8 +453,12 @@ int config_load_text(struct config *cfg, const char *name, const char *text, siz
 			ret = bad(&p, "'%s' is for the whole store, not one host", k->name);
 		else if (k->host_only && !in_host)
 			ret = bad(&p, "'%s' belongs in a [host NAME] section", k->name);
-		else
+		else {
+			char label[64];
+			snprintf(label, sizeof(label), "'%s'", k->name);
+			p.label = label;
 			ret = set_value(&p, cur, k, val);
+		}
 		free(line);
 	}
 out:

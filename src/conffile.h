@@ -81,6 +81,13 @@ void config_release(struct config *cfg);
 
 /* The settings for a registry host: global ones overridden by its section. */
 void config_for_host(const struct config *cfg, const char *host, struct conf *out);
+/*
+ * Set one setting by its name in the file ("connections", "max-cache"; '_'
+ * works for '-'), checked as the file is; label names it in the message
+ * ("--connections", "-o connections"). 0, or -EINVAL with a reason in err.
+ */
+int conf_set(struct conf *c, const char *key, const char *value, const char *label,
+	     char *err, size_t errlen);
 /* Set a string setting (CF_STORE, CF_CACERT, CF_CREDENTIALS or CF_SCHEME). */
 void conf_set_str(struct conf *c, enum conf_field field, const char *v);
 /* Every setting at its default, all set. */

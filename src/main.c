@@ -117,14 +117,19 @@ static int usage_error(const char *fmt, ...)
 	return EXIT_USAGE;
 }
 
-static bool parse_uint(const char *s, unsigned min, unsigned max, unsigned *out)
-{
-	uint64_t v;
+static const char *opt_name(int c);
 
-	if (!parse_u64(s, strlen(s), &v) || v < min || v > max)
-		return false;
-	*out = (unsigned)v;
-	return true;
+/* Set a setting from its option, checked as the configuration file checks it. */
+static int set_option(struct conf *cli, const char *key, const char *value)
+{
+	char label[64], err[256];
+
+	snprintf(label, sizeof(label), "--%s", key);
+	if (conf_set(cli, key, value, label, err, sizeof(err)) < 0) {
+		usage_error("%s", err);
+		return -1;
+	}
+	return 0;
 }
 
 static const char *opt_name(int c)
@@ -146,8 +151,6 @@ int main(int argc, char **argv)
 	static char *mopts[256];
 	int nmopts = 0;
 	bool seen[512] = { false };
-	unsigned v;
-	uint64_t size;
 	int c;
 
 	session_opts_init(&so);
@@ -157,9 +160,6 @@ int main(int argc, char **argv)
 		if (c >= 0 && c < (int)ARRAY_SIZE(seen))
 			seen[c] = true;
 		switch (c) {
-		case OPT_STORE:
-			conf_set_str(&so.cli, CF_STORE, optarg);
-			break;
 		case OPT_DEBUG:
 			log_set_level(LOG_LVL_DEBUG);
 			break;
@@ -175,63 +175,28 @@ int main(int argc, char **argv)
 		case OPT_LAZY:
 			pa.lazy = true;
 			break;
-		case OPT_INSECURE:
-			so.cli.insecure = true;
-			so.cli.set |= CF_INSECURE;
-			break;
+		case OPT_STORE:
 		case OPT_CACERT:
-			conf_set_str(&so.cli, CF_CACERT, optarg);
-			break;
 		case OPT_CREDENTIALS:
-			conf_set_str(&so.cli, CF_CREDENTIALS, optarg);
+		case OPT_CONNECTIONS:
+		case OPT_CHUNK_SIZE:
+		case OPT_REQUEST_SIZE:
+		case OPT_STALL_TIMEOUT:
+		case OPT_READ_TIMEOUT:
+		case OPT_RETRIES:
+		case OPT_MAX_CACHE:
+			/* Settings: the option has the name of the configuration key. */
+			if (set_option(&so.cli, opt_name(c), optarg) < 0)
+				return EXIT_USAGE;
+			break;
+		case OPT_INSECURE:
+			set_option(&so.cli, "insecure", "yes");
 			break;
 		case OPT_NO_NETRC:
-			so.cli.netrc = false;
-			so.cli.set |= CF_NETRC;
-			break;
-		case OPT_CONNECTIONS:
-			so.cli.set |= CF_CONNECTIONS;
-			if (!parse_uint(optarg, 1, 256, &so.cli.connections))
-				return usage_error("--connections wants a number from 1 to 256, not '%s'", optarg);
-			break;
-		case OPT_CHUNK_SIZE:
-			if (parse_size(optarg, &size) < 0 || size < 4096 || size > (1ULL << 30) ||
-			    (size & (size - 1)))
-				return usage_error("--chunk-size wants a power of two from 4K to 1G, not '%s'", optarg);
-			so.cli.chunk_size = size;
-			so.cli.set |= CF_CHUNK_SIZE;
-			break;
-		case OPT_REQUEST_SIZE:
-			if (parse_size(optarg, &size) < 0 || size < 4096 || size > (1ULL << 34))
-				return usage_error("--request-size wants a size from 4K to 16G, not '%s'", optarg);
-			so.cli.request_size = size;
-			so.cli.set |= CF_REQUEST_SIZE;
-			break;
-		case OPT_STALL_TIMEOUT:
-			so.cli.set |= CF_STALL_TIMEOUT;
-			if (!parse_uint(optarg, 1, 3600, &so.cli.stall_timeout_s))
-				return usage_error("--stall-timeout wants seconds from 1 to 3600, not '%s'", optarg);
-			break;
-		case OPT_READ_TIMEOUT:
-			if (!parse_uint(optarg, 1, 86400, &v))
-				return usage_error("--read-timeout wants seconds from 1 to 86400, not '%s'", optarg);
-			so.cli.read_timeout_s = v;
-			so.cli.set |= CF_READ_TIMEOUT;
-			break;
-		case OPT_RETRIES:
-			so.cli.set |= CF_RETRIES;
-			if (!parse_uint(optarg, 1, 100, &so.cli.retries))
-				return usage_error("--retries wants a number from 1 to 100, not '%s'", optarg);
-			break;
-		case OPT_MAX_CACHE:
-			if (parse_size(optarg, &size) < 0)
-				return usage_error("--max-cache wants a size such as 200G, not '%s'", optarg);
-			so.cli.max_cache = size;
-			so.cli.set |= CF_MAX_CACHE;
+			set_option(&so.cli, "netrc", "no");
 			break;
 		case OPT_NO_CHUNKSUMS:
-			so.cli.chunksums = false;
-			so.cli.set |= CF_CHUNKSUMS;
+			set_option(&so.cli, "chunksums", "no");
 			break;
 		case OPT_FOREGROUND:
 			fo.foreground = true;
