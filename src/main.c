@@ -88,7 +88,7 @@ static const char usage_text[] =
 	"      --credentials FILE  netrc-syntax credentials (also read: ~/.netrc)\n"
 	"      --no-netrc          do not read ~/.netrc\n"
 	"      --connections N     range requests in flight (default 16)\n"
-	"      --chunk-size SIZE   chunk map granularity (default: by blob size, >= 64K)\n"
+	"      --chunk-size SIZE   chunk map granularity (default: by blob size, >= 16K)\n"
 	"      --request-size SIZE largest range asked for in one request (default 16M)\n"
 	"      --stall-timeout SEC retry a request that receives nothing this long (20)\n"
 	"      --read-timeout SEC  fail a read that waits longer than this (60)\n"
@@ -143,18 +143,20 @@ static const char *opt_name(int c)
 static int dispatch(const char *cmd, char *const *args, int nargs, struct session_opts *so,
 		    struct pull_args *pa, struct fs_opts *fo, char **mopts, int nmopts);
 
-int main(int argc, char **argv)
+/*
+ * Parse the options into so, pa, fo and mopts. Returns PARSED with *cmd_at at
+ * the command's index in argv, or the exit code to leave with; the caller
+ * releases so either way.
+ */
+#define PARSED (-1)
+
+static int parse(int argc, char **argv, struct session_opts *so, struct pull_args *pa,
+		 struct fs_opts *fo, char **mopts, int *nmopts_out, int maxmopts, int *cmd_at)
 {
-	struct session_opts so;
-	struct pull_args pa = { 0 };
-	struct fs_opts fo;
-	static char *mopts[256];
-	int nmopts = 0;
 	bool seen[512] = { false };
+	int nmopts = 0;
 	int c;
 
-	session_opts_init(&so);
-	fs_opts_defaults(&fo);
 	opterr = 0;    /* our own messages, naming the option */
 	while ((c = getopt_long(argc, argv, ":s:dqhVfo:", longopts, NULL)) != -1) {
 		if (c >= 0 && c < (int)ARRAY_SIZE(seen))
@@ -164,7 +166,7 @@ int main(int argc, char **argv)
 			log_set_level(LOG_LVL_DEBUG);
 			break;
 		case OPT_QUIET:
-			pa.quiet = true;
+			pa->quiet = true;
 			break;
 		case OPT_HELP:
 			fputs(usage_text, stdout);
@@ -173,7 +175,7 @@ int main(int argc, char **argv)
 			printf("blobfs %s\n", PACKAGE_VERSION);
 			return EXIT_OK;
 		case OPT_LAZY:
-			pa.lazy = true;
+			pa->lazy = true;
 			break;
 		case OPT_STORE:
 		case OPT_CACERT:
@@ -186,23 +188,23 @@ int main(int argc, char **argv)
 		case OPT_RETRIES:
 		case OPT_MAX_CACHE:
 			/* Settings: the option has the name of the configuration key. */
-			if (set_option(&so.cli, opt_name(c), optarg) < 0)
+			if (set_option(&so->cli, opt_name(c), optarg) < 0)
 				return EXIT_USAGE;
 			break;
 		case OPT_INSECURE:
-			set_option(&so.cli, "insecure", "yes");
+			set_option(&so->cli, "insecure", "yes");
 			break;
 		case OPT_NO_NETRC:
-			set_option(&so.cli, "netrc", "no");
+			set_option(&so->cli, "netrc", "no");
 			break;
 		case OPT_NO_CHUNKSUMS:
-			set_option(&so.cli, "chunksums", "no");
+			set_option(&so->cli, "chunksums", "no");
 			break;
 		case OPT_FOREGROUND:
-			fo.foreground = true;
+			fo->foreground = true;
 			break;
 		case OPT_OPTION:
-			if (nmopts == (int)ARRAY_SIZE(mopts))
+			if (nmopts == maxmopts)
 				return usage_error("%s", "too many -o options");
 			mopts[nmopts++] = optarg;
 			break;
@@ -216,8 +218,6 @@ int main(int argc, char **argv)
 		return usage_error("%s", "no command given");
 
 	const char *cmd = argv[optind];
-	char *const *args = argv + optind + 1;
-	int nargs = argc - optind - 1;
 	bool fetches = strcmp(cmd, "pull") == 0 || strcmp(cmd, "mount") == 0;
 
 	if ((seen[OPT_FOREGROUND] || seen[OPT_OPTION]) && strcmp(cmd, "mount") != 0)
@@ -232,14 +232,32 @@ int main(int argc, char **argv)
 		return usage_error("%s", "--max-cache applies to pull, mount and gc");
 	if (seen[OPT_LAZY] && strcmp(cmd, "pull") != 0)
 		return usage_error("%s", "--lazy applies to 'pull' only");
+	*nmopts_out = nmopts;
+	*cmd_at = optind;
+	return PARSED;
+}
 
+int main(int argc, char **argv)
+{
+	struct session_opts so;
+	struct pull_args pa = { 0 };
+	struct fs_opts fo;
+	static char *mopts[256];
+	int nmopts = 0, cmd = 0;
 	char err[512];
-	if (session_opts_load(&so, err, sizeof(err)) < 0) {
-		fprintf(stderr, "blobfs: error: bad configuration: %s\n", err);
-		session_opts_release(&so);
-		return EXIT_FAIL;
+
+	session_opts_init(&so);
+	fs_opts_defaults(&fo);
+	int ret = parse(argc, argv, &so, &pa, &fo, mopts, &nmopts, (int)ARRAY_SIZE(mopts), &cmd);
+	if (ret == PARSED) {
+		if (session_opts_load(&so, err, sizeof(err)) < 0) {
+			fprintf(stderr, "blobfs: error: bad configuration: %s\n", err);
+			ret = EXIT_FAIL;
+		} else {
+			ret = dispatch(argv[cmd], argv + cmd + 1, argc - cmd - 1, &so, &pa, &fo,
+				       mopts, nmopts);
+		}
 	}
-	int ret = dispatch(cmd, args, nargs, &so, &pa, &fo, mopts, nmopts);
 	session_opts_release(&so);
 	return ret;
 }
