@@ -481,6 +481,28 @@ static size_t on_mem_data(char *data, size_t size, size_t n, void *arg)
 }
 
 /*
+ * A 200 to a range request brings the blob from offset 0. Give back the range
+ * the job claimed and claim again from 0, so that the stream fills every
+ * missing chunk it passes: claiming only from the job's own start on would
+ * leave the chunks before it to another whole-blob request. The range given
+ * back is the first missing one at or after 0, or lies within the new claim.
+ */
+static bool restream(struct job *j)
+{
+	uint64_t start, end;
+
+	if (j->pos != j->start || j->start == 0)
+		return true;
+	blob_unclaim(j->src->blob, j->start, j->end, 0);
+	if (blob_claim_from(j->src->blob, 0, blob_size(j->src->blob), &start, &end) < 0)
+		return false;   /* the blob is no longer partial: nothing to write */
+	j->origin = j->start = j->pos = j->reported = start;
+	j->end = j->asked_end = end;
+	j->next_boundary = chunkmap_end(j->geo, chunkmap_index(j->geo, start));
+	return true;
+}
+
+/*
  * Check a range response before writing a byte of it: a 206 must carry the
  * Content-Range asked for; a 200 is the whole blob from offset 0 (the server
  * ignores ranges) and is skipped up to where we want to start.
@@ -531,7 +553,7 @@ static bool check_range_response(struct job *j)
 			free(u);
 		}
 		j->src->no_ranges = true;
-		return true;   /* the body starts at offset 0: on_range_data skips to pos */
+		return restream(j);   /* the body starts at offset 0: on_range_data skips to pos */
 	}
 	return true; /* an error body: read and dropped */
 }
