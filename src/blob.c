@@ -1020,11 +1020,13 @@ void blob_written(struct blob *b, uint64_t job_start, uint64_t from, uint64_t to
 		}
 		set_chunk_present(b, i);
 		any = true;
-		if (chunkmap_start(b->map, i) == b->hashed || b->npresent == b->map->n)
-			work = true;
 	}
 	if (any) {
-		if (!b->map_dirty) {
+		/*
+		 * The worker hashes and saves on its tick while the map is dirty;
+		 * waking it for every chunk would cost more than the hashing.
+		 */
+		if (!b->map_dirty || b->npresent == b->map->n) {
 			b->map_dirty = true;
 			work = true;
 		}

@@ -15,6 +15,11 @@
  * removing a blob that other tags share; the directory can be removed once
  * nothing is left in it. Everything else that would write answers EROFS.
  *
+ * Listings: there is no opendir, so the kernel caches directory listings
+ * (FOPEN_CACHE_DIR) and entries come with attributes (readdirplus). A
+ * directory's mtime moves whenever its entries change, and changes the
+ * kernel did not make itself are pushed to it (tell_kernel).
+ *
  * Interrupts: a parked read registers an interrupt callback before it is
  * parked. Before any reply the callback is unregistered, which waits for a
  * running callback to finish; the callback replies only if it was the one
@@ -54,13 +59,13 @@
 #define NEG_TIMEOUT 1.0
 #define RA_START (1u << 20)
 #define RA_MAX (64u << 20)
-#define SEQ_SLACK (4u << 20)     /* out-of-order kernel read-ahead still counts as sequential */
+#define SEQ_SLACK (512u << 10)   /* out-of-order kernel read-ahead still counts as sequential */
 #define BACKGROUND_AFTER (2u << 20) /* sequential bytes before background completion starts */
 
 #define XATTR_DIGEST "user.blobfs.digest"
 #define XATTR_CACHED "user.blobfs.cached"
 
-/* Open files and directory snapshots, so what the kernel never released is freed at exit. */
+/* Open files, so what the kernel never released is freed at exit. */
 struct handle {
 	struct handle *prev, *next;
 	void (*free)(struct handle *h);
@@ -76,8 +81,9 @@ struct fs {
 	struct fs_opts o;
 	uid_t uid;
 	gid_t gid;
+	bool no_opendir;             /* set at init */
 	pthread_mutex_t open_lock;   /* guards the open list */
-	struct handle open;          /* open files and directories (circular) */
+	struct handle open;          /* open files (circular) */
 	pthread_mutex_t miss_lock;   /* guards misses and removed */
 	struct strmap *misses;       /* "host/ns/model:tag" → expiry, monotonic ms */
 	struct strmap *removed;      /* tags removed through this mount: never rediscovered */
@@ -107,17 +113,6 @@ struct parked {                  /* a read waiting for bytes */
 	struct blob *blob;
 	uint64_t off;
 	size_t size;
-};
-
-struct dirsnap {                 /* a directory listing taken at opendir */
-	struct handle h;             /* first */
-	pthread_mutex_t lock;        /* as for struct ofile */
-	size_t n;
-	struct {
-		char *name;
-		uint64_t ino;
-		mode_t mode;
-	} *e;
 };
 
 static struct fs *fs_of(fuse_req_t req)
@@ -153,14 +148,37 @@ static void free_handles(struct fs *fs)
 		handle_free(fs, fs->open.next);
 }
 
+/*
+ * The kernel keeps directory listings (see list_dir): when the index changes
+ * directories behind its back (a scan, discovery, a tag removed through its
+ * other path), drop its copies now rather than when their attributes expire.
+ * Only invalidation that takes no inode lock is used, so this is safe inside
+ * any request.
+ */
+static void tell_kernel(struct fs *fs)
+{
+	uint64_t *inos;
+	size_t n = index_take_changed(fs->ix, &inos);
+
+	for (size_t i = 0; i < n && fs->se; i++)
+		fuse_lowlevel_notify_inval_inode(fs->se, inos[i], 0, 0);
+	free(inos);
+}
+
 /* ---- attributes ---- */
 
-/* Bytes of a blob that are local, cheaply: the live blob if open, else the store. */
-static uint64_t local_bytes(struct fs *fs, const struct inode *in)
+#define LOCAL_CACHE_MS 1000   /* how long a count from the disk is trusted */
+
+/*
+ * Bytes of a blob that are local, cheaply: the live blob if this process has
+ * it, else what the store holds (a stat, perhaps a chunk map), remembered in
+ * the inode for a second so a listing of thousands of files stays cheap.
+ */
+static uint64_t local_bytes(struct fs *fs, struct inode *in)
 {
 	struct blob *b = fs->sess->cache ? blob_find(fs->sess->cache, &in->digest) : NULL;
 	struct store *s = fs->sess->store;
-	uint64_t local = 0;
+	uint64_t local = 0, now = now_ms();
 
 	if (b) {
 		struct blob_stats st;
@@ -168,6 +186,8 @@ static uint64_t local_bytes(struct fs *fs, const struct inode *in)
 		blob_put(b);
 		return st.present;
 	}
+	if (now - __atomic_load_n(&in->local_ms, __ATOMIC_ACQUIRE) < LOCAL_CACHE_MS)
+		return __atomic_load_n(&in->local, __ATOMIC_RELAXED);
 	char *path = store_blob_path(s, &in->digest);
 	struct stat sb;
 	if (stat(path, &sb) == 0 && (uint64_t)sb.st_size == in->size) {
@@ -182,23 +202,33 @@ static uint64_t local_bytes(struct fs *fs, const struct inode *in)
 		free(map);
 	}
 	free(path);
+	__atomic_store_n(&in->local, local, __ATOMIC_RELAXED);
+	__atomic_store_n(&in->local_ms, now, __ATOMIC_RELEASE);
 	return local;
 }
 
-static void fill_attr(struct fs *fs, const struct inode *in, struct stat *st)
+/* Attributes of in. Index lock held. */
+static void fill_attr(struct fs *fs, struct inode *in, struct stat *st)
 {
+	/*
+	 * A phantom directory shows what its path holds now: the kernel checks
+	 * its cached listing against this mtime.
+	 */
+	const struct inode *src = in->kind == INODE_DIR && index_real(fs->ix, in)
+				  ? index_real(fs->ix, in) : in;
+
 	memset(st, 0, sizeof(*st));
 	st->st_ino = in->ino;
 	st->st_uid = fs->uid;
 	st->st_gid = fs->gid;
-	st->st_mtim.tv_sec = in->mtime_ns / 1000000000;
-	st->st_mtim.tv_nsec = in->mtime_ns % 1000000000;
+	st->st_mtim.tv_sec = src->mtime_ns / 1000000000;
+	st->st_mtim.tv_nsec = src->mtime_ns % 1000000000;
 	st->st_atim = st->st_ctim = st->st_mtim;
 	st->st_blksize = 1 << 20;
 	switch (in->kind) {
 	case INODE_DIR:
 		st->st_mode = S_IFDIR | 0755;
-		st->st_nlink = MAX(in->nlink, 2u);
+		st->st_nlink = MAX(src->nlink, 2u);
 		st->st_size = 4096;
 		break;
 	case INODE_BLOB:
@@ -221,18 +251,21 @@ static double timeout_of(const struct inode *in)
 	return in->kind == INODE_DIR ? DIR_TIMEOUT : FILE_TIMEOUT;
 }
 
-/* Reply with an entry for in and count the kernel's new reference. Lock held. */
-static void reply_entry(fuse_req_t req, struct fs *fs, struct inode *in)
+/* An entry for in, counting the kernel's new reference. Lock held. */
+static void make_entry(struct fs *fs, struct inode *in, struct fuse_entry_param *e)
 {
-	struct fuse_entry_param e;
-
-	memset(&e, 0, sizeof(e));
-	e.ino = in->ino;
-	e.attr_timeout = e.entry_timeout = timeout_of(in);
-	fill_attr(fs, in, &e.attr);
+	memset(e, 0, sizeof(*e));
+	e->ino = in->ino;
+	e->attr_timeout = e->entry_timeout = timeout_of(in);
+	fill_attr(fs, in, &e->attr);
 	index_ref(fs->ix, in);
-	if (fuse_reply_entry(req, &e) != 0)
-		index_forget(fs->ix, in->ino, 1);   /* the kernel never got it */
+}
+
+/* Send it, lock not held: if the kernel never got it, take the reference back. */
+static void send_entry(fuse_req_t req, struct fs *fs, const struct fuse_entry_param *e)
+{
+	if (fuse_reply_entry(req, e) != 0)
+		index_forget(fs->ix, e->ino, 1);
 }
 
 static void reply_negative(fuse_req_t req, double timeout)
@@ -311,6 +344,7 @@ static int discover(struct fs *fs, const struct model_name *n)
 		ret = store_write_manifest(fs->sess->store, n, buf, len);
 	if (ret == 0)
 		ret = index_add_tag(fs->ix, n);
+	tell_kernel(fs);
 	if (ret < 0) {
 		if (ret == -ENOENT)
 			log_debug("discovery: '%s' does not exist", full);
@@ -347,12 +381,17 @@ static bool phantom_ok(enum dir_role r, const char *name)
 
 static void op_init(void *userdata, struct fuse_conn_info *conn)
 {
-	(void)userdata;
+	struct fs *fs = userdata;
+
 	if (conn->capable & FUSE_CAP_SPLICE_WRITE)
 		conn->want |= FUSE_CAP_SPLICE_WRITE;
 	if (conn->capable & FUSE_CAP_SPLICE_MOVE)
 		conn->want |= FUSE_CAP_SPLICE_MOVE;
 	conn->want |= FUSE_CAP_ASYNC_READ;
+	if (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) {
+		conn->want |= FUSE_CAP_NO_OPENDIR_SUPPORT;
+		fs->no_opendir = true;                        /* see op_opendir */
+	}
 	conn->max_background = 64;
 	conn->congestion_threshold = 48;
 }
@@ -361,6 +400,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 {
 	struct fs *fs = fs_of(req);
 	struct inode *dir, *child;
+	struct fuse_entry_param e;
 	struct model_name n;
 	enum dir_role role;
 	bool tagdir = false;
@@ -374,8 +414,9 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	}
 	child = index_child(fs->ix, dir, name);
 	if (child) {
-		reply_entry(req, fs, child);
+		make_entry(fs, child, &e);
 		index_unlock(fs->ix);
+		send_entry(req, fs, &e);
 		return;
 	}
 	role = dir->role;
@@ -392,8 +433,9 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		child = index_child(fs->ix, dir, name);
 		if (!child)
 			child = index_phantom(fs->ix, dir, name);
-		reply_entry(req, fs, child);
+		make_entry(fs, child, &e);
 		index_unlock(fs->ix);
+		send_entry(req, fs, &e);
 		return;
 	}
 	if (!tagdir || discover(fs, &n) < 0) {
@@ -403,10 +445,12 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	index_rdlock(fs->ix);
 	child = index_child(fs->ix, dir, name);
 	if (child)
-		reply_entry(req, fs, child);
+		make_entry(fs, child, &e);
+	index_unlock(fs->ix);
+	if (child)
+		send_entry(req, fs, &e);
 	else
 		reply_negative(req, NEG_TIMEOUT);
-	index_unlock(fs->ix);
 }
 
 static void op_forget(fuse_req_t req, fuse_ino_t ino, uint64_t nlookup)
@@ -538,6 +582,7 @@ static int remove_tag(struct fs *fs, const struct model_name *n, struct digest_s
 		return ret;
 	}
 	index_drop_tag(fs->ix, n);
+	tell_kernel(fs);
 	remember_removed(fs, n);   /* a lookup right after rm must not bring it back */
 	log_info("removed '%s' (%u blobs freed)", full, freed.blobs + freed.partials);
 	for (size_t i = 0; i < used->n; i++) {
@@ -571,6 +616,7 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 		err = ENOENT;
 	} else if (real->role == DIR_TAG) {
 		de->hidden = true;     /* see the top of this file */
+		index_touch_dir(fs->ix, real);
 	} else if (real->role == DIR_MANIFESTS_MODEL && de->inode->kind == INODE_MANIFEST &&
 		   de->inode->tag) {
 		n = de->inode->tag->name;
@@ -635,87 +681,129 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 	fuse_reply_err(req, err);
 }
 
-static void dirsnap_free(struct handle *h);
+/*
+ * Directory listings come straight from the index on every call (there is
+ * no opendir: FUSE_CAP_NO_OPENDIR_SUPPORT spares a round trip each way per
+ * directory). Offsets are 1 for ".", 2 for "..", then 3 + the entry's
+ * position; a directory that changes between calls may show an entry twice
+ * or not at all, as POSIX allows.
+ */
+struct listing {
+	struct fs *fs;
+	fuse_req_t req;
+	char *buf;
+	size_t size, used;
+	bool plus;
+	uint64_t *refs;              /* readdirplus: the inodes given a reference */
+	size_t nrefs, refcap;
+	uint64_t unsent;             /* readdirplus: the one that did not fit */
+};
 
+/* Add one entry; false when the reply is full. Index lock held. */
+static bool list_add(struct listing *l, const char *name, struct inode *in, uint64_t ino,
+		     mode_t mode, off_t next)
+{
+	size_t room = l->size - l->used, len;
+
+	if (!l->plus) {
+		struct stat st = { .st_ino = ino, .st_mode = mode };
+		len = fuse_add_direntry(l->req, l->buf + l->used, room, name, &st, next);
+	} else {
+		/* Every entry but . and .. counts as a lookup the kernel will forget. */
+		struct fuse_entry_param e;
+		memset(&e, 0, sizeof(e));
+		if (in) {
+			make_entry(l->fs, in, &e);
+			if (l->nrefs == l->refcap) {
+				l->refcap = l->refcap ? 2 * l->refcap : 64;
+				l->refs = xrealloc(l->refs, l->refcap * sizeof(*l->refs));
+			}
+			l->refs[l->nrefs++] = in->ino;
+		} else {
+			e.attr.st_ino = ino;
+			e.attr.st_mode = mode;
+		}
+		len = fuse_add_direntry_plus(l->req, l->buf + l->used, room, name, &e, next);
+		if (len > room && in)
+			l->unsent = l->refs[--l->nrefs];
+	}
+	if (len > room)
+		return false;
+	l->used += len;
+	return true;
+}
+
+static void list_dir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, bool plus)
+{
+	struct fs *fs = fs_of(req);
+	struct listing l = { .fs = fs, .req = req, .buf = xmalloc(size), .size = size, .plus = plus };
+	struct inode *dir, *real;
+	int err = 0;
+
+	index_rdlock(fs->ix);
+	dir = index_get(fs->ix, ino);
+	if (!dir || dir->kind != INODE_DIR) {
+		err = dir ? ENOTDIR : ENOENT;
+		goto out;
+	}
+	real = index_real(fs->ix, dir);
+	if (off < 1 && !list_add(&l, ".", NULL, dir->ino, S_IFDIR, 1))
+		goto out;
+	if (off < 2 && !list_add(&l, "..", NULL, dir->parent ? dir->parent->ino : dir->ino,
+				 S_IFDIR, 2))
+		goto out;
+	for (size_t i = off > 2 ? (size_t)off - 2 : 0; real && i < real->nents; i++) {
+		struct dentry *de = &real->ents[i];
+		if (de->hidden)
+			continue;
+		if (!list_add(&l, de->name, de->inode, de->inode->ino,
+			      de->inode->kind == INODE_DIR ? S_IFDIR : S_IFREG, (off_t)i + 3))
+			break;
+	}
+out:
+	index_unlock(fs->ix);
+	if (l.unsent)
+		index_forget(fs->ix, l.unsent, 1);
+	if (err)
+		fuse_reply_err(req, err);
+	else if (fuse_reply_buf(req, l.buf, l.used) != 0)
+		for (size_t i = 0; i < l.nrefs; i++)   /* the kernel never got them */
+			index_forget(fs->ix, l.refs[i], 1);
+	free(l.refs);
+	free(l.buf);
+}
+
+/*
+ * No opendir: ENOSYS once, and the kernel stops asking (a round trip saved
+ * per directory) and keeps listings (FOPEN_CACHE_DIR), which list_dir's
+ * mtimes and tell_kernel keep true. Kernels without that get a plain open.
+ */
 static void op_opendir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *fs = fs_of(req);
-	struct inode *in, *real;
-	struct dirsnap *snap;
 
-	index_rdlock(fs->ix);
-	in = index_get(fs->ix, ino);
-	if (!in || in->kind != INODE_DIR) {
-		index_unlock(fs->ix);
-		fuse_reply_err(req, in ? ENOTDIR : ENOENT);
+	(void)ino;
+	if (fs->no_opendir) {
+		fuse_reply_err(req, ENOSYS);
 		return;
 	}
-	real = index_real(fs->ix, in);
-	snap = xcalloc(1, sizeof(*snap));
-	pthread_mutex_init(&snap->lock, NULL);
-	snap->e = xcalloc((real ? real->nents : 0) + 2, sizeof(*snap->e));
-	snap->e[0].name = xstrdup(".");
-	snap->e[0].ino = in->ino;
-	snap->e[0].mode = S_IFDIR;
-	snap->e[1].name = xstrdup("..");
-	snap->e[1].ino = in->parent ? in->parent->ino : in->ino;
-	snap->e[1].mode = S_IFDIR;
-	snap->n = 2;
-	for (size_t i = 0; real && i < real->nents; i++) {
-		if (real->ents[i].hidden)
-			continue;
-		snap->e[snap->n].name = xstrdup(real->ents[i].name);
-		snap->e[snap->n].ino = real->ents[i].inode->ino;
-		snap->e[snap->n].mode = real->ents[i].inode->kind == INODE_DIR ? S_IFDIR : S_IFREG;
-		snap->n++;
-	}
-	index_unlock(fs->ix);
-	handle_add(fs, &snap->h, dirsnap_free);
-	fi->fh = (uint64_t)(uintptr_t)snap;
-	if (fuse_reply_open(req, fi) != 0)
-		handle_free(fs, &snap->h);
+	fi->fh = 0;
+	fuse_reply_open(req, fi);
 }
 
 static void op_readdir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		       struct fuse_file_info *fi)
 {
-	struct dirsnap *snap = (struct dirsnap *)(uintptr_t)fi->fh;
-	char *buf = xmalloc(size);
-	size_t used = 0;
-
-	(void)ino;
-	pthread_mutex_lock(&snap->lock);
-	for (size_t i = (size_t)off; i < snap->n; i++) {
-		struct stat st = { .st_ino = snap->e[i].ino, .st_mode = snap->e[i].mode };
-		size_t len = fuse_add_direntry(req, buf + used, size - used, snap->e[i].name,
-					       &st, (off_t)i + 1);
-		if (len > size - used)
-			break;
-		used += len;
-	}
-	pthread_mutex_unlock(&snap->lock);
-	fuse_reply_buf(req, buf, used);
-	free(buf);
+	(void)fi;
+	list_dir(req, ino, size, off, false);
 }
 
-static void dirsnap_free(struct handle *h)
+/* readdir with each entry's attributes, so that `ls -l` needs no lookup per file. */
+static void op_readdirplus(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
+			   struct fuse_file_info *fi)
 {
-	struct dirsnap *snap = (struct dirsnap *)h;
-
-	pthread_mutex_lock(&snap->lock);     /* after the last readdir's use */
-	pthread_mutex_unlock(&snap->lock);
-	pthread_mutex_destroy(&snap->lock);
-	for (size_t i = 0; i < snap->n; i++)
-		free(snap->e[i].name);
-	free(snap->e);
-	free(snap);
-}
-
-static void op_releasedir(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
-{
-	(void)ino;
-	handle_free(fs_of(req), (struct handle *)(uintptr_t)fi->fh);
-	fuse_reply_err(req, 0);
+	(void)fi;
+	list_dir(req, ino, size, off, true);
 }
 
 static void ofile_free(struct handle *h)
@@ -966,10 +1054,17 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 	index_unlock(fs->ix);
 	if (!in)
 		fuse_reply_err(req, ENOENT);
-	else if (len < 0)
-		fuse_reply_err(req, ENODATA);
-	else
+	else if (len >= 0)
 		reply_xattr(req, value, (size_t)len, size);
+	else if (strncmp(name, "user.", 5) != 0)
+		/*
+		 * No ACLs, no security labels: say the namespace is not supported,
+		 * which tools such as ls remember per filesystem, instead of asking
+		 * about every file (23,000 round trips for an ls -lR of 1,000 tags).
+		 */
+		fuse_reply_err(req, EOPNOTSUPP);
+	else
+		fuse_reply_err(req, ENODATA);
 }
 
 static void op_listxattr(fuse_req_t req, fuse_ino_t ino, size_t size)
@@ -1009,7 +1104,7 @@ static const struct fuse_lowlevel_ops ops = {
 	.release = op_release,
 	.opendir = op_opendir,
 	.readdir = op_readdir,
-	.releasedir = op_releasedir,
+	.readdirplus = op_readdirplus,
 	.statfs = op_statfs,
 	.setxattr = op_setxattr,
 	.getxattr = op_getxattr,
@@ -1065,6 +1160,7 @@ static void on_store_change(void *arg)
 	unsigned added, removed;
 
 	index_scan(fs->ix, &added, &removed);
+	tell_kernel(fs);
 	if (added || removed)
 		log_info("store changed: %u tags added, %u removed", added, removed);
 }

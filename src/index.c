@@ -65,6 +65,9 @@ struct index {
 	struct itag **tags;
 	size_t ntags, tagcap;
 	int64_t start_ns;
+	bool live;                     /* the first scan is done: changes are news */
+	uint64_t *changed;             /* directories whose entries changed, for fs */
+	size_t nchanged, changedcap;
 };
 
 /* ---- tables ---- */
@@ -182,13 +185,34 @@ struct dentry *index_dentry(struct inode *dir, const char *name)
 	return found ? &dir->ents[i] : NULL;
 }
 
-static void dir_add(struct inode *dir, const char *name, struct inode *in)
+/*
+ * A directory's entries changed. Its mtime moves, as on any filesystem: the
+ * kernel keeps listings (there is no opendir, so FOPEN_CACHE_DIR) and drops
+ * one when the mtime it fetches differs. Once the index is live the change
+ * is also noted, so fs can tell the kernel at once (index_take_changed).
+ */
+static void dir_changed(struct index *ix, struct inode *dir, int64_t when)
+{
+	if (ix->live) {
+		when = (int64_t)wall_ms() * 1000000;
+		if (ix->nchanged == ix->changedcap) {
+			ix->changedcap = ix->changedcap ? 2 * ix->changedcap : 16;
+			ix->changed = xrealloc(ix->changed, ix->changedcap * sizeof(*ix->changed));
+		}
+		ix->changed[ix->nchanged++] = dir->ino;
+	}
+	dir->mtime_ns = MAX(when, dir->mtime_ns + 1);
+}
+
+static void dir_add(struct index *ix, struct inode *dir, const char *name, struct inode *in,
+		    int64_t when)
 {
 	bool found;
 	size_t i = dent_pos(dir, name, &found);
 
 	if (found)
 		return;
+	dir_changed(ix, dir, when);
 	if (dir->nents == dir->cap) {
 		dir->cap = dir->cap ? 2 * dir->cap : 8;
 		dir->ents = xrealloc(dir->ents, dir->cap * sizeof(*dir->ents));
@@ -204,13 +228,14 @@ static void dir_add(struct inode *dir, const char *name, struct inode *in)
 		in->nlink++;
 }
 
-static void dir_del(struct inode *dir, const char *name)
+static void dir_del(struct index *ix, struct inode *dir, const char *name)
 {
 	bool found;
 	size_t i = dent_pos(dir, name, &found);
 
 	if (!found)
 		return;
+	dir_changed(ix, dir, dir->mtime_ns);
 	struct inode *in = dir->ents[i].inode;
 	if (in->kind == INODE_DIR)
 		dir->nlink--;
@@ -260,7 +285,7 @@ static struct inode *ensure_dir(struct index *ix, struct inode *dir, const char 
 		return de->inode;
 	struct inode *d = new_dir(ix, dir, name, child_role(dir->role), mtime);
 	d->linked = true;
-	dir_add(dir, name, d);
+	dir_add(ix, dir, name, d, mtime);
 	return d;
 }
 
@@ -418,7 +443,7 @@ static struct inode *blob_inode(struct index *ix, const struct layer *l, struct 
 		in->linked = true;
 		table_insert(ix->blobs, blob_hash(ix, &l->digest), in);
 		digest_filename(&l->digest, name);
-		dir_add(ix->blobdir, name, in);
+		dir_add(ix, ix->blobdir, name, in, t->mtime_ns);
 	}
 	return in;
 }
@@ -454,16 +479,17 @@ static void link_tag(struct index *ix, struct itag *t)
 	tagdir = new_dir(ix, m, n->tag, DIR_TAG, t->mtime_ns);
 	tagdir->linked = true;
 	tagdir->tag = t;
-	dir_add(m, n->tag, tagdir);
-	dir_add(tagdir, "config.json", find_blob(ix, &t->m->config.digest));
-	dir_add(tagdir, "manifest.json", mfile);
+	dir_add(ix, m, n->tag, tagdir, t->mtime_ns);
+	dir_add(ix, tagdir, "config.json", find_blob(ix, &t->m->config.digest), t->mtime_ns);
+	dir_add(ix, tagdir, "manifest.json", mfile, t->mtime_ns);
 	for (size_t i = 0; i < t->m->nlayers; i++)
-		dir_add(tagdir, t->m->layers[i].file, find_blob(ix, &t->m->layers[i].digest));
+		dir_add(ix, tagdir, t->m->layers[i].file,
+			find_blob(ix, &t->m->layers[i].digest), t->mtime_ns);
 
 	h = ensure_dir(ix, ix->manifests, n->host, t->mtime_ns);
 	ns = ensure_dir(ix, h, n->ns, t->mtime_ns);
 	m = ensure_dir(ix, ns, n->model, t->mtime_ns);
-	dir_add(m, n->tag, mfile);
+	dir_add(ix, m, n->tag, mfile, t->mtime_ns);
 
 	t->dir = tagdir;
 	t->file = mfile;
@@ -481,7 +507,7 @@ static void prune(struct index *ix, struct inode *dir, struct inode *stop)
 {
 	while (dir && dir != stop && dir->nents == 0 && dir->linked) {
 		struct inode *parent = dir->parent;
-		dir_del(parent, dir->name);
+		dir_del(ix, parent, dir->name);
 		dir->linked = false;
 		maybe_free(ix, dir);
 		dir = parent;
@@ -497,7 +523,7 @@ static int drop_blob_layer(const struct layer *l, void *arg)
 	if (!in || --in->tags > 0)
 		return 0;
 	digest_filename(&l->digest, name);
-	dir_del(ix->blobdir, name);
+	dir_del(ix, ix->blobdir, name);
 	table_remove(ix->blobs, blob_hash(ix, &l->digest), in);
 	in->linked = false;
 	maybe_free(ix, in);
@@ -513,8 +539,8 @@ static void index_remove_tag(struct index *ix, struct itag *t)
 
 	/* Files in the tag directory lose this name; the directory stays a path. */
 	while (tagdir->nents)
-		dir_del(tagdir, tagdir->ents[tagdir->nents - 1].name);
-	dir_del(mdir, t->name.tag);
+		dir_del(ix, tagdir, tagdir->ents[tagdir->nents - 1].name);
+	dir_del(ix, mdir, t->name.tag);
 	tagdir->linked = false;
 	tagdir->tag = NULL;
 	prune(ix, mdir, ix->models);
@@ -524,7 +550,7 @@ static void index_remove_tag(struct index *ix, struct itag *t)
 	struct dentry *ns = h ? index_dentry(h->inode, t->name.ns) : NULL;
 	struct dentry *m = ns ? index_dentry(ns->inode, t->name.model) : NULL;
 	if (m) {
-		dir_del(m->inode, t->name.tag);
+		dir_del(ix, m->inode, t->name.tag);
 		prune(ix, m->inode, ix->manifests);
 	}
 	mfile->linked = false;
@@ -662,6 +688,7 @@ int index_scan(struct index *ix, unsigned *added, unsigned *removed)
 			(*added)++;
 		}
 	}
+	ix->live = true;
 	pthread_rwlock_unlock(&ix->lock);
 	pthread_mutex_unlock(&ix->scan_lock);
 
@@ -706,6 +733,36 @@ int index_add_tag(struct index *ix, const struct model_name *want)
 out:
 	pthread_mutex_unlock(&ix->scan_lock);
 	return ret;
+}
+
+void index_touch_dir(struct index *ix, struct inode *dir)
+{
+	dir_changed(ix, dir, dir->mtime_ns);
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+size_t index_take_changed(struct index *ix, uint64_t **inos)
+{
+	size_t n, k = 0;
+
+	pthread_rwlock_wrlock(&ix->lock);
+	*inos = ix->changed;
+	n = ix->nchanged;
+	ix->changed = NULL;
+	ix->nchanged = ix->changedcap = 0;
+	pthread_rwlock_unlock(&ix->lock);
+	if (n)
+		qsort(*inos, n, sizeof(**inos), cmp_u64);
+	for (size_t i = 0; i < n; i++)
+		if (k == 0 || (*inos)[k - 1] != (*inos)[i])
+			(*inos)[k++] = (*inos)[i];
+	return k;
 }
 
 /* ---- setup ---- */
@@ -769,6 +826,7 @@ void index_free(struct index *ix)
 	free(ix->inos);
 	free(ix->blobs);
 	free(ix->tags);
+	free(ix->changed);
 	strmap_free(ix->tagmap);
 	pthread_rwlock_destroy(&ix->lock);
 	pthread_mutex_destroy(&ix->scan_lock);

@@ -53,6 +53,7 @@ struct inode {
 	struct digest digest;
 	struct remote *remote;   /* where to fetch it */
 	unsigned tags;           /* how many tags use this blob */
+	uint64_t local, local_ms; /* bytes local as last found on disk, and when; atomics */
 };
 
 struct itag {
@@ -109,6 +110,13 @@ bool index_drop_tag(struct index *ix, const struct model_name *n);
 bool index_has_blob(struct index *ix, const struct digest *d);
 /* The inode number of a blob, or 0 (lock held). */
 uint64_t index_blob_ino(struct index *ix, const struct digest *d);
+/* Entries of dir changed outside the index (write lock held): move its mtime. */
+void index_touch_dir(struct index *ix, struct inode *dir);
+/*
+ * The directories whose entries changed since the last call (after the first
+ * scan), each once, in *inos (to free); takes the write lock.
+ */
+size_t index_take_changed(struct index *ix, uint64_t **inos);
 /* The model name a DIR_MODELS_MODEL / DIR_MANIFESTS_MODEL path spells, with tag. */
 bool index_dir_name(struct inode *dir, const char *tag, struct model_name *out);
 

@@ -707,11 +707,17 @@ def test_16_concurrent_readers_one_download(cdn_registry, run_blobfs, store, mou
     body = sum(e["body_bytes_sent"] for e in entries)
     spans = [range_span(e["range"], layer.size) for e in entries if e["status"] in (200, 206)]
     overlap = overlapping_bytes(spans)
-    print(f"{len(entries)} CDN requests, {body} body bytes, {overlap} overlapping")
-    assert body <= layer.size + 2 * MiB, \
+    # A request that is cut for a reader waiting deep inside it (or restarted
+    # for being slow) may waste what was in flight past the cut: at most the
+    # rest of one request (16 MiB). On a loaded machine that happens a few times.
+    cuts = len(re.findall(r"splitting bytes|restarting a slow range", m.log(tail=100000)))
+    print(f"{len(entries)} CDN requests, {body} body bytes, {overlap} overlapping, {cuts} cuts")
+    assert cuts <= 8, f"{cuts} requests were cut or restarted for 16 readers of one blob"
+    slack = 2 * MiB + cuts * 16 * MiB
+    assert body <= layer.size + slack, \
         f"the CDN sent {body} body bytes for a {layer.size} byte blob read by 16 readers " \
-        f"({len(entries)} requests, {overlap} bytes requested more than once)"
-    assert overlap <= 2 * MiB, f"{overlap} bytes of the blob were requested more than once"
+        f"({len(entries)} requests, {overlap} bytes requested more than once, {cuts} cuts)"
+    assert overlap <= slack, f"{overlap} bytes of the blob were requested more than once ({cuts} cuts)"
 
 
 # ================================================================ 6. rm
@@ -924,6 +930,60 @@ def test_tags_pulled_and_removed_by_another_process_show_up(registry, run_blobfs
     took = time.monotonic() - t0
     assert gone, "a tag removed by another process was still there 5 s later"
     assert took <= 2.5, f"a tag removed by another process took {took:.1f}s to disappear"
+
+
+def test_listings_the_kernel_keeps_follow_every_change(registry, run_blobfs, store, mount,
+                                                      tmp_path, blob_cache):
+    """The kernel caches listings (no opendir): each way a directory can change
+    must reach it, not only the first listing after mounting."""
+    host = registry.host
+    model = small_model(tmp_path / "n", blob_cache, 82, size=MiB)
+    for tag in ("latest", "other"):
+        push_model(registry, REPO, tag, model)
+    push_model(registry, "library/w", "latest", model)
+    pull(run_blobfs, store, model_name(registry))
+    m = mount()
+    library = m.path / "models" / host / "library"
+    xdir = library / "x"
+    mx = m.path / "manifests" / host / "library" / "x"
+
+    def listed(path):
+        return sorted(os.listdir(path))
+
+    def within(seconds, path, want, what):
+        t0 = time.monotonic()
+        ok = wait_for(lambda: listed(path) == want, timeout=5, interval=0.05)
+        took = time.monotonic() - t0
+        assert ok, f"{what}: {path} lists {listed(path)}, not {want}, 5 s later"
+        assert took <= seconds, f"{what}: the listing of {path} took {took:.1f}s to change"
+
+    for _ in range(2):          # the second listing of each comes from the kernel's cache
+        assert listed(library) == ["x"]
+        assert listed(xdir) == ["latest"]
+        assert listed(mx) == ["latest"]
+
+    # another process pulls a tag: the store is watched
+    pull(run_blobfs, store, model_name(registry, tag="other"))
+    within(2.5, xdir, ["latest", "other"], "a tag pulled by another process")
+    within(0.5, mx, ["latest", "other"], "the same tag under manifests/")
+
+    # discovery adds a model while looking it up
+    assert (tag_dir(m.path, host, "library/w") / "model").stat().st_size == MiB
+    within(0.5, library, ["w", "x"], "a discovered model")
+
+    # removing a tag through one path changes the other at once
+    os.unlink(mount_manifest(m.path, host, tag="other"))
+    assert listed(xdir) == ["latest"], "rm of manifests/.../other left it in models/"
+    result = run(["rm", "-r", tag_dir(m.path, host)], timeout=20)
+    assert result.returncode == 0, result.stderr
+    assert listed(m.path / "manifests" / host / "library") == ["w"], \
+        "rm -r of models/.../x/latest left x in manifests/"
+    assert listed(library) == ["w"]
+
+    # another process removes a tag
+    result = run_blobfs(["rm", model_name(registry, "library/w")], store=store, timeout=20)
+    assert result.returncode == 0, result.stderr
+    within(2.5, m.path / "models" / host, [], "a tag removed by another process")
 
 
 # ================================================================ 9. kill -9 and resume
