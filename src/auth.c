@@ -5,7 +5,8 @@
  * until they expire) runs on the network thread in fetch.c; this file only
  * turns bytes into structs: the WWW-Authenticate challenge (RFC 7235
  * auth-params, quoted strings with backslash escapes), netrc-syntax
- * credential files, and token server replies. Everything here is hostile
+ * credential files (bad syntax fails the lookup, with the line and the
+ * reason), and token server replies. Everything here is hostile
  * input and is bounded and fuzzed.
  */
 #include "config.h"
@@ -13,7 +14,9 @@
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -24,10 +27,11 @@
 #define PARAM_MAX 4096
 #define TOKEN_MAX (64u << 10)
 
+/* RFC 9110 tchar. (strchr() alone would also find the terminating NUL.) */
 static bool is_tchar(char c)
 {
 	return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-	       strchr("!#$%&'*+-.^_`|~", c) != NULL;
+	       (c && strchr("!#$%&'*+-.^_`|~", c) != NULL);
 }
 
 static void skip_ws(const char **p, const char *end)
@@ -146,89 +150,149 @@ void credentials_release(struct credentials *c)
 	memset(c, 0, sizeof(*c));
 }
 
-/* The next netrc token: whitespace-separated, optionally "quoted". */
-static char *netrc_token(const char **p, const char *end)
+/* A netrc file being read: where, and the reason when it is bad. */
+struct netrc {
+	const char *buf, *p, *end;
+	const char *at;    /* where the last token started */
+	char *err;
+	size_t errlen;
+};
+
+static int netrc_bad(const struct netrc *n, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+/* -EINVAL, with "line N: <reason>" (the line of the last token) in err. */
+static int netrc_bad(const struct netrc *n, const char *fmt, ...)
 {
-	while (*p < end && strchr(" \t\r\n", **p))
-		(*p)++;
-	if (*p >= end)
-		return NULL;
-	if (**p == '"') {
-		char *v = take_value(p, end);
-		return v ? v : xstrdup("");
+	unsigned line = 1;
+	char why[128];
+	va_list ap;
+
+	for (const char *q = n->buf; q < n->at; q++)
+		line += *q == '\n';
+	va_start(ap, fmt);
+	vsnprintf(why, sizeof(why), fmt, ap);
+	va_end(ap);
+	snprintf(n->err, n->errlen, "line %u: %s", line, why);
+	return -EINVAL;
+}
+
+/* Blanks separate tokens, and so does a NUL: a token could not hold one. */
+static bool netrc_space(char c)
+{
+	return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\0';
+}
+
+/*
+ * The next token: whitespace-separated, or "quoted" with backslash escapes
+ * and closed on its own line. 1 with *tok set, 0 at the end of the file, or
+ * -EINVAL for a quoted token that take_value() refuses.
+ */
+static int netrc_token(struct netrc *n, char **tok)
+{
+	while (n->p < n->end && netrc_space(*n->p))
+		n->p++;
+	if (n->p >= n->end)
+		return 0;
+	n->at = n->p;
+	if (*n->p == '"') {
+		*tok = take_value(&n->p, n->end);
+		if (*tok)
+			return 1;
+		/* take_value() stopped where the token went wrong. */
+		if (n->p >= n->end || *n->p == '\n' || *n->p == '\r')
+			return netrc_bad(n, "quoted token not closed on its line");
+		if ((unsigned char)*n->p < 0x20)
+			return netrc_bad(n, "control character in a quoted token");
+		return netrc_bad(n, "quoted token longer than %d bytes", PARAM_MAX);
 	}
-	const char *s = *p;
-	while (*p < end && !strchr(" \t\r\n", **p))
-		(*p)++;
-	return xstrndup(s, *p - s);
+	while (n->p < n->end && !netrc_space(*n->p))
+		n->p++;
+	*tok = xstrndup(n->at, n->p - n->at);
+	return 1;
+}
+
+/* The token after keyword key, which must have one. */
+static int netrc_value(struct netrc *n, const char *key, char **v)
+{
+	int ret = netrc_token(n, v);
+
+	if (ret == 0)
+		return netrc_bad(n, "'%s' without a value", key);
+	return ret;
+}
+
+static void free_secret(char *s)
+{
+	if (s) {
+		explicit_bzero(s, strlen(s));
+		free(s);
+	}
 }
 
 /* Find credentials for exactly `host` (or the default entry when host is NULL). */
-static int netrc_find(const char *buf, size_t len, const char *host, struct credentials *out)
+static int netrc_find(const char *buf, size_t len, const char *host, struct credentials *out,
+		      char *err, size_t errlen)
 {
-	const char *p = buf, *end = buf + len;
+	struct netrc n = { .buf = buf, .p = buf, .end = buf + len, .at = buf, .err = err,
+			   .errlen = errlen };
 	bool in_match = false, seen_match = false;
-	char *tok;
-	int ret = -ENOENT;
+	char *tok, *v;
+	int ret;
 
 	memset(out, 0, sizeof(*out));
-	while ((tok = netrc_token(&p, end)) != NULL) {
+	while ((ret = netrc_token(&n, &tok)) > 0) {
 		if (strcmp(tok, "machine") == 0 || strcmp(tok, "default") == 0) {
 			if (seen_match) {
 				free(tok);
 				break;
 			}
 			if (tok[0] == 'm') {
-				char *m = netrc_token(&p, end);
-				if (!m) {
+				ret = netrc_value(&n, tok, &v);
+				if (ret < 0) {
 					free(tok);
-					ret = -EINVAL;
 					break;
 				}
-				in_match = host && strcasecmp(m, host) == 0;
-				free(m);
+				in_match = host && strcasecmp(v, host) == 0;
+				free(v);
 			} else {
 				in_match = host == NULL;
 			}
 			seen_match = in_match;
 		} else if (strcmp(tok, "login") == 0 || strcmp(tok, "password") == 0 ||
 			   strcmp(tok, "account") == 0) {
-			char *v = netrc_token(&p, end);
-			if (!v) {
+			ret = netrc_value(&n, tok, &v);
+			if (ret < 0) {
 				free(tok);
-				ret = -EINVAL;
 				break;
 			}
 			if (in_match && tok[0] == 'l') {
 				free(out->user);
 				out->user = v;
 			} else if (in_match && tok[0] == 'p') {
-				if (out->password) {
-					explicit_bzero(out->password, strlen(out->password));
-					free(out->password);
-				}
+				free_secret(out->password);
 				out->password = v;
 			} else {
-				explicit_bzero(v, strlen(v));
-				free(v);
+				free_secret(v);
 			}
 		} else if (strcmp(tok, "macdef") == 0) {
 			/* A macro runs to the next blank line. */
-			const char *bl = memmem(p, end - p, "\n\n", 2);
-			p = bl ? bl + 2 : end;
+			const char *bl = memmem(n.p, n.end - n.p, "\n\n", 2);
+			n.p = bl ? bl + 2 : n.end;
 		}
 		free(tok);
 	}
-	if (ret == -EINVAL || !seen_match || !out->user) {
+	if (ret < 0 || !seen_match || !out->user) {
 		credentials_release(out);
-		return ret == -EINVAL ? ret : -ENOENT;
+		return ret < 0 ? ret : -ENOENT;
 	}
 	if (!out->password)
 		out->password = xstrdup("");
 	return 0;
 }
 
-int netrc_lookup(const char *path, const char *host, struct credentials *out)
+int netrc_lookup(const char *path, const char *host, struct credentials *out,
+		 char *err, size_t errlen)
 {
 	char *buf, *bare = NULL;
 	size_t len;
@@ -237,14 +301,14 @@ int netrc_lookup(const char *path, const char *host, struct credentials *out)
 	memset(out, 0, sizeof(*out));
 	if (ret < 0)
 		return ret == -ENOENT ? -ENOENT : ret;
-	ret = netrc_find(buf, len, host, out);
+	ret = netrc_find(buf, len, host, out, err, errlen);
 	const char *colon = strrchr(host, ':');
 	if (ret == -ENOENT && colon) {
 		bare = xstrndup(host, colon - host);
-		ret = netrc_find(buf, len, bare, out);
+		ret = netrc_find(buf, len, bare, out, err, errlen);
 	}
 	if (ret == -ENOENT)
-		ret = netrc_find(buf, len, NULL, out);
+		ret = netrc_find(buf, len, NULL, out, err, errlen);
 	free(bare);
 	explicit_bzero(buf, len);
 	free(buf);

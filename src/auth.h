@@ -29,9 +29,12 @@ struct credentials {
 /*
  * Look host up in a netrc-syntax file ("machine H login U password P", and
  * "default"). A host with a port is tried with it first, then without.
- * 0, -ENOENT when the file has no entry (or no file), -EINVAL on bad syntax.
+ * 0, -ENOENT when the file has no entry (or no file), -EINVAL on bad syntax
+ * (such as a quoted token left open) with "line N: <reason>" in err, or
+ * another negative errno when the file cannot be read.
  */
-int netrc_lookup(const char *path, const char *host, struct credentials *out);
+int netrc_lookup(const char *path, const char *host, struct credentials *out,
+		 char *err, size_t errlen);
 void credentials_release(struct credentials *c);
 
 /*

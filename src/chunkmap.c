@@ -15,6 +15,10 @@
  *   sha256 of all the above
  * The map names its blob and size, so a map can never be applied to the
  * wrong file, and its trailing checksum catches any other damage.
+ *
+ * A fixed map keeps n * chunk within 64 bits: chunkmap_end() and its callers
+ * compute (i + 1) * chunk for i < n. Only a size over 2^63, far beyond
+ * BLOB_SIZE_MAX, could break that, but a map file is not trusted.
  */
 #include "config.h"
 
@@ -60,12 +64,21 @@ static struct chunkmap *alloc_map(uint64_t size, uint32_t n)
 	return m;
 }
 
+/* Do n chunks of `chunk` bytes end within 64 bits? */
+static bool chunks_fit(uint64_t chunk, uint64_t n)
+{
+	return n == 0 || chunk <= UINT64_MAX / n;
+}
+
 struct chunkmap *chunkmap_new_fixed(uint64_t size, uint64_t chunk)
 {
 	if (chunk == 0)
 		chunk = chunkmap_auto_chunk(size);
 	while (chunks_of(size, chunk) > CHUNKMAP_MAX_CHUNKS)
 		chunk <<= 1;
+	/* Chunk ends past 2^64 (only for sizes over 2^63): one chunk for all. */
+	if (!chunks_fit(chunk, chunks_of(size, chunk)))
+		chunk = size;
 	struct chunkmap *m = alloc_map(size, (uint32_t)chunks_of(size, chunk));
 	m->chunk = chunk;
 	return m;
@@ -310,7 +323,7 @@ int chunkmap_decode(const uint8_t *buf, size_t len, const struct digest *d,
 		return -EINVAL;
 	}
 	if ((flags & ~FLAG_SUMS) || n > CHUNKMAP_MAX_CHUNKS ||
-	    (chunk && (chunk < 4096 || n != chunks_of(size, chunk))) ||
+	    (chunk && (chunk < 4096 || n != chunks_of(size, chunk) || !chunks_fit(chunk, n))) ||
 	    (!chunk && n == 0) || ((flags & FLAG_SUMS) && !n)) {
 		snprintf(err, errlen, "the map's geometry is invalid");
 		return -EINVAL;

@@ -291,19 +291,20 @@ static struct credentials *auth_credentials(struct fetcher *f, struct authent *a
 		const char *home = getenv("HOME");
 		int ret = -ENOENT;
 		const struct remote_opts *o = &a->origin->o;
+		char err[160];
 		a->cred_loaded = true;
 		if (o->credentials) {
-			ret = netrc_lookup(o->credentials, a->authority, &a->cred);
+			ret = netrc_lookup(o->credentials, a->authority, &a->cred, err, sizeof(err));
 			if (ret < 0 && ret != -ENOENT)
 				log_warn("cannot read credentials file '%s': %s", o->credentials,
-					 ret == -EINVAL ? "bad syntax" : strerror(-ret));
+					 ret == -EINVAL ? err : strerror(-ret));
 		}
 		if (ret < 0 && !o->no_netrc && home) {
 			char *netrc = xasprintf("%s/.netrc", home);
-			ret = netrc_lookup(netrc, a->authority, &a->cred);
+			ret = netrc_lookup(netrc, a->authority, &a->cred, err, sizeof(err));
 			if (ret < 0 && ret != -ENOENT)
 				log_warn("cannot read '%s': %s", netrc,
-					 ret == -EINVAL ? "bad syntax" : strerror(-ret));
+					 ret == -EINVAL ? err : strerror(-ret));
 			free(netrc);
 		}
 	}

@@ -51,6 +51,12 @@ int http_parse_content_range(const char *v, size_t len, uint64_t *first,
 	return 0;
 }
 
+/* Saturating: a date centuries ahead must not wrap around to a short delay. */
+static uint64_t secs_to_ms(uint64_t secs)
+{
+	return secs > UINT64_MAX / 1000 ? UINT64_MAX : secs * 1000;
+}
+
 int http_parse_retry_after(const char *v, time_t now, uint64_t *delay_ms)
 {
 	size_t len = strlen(v);
@@ -64,7 +70,7 @@ int http_parse_retry_after(const char *v, time_t now, uint64_t *delay_ms)
 		len--;
 	}
 	if (parse_u64(v, len, &secs)) {
-		*delay_ms = secs > UINT64_MAX / 1000 ? UINT64_MAX : secs * 1000;
+		*delay_ms = secs_to_ms(secs);
 		return 0;
 	}
 	char *s = xstrndup(v, len);
@@ -72,7 +78,8 @@ int http_parse_retry_after(const char *v, time_t now, uint64_t *delay_ms)
 	free(s);
 	if (t < 0)
 		return -EINVAL;
-	*delay_ms = t > now ? (uint64_t)(t - now) * 1000 : 0;
+	/* t > now, so the difference fits in 64 unsigned bits even if now < 0. */
+	*delay_ms = t > now ? secs_to_ms((uint64_t)t - (uint64_t)now) : 0;
 	return 0;
 }
 

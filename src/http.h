@@ -15,7 +15,10 @@
  */
 int http_parse_content_range(const char *v, size_t len, uint64_t *first,
 			     uint64_t *last, uint64_t *total);
-/* Retry-After: delta seconds or an HTTP date (relative to now). 0 or -EINVAL. */
+/*
+ * Retry-After: delta seconds or an HTTP date (relative to now). A delay past
+ * UINT64_MAX ms saturates there (callers cap it). 0 or -EINVAL.
+ */
 int http_parse_retry_after(const char *v, time_t now, uint64_t *delay_ms);
 
 /* Which errno a final HTTP status maps to (404 → ENOENT, 401/403 → EACCES, ...). */

@@ -8,12 +8,15 @@
  * the OCI title annotation) must be a single safe path component. File names
  * inside a tag directory are assigned here, once, so every view agrees:
  * the "name" if present, else the last dot-part of the media type, with
- * ".1", ".2" added to repeats and "config.json"/"manifest.json" reserved.
+ * ".1", ".2" added to repeats and "config.json"/"manifest.json" reserved. A
+ * name too long to take the number is cut first, so that every file name
+ * still fits in NAME_MAX.
  */
 #include "config.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <limits.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -64,7 +67,7 @@ static bool safe_component(const char *s)
 {
 	size_t n = strlen(s);
 
-	if (n == 0 || n > 255 || strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
+	if (n == 0 || n > NAME_MAX || strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
 		return false;
 	for (size_t i = 0; i < n; i++) {
 		unsigned char c = s[i];
@@ -149,8 +152,30 @@ static char *media_type_file(const char *mt)
 }
 
 /*
- * Give every layer its file name. A map remembers the names taken and, for
- * each base name, the next suffix to try, so repeats cost O(1) each.
+ * A repeated name gets ".k", and k never exceeds the number of names in the
+ * manifest (each step past a taken name passes a different one), so a name
+ * longer than NAME_MAX - SUFFIX_ROOM is cut to that length first.
+ */
+#define SUFFIX_ROOM 6
+_Static_assert(MANIFEST_MAX_LAYERS + 2 < 100000, "\".k\" may need more than SUFFIX_ROOM bytes");
+
+/* base, cut if need be to leave room for ".k" (at a UTF-8 character boundary). */
+static char *file_stem(const char *base)
+{
+	size_t n = strlen(base);
+
+	if (n <= NAME_MAX - SUFFIX_ROOM)
+		return xstrdup(base);
+	n = NAME_MAX - SUFFIX_ROOM;
+	for (int i = 0; i < 3 && ((unsigned char)base[n] & 0xc0) == 0x80; i++)
+		n--;
+	return xstrndup(base, n);
+}
+
+/*
+ * Give every layer its file name: its base name if free, else "<stem>.k" with
+ * the next free k. A map remembers the names taken and, for each stem, the
+ * last k used, so repeats cost O(1) each.
  */
 static void assign_files(struct manifest *m)
 {
@@ -161,19 +186,21 @@ static void assign_files(struct manifest *m)
 	strmap_put(taken, "manifest.json", 0);
 	for (size_t i = 0; i < m->nlayers; i++) {
 		struct layer *l = &m->layers[i];
-		char *base = l->name ? xstrdup(l->name) : media_type_file(l->media_type);
-		uint64_t k = 0;
-		char *f;
+		char *f = l->name ? xstrdup(l->name) : media_type_file(l->media_type);
 
-		strmap_get(next, base, &k);
-		f = k ? xasprintf("%s.%llu", base, (unsigned long long)k) : xstrdup(base);
-		while (strmap_get(taken, f, NULL)) {
-			free(f);
-			f = xasprintf("%s.%llu", base, (unsigned long long)++k);
+		if (strmap_get(taken, f, NULL)) {
+			char *stem = file_stem(f);
+			uint64_t k = 0;
+
+			strmap_get(next, stem, &k);
+			do {
+				free(f);
+				f = xasprintf("%s.%llu", stem, (unsigned long long)++k);
+			} while (strmap_get(taken, f, NULL));
+			strmap_put(next, stem, k);
+			free(stem);
 		}
-		strmap_put(next, base, k + 1);
 		strmap_put(taken, f, 0);
-		free(base);
 		l->file = f;
 	}
 	strmap_free(taken);
@@ -371,8 +398,8 @@ int manifest_references(const struct manifest *m, const struct digest *d)
 	return 0;
 }
 
-void manifest_scan_digests(const char *buf, size_t len,
-			   void (*fn)(const struct digest *d, void *arg), void *arg)
+static void scan_text(const char *buf, size_t len,
+		      void (*fn)(const struct digest *d, void *arg), void *arg)
 {
 	const char *p = buf, *end = buf + len;
 
@@ -383,4 +410,36 @@ void manifest_scan_digests(const char *buf, size_t len,
 			fn(&d, arg);
 		p += 7;
 	}
+}
+
+/* Every key and string value, as cJSON decoded them (nesting is bounded by cJSON). */
+static void scan_json(const cJSON *it, void (*fn)(const struct digest *d, void *arg),
+		      void *arg)
+{
+	for (; it; it = it->next) {
+		if (it->string)
+			scan_text(it->string, strlen(it->string), fn, arg);
+		if (cJSON_IsString(it))
+			scan_text(it->valuestring, strlen(it->valuestring), fn, arg);
+		scan_json(it->child, fn, arg);
+	}
+}
+
+/*
+ * The text as it is, and, if it holds an escape, also every string cJSON
+ * reads from it: "sha256\u003a..." is a digest to the parser. Without a
+ * backslash every string is a piece of the text, already scanned; over
+ * MANIFEST_MAX_BYTES the parser reads nothing.
+ */
+void manifest_scan_digests(const char *buf, size_t len,
+			   void (*fn)(const struct digest *d, void *arg), void *arg)
+{
+	cJSON *root;
+
+	scan_text(buf, len, fn, arg);
+	if (len > MANIFEST_MAX_BYTES || !memchr(buf, '\\', len))
+		return;
+	root = cJSON_ParseWithLength(buf, len);
+	scan_json(root, fn, arg);
+	cJSON_Delete(root);
 }

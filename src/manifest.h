@@ -53,7 +53,9 @@ int manifest_references(const struct manifest *m, const struct digest *d);
 
 /*
  * Find every "sha256:<hex>" in a text that could not be parsed as a manifest,
- * so that a store never frees a blob that some unreadable manifest may use.
+ * so that a store never frees a blob that some unreadable manifest may use:
+ * spelled out anywhere in the text, or inside a JSON string with escapes
+ * ("sha256\u003a...") as the parser would read it.
  */
 void manifest_scan_digests(const char *buf, size_t len,
 			   void (*fn)(const struct digest *d, void *arg), void *arg);

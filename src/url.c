@@ -3,11 +3,14 @@
  * against the request URL, adding query parameters to a token realm,
  * comparing origins (credentials never follow a redirect to another host), and
  * stripping the query from URLs before they are logged — a CDN's presigned
- * URL carries its signature there.
+ * URL carries its signature there. Whether a host is loopback (then plain
+ * http is used) is decided by inet_pton(), never by scanning digits.
  */
 #include "config.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
+#include <netinet/in.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -106,28 +109,47 @@ char *url_authority(const char *url)
 	return host;
 }
 
-bool host_is_loopback(const char *authority)
+/*
+ * The host of "host[:port]", without the brackets of an IPv6 literal; more
+ * than one colon without brackets is a bare IPv6 literal. NULL if a bracket
+ * is not closed or is followed by anything but ":port".
+ */
+static char *authority_host(const char *authority)
 {
-	const char *colon = strrchr(authority, ':');
-	size_t len = strlen(authority);
-	char *h;
-	bool ok = false;
+	const char *colon = strchr(authority, ':');
 
 	if (authority[0] == '[') {
 		const char *close = strchr(authority, ']');
-		len = close ? (size_t)(close - authority) + 1 : len;
-	} else if (colon && strchr(authority, ':') == colon) {
-		len = (size_t)(colon - authority);   /* host:port; more colons are an IPv6 literal */
+		if (!close || (close[1] && close[1] != ':'))
+			return NULL;
+		return xstrndup(authority + 1, (size_t)(close - authority) - 1);
 	}
-	h = xstrndup(authority, len);
-	if (strcasecmp(h, "localhost") == 0 || strcmp(h, "[::1]") == 0 || strcmp(h, "::1") == 0) {
-		ok = true;
-	} else if (strncmp(h, "127.", 4) == 0) {
-		unsigned a, b, c, d;
-		char extra;
-		ok = sscanf(h, "%u.%u.%u.%u%c", &a, &b, &c, &d, &extra) == 4 &&
-		     a == 127 && b < 256 && c < 256 && d < 256;
-	}
+	if (colon && !strchr(colon + 1, ':'))
+		return xstrndup(authority, (size_t)(colon - authority));
+	return xstrdup(authority);
+}
+
+/*
+ * Plain http is used for these, so only exact forms count: "localhost", a
+ * dotted quad in 127.0.0.0/8 and ::1, as inet_pton() reads them. Anything
+ * else (leading zeros, signs, blanks, "127.1") gets https: curl looks some of
+ * those up in DNS, which may answer with any address.
+ */
+bool host_is_loopback(const char *authority)
+{
+	char *h = authority_host(authority);
+	struct in_addr a4;
+	struct in6_addr a6;
+	bool ok = false;
+
+	if (!h)
+		return false;
+	if (authority[0] == '[')
+		ok = inet_pton(AF_INET6, h, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6);
+	else
+		ok = strcasecmp(h, "localhost") == 0 ||
+		     (inet_pton(AF_INET, h, &a4) == 1 && ntohl(a4.s_addr) >> 24 == 127) ||
+		     (inet_pton(AF_INET6, h, &a6) == 1 && IN6_IS_ADDR_LOOPBACK(&a6));
 	free(h);
 	return ok;
 }

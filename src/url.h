@@ -12,7 +12,7 @@ char *url_redact(const char *url);
 char *url_add_query(const char *url, const char *key, const char *value);
 /* "host" or "host:port" of an absolute URL; NULL if invalid. */
 char *url_authority(const char *url);
-/* Is the host part of "host[:port]" a loopback name or address? */
+/* Is the host of "host[:port]" "localhost", a dotted quad 127.x.y.z or [::1]? */
 bool host_is_loopback(const char *authority);
 /* Do two absolute URLs have the same scheme, host and port? */
 bool url_same_origin(const char *a, const char *b);

@@ -172,6 +172,51 @@ static void test_challenge_overlong_value_refused(void **state)
 	free(v);
 }
 
+static void test_challenge_nul_is_a_control_byte(void **state)
+{
+	/*
+	 * Found by fuzzing: is_tchar('\0') was true (strchr() finds the
+	 * terminator), so a NUL inside a token was taken and the C string cut
+	 * there. A NUL must be refused or ignored exactly like 0x01.
+	 */
+#define NUL_CASE(s) { s, sizeof(s) - 1 }
+	static const struct { const char *v; size_t len; } cases[] = {
+		NUL_CASE("Basic\0"),
+		NUL_CASE("Bearer realm=abc\0def"),
+		NUL_CASE("Bearer realm=\"r\",service=s\0x"),
+		NUL_CASE("Bea\0rer realm=\"r\""),
+		NUL_CASE("Bearer realm\0=\"r\""),
+		NUL_CASE("Bearer realm=\"r\",\0"),
+	};
+#undef NUL_CASE
+	struct auth_challenge c, c1;
+	char buf[64];
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		int ret, ret1;
+		memcpy(buf, cases[i].v, cases[i].len);
+		ret = auth_parse_challenge(buf, cases[i].len, &c);
+		for (size_t k = 0; k < cases[i].len; k++)
+			if (buf[k] == '\0')
+				buf[k] = '\1';
+		ret1 = auth_parse_challenge(buf, cases[i].len, &c1);
+		if (ret != ret1)
+			fail_msg("case %zu: %d with a NUL, %d with 0x01", i, ret, ret1);
+		if (ret == 0) {
+			assert_int_equal(c.scheme, c1.scheme);
+			assert_true((!c.realm && !c1.realm) || strcmp(c.realm, c1.realm) == 0);
+			assert_true((!c.service && !c1.service) || strcmp(c.service, c1.service) == 0);
+			auth_challenge_release(&c);
+			auth_challenge_release(&c1);
+		}
+	}
+	/* In particular, a value is never cut short at the NUL. */
+	assert_int_equal(auth_parse_challenge("Bearer realm=abc\0def", 20, &c), -EINVAL);
+	assert_int_equal(auth_parse_challenge("Basic\0", 6, &c), 0);
+	assert_int_equal(c.scheme, AUTH_BASIC);
+	auth_challenge_release(&c);
+}
+
 /* ---- netrc ---- */
 
 struct netrc_fixture {
@@ -203,10 +248,11 @@ static void netrc_expect(const char *path, const char *host, const char *user,
 			 const char *password)
 {
 	struct credentials c;
-	int ret = netrc_lookup(path, host, &c);
+	char err[256] = "";
+	int ret = netrc_lookup(path, host, &c, err, sizeof(err));
 
 	if (ret != 0)
-		fail_msg("lookup '%s' = %d", host, ret);
+		fail_msg("lookup '%s' = %d (%s)", host, ret, err);
 	assert_string_equal(c.user, user);
 	assert_string_equal(c.password, password);
 	credentials_release(&c);
@@ -217,7 +263,8 @@ static void netrc_expect(const char *path, const char *host, const char *user,
 static void netrc_expect_err(const char *path, const char *host, int err)
 {
 	struct credentials c;
-	int ret = netrc_lookup(path, host, &c);
+	char msg[256] = "";
+	int ret = netrc_lookup(path, host, &c, msg, sizeof(msg));
 
 	if (ret != err) {
 		if (ret == 0)
@@ -226,6 +273,23 @@ static void netrc_expect_err(const char *path, const char *host, int err)
 	}
 	assert_null(c.user);
 	assert_null(c.password);
+}
+
+/* Bad syntax: -EINVAL, no credentials, and the message says where and why. */
+static void netrc_expect_syntax(const char *path, const char *host, const char *want)
+{
+	struct credentials c;
+	char msg[256] = "";
+	int ret = netrc_lookup(path, host, &c, msg, sizeof(msg));
+
+	if (ret != -EINVAL) {
+		if (ret == 0)
+			fail_msg("lookup '%s' accepted, user '%s'", host, c.user);
+		fail_msg("lookup '%s' = %d, want -EINVAL", host, ret);
+	}
+	assert_null(c.user);
+	assert_null(c.password);
+	assert_string_equal(msg, want);
 }
 
 static void test_netrc_machine_port_default(void **state)
@@ -332,6 +396,35 @@ static void test_netrc_bad_syntax(void **state)
 	netrc_expect_err(f->path, "a.example", -EINVAL);
 	tu_write_str(f->path, "machine");
 	netrc_expect_err(f->path, "a.example", -EINVAL);
+	tu_write_str(f->path, "machine a.example\n\n  login");
+	netrc_expect_syntax(f->path, "a.example", "line 3: 'login' without a value");
+	tu_write_str(f->path, "\nmachine");
+	netrc_expect_syntax(f->path, "a.example", "line 2: 'machine' without a value");
+}
+
+static void test_netrc_broken_quote_is_bad_syntax(void **state)
+{
+	/*
+	 * Found by fuzzing: a quoted token left open became "", so the lookup
+	 * succeeded with an empty login (and, below, the password of the next
+	 * line as the password).
+	 */
+	struct netrc_fixture *f = *state;
+
+	tu_write_str(f->path, "machine a.example login \"alice\npassword s3cret\n");
+	netrc_expect_syntax(f->path, "a.example", "line 1: quoted token not closed on its line");
+	tu_write_str(f->path, "machine a.example login \"");
+	netrc_expect_syntax(f->path, "a.example", "line 1: quoted token not closed on its line");
+	tu_write_str(f->path, "machine a.example\nlogin u password \"unterminated");
+	netrc_expect_syntax(f->path, "a.example", "line 2: quoted token not closed on its line");
+	tu_write_str(f->path, "machine \"a.example\tb\" login u\n");
+	netrc_expect_syntax(f->path, "a.example", "line 1: control character in a quoted token");
+	/* Also when the broken entry is not the one looked up (the file is bad). */
+	tu_write_str(f->path, "machine b.example login \"x\nmachine a.example login u\n");
+	netrc_expect_syntax(f->path, "a.example", "line 1: quoted token not closed on its line");
+	/* An explicit "" is still an empty value, and a closed quote is fine. */
+	tu_write_str(f->path, "machine a.example login \"\" password \"p w\"\n");
+	netrc_expect(f->path, "a.example", "", "p w");
 }
 
 /* ---- token replies ---- */
@@ -429,6 +522,7 @@ int main(void)
 		cmocka_unit_test(test_challenge_uses_len),
 		cmocka_unit_test(test_challenge_refusals),
 		cmocka_unit_test(test_challenge_overlong_value_refused),
+		cmocka_unit_test(test_challenge_nul_is_a_control_byte),
 		cmocka_unit_test_setup_teardown(test_netrc_machine_port_default, netrc_setup, netrc_teardown),
 		cmocka_unit_test_setup_teardown(test_netrc_port_entry_before_bare_host, netrc_setup, netrc_teardown),
 		cmocka_unit_test_setup_teardown(test_netrc_layouts, netrc_setup, netrc_teardown),
@@ -438,6 +532,8 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_netrc_entry_without_login, netrc_setup, netrc_teardown),
 		cmocka_unit_test_setup_teardown(test_netrc_missing_file, netrc_setup, netrc_teardown),
 		cmocka_unit_test_setup_teardown(test_netrc_bad_syntax, netrc_setup, netrc_teardown),
+		cmocka_unit_test_setup_teardown(test_netrc_broken_quote_is_bad_syntax, netrc_setup,
+						netrc_teardown),
 		cmocka_unit_test(test_token_reply),
 		cmocka_unit_test(test_token_refusals),
 		cmocka_unit_test(test_token_size_limit),

@@ -40,15 +40,15 @@ static uint64_t ceil_div(uint64_t a, uint64_t b)
 
 static void test_auto_chunk_known_sizes(void **state)
 {
-	assert_int_equal(chunkmap_auto_chunk(0), 64 * KiB);
-	assert_int_equal(chunkmap_auto_chunk(1), 64 * KiB);
-	assert_int_equal(chunkmap_auto_chunk(100 * MiB), 64 * KiB);
-	assert_int_equal(chunkmap_auto_chunk(4 * GiB), 64 * KiB);
-	assert_int_equal(chunkmap_auto_chunk(4 * GiB + 64 * KiB), 128 * KiB);
-	assert_int_equal(chunkmap_auto_chunk(8 * GiB), 128 * KiB);
-	assert_int_equal(chunkmap_auto_chunk(400 * GiB), 8 * MiB);
-	assert_int_equal(chunkmap_auto_chunk(1 * TiB), 16 * MiB);
-	assert_int_equal(chunkmap_auto_chunk(4 * TiB), 64 * MiB);
+	assert_int_equal(chunkmap_auto_chunk(0), 16 * KiB);
+	assert_int_equal(chunkmap_auto_chunk(1), 16 * KiB);
+	assert_int_equal(chunkmap_auto_chunk(100 * MiB), 16 * KiB);
+	assert_int_equal(chunkmap_auto_chunk(4 * GiB), 16 * KiB);
+	assert_int_equal(chunkmap_auto_chunk(4 * GiB + 16 * KiB), 32 * KiB);
+	assert_int_equal(chunkmap_auto_chunk(8 * GiB), 32 * KiB);
+	assert_int_equal(chunkmap_auto_chunk(400 * GiB), 2 * MiB);
+	assert_int_equal(chunkmap_auto_chunk(1 * TiB), 4 * MiB);
+	assert_int_equal(chunkmap_auto_chunk(4 * TiB), 16 * MiB);
 }
 
 static void test_auto_chunk_is_power_of_two_at_least_min(void **state)
@@ -67,7 +67,7 @@ static void test_auto_chunk_never_exceeds_target_chunks(void **state)
 {
 	/* chunkmap.h: "larger blobs get larger chunks, at most CHUNKMAP_TARGET of them". */
 	static const uint64_t sizes[] = {
-		4 * GiB, 4 * GiB + 1, 4 * GiB + 64 * KiB - 1, 8 * GiB + 1, 400 * GiB + 1,
+		4 * GiB, 4 * GiB + 1, 4 * GiB + 16 * KiB - 1, 8 * GiB + 1, 400 * GiB + 1,
 		1 * TiB + 1, 3 * GiB + 12345,
 	};
 
@@ -131,8 +131,8 @@ static void test_fixed_auto_and_cap(void **state)
 {
 	struct chunkmap *m = chunkmap_new_fixed(400 * GiB, 0);
 
-	assert_int_equal(m->chunk, 8 * MiB);
-	assert_int_equal(m->n, 51200);
+	assert_int_equal(m->chunk, 2 * MiB);
+	assert_int_equal(m->n, 204800);
 	chunkmap_free(m);
 
 	/* A tiny explicit chunk for a huge blob grows until the map is bounded. */
@@ -622,6 +622,55 @@ static void test_decode_refuses_wrapping_chunk_size(void **state)
 	expect_geometry_refused(buf, len, &d, 100, "chunk size that wraps");
 }
 
+static void test_decode_refuses_chunk_ends_past_2p64(void **state)
+{
+	/*
+	 * Found by fuzzing: two chunks of 2^63 for a blob of 2^63 + 1 bytes. The
+	 * chunk count matches, but the second chunk's end, 2 * 2^63, wraps to 0.
+	 * (No blob is that large: BLOB_SIZE_MAX is 4 TiB; a map file is not trusted.)
+	 */
+	struct digest d = dfill(5);
+	uint8_t bits[1] = { 0 };
+	size_t len;
+	uint8_t *buf;
+
+	buf = craft((1ull << 63) + 1, 1ull << 63, 2, 0, &d, NULL, 0, 0, bits, 1, &len);
+	expect_geometry_refused(buf, len, &d, (1ull << 63) + 1, "2 chunks of 2^63");
+	buf = craft(UINT64_MAX, 1ull << 62, 4, 0, &d, NULL, 0, 0, bits, 1, &len);
+	expect_geometry_refused(buf, len, &d, UINT64_MAX, "4 chunks of 2^62");
+}
+
+static void test_fixed_huge_chunk_does_not_wrap(void **state)
+{
+	/* Chunks whose ends would wrap become one chunk of the whole blob. */
+	static const uint64_t cases[][2] = {
+		{ (1ull << 63) + 1, 1ull << 63 },
+		{ UINT64_MAX, 1ull << 62 },
+		{ UINT64_MAX, UINT64_MAX - 1 },
+		{ UINT64_MAX, 0 },   /* automatic: a power of two, so the last end is 2^64 */
+	};
+	struct digest d = dfill(9);
+
+	for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+		struct chunkmap *m = chunkmap_new_fixed(cases[k][0], cases[k][1]), *out;
+		assert_int_equal(m->n, 1);
+		assert_int_equal(chunkmap_start(m, 0), 0);
+		assert_int_equal(chunkmap_end(m, 0), cases[k][0]);
+		assert_int_equal(chunkmap_index(m, cases[k][0] - 1), 0);
+		chunkmap_set(m, 0);
+		assert_int_equal(chunkmap_bytes(m), cases[k][0]);
+		out = round_trip(m, &d);
+		chunkmap_free(out);
+		chunkmap_free(m);
+	}
+	/* Where the ends fit, even 2^63 bytes keep their chunks. */
+	struct chunkmap *m = chunkmap_new_fixed(1ull << 63, 0);
+	assert_true(m->n > 1);
+	assert_int_equal(chunkmap_end(m, m->n - 1), 1ull << 63);
+	assert_int_equal(chunkmap_end(m, m->n - 2), chunkmap_start(m, m->n - 1));
+	chunkmap_free(m);
+}
+
 /* ---- save / load ---- */
 
 static void test_save_load(void **state)
@@ -771,6 +820,8 @@ int main(void)
 		cmocka_unit_test(test_decode_refuses_bits_past_end),
 		cmocka_unit_test(test_decode_refuses_bad_geometry),
 		cmocka_unit_test(test_decode_refuses_wrapping_chunk_size),
+		cmocka_unit_test(test_decode_refuses_chunk_ends_past_2p64),
+		cmocka_unit_test(test_fixed_huge_chunk_does_not_wrap),
 		cmocka_unit_test(test_save_load),
 		cmocka_unit_test(test_chunksums_valid),
 		cmocka_unit_test(test_chunksums_refusals),

@@ -134,6 +134,21 @@ static void test_retry_after_date(void **state)
 	assert_int_equal(ms, 0);
 }
 
+static void test_retry_after_far_future_saturates(void **state)
+{
+	uint64_t ms = 1;
+
+	/* (date - now) * 1000 does not fit in 64 bits: the longest delay, not a wrap. */
+	assert_int_equal(http_parse_retry_after("01 Jan 584556075 00:00:00 GMT", NOW, &ms), 0);
+	assert_int_equal(ms, UINT64_MAX);
+	ms = 1;
+	assert_int_equal(http_parse_retry_after("3 Nov 936337936", NOW, &ms), 0);
+	assert_int_equal(ms, UINT64_MAX);
+	/* The largest dates that still fit are exact. */
+	assert_int_equal(http_parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", NOW, &ms), 0);
+	assert_int_equal(ms, (253402300799ull - (uint64_t)NOW) * 1000);
+}
+
 static void test_retry_after_junk(void **state)
 {
 	static const char *const bad[] = { "soon", "", "   ", "-1", "1.5", "12abc", "a", "Mon" };
@@ -397,6 +412,38 @@ static void test_host_is_loopback(void **state)
 		fail_msg("wrong answers:%s", wrong);
 }
 
+static void test_host_is_loopback_is_strict(void **state)
+{
+	/*
+	 * Found by fuzzing: sscanf("%u") read these as 127.x.y.z, so blobfs
+	 * spoke plain http to them, while curl resolves them by DNS. Only what
+	 * inet_pton() reads as a dotted quad (or ::1) is loopback.
+	 */
+	static const char *const no[] = {
+		"127.09.6.5", "127.00.0.1", "127.-0.0.1", "127.+0.0.1", "127.4294967296.0.1",
+		"127.4294967297.0.1:5000", "127.2.5.\t2", "127.0.0.1\t", " 127.0.0.1", "127.0. 0.1",
+		"127.1", "127.0.1", "0x7f.0.0.1", "0177.0.0.1", "2130706433", "127.0.0.1\n",
+		"[::1]x", "[::1", "[127.0.0.1]", "[localhost]", "::ffff:127.0.0.1", "[::1%25lo]",
+		"[ ::1]", "::2",
+	};
+	static const char *const yes[] = {
+		"127.0.0.1:11434", "127.10.20.30", "[0:0:0:0:0:0:0:1]:5000", "[::0:1]",
+		"0:0:0:0:0:0:0:1",
+	};
+	char wrong[1024] = "";
+
+	for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
+		if (host_is_loopback(no[i]))
+			snprintf(wrong + strlen(wrong), sizeof(wrong) - strlen(wrong),
+				 " '%s'->true", no[i]);
+	for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
+		if (!host_is_loopback(yes[i]))
+			snprintf(wrong + strlen(wrong), sizeof(wrong) - strlen(wrong),
+				 " '%s'->false", yes[i]);
+	if (wrong[0])
+		fail_msg("wrong answers:%s", wrong);
+}
+
 static void test_url_same_origin(void **state)
 {
 	assert_true(url_same_origin("https://r.example/v2/a", "https://r.example/other?x=1"));
@@ -419,6 +466,7 @@ int main(void)
 		cmocka_unit_test(test_content_range_refusals),
 		cmocka_unit_test(test_retry_after_seconds),
 		cmocka_unit_test(test_retry_after_date),
+		cmocka_unit_test(test_retry_after_far_future_saturates),
 		cmocka_unit_test(test_retry_after_junk),
 		cmocka_unit_test(test_status_errno),
 		cmocka_unit_test(test_status_retryable),
@@ -433,6 +481,7 @@ int main(void)
 		cmocka_unit_test(test_url_add_query),
 		cmocka_unit_test(test_url_authority),
 		cmocka_unit_test(test_host_is_loopback),
+		cmocka_unit_test(test_host_is_loopback_is_strict),
 		cmocka_unit_test(test_url_same_origin),
 	};
 

@@ -450,6 +450,77 @@ static void test_refuses_overlong_name(void **state)
 	manifest_free(parse_ok(tmpl));
 }
 
+static void assert_files_fit_and_differ(const struct manifest *m)
+{
+	for (size_t i = 0; i < m->nlayers; i++) {
+		if (strlen(m->layers[i].file) > 255)
+			fail_msg("layer %zu: file name of %zu bytes", i, strlen(m->layers[i].file));
+		for (size_t j = 0; j < i; j++)
+			if (strcmp(m->layers[i].file, m->layers[j].file) == 0)
+				fail_msg("layers %zu and %zu have the same file", j, i);
+	}
+}
+
+static void test_long_repeated_names_fit(void **state)
+{
+	/*
+	 * Found by fuzzing: ".1" was appended to a 255-byte name, past NAME_MAX.
+	 * A name too long for the number is cut first (to 249 bytes, room for
+	 * any ".k" a manifest can need), at a UTF-8 character boundary.
+	 */
+	char x[256], y1[256], y2[256], e[256], mt[256], want[300], tmpl[8192];
+	struct manifest *m;
+
+	memset(x, 'x', 255);
+	x[255] = '\0';
+	memset(y1, 'y', 254);
+	strcpy(y1 + 254, "1");
+	memset(y2, 'y', 254);
+	strcpy(y2 + 254, "2");
+	for (int i = 0; i < 127; i++)
+		memcpy(e + 2 * i, "\xc3\xa9", 2);  /* é: byte 249 is inside one */
+	strcpy(e + 254, "a");
+	snprintf(tmpl, sizeof(tmpl), HDR CFG ",'layers':["
+		 OLX("model", "1", "1", "'name':'%s'") "," OLX("model", "2", "1", "'name':'%s'") ","
+		 OLX("model", "3", "1", "'name':'%s'") "," OLX("model", "4", "1", "'name':'%s'") ","
+		 OLX("model", "5", "1", "'name':'%s'") "," OLX("model", "6", "1", "'name':'%s'") ","
+		 OLX("model", "7", "1", "'name':'%s'") "," OLX("model", "8", "1", "'name':'%s'") ","
+		 OLX("model", "9", "1", "'name':'%s'") "]}",
+		 x, x, x, y1, y1, y2, y2, e, e);
+	m = parse_ok(tmpl);
+	assert_files_fit_and_differ(m);
+	assert_string_equal(m->layers[0].file, x);
+	snprintf(want, sizeof(want), "%.249s.1", x);
+	assert_string_equal(m->layers[1].file, want);
+	snprintf(want, sizeof(want), "%.249s.2", x);
+	assert_string_equal(m->layers[2].file, want);
+	/* Two names that differ only past the cut share its numbers. */
+	assert_string_equal(m->layers[3].file, y1);
+	snprintf(want, sizeof(want), "%.249s.1", y1);
+	assert_string_equal(m->layers[4].file, want);
+	assert_string_equal(m->layers[5].file, y2);
+	snprintf(want, sizeof(want), "%.249s.2", y2);
+	assert_string_equal(m->layers[6].file, want);
+	/* Cut before the é that byte 249 belongs to, not inside it. */
+	assert_string_equal(m->layers[7].file, e);
+	snprintf(want, sizeof(want), "%.248s.1", e);
+	assert_string_equal(m->layers[8].file, want);
+	manifest_free(m);
+
+	/* The same for a file name made from a long media type. */
+	memset(mt, 'm', 255);
+	mt[255] = '\0';
+	snprintf(tmpl, sizeof(tmpl), HDR CFG ",'layers':["
+		 "{'mediaType':'%s','digest':'@1','size':1},{'mediaType':'%s','digest':'@2','size':1}]}",
+		 mt, mt);
+	m = parse_ok(tmpl);
+	assert_files_fit_and_differ(m);
+	assert_string_equal(m->layers[0].file, mt);
+	snprintf(want, sizeof(want), "%.249s.1", mt);
+	assert_string_equal(m->layers[1].file, want);
+	manifest_free(m);
+}
+
 static void test_refuses_nul(void **state)
 {
 	char buf[1024], err[256] = "";
@@ -613,6 +684,95 @@ static void test_many_colliding_names_is_fast(void **state)
 	assert_int_equal(nl, n);
 }
 
+/*
+ * n distinct names on which FNV-1a, as strmap.c used it, agrees in the low 16
+ * bits (which depend only on the low 16 bits of its state): all of them in
+ * one probe chain of a table of up to 65536 slots. Each is a numbered prefix
+ * and three characters solved for (see tests/fuzz/gen-manifest-flood.py).
+ */
+#define FNV_OFFSET 1469598103934665603ULL
+#define FNV_PRIME 1099511628211ULL
+
+static uint16_t fnv_step16(uint16_t h, unsigned char c)
+{
+	return (uint16_t)((h ^ c) * (uint16_t)FNV_PRIME);
+}
+
+static char (*fnv_colliding_names(size_t n))[16]
+{
+	static const char alpha[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+	char (*names)[16] = calloc(n, sizeof(*names));
+	uint16_t inv = (uint16_t)FNV_PRIME, target = 0x5eed, pre;
+	size_t got = 0;
+
+	assert_non_null(names);
+	for (int i = 0; i < 4; i++)          /* Newton: the prime's inverse mod 2^16 */
+		inv = (uint16_t)(inv * (uint16_t)(2 - (uint16_t)FNV_PRIME * inv));
+	pre = (uint16_t)(target * inv);      /* the state that one more byte must xor to */
+	for (unsigned k = 0; got < n; k++) {
+		char p[8];
+		uint16_t h = (uint16_t)FNV_OFFSET;
+		int len = snprintf(p, sizeof(p), "f%06u", k);
+		for (int i = 0; i < len; i++)
+			h = fnv_step16(h, (unsigned char)p[i]);
+		for (const char *x = alpha; *x && got < n; x++) {
+			for (const char *y = alpha; *y; y++) {
+				uint16_t s = fnv_step16(fnv_step16(h, (unsigned char)*x), (unsigned char)*y);
+				uint16_t z = s ^ pre;
+				if (z < 128 && z && strchr(alpha, z)) {
+					snprintf(names[got++], 16, "%s%c%c%c", p, *x, *y, (char)z);
+					break;
+				}
+			}
+		}
+	}
+	/* The full 64-bit hash really agrees in the low bits. */
+	for (size_t i = 0; i < n; i += n / 7 + 1) {
+		uint64_t h = FNV_OFFSET;
+		for (const char *c = names[i]; *c; c++)
+			h = (h ^ (unsigned char)*c) * FNV_PRIME;
+		assert_int_equal(h & 0xffff, target);
+	}
+	return names;
+}
+
+static void test_hash_flood_is_fast(void **state)
+{
+	/*
+	 * Found by fuzzing: with an unkeyed hash these 30000 layer names all
+	 * collided in assign_files()'s maps, and parsing took seconds.
+	 */
+	const size_t n = 30000;
+	char (*names)[16] = fnv_colliding_names(n), err[256] = "";
+	size_t cap = 256 + n * 160, len;
+	char *json = malloc(cap);
+	struct manifest *m = NULL;
+	struct timespec t0, t1;
+	int ret;
+
+	assert_non_null(json);
+	len = (size_t)snprintf(json, cap, "{\"schemaVersion\":2,\"config\":{\"mediaType\":\"c\","
+			       "\"digest\":\"sha256:%064d\",\"size\":1},\"layers\":[", 0);
+	for (size_t i = 0; i < n; i++)
+		len += (size_t)snprintf(json + len, cap - len,
+					"%s{\"mediaType\":\"m\",\"digest\":\"sha256:%064d\",\"size\":1,"
+					"\"name\":\"%s\"}", i ? "," : "", 1, names[i]);
+	len += (size_t)snprintf(json + len, cap - len, "]}");
+	assert_true(len < MANIFEST_MAX_BYTES);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	ret = manifest_parse(json, len, &m, err, sizeof(err));
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	free(json);
+	if (ret != 0)
+		fail_msg("manifest_parse = %d: %s", ret, err);
+	assert_int_equal(m->nlayers, n);
+	assert_string_equal(m->layers[n - 1].file, names[n - 1]);
+	manifest_free(m);
+	free(names);
+	if (elapsed_s(&t0, &t1) >= time_limit_s())
+		fail_msg("%zu colliding names took %.2f s", n, elapsed_s(&t0, &t1));
+}
+
 /* ---- digest scan ---- */
 
 struct found {
@@ -664,6 +824,42 @@ static void test_scan_digests_truncated_and_empty(void **state)
 	free(text);
 }
 
+static void test_scan_digests_sees_json_escapes(void **state)
+{
+	/*
+	 * Found by fuzzing: the parser reads "sha256\u003a<hex>" as a digest, so
+	 * the scan must too, or removing another tag would free a blob that a
+	 * manifest the parser refuses (here: schemaVersion 3) still names.
+	 */
+	char *text = expand("{'schemaVersion':3,'config':{'digest':'sha256\\u003a"
+			    "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa'},"
+			    "'layers':[{'digest':'\\u0073ha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+			    "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\\u0062\\u0062'},{'digest':'@c'}],"
+			    "'sha256\\u003adddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd':1}");
+	struct found f = { .n = 0 };
+	const struct digest want[] = { dig('c'), dig('a'), dig('b'), dig('c'), dig('d') };
+	struct digest want_e;
+	char *bad;
+
+	manifest_scan_digests(text, strlen(text), found_cb, &f);
+	/* The text as it is first ('c'), then every string as cJSON reads it. */
+	assert_int_equal(f.n, 5);
+	for (unsigned i = 0; i < 5; i++)
+		if (!digest_equal(&f.d[i], &want[i]))
+			fail_msg("digest %u is not '%c'", i, "cabcd"[i]);
+
+	/* Not JSON: the parser sees nothing, so only what is spelled out counts. */
+	bad = expand("{'digest':'sha256\\u003a"
+		     "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa' @e");
+	f.n = 0;
+	manifest_scan_digests(bad, strlen(bad), found_cb, &f);
+	assert_int_equal(f.n, 1);
+	want_e = dig('e');
+	assert_true(digest_equal(&f.d[0], &want_e));
+	free(bad);
+	free(text);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -689,14 +885,17 @@ int main(void)
 		cmocka_unit_test(test_refuses_lists_and_indexes),
 		cmocka_unit_test(test_refuses_unsafe_layer_names),
 		cmocka_unit_test(test_refuses_overlong_name),
+		cmocka_unit_test(test_long_repeated_names_fit),
 		cmocka_unit_test(test_refuses_nul),
 		cmocka_unit_test(test_refuses_same_digest_different_sizes),
 		cmocka_unit_test(test_refuses_exact_duplicate_layer),
 		cmocka_unit_test(test_size_limit_of_input),
 		cmocka_unit_test(test_many_layers_one_media_type_is_fast),
 		cmocka_unit_test(test_many_colliding_names_is_fast),
+		cmocka_unit_test(test_hash_flood_is_fast),
 		cmocka_unit_test(test_scan_digests_in_junk),
 		cmocka_unit_test(test_scan_digests_truncated_and_empty),
+		cmocka_unit_test(test_scan_digests_sees_json_escapes),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

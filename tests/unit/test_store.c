@@ -729,6 +729,32 @@ static void test_unparseable_manifest_protects_its_digests(void **state)
 	assert_true(has_blob(f->s, '1'));
 }
 
+static void test_unparseable_manifest_protects_escaped_digests(void **state)
+{
+	/*
+	 * Found by fuzzing: JSON that the manifest parser refuses (schemaVersion
+	 * 3) but reads "sha256\u003a<hex>" from. The scan missed that digest,
+	 * so removing another tag freed a blob this manifest names.
+	 */
+	struct fx *f = *state;
+	struct model_name one = nm("m:one");
+	struct store_freed freed;
+	char junk[256];
+
+	write_mj(f->s, "m:one", '1', "af");
+	snprintf(junk, sizeof(junk), "{\"schemaVersion\":3,\"layers\":[{\"digest\":"
+		 "\"sha256\\u003a%s\"}]}",
+		 "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff");
+	write_manifest(f->s, "m:future", junk);
+	for (const char *c = "1af"; *c; c++)
+		put_blob(f->s, *c);
+	assert_int_equal(store_remove_tag(f->s, &one, &freed), 0);
+	assert_int_equal(freed.blobs, 2);
+	assert_false(has_blob(f->s, 'a'));
+	assert_false(has_blob(f->s, '1'));
+	assert_true(has_blob(f->s, 'f'));
+}
+
 static void test_removing_unparseable_manifest_frees_mentioned_blobs(void **state)
 {
 	struct fx *f = *state;
@@ -1353,6 +1379,7 @@ int main(void)
 		T(test_remove_tag_absent),
 		T(test_remove_tag_case_insensitive),
 		T(test_unparseable_manifest_protects_its_digests),
+		T(test_unparseable_manifest_protects_escaped_digests),
 		T(test_removing_unparseable_manifest_frees_mentioned_blobs),
 		T(test_oversized_manifest_still_protects_its_digests),
 		T(test_gc),
