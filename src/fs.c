@@ -15,8 +15,9 @@
  * removing a blob that other tags share; the directory can be removed once
  * nothing is left in it. Everything else that would write answers EROFS.
  *
- * Listings: there is no opendir, so the kernel caches directory listings
- * (FOPEN_CACHE_DIR) and entries come with attributes (readdirplus). A
+ * Listings: opendir answers ENOSYS where the kernel allows it, which then
+ * caches directory listings itself (FOPEN_CACHE_DIR); entries come with
+ * their attributes (readdirplus). A
  * directory's mtime moves whenever its entries change, and changes the
  * kernel did not make itself are pushed to it (tell_kernel).
  *
@@ -682,9 +683,8 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 }
 
 /*
- * Directory listings come straight from the index on every call (there is
- * no opendir: FUSE_CAP_NO_OPENDIR_SUPPORT spares a round trip each way per
- * directory). Offsets are 1 for ".", 2 for "..", then 3 + the entry's
+ * Directory listings come straight from the index on every call, with no
+ * per-open state (see op_opendir). Offsets are 1 for ".", 2 for "..", then 3 + the entry's
  * position; a directory that changes between calls may show an entry twice
  * or not at all, as POSIX allows.
  */
