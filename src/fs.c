@@ -55,9 +55,9 @@
 #include "util.h"
 #include "watch.h"
 
-#define DIR_TIMEOUT 1.0          /* tags come and go: revalidate directories often */
+#define DIR_TIMEOUT 0.5          /* tags come and go (see NEG_TIMEOUT) */
 #define FILE_TIMEOUT 3600.0      /* file contents and sizes never change */
-#define NEG_TIMEOUT 1.0
+#define NEG_TIMEOUT 0.5          /* a tag pulled elsewhere shows within a second, the watch included */
 #define RA_START (1u << 20)
 #define RA_MAX (64u << 20)
 #define SEQ_SLACK (512u << 10)   /* out-of-order kernel read-ahead still counts as sequential */
