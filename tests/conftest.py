@@ -16,7 +16,9 @@ TESTS_DIR = Path(__file__).resolve().parent
 REPO_DIR = TESTS_DIR.parent
 sys.path.insert(0, str(TESTS_DIR / "lib"))
 
-import dockerreg  # noqa: E402  (needs the sys.path entry above)
+import blobfsmount  # noqa: E402  (these need the sys.path entry above)
+import dockerreg  # noqa: E402
+from faultreg import FaultRegistry  # noqa: E402
 
 DEFAULT_BLOBFS_TIMEOUT = 60  # seconds
 
@@ -131,3 +133,26 @@ def run_blobfs(blobfs_bin, store):
         return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
 
     return run
+
+
+@pytest.fixture
+def fault_registry():
+    """Factory for FaultRegistry instances, all stopped after the test."""
+    started = []
+
+    def start(**options):
+        reg = FaultRegistry(**options)
+        started.append(reg)
+        return reg
+
+    yield start
+    for reg in started:
+        reg.stop()
+
+
+@pytest.fixture
+def mount(blobfs_bin, store, request):
+    """Factory: mount(*OPTIONS, store=<store>, global_args=(), debug=True, path=None,
+    wait=True) -> Mount (see tests/lib/blobfsmount.py). test_ecosystem and
+    test_security have their own, for detached mounts."""
+    yield from blobfsmount.mounts(blobfs_bin, store, request)

@@ -40,7 +40,6 @@ from pathlib import Path
 import pytest
 
 from dockerreg import DockerRegistry, ToolMissing
-from faultreg import FaultRegistry
 from models import (
     DOCKER_CONFIG, DOCKER_MANIFEST_V2, OLLAMA_LICENSE, OLLAMA_MODEL, OLLAMA_PARAMS,
     OLLAMA_TEMPLATE, make_model, push_model,
@@ -432,20 +431,6 @@ def mount(blobfs_bin, store, empty_config, request):
         shutil.rmtree(tmp, ignore_errors=True)
     assert not leftover, f"mounts left behind: {leftover}"
     assert not fired, f"the test held its mounts past the {WATCHDOG:.0f}s watchdog"
-
-
-@pytest.fixture
-def fault_registry():
-    started = []
-
-    def start(**options):
-        reg = FaultRegistry(**options)
-        started.append(reg)
-        return reg
-
-    yield start
-    for reg in started:
-        reg.stop()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 LIB = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "lib")
 sys.path.insert(0, LIB)
 
-from faultreg import DOCKER_CONFIG, DOCKER_MANIFEST, OCI_MANIFEST, OLLAMA_MODEL, FaultRegistry  # noqa: E402
+from faultreg import DOCKER_CONFIG, DOCKER_MANIFEST, OCI_MANIFEST, OLLAMA_MODEL  # noqa: E402
 
 REPO = "library/tiny"
 BLOB = random.Random(1234).randbytes(1 << 20)
@@ -90,23 +90,8 @@ def fetch_token(reg, scope=f"repository:{REPO}:pull", headers=None):
 
 
 @pytest.fixture
-def make_reg():
-    """Factory for FaultRegistry instances, all stopped after the test."""
-    started = []
-
-    def start(**options):
-        reg = FaultRegistry(**options)
-        started.append(reg)
-        return reg
-
-    yield start
-    for reg in started:
-        reg.stop()
-
-
-@pytest.fixture
-def reg(make_reg):
-    reg = make_reg()
+def reg(fault_registry):
+    reg = fault_registry()
     reg.digest = reg.add_blob(BLOB)
     return reg
 
@@ -240,8 +225,8 @@ def parse_chunksums(body):
 
 
 @pytest.mark.parametrize("redirect", [False, True])
-def test_chunksums_cover_the_blob_and_verify(make_reg, redirect):
-    reg = make_reg(redirect=redirect)
+def test_chunksums_cover_the_blob_and_verify(fault_registry, redirect):
+    reg = fault_registry(redirect=redirect)
     digest = reg.add_blob(SMALL, chunk_size=4096)
     response, body = request(reg.host, f"/v2/{REPO}/chunksums/{digest}")
     assert response.status == 200
@@ -259,8 +244,8 @@ def test_chunksums_404_when_not_enabled(reg):
     assert request(reg.host, f"/v2/{REPO}/chunksums/{reg.digest}")[0].status == 404
 
 
-def test_redirect_to_cdn_serves_ranges(make_reg):
-    reg = make_reg(redirect=True)
+def test_redirect_to_cdn_serves_ranges(fault_registry):
+    reg = fault_registry(redirect=True)
     digest = reg.add_blob(BLOB)
     response, body = request(reg.host, blob_path(digest), headers={"Range": "bytes=0-0"})
     assert response.status == 307 and body == b""
@@ -276,8 +261,8 @@ def test_redirect_to_cdn_serves_ranges(make_reg):
 
 
 @pytest.mark.parametrize("expired_status", [403, 410])
-def test_cdn_url_expires_after_uses(make_reg, expired_status):
-    reg = make_reg(redirect=True, cdn_max_uses=2, cdn_expired_status=expired_status)
+def test_cdn_url_expires_after_uses(fault_registry, expired_status):
+    reg = fault_registry(redirect=True, cdn_max_uses=2, cdn_expired_status=expired_status)
     digest = reg.add_blob(BLOB)
     location = request(reg.host, blob_path(digest))[0].getheader("Location")
     assert [get(location)[0].status for _ in range(3)] == [200, 200, expired_status]
@@ -290,8 +275,8 @@ def test_cdn_url_expires_after_uses(make_reg, expired_status):
 # ---------------------------------------------------------------- auth
 
 
-def test_bearer_challenge_token_and_scope(make_reg):
-    reg = make_reg(auth="bearer")
+def test_bearer_challenge_token_and_scope(fault_registry):
+    reg = fault_registry(auth="bearer")
     reg.add_model(REPO, "latest", [(OLLAMA_MODEL, SMALL)])
     response, _ = request(reg.host, "/v2/")
     assert response.status == 401
@@ -313,15 +298,15 @@ def test_bearer_challenge_token_and_scope(make_reg):
     assert response.status == 401 and 'error="invalid_token"' in response.getheader("WWW-Authenticate")
 
 
-def test_token_endpoint_requires_credentials(make_reg):
-    reg = make_reg(auth="bearer", token_credentials=("alice", "s3cret"))
+def test_token_endpoint_requires_credentials(fault_registry):
+    reg = fault_registry(auth="bearer", token_credentials=("alice", "s3cret"))
     response, _ = request(reg.host, f"/token?service=faultreg&scope=repository:{REPO}:pull")
     assert response.status == 401 and response.getheader("WWW-Authenticate").startswith("Basic ")
     fetch_token(reg, headers={"Authorization": "Basic YWxpY2U6czNjcmV0"})  # alice:s3cret
 
 
-def test_token_use_limit_makes_client_refresh_once(make_reg):
-    reg = make_reg(auth="bearer", token_max_uses=3)
+def test_token_use_limit_makes_client_refresh_once(fault_registry):
+    reg = fault_registry(auth="bearer", token_max_uses=3)
     digest = reg.add_blob(BLOB)
     token, statuses = fetch_token(reg)["token"], []
     for i in range(6):  # a client that refreshes its token once on a 401
@@ -337,8 +322,8 @@ def test_token_use_limit_makes_client_refresh_once(make_reg):
 
 
 @pytest.mark.timing
-def test_token_ttl_and_revocation(make_reg):
-    reg = make_reg(auth="bearer", token_ttl=0.3)
+def test_token_ttl_and_revocation(fault_registry):
+    reg = fault_registry(auth="bearer", token_ttl=0.3)
     digest = reg.add_blob(SMALL)
     grant = fetch_token(reg)
     assert grant["expires_in"] == 1
@@ -353,16 +338,16 @@ def test_token_ttl_and_revocation(make_reg):
     assert request(reg.host, blob_path(digest), headers=bearer)[0].status == 401
 
 
-def test_basic_auth(make_reg):
-    reg = make_reg(auth="basic", credentials=("bob", "pw"))
+def test_basic_auth(fault_registry):
+    reg = fault_registry(auth="basic", credentials=("bob", "pw"))
     response, _ = request(reg.host, "/v2/")
     assert response.status == 401 and response.getheader("WWW-Authenticate") == 'Basic realm="faultreg"'
     assert request(reg.host, "/v2/", headers={"Authorization": "Basic Ym9iOm5v"})[0].status == 401  # bob:no
     assert request(reg.host, "/v2/", headers={"Authorization": "Basic Ym9iOnB3"})[0].status == 200  # bob:pw
 
 
-def test_authorization_never_reaches_cdn_and_is_recorded_if_it_does(make_reg):
-    reg = make_reg(auth="bearer", redirect=True)
+def test_authorization_never_reaches_cdn_and_is_recorded_if_it_does(fault_registry):
+    reg = fault_registry(auth="bearer", redirect=True)
     digest = reg.add_blob(SMALL)
     token = fetch_token(reg)["token"]
     curl = subprocess.run(
@@ -474,8 +459,8 @@ def test_wrong_content_range(reg):
     assert body == BLOB[110:120]
 
 
-def test_corrupt_hits_only_responses_covering_the_offset(make_reg):
-    reg = make_reg(redirect=True)
+def test_corrupt_hits_only_responses_covering_the_offset(fault_registry):
+    reg = fault_registry(redirect=True)
     digest = reg.add_blob(BLOB)
     fault = reg.fault("corrupt", offset=5000, length=2)
     location = request(reg.host, blob_path(digest))[0].getheader("Location")
@@ -486,8 +471,8 @@ def test_corrupt_hits_only_responses_covering_the_offset(make_reg):
     assert fault.hits == 1
 
 
-def test_redirect_loop_to_self_defeats_curl(make_reg):
-    reg = make_reg()
+def test_redirect_loop_to_self_defeats_curl(fault_registry):
+    reg = fault_registry()
     digest = reg.add_blob(SMALL)
     reg.fault("redirect_loop")
     curl = subprocess.run(["curl", "-sS", "-L", "--max-redirs", "5", reg.url + blob_path(digest)], capture_output=True, timeout=10)
@@ -495,8 +480,8 @@ def test_redirect_loop_to_self_defeats_curl(make_reg):
     assert reg.count(status=307, path_contains=blob_path(digest)) == 6
 
 
-def test_redirect_loop_between_registry_and_cdn(make_reg):
-    reg = make_reg(redirect=True)
+def test_redirect_loop_between_registry_and_cdn(fault_registry):
+    reg = fault_registry(redirect=True)
     digest = reg.add_blob(SMALL)
     reg.fault("redirect_loop", via="cdn")
     url, hosts = reg.url + blob_path(digest), []
@@ -518,8 +503,8 @@ def test_trickle_limits_rate(reg):
     assert 2.5 <= elapsed < 6
 
 
-def test_fault_filters(make_reg):
-    reg = make_reg(redirect=True)
+def test_fault_filters(fault_registry):
+    reg = fault_registry(redirect=True)
     first, second = reg.add_blob(BLOB), reg.add_blob(SMALL)
     reg.fault("status", code=500, start=1000)
     reg.fault("status", code=502, covers=50_000, digest=first)
@@ -555,8 +540,8 @@ def test_manifest_faults(reg):
     assert request(reg.host, path)[1] == manifest
 
 
-def test_token_endpoint_fault(make_reg):
-    reg = make_reg(auth="bearer")
+def test_token_endpoint_fault(fault_registry):
+    reg = fault_registry(auth="bearer")
     reg.fault("status", on="token", code=503, times=1)
     assert request(reg.host, f"/token?scope=repository:{REPO}:pull")[0].status == 503
     fetch_token(reg)
@@ -581,8 +566,8 @@ def test_fault_validation(reg, kind, options):
 # ---------------------------------------------------------------- record, lifecycle, CLI
 
 
-def test_record_and_helpers(make_reg):
-    reg = make_reg(redirect=True)
+def test_record_and_helpers(fault_registry):
+    reg = fault_registry(redirect=True)
     digest = reg.add_blob(BLOB)
     location = request(reg.host, blob_path(digest), headers={"Authorization": "Bearer x"})[0].getheader("Location")
     get(location, headers={"Range": "bytes=0-99"})
@@ -602,8 +587,8 @@ def test_record_and_helpers(make_reg):
 
 
 @pytest.mark.timing
-def test_stop_is_prompt_with_stalled_and_idle_connections(make_reg):
-    reg = make_reg()
+def test_stop_is_prompt_with_stalled_and_idle_connections(fault_registry):
+    reg = fault_registry()
     digest = reg.add_blob(BLOB)
     reg.fault("stall", seconds=60, after=100)
     outcome = []

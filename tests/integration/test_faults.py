@@ -36,8 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from faultreg import DOCKER_CONFIG, DOCKER_MANIFEST, OCI_MANIFEST, FaultRegistry
-import blobfsmount
+from faultreg import DOCKER_CONFIG, DOCKER_MANIFEST, OCI_MANIFEST
 from blobfsmount import is_blobfs_mount
 from models import OLLAMA_MODEL, random_blob
 
@@ -395,28 +394,6 @@ def start_child(code, *args):
 
 
 # ---------------------------------------------------------------- the mount fixture
-
-
-@pytest.fixture
-def mount(blobfs_bin, store, request):
-    """Factory: mount(*OPTIONS, store=<store>, global_args=(), debug=True, path=None,
-    wait=True) -> Mount (see tests/lib/blobfsmount.py)."""
-    yield from blobfsmount.mounts(blobfs_bin, store, request)
-
-
-@pytest.fixture
-def fault_registry():
-    """Factory for FaultRegistry instances, all stopped after the test."""
-    started = []
-
-    def start(**options):
-        reg = FaultRegistry(**options)
-        started.append(reg)
-        return reg
-
-    yield start
-    for reg in started:
-        reg.stop()
 
 
 # ---------------------------------------------------------------- the table

@@ -27,8 +27,6 @@ from pathlib import Path
 
 import pytest
 
-from faultreg import FaultRegistry
-import blobfsmount
 from blobfsmount import fuse_mounts
 from models import (
     OLLAMA_LICENSE, OLLAMA_MODEL, OLLAMA_PARAMS, OLLAMA_SYSTEM, OLLAMA_TEMPLATE,
@@ -227,28 +225,6 @@ print(json.dumps(out))
 
 
 # ---------------------------------------------------------------- the mount fixture
-
-
-@pytest.fixture
-def mount(blobfs_bin, store, request):
-    """Factory: mount(*OPTIONS, store=<store>, global_args=(), debug=True, path=None,
-    wait=True) -> Mount (see tests/lib/blobfsmount.py)."""
-    yield from blobfsmount.mounts(blobfs_bin, store, request)
-
-
-@pytest.fixture
-def fault_registry():
-    """Factory for FaultRegistry instances, all stopped after the test."""
-    started = []
-
-    def start(**options):
-        reg = FaultRegistry(**options)
-        started.append(reg)
-        return reg
-
-    yield start
-    for reg in started:
-        reg.stop()
 
 
 @pytest.fixture(scope="session")

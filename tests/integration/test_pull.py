@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from faultreg import DOCKER_CONFIG, DOCKER_MANIFEST, FaultRegistry
+from faultreg import DOCKER_CONFIG, DOCKER_MANIFEST
 from models import (
     OLLAMA_MODEL, OLLAMA_PARAMS, OLLAMA_TEMPLATE, make_model, push_model, random_blob,
 )
@@ -198,21 +198,6 @@ def assert_model_in_store(store, host, repo, tag, model):
     path = manifest_file(store, host, repo, tag)
     assert path.is_file(), f"no manifest at {path}"
     assert path.read_bytes() == model.manifest_bytes, "stored manifest differs from the pushed one"
-
-
-@pytest.fixture
-def fault_registry():
-    """Factory for FaultRegistry instances, all stopped after the test."""
-    started = []
-
-    def start(**options):
-        reg = FaultRegistry(**options)
-        started.append(reg)
-        return reg
-
-    yield start
-    for reg in started:
-        reg.stop()
 
 
 @pytest.fixture
