@@ -63,6 +63,8 @@
 #define SLOW_PEERS 4              /* peers needed for a median; else the typical speed */
 #define TOKEN_MARGIN_MS 5000     /* refresh a token this long before it expires */
 #define HEADER_MAX 8192
+#define STAGE_SIZE (512u << 10)  /* body bytes a range request gathers per write */
+#define STAGE_POOL 32            /* spare stage buffers kept for the next requests */
 
 /* ---- structures; all owned by the network thread unless noted ---- */
 
@@ -159,6 +161,8 @@ struct job {
 	int wfd;
 	const struct chunkmap *geo;
 	uint64_t origin, start, pos, end, reported, next_boundary;
+	char *stage;                 /* body bytes [pos, pos + staged) not yet written */
+	size_t staged;
 	uint64_t body_off;           /* a 200 answer: the blob offset of the next body byte */
 	uint64_t asked_end;          /* the end in the Range header (end may be cut later) */
 	unsigned attempt, slow_restarts;
@@ -200,6 +204,8 @@ struct fetcher {
 	struct authent *auth;
 	struct hostinfo *hosts;
 	unsigned nrange;             /* range requests in flight; written here only, atomically */
+	void *stage_pool;            /* spare stage buffers, linked through their first bytes */
+	unsigned nstage_pool;
 	uint64_t last_slow_check;
 	uint64_t typical_rate;       /* bytes/s of a finished range request, smoothed */
 };
@@ -574,12 +580,14 @@ static void report_progress(struct job *j)
  * than stop where the claimed range ends and ask again (from 0 again), keep
  * reading and claim the next missing chunks as the stream reaches them.
  */
+static void job_sync(struct job *j);
+
 static bool stream_on(struct job *j)
 {
 	uint64_t start, end;
 
-	report_progress(j);
-	if (blob_claim_from(j->src->blob, j->end, blob_size(j->src->blob), &start, &end) < 0)
+	job_sync(j);
+	if (j->werr || blob_claim_from(j->src->blob, j->end, blob_size(j->src->blob), &start, &end) < 0)
 		return false;
 	j->origin = j->pos = j->reported = start;
 	j->end = j->asked_end = end;
@@ -587,13 +595,108 @@ static bool stream_on(struct job *j)
 	return true;
 }
 
+/*
+ * Body bytes are gathered in a per-request stage and written in big pieces:
+ * curl hands them over 16 KiB at a time, and a pwrite per 16 KiB costs the
+ * kernel about twice what one per 512 KiB does (page cache folios, ext4
+ * block mapping, the syscall itself). Whole chunks are written when the
+ * stage fills and after every curl_multi_perform round (fetcher_main), so a
+ * reader waits no longer than before: the bytes held back belong to a chunk
+ * that has not fully arrived. The end of the range, and anything that looks
+ * at the request from outside (finish, split, shutdown), writes it all.
+ */
+static uint64_t job_at(const struct job *j)
+{
+	return j->pos + j->staged;   /* where the next body byte goes */
+}
+
+static void stage_free(struct fetcher *f, char *buf)
+{
+	if (!buf)
+		return;
+	if (f->nstage_pool >= STAGE_POOL) {
+		free(buf);
+		return;
+	}
+	*(void **)buf = f->stage_pool;
+	f->stage_pool = buf;
+	f->nstage_pool++;
+}
+
+static char *stage_alloc(struct fetcher *f)
+{
+	char *buf = f->stage_pool;
+
+	if (!buf)
+		return xmalloc(STAGE_SIZE);
+	f->stage_pool = *(void **)buf;
+	f->nstage_pool--;
+	return buf;
+}
+
+/* Write the staged bytes: with all, every one; else those of whole chunks. */
+static void stage_flush(struct job *j, bool all)
+{
+	uint64_t at = job_at(j), upto = at;
+	int ret;
+
+	if (!j->staged || j->werr)
+		return;
+	if (!all && at < j->end)
+		upto = chunkmap_start(j->geo, chunkmap_index(j->geo, at));
+	if (upto <= j->pos)
+		return;
+	size_t n = (size_t)(upto - j->pos);
+	ret = pwrite_all(j->wfd, j->stage, n, (off_t)j->pos);
+	if (ret < 0) {
+		j->werr = ret;
+		return;
+	}
+	memmove(j->stage, j->stage + n, j->staged - n);
+	j->staged -= n;
+	j->pos = upto;
+	if (j->pos >= j->next_boundary || j->pos == j->end)
+		report_progress(j);
+}
+
+/* Everything received is written and reported. */
+static void job_sync(struct job *j)
+{
+	stage_flush(j, true);
+	report_progress(j);
+}
+
+static bool stage_put(struct job *j, const char *data, size_t len)
+{
+	while (len > 0) {
+		if (j->staged == STAGE_SIZE) {
+			stage_flush(j, false);
+			if (j->staged == STAGE_SIZE)   /* chunks bigger than the stage */
+				stage_flush(j, true);
+			if (j->werr)
+				return false;
+		}
+		if (!j->stage)
+			j->stage = stage_alloc(j->f);
+		size_t k = MIN(len, STAGE_SIZE - j->staged);
+		memcpy(j->stage + j->staged, data, k);
+		j->staged += k;
+		data += k;
+		len -= k;
+	}
+	if (job_at(j) == j->end)
+		stage_flush(j, true);
+	return !j->werr;
+}
+
 static size_t on_range_data(char *data, size_t size, size_t n, void *arg)
 {
 	struct job *j = arg;
 	size_t len = size * n, done = 0;
-	int ret;
 
 	j->last_io_ms = now_ms();
+	if (j->werr)
+		return 0;
 	if (!j->checked) {
 		j->checked = true;
 		j->first_byte_ms = now_ms();
@@ -606,14 +709,15 @@ static size_t on_range_data(char *data, size_t size, size_t n, void *arg)
 		return len;   /* an error body: read and dropped */
 	while (done < len) {
 		size_t avail = len - done;
+		uint64_t at = job_at(j);
 		/* A 200 carries the blob from offset 0: skip what is not ours to write. */
-		if (j->status == 200 && j->body_off < j->pos) {
-			size_t k = (size_t)MIN((uint64_t)avail, j->pos - j->body_off);
+		if (j->status == 200 && j->body_off < at) {
+			size_t k = (size_t)MIN((uint64_t)avail, at - j->body_off);
 			j->body_off += k;
 			done += k;
 			continue;
 		}
-		if (j->pos == j->end) {
+		if (at == j->end) {
 			if (j->status == 200 && j->src->no_ranges && stream_on(j))
 				continue;
 			/* Past what we asked for: a cut request, or a server sending extra. */
@@ -622,21 +726,23 @@ static size_t on_range_data(char *data, size_t size, size_t n, void *arg)
 			j->done_early = true;
 			return 0;
 		}
-		size_t take = (size_t)MIN((uint64_t)avail, j->end - j->pos);
-		ret = pwrite_all(j->wfd, data + done, take, (off_t)j->pos);
-		if (ret < 0) {
-			j->werr = ret;
+		size_t take = (size_t)MIN((uint64_t)avail, j->end - at);
+		if (!stage_put(j, data + done, take))
 			return 0;
-		}
-		j->pos += take;
 		j->body_off += take;
 		j->win_bytes += take;
 		done += take;
 		stat_add(j->f, &j->f->stats.bytes, take);
-		if (j->pos >= j->next_boundary || j->pos == j->end)
-			report_progress(j);
 	}
 	return len;
+}
+
+/* After a round of curl_multi_perform: write the whole chunks that arrived. */
+static void flush_stages(struct fetcher *f)
+{
+	for (struct job *j = f->jobs; j; j = j->next)
+		if (j->kind == JOB_RANGE && j->staged)
+			stage_flush(j, false);
 }
 
 /* ---- jobs: lifecycle ---- */
@@ -674,6 +780,7 @@ static CURL *new_easy(struct fetcher *f, struct job *j, const char *url,
 
 static void job_free(struct job *j)
 {
+	stage_free(j->f, j->stage);
 	if (j->easy)
 		curl_easy_cleanup(j->easy);
 	curl_slist_free_all(j->hdrs);
@@ -1367,7 +1474,7 @@ static void finish_range(struct fetcher *f, struct job *j, CURLcode res)
 {
 	struct source *s = j->src;
 
-	report_progress(j);
+	job_sync(j);
 	s->jobs--;
 	__atomic_sub_fetch(&f->nrange, 1, __ATOMIC_RELAXED);
 	if (j->to_registry || !s->direct)
@@ -1402,7 +1509,7 @@ static struct retry *split_job(struct job *j, uint64_t at)
 	if (i >= g->n)
 		return NULL;
 	at = chunkmap_start(g, i);
-	if (at <= j->pos || at >= j->end || j->src->no_ranges)
+	if (at <= job_at(j) || at >= j->end || j->src->no_ranges)
 		return NULL;
 	struct retry *r = retry_new(at, at, j->end);
 	log_debug("splitting bytes %llu-%llu at %llu (the request is at %llu)",
@@ -1435,7 +1542,7 @@ static uint64_t queued_bytes(const struct job *j)
  */
 static bool too_slow_to_reach(const struct job *j, uint64_t off, uint64_t now)
 {
-	uint64_t gap = off - j->pos, age;
+	uint64_t gap = off - job_at(j), age;
 
 	/* Not started yet: a new request would start no sooner (stalls are retried anyway). */
 	if (!j->first_byte_ms || gap <= SPLIT_GAP)
@@ -1446,7 +1553,7 @@ static bool too_slow_to_reach(const struct job *j, uint64_t off, uint64_t now)
 	uint64_t queued = queued_bytes(j);
 	if (queued >= gap)
 		return false;
-	uint64_t rate = (j->pos + queued - j->start) * 1000 / age;   /* bytes per second */
+	uint64_t rate = (job_at(j) + queued - j->start) * 1000 / age;   /* bytes per second */
 	return rate == 0 || (gap - queued) * 1000 / rate > SPLIT_WAIT_MS;
 }
 
@@ -1458,7 +1565,7 @@ static void split_for_readers(struct fetcher *f, struct source *s)
 
 	for (int k = 0; k < n; k++) {
 		for (struct job *j = f->jobs; j; j = j->next) {
-			if (j->kind == JOB_RANGE && j->src == s && offs[k] >= j->pos &&
+			if (j->kind == JOB_RANGE && j->src == s && offs[k] >= job_at(j) &&
 			    offs[k] < j->end && too_slow_to_reach(j, offs[k], now)) {
 				struct retry *r = split_job(j, offs[k]);
 				if (r)
@@ -1479,11 +1586,11 @@ static bool steal_tail(struct fetcher *f)
 	uint64_t now = now_ms();
 
 	for (struct job *j = f->jobs; j; j = j->next)
-		if (j->kind == JOB_RANGE && !j->src->no_ranges && j->end - j->pos > 2 * STEAL_MIN &&
-		    too_slow_to_reach(j, j->pos + (j->end - j->pos) / 2, now) &&
-		    (!best || j->end - j->pos > best->end - best->pos))
+		if (j->kind == JOB_RANGE && !j->src->no_ranges && j->end - job_at(j) > 2 * STEAL_MIN &&
+		    too_slow_to_reach(j, job_at(j) + (j->end - job_at(j)) / 2, now) &&
+		    (!best || j->end - job_at(j) > best->end - job_at(best)))
 			best = j;
-	return best && split_job(best, best->pos + (best->end - best->pos) / 2) != NULL;
+	return best && split_job(best, job_at(best) + (best->end - job_at(best)) / 2) != NULL;
 }
 
 static struct retry *take_due_retry(struct source *s, uint64_t now, bool demand_only)
@@ -1656,7 +1763,7 @@ static void check_slow(struct fetcher *f, uint64_t now)
 	for (struct job *j = f->jobs, *next; j && ref; j = next) {
 		next = j->next;
 		if (j->kind != JOB_RANGE || now - j->started_ms < SLOW_MIN_AGE_MS ||
-		    j->slow_restarts >= SLOW_RESTARTS_MAX || j->end - j->pos < SLOW_MIN_LEFT ||
+		    j->slow_restarts >= SLOW_RESTARTS_MAX || j->end - job_at(j) < SLOW_MIN_LEFT ||
 		    j->win_bytes * 1000 / span * 10 >= ref)
 			continue;
 		j->slow = true;
@@ -1739,7 +1846,7 @@ static void shutdown_all(struct fetcher *f)
 		struct job *j = f->jobs;
 		job_remove(f, j);
 		if (j->kind == JOB_RANGE) {
-			report_progress(j);
+			job_sync(j);
 			j->src->jobs--;
 			blob_unclaim(j->src->blob, j->pos, j->end, 0);
 		} else {
@@ -1798,6 +1905,7 @@ static void *fetcher_main(void *arg)
 		curl_multi_poll(f->multi, NULL, 0, (int)next_timeout(f), NULL);
 		int running;
 		curl_multi_perform(f->multi, &running);
+		flush_stages(f);
 		CURLMsg *m;
 		int left;
 		while ((m = curl_multi_info_read(f->multi, &left)) != NULL) {
@@ -1882,6 +1990,11 @@ void fetcher_free(struct fetcher *f)
 		return;
 	curl_multi_cleanup(f->multi);
 	pthread_mutex_destroy(&f->lock);
+	while (f->stage_pool) {
+		void *buf = f->stage_pool;
+		f->stage_pool = *(void **)buf;
+		free(buf);
+	}
 	free(f);
 }
 
