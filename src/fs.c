@@ -389,13 +389,6 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	if (conn->capable & FUSE_CAP_SPLICE_MOVE)
 		conn->want |= FUSE_CAP_SPLICE_MOVE;
 	conn->want |= FUSE_CAP_ASYNC_READ;
-	/*
-	 * Nothing is written through the mount, so max_write only sets
-	 * max_pages, and that also sizes the buffer the kernel allocates for
-	 * every READDIRPLUS: with ls's 1 MiB getdents buffer, 1 MiB twice per
-	 * directory. 256 KiB keeps reads as big as read-ahead makes them.
-	 */
-	conn->max_write = 256u << 10;
 	if (conn->capable & FUSE_CAP_NO_OPENDIR_SUPPORT) {
 		conn->want |= FUSE_CAP_NO_OPENDIR_SUPPORT;
 		fs->no_opendir = true;                        /* see op_opendir */
