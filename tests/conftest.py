@@ -68,20 +68,25 @@ def cdn_registry():
         yield reg
 
 
+def _stopped_after(make):
+    """Yield a factory that calls MAKE; whatever it made is stopped after the test."""
+    started = []
+
+    def start(*args, **kwargs):
+        obj = make(*args, **kwargs)
+        started.append(obj)
+        return obj
+
+    yield start
+    for obj in started:
+        obj.stop()
+
+
 @pytest.fixture
 def capped_cdn_registry():
     """Factory: capped_cdn_registry(rate) -> DockerRegistry whose CDN sends at most
     RATE (nginx syntax, e.g. "1m" = 1 MiB/s) per request. Stopped after the test."""
-    started = []
-
-    def start(rate):
-        reg = _start_registry(cdn_rate=rate)
-        started.append(reg)
-        return reg
-
-    yield start
-    for reg in started:
-        reg.stop()
+    yield from _stopped_after(lambda rate: _start_registry(cdn_rate=rate))
 
 
 @pytest.fixture
@@ -138,16 +143,7 @@ def run_blobfs(blobfs_bin, store):
 @pytest.fixture
 def fault_registry():
     """Factory for FaultRegistry instances, all stopped after the test."""
-    started = []
-
-    def start(**options):
-        reg = FaultRegistry(**options)
-        started.append(reg)
-        return reg
-
-    yield start
-    for reg in started:
-        reg.stop()
+    yield from _stopped_after(lambda **options: FaultRegistry(**options))
 
 
 @pytest.fixture
