@@ -1065,9 +1065,18 @@ void blob_unclaim(struct blob *b, uint64_t from, uint64_t end, int err)
 		b->err = err;
 		b->want_all = false;
 		b->ra_start = b->ra_end = 0;
-		if (err != -ENOSPC && err != -EDQUOT && err != -EROFS)
-			record_failure(b, from, end, err);   /* a full disk may empty any moment */
 		collect_waiters(b, &failed, err, lo, hi);
+		/*
+		 * Remember the range, and each failed read's whole range: the kernel
+		 * retries a failed read-ahead as a smaller read, which must fail at
+		 * once rather than wait out its own read timeout on bytes the first
+		 * read already waited for. A full disk may empty any moment.
+		 */
+		if (err != -ENOSPC && err != -EDQUOT && err != -EROFS) {
+			record_failure(b, from, end, err);
+			for (struct blob_waiter *w = failed; w; w = w->next)
+				record_failure(b, w->off, w->off + w->len, err);
+		}
 	}
 	pthread_mutex_unlock(&b->lock);
 	finish_waiters(failed);
