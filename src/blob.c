@@ -12,7 +12,8 @@
  * the network thread claims ranges, writes them and marks them; one worker
  * thread per cache does everything slow that follows — hashing the
  * contiguous prefix as it grows, checking chunk checksums, making the chunk
- * map durable (fdatasync, then an atomic map write), the final verification
+ * map durable (fdatasync, then an atomic map write), dropping the store's
+ * copy of what readers have had from the page cache, the final verification
  * and commit, parked-read deadlines, and polling blobs another process holds.
  *
  * Lock order: blob->lock, then cache->lock. Never the other way round.
@@ -32,6 +33,7 @@
 #include "digest.h"
 #include "fetch.h"
 #include "log.h"
+#include "ranges.h"
 #include "remote.h"
 #include "store.h"
 #include "strmap.h"
@@ -48,6 +50,8 @@ enum { CH_MISSING, CH_INFLIGHT, CH_WRITTEN, CH_PRESENT };
 #define FAIL_MEMORY_MS 5000
 /* Background requests shrink toward a blob's end, but not below this. */
 #define SHARE_MIN (1u << 20)
+/* The store's pages that readers have had are dropped in steps of at least this. */
+#define DROP_MIN (8u << 20)
 
 struct blob {
 	/* immutable */
@@ -93,6 +97,9 @@ struct blob {
 	uint8_t *bad;                  /* per chunk: checksum failures in a row */
 	bool fail_reported;            /* on_fail was called */
 	bool sync_failing;             /* the last chunk map save failed */
+	struct ranges served;          /* what readers have had from the store file */
+	uint64_t drop_upto;            /* served, and durable at the last map save */
+	uint64_t dropped;              /* [0, dropped) advised out of the page cache */
 };
 
 struct blobcache {
@@ -590,6 +597,8 @@ static int open_partial(struct blob *b)
 			 b->npresent, m->n);
 	b->hash = hasher_new();
 	b->hashed = 0;
+	memset(&b->served, 0, sizeof(b->served));
+	b->drop_upto = b->dropped = 0;
 	b->state = BLOB_PARTIAL;
 out:
 	if (ret < 0) {
@@ -766,6 +775,40 @@ bool blob_cancel(struct blob *b, struct blob_waiter *w)
 	}
 	pthread_mutex_unlock(&b->lock);
 	return found;
+}
+
+/* ---- the store's page cache ---- */
+
+/*
+ * Advise the kernel out of the store's pages that readers have had, up to
+ * upto, once that is min_step more than before. The caller makes sure they
+ * are durable, hence clean: the kernel keeps dirty pages whatever it is told.
+ * The mount's page cache holds what was read; a second copy doubles the
+ * memory a cold read fills, and on a VM memory touched for the first time
+ * costs more than the copy into it (bench/RESULTS.md). A later read of those
+ * bytes comes from the disk. Lock held; dropped around the advice.
+ */
+static void drop_behind(struct blob *b, uint64_t upto, uint64_t min_step)
+{
+	if (upto <= b->dropped || upto - b->dropped < min_step)
+		return;
+	uint64_t from = b->dropped;
+	int fd = b->fd;
+	b->dropped = upto;
+	pthread_mutex_unlock(&b->lock);
+	posix_fadvise(fd, (off_t)from, (off_t)(upto - from), POSIX_FADV_DONTNEED);
+	pthread_mutex_lock(&b->lock);
+}
+
+void blob_served(struct blob *b, uint64_t off, uint64_t len)
+{
+	pthread_mutex_lock(&b->lock);
+	if (b->state == BLOB_PARTIAL || b->state == BLOB_COMPLETE)
+		ranges_add(&b->served, off, off + len);
+	/* A partial blob's pages go once durable (blob_work); these already are. */
+	if (b->state == BLOB_COMPLETE)
+		drop_behind(b, ranges_prefix(&b->served), DROP_MIN);
+	pthread_mutex_unlock(&b->lock);
 }
 
 /* Reserve the blob's disk space now, so a full disk fails before the download. */
@@ -1233,6 +1276,7 @@ static void sync_map(struct blob *b)
 	chunkmap_encode(b->map, &b->digest, &buf, &len);
 	b->map_dirty = false;
 	b->last_sync_ms = now_ms();
+	uint64_t served = ranges_prefix(&b->served);
 	pthread_mutex_unlock(&b->lock);
 	ret = fdatasync(b->wfd) < 0 ? -errno : 0;
 	if (ret == 0) {
@@ -1250,6 +1294,7 @@ static void sync_map(struct blob *b)
 		b->map_dirty = true;
 	} else {
 		b->sync_failing = false;
+		b->drop_upto = MAX(b->drop_upto, served);
 	}
 }
 
@@ -1323,6 +1368,7 @@ static bool blob_work(struct blob *b, uint64_t now, bool final)
 		if (b->map_dirty && !all &&
 		    (final || now - b->last_sync_ms >= c->opts.sync_interval_ms))
 			sync_map(b);
+		drop_behind(b, MIN(b->drop_upto, b->hashed), DROP_MIN);  /* hashing reads them */
 		if (all && b->hashed == b->size)
 			finish_blob(b, &done);
 	}
@@ -1334,6 +1380,11 @@ static bool blob_work(struct blob *b, uint64_t now, bool final)
 		b->fail_reported = true;
 	pthread_mutex_unlock(&b->lock);
 	finish_waiters(done);
+	if (committed_now) {    /* all of it is durable: what was read can go now */
+		pthread_mutex_lock(&b->lock);
+		drop_behind(b, ranges_prefix(&b->served), 0);
+		pthread_mutex_unlock(&b->lock);
+	}
 	if (failed_now && c->opts.on_fail)
 		c->opts.on_fail(c->opts.hook_arg, &b->digest);
 	if (committed_now && c->opts.on_commit)

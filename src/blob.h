@@ -87,6 +87,11 @@ bool blob_cancel(struct blob *b, struct blob_waiter *w);
 /* The file to read present bytes from; valid while the blob is referenced. */
 int blob_fd(struct blob *b);
 /*
+ * A reader has had [off, off + len) from blob_fd(): the kernel holds it in
+ * the mount's page cache, so the store's copy may leave memory once durable.
+ */
+void blob_served(struct blob *b, uint64_t off, uint64_t len);
+/*
  * Fetch the whole blob in the background; 0 or a negative errno. With
  * reserve_space, its disk space is allocated first (a pull), so a full disk
  * fails now with -ENOSPC rather than half way through.

@@ -874,7 +874,8 @@ static void reply_from_fd(fuse_req_t req, struct blob *b, uint64_t off, size_t s
 	bv.buf[0].flags = FUSE_BUF_IS_FD | FUSE_BUF_FD_SEEK;
 	bv.buf[0].fd = blob_fd(b);
 	bv.buf[0].pos = (off_t)off;
-	fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE);
+	if (fuse_reply_data(req, &bv, FUSE_BUF_SPLICE_MOVE) == 0)
+		blob_served(b, off, size);
 }
 
 /*

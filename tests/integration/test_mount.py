@@ -13,7 +13,9 @@ a test fails.
 
 import errno
 import hashlib
+import ctypes
 import json
+import mmap
 import os
 import random
 import re
@@ -928,6 +930,74 @@ def test_kill_9_mid_read_then_remount_resumes(capped_cdn_registry, run_blobfs, s
     assert sha256_file(blob) == layer.digest
 
 
+def resident_bytes(fd, length):
+    """Bytes of the first LENGTH of open file FD that are in the page cache (mincore)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    page = os.sysconf("SC_PAGE_SIZE")
+    addr = libc.mmap(None, length, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+    assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+    try:
+        vec = ctypes.create_string_buffer((length + page - 1) // page)
+        assert libc.mincore(addr, length, vec) == 0, os.strerror(ctypes.get_errno())
+        return sum(b & 1 for b in vec.raw) * page
+    finally:
+        libc.munmap(addr, length)
+
+
+def test_what_readers_had_leaves_the_store_page_cache(cdn_registry, run_blobfs, store, mount,
+                                                      tmp_path, blob_cache):
+    """The mount's page cache holds what a reader read; the store's copy of it
+    is dropped once durable, so a cold read does not fill memory twice."""
+    reg = cdn_registry
+    model = big_model(tmp_path, blob_cache, size=BIG, seed=0)
+    layer = model.layer(OLLAMA_MODEL)
+    push_model(reg, REPO, "latest", model)
+    pull(run_blobfs, store, model_name(reg))
+    partial = Path(store) / ".blobfs" / "partial" / blob_name(layer.digest)
+    blob = store_blob(store, layer.digest)
+    half = 64 * MiB             # the read-ahead window reaches at most 64 MiB further
+
+    m = mount("background=never")
+    path = tag_dir(m.path, reg.host) / "model"
+    want = hashlib.sha256()
+    got = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f, open(layer.path, "rb") as src:
+        got.update(f.read(half))
+        want.update(src.read(half))
+        assert got.digest() == want.digest(), "the first 64 MiB read wrong"
+        store_fd = os.open(partial, os.O_RDONLY)
+        try:
+            # Dropped after the next chunk map save (about a second), in steps
+            # of 8 MiB; the read-ahead past `half` may still be cached.
+            behind = half - 16 * MiB
+            dropped = wait_for(lambda: resident_bytes(store_fd, behind) <= MiB, timeout=5)
+            cached = resident_bytes(store_fd, behind)
+            assert not blob.exists(), "the blob completed though nothing read most of it"
+            assert dropped, (f"{cached} of the {behind} bytes readers had are still in the "
+                             "store's page cache")
+            rest = f.read()
+            got.update(rest)
+            want.update(src.read())
+            assert got.digest() == want.digest() and len(rest) == layer.size - half
+            assert wait_for(blob.is_file, timeout=10), "the blob was not committed"
+            # At the commit all of it is durable: what readers had goes at once.
+            gone = wait_for(lambda: resident_bytes(store_fd, layer.size) <= layer.size // 8,
+                            timeout=5)
+            assert gone, (f"{resident_bytes(store_fd, layer.size)} bytes of the committed "
+                          f"{layer.size} byte blob are still cached after it was all read")
+        finally:
+            os.close(store_fd)
+    # What was dropped is read back from the disk, correctly, by a second mount.
+    m2 = mount()
+    r = child(READ_ALL, tag_dir(m2.path, reg.host) / "model", timeout=60)
+    assert r["ok"] and r["sha"] == layer.digest, r
+
+
 # ================================================================ 10. corrupt blob
 
 
@@ -1046,6 +1116,66 @@ def test_unsatisfiable_read_fails_with_eio_promptly(fault_registry, run_blobfs, 
     assert os.stat(tdir / "model").st_size == len(data)
     assert (tdir / "manifest.json").read_bytes() == store_manifest(store, host).read_bytes()
     assert m.proc.poll() is None, "the daemon exited"
+
+
+# Reads [offset, offset + length) with O_DIRECT, so the kernel asks for
+# exactly that; then the first 4 KiB again, as the kernel does after a
+# read-ahead fails. Reports both outcomes and how long each took.
+PREAD_THEN_FIRST_PAGE = r"""
+import json, os, sys, time
+path, offset, length = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+fd = os.open(path, os.O_RDONLY | os.O_DIRECT)
+out = []
+for n in (length, 4096):
+    t0 = time.monotonic()
+    try:
+        os.pread(fd, n, offset)
+        out.append({"ok": True, "elapsed": time.monotonic() - t0})
+    except OSError as e:
+        out.append({"ok": False, "errno": e.errno, "elapsed": time.monotonic() - t0})
+print(json.dumps(out))
+"""
+
+
+def test_read_failed_by_part_of_its_range_fails_again_at_once(fault_registry, run_blobfs, store,
+                                                               mount):
+    """A read whose range is served by two requests fails when one of them
+    gives up; a read of another part of that range (the page the kernel
+    reads again) then fails at once, not after waiting out read_timeout for
+    the request that is still stalled."""
+    reg = fault_registry()
+    data = random.Random(1213).randbytes(2 * MiB)
+    _, (digest,) = reg.add_model(REPO, "latest", [(OLLAMA_MODEL, data)])
+    pull(run_blobfs, store, model_name(reg))
+    m = mount("read_timeout=8", "request_size=64K", "background=never",
+              global_args=["--retries", "1"])
+    path = tag_dir(m.path, reg.host) / "model"
+    # A slow read far from the faults below resolves the blob's URL and keeps
+    # it resolved (a blob with nothing in flight would resolve it again, one
+    # request at a time), so [0, 64K) and [64K, 128K) are asked for at once.
+    far = MiB + 512 * 1024
+    reg.fault("trickle", rate=8192, digest=digest, covers=far)      # 64 KiB in 8 s
+    slow = subprocess.Popen([PYTHON, "-c", PREAD_ONE, str(path), str(far), "4096"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: reg.count(digest=digest, fault="trickle") >= 1, timeout=10), \
+            "the slow read never reached the registry"
+        reg.fault("stall", seconds=60, digest=digest, covers=0)        # [0, 64K) never comes
+        reg.fault("status", code=500, digest=digest, covers=64 * 1024)  # [64K, 128K) gives up
+        first, again = child(PREAD_THEN_FIRST_PAGE, path, 0, 128 * 1024, timeout=60)
+        print(f"128 KiB read: {first}; its first page again: {again}")
+        assert slow.poll() is None, "the slow read ended before the test was over: it proves nothing"
+    finally:
+        slow.kill()
+        slow.wait(10)
+    assert reg.count(digest=digest, fault="stall") >= 1, "no request for [0, 64K) was stalled"
+    assert reg.count(digest=digest, fault="status") >= 1, "no request for [64K, 128K) failed"
+    assert not first["ok"] and first["errno"] == errno.EIO, first
+    assert first["elapsed"] < 6, f"the read failed only after {first['elapsed']:.1f}s"
+    assert not again["ok"] and again["errno"] == errno.EIO, again
+    assert again["elapsed"] < 1, \
+        (f"reading the first page again took {again['elapsed']:.1f}s to fail: it waited for "
+         "the stalled request instead of failing with the read that covered it")
 
 
 # ================================================================ 13. signals
