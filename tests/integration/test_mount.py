@@ -11,9 +11,9 @@ instead of hanging the suite. Mounts are always taken down afterwards
 a test fails.
 """
 
+import ctypes
 import errno
 import hashlib
-import ctypes
 import json
 import mmap
 import os
@@ -907,7 +907,7 @@ def test_kill_9_mid_read_then_remount_resumes(capped_cdn_registry, run_blobfs, s
     # them: the killed mount's rate-limited requests can be logged after the
     # remount. What the second mount asked for is its requests' ranges; what
     # the CDN sent also counts bytes pushed into a socket past where a request
-    # was cut, which the first test of this file bounds.
+    # was cut, bounded per cut as for 16 readers.
     second = mount_blob_entries(reg, layer.digest, mark, m2, started_after=killed_at)
     first = [e for e in blob_uri_entries(reg, layer.digest, mark)
              if e["time"] - e["request_time"] < killed_at]
