@@ -376,6 +376,10 @@ def test_tree_sizes_du_xattrs_links_and_manifest(registry, run_blobfs, store, mo
     assert os.listdir(mnt / "manifests" / host / "library" / "x") == ["latest"]
     ls = run(["ls", "-lR", mnt], timeout=20, check=True)
     assert "mmproj.gguf" in ls.stdout
+    # files ask for 1 MiB reads; directories for small listing buffers, which
+    # the kernel allocates for every READDIRPLUS (bench/RESULTS.md, ls -lR)
+    assert os.stat(tdir / "model").st_blksize == MiB
+    assert [os.stat(d).st_blksize for d in (mnt, tdir, mnt / "blobs")] == [4096] * 3
 
     # sizes before anything is fetched; nothing local yet
     for fname, blob in expected.items():
