@@ -231,7 +231,8 @@ static void fill_attr(struct fs *fs, struct inode *in, struct stat *st)
 		/*
 		 * glibc sizes readdir's buffer by st_blksize, and the kernel
 		 * allocates that much for every READDIRPLUS: with 1 MiB, ls -lR
-		 * of 1,000 tags took a quarter longer than with 4 KiB (32 KiB).
+		 * of 1,000 tags took a quarter longer than with 4 KiB (for which
+		 * glibc uses its minimum, 32 KiB).
 		 */
 		st->st_blksize = 4096;
 		st->st_mode = S_IFDIR | 0755;
