@@ -2,7 +2,7 @@
  * auth.c - the parsing half of registry authentication.
  *
  * The flow itself (401 → challenge → token request → retry, tokens cached
- * until they expire) runs on the network thread in fetch.c; this file only
+ * until they expire) runs on the network thread in fetch_auth.c; this file only
  * turns bytes into structs: the WWW-Authenticate challenge (RFC 7235
  * auth-params, quoted strings with backslash escapes), netrc-syntax
  * credential files (bad syntax fails the lookup, with the line and the

@@ -106,7 +106,7 @@ void blob_stats(struct blob *b, struct blob_stats *st);
 const struct digest *blob_digest(const struct blob *b);
 uint64_t blob_size(const struct blob *b);
 
-/* ---- used by the network thread (fetch.c) ---- */
+/* ---- used by the network thread (fetch_*.c) ---- */
 
 /* The file the network thread writes into (PARTIAL only). */
 int blob_wfd(struct blob *b);

@@ -1,8 +1,8 @@
 /*
- * fuzz_http_header.c - raw header lines as curl hands them to fetch.c's
+ * fuzz_http_header.c - raw header lines as curl hands them to fetch_job.c's
  * on_header(): http_header_value() with each header name blobfs looks for,
  * then the value (copied to a C string, as set_str() does) through the parser
- * that fetch.c uses for it.
+ * that fetch_job.c uses for it.
  *
  * Input: one header line, not NUL-terminated (curl's buffer is not).
  * Invariants:
@@ -31,7 +31,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	const char *line = (const char *)data;
 
-	if (size > 8192) /* HEADER_MAX in fetch.c */
+	if (size > 8192) /* HEADER_MAX in fetch_job.c */
 		return 0;
 	for (size_t k = 0; k < sizeof(names) / sizeof(names[0]); k++) {
 		const char *v = NULL;

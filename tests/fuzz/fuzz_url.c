@@ -10,7 +10,7 @@
  *   whether their output parses again is curl's business, and curl 7.88 fails
  *   it for some file: URLs ("file:/s" + "" gives "file://(nil)") and for a
  *   percent-encoded control byte in a host ("http://%7f/" gives "http://\x7f/",
- *   which it then refuses). fetch.c lets curl use only http and https.)
+ *   which it then refuses). fetch_job.c lets curl use only http and https.)
  *   url_redact       url_redact never returns NULL, and what it returns for a
  *                    valid URL has no user, password, query or fragment
  *   url_origin       url_same_origin is reflexive for any URL with a host,

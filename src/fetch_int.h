@@ -1,0 +1,242 @@
+/*
+ * fetch_int.h - what the parts of the network thread share (fetch_loop.c,
+ * fetch_auth.c, fetch_job.c, fetch_mem.c, fetch_range.c,
+ * fetch_sched.c, fetch_policy.c). Private to them: nothing outside the
+ * fetch_*.c files includes it.
+ */
+#ifndef BLOBFS_FETCH_INT_H
+#define BLOBFS_FETCH_INT_H
+
+#include <curl/curl.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "auth.h"
+#include "fetch.h"
+
+struct remote;
+struct remote_opts;
+
+#define SLOW_CHECK_MS 1000       /* how often check_slow looks (fetch_sched.c) */
+
+/* ---- structures; all owned by the network thread unless noted ---- */
+
+struct authent {                 /* auth for one (endpoint, scope) */
+	struct authent *next;
+	char *authority;
+	char *scope;
+	struct remote *origin;       /* whose settings (credentials, CA) apply */
+	enum auth_scheme scheme;     /* AUTH_NONE until challenged */
+	struct auth_challenge ch;    /* the last Bearer challenge */
+	char *token;
+	uint64_t issued_ms, expires_ms;
+	bool pending;                /* a token request is in flight */
+	int err;                     /* the last token request failed with this */
+	char msg[1400];
+	bool cred_loaded;
+	struct credentials cred;
+};
+
+struct hostinfo {                /* what we learned about an endpoint */
+	struct hostinfo *next;
+	char *authority;
+	bool no_chunksums;
+	uint64_t down_until;         /* a mirror that failed is skipped until then */
+};
+
+struct retry {                   /* a claimed range waiting to be fetched again */
+	struct retry *next;
+	uint64_t origin, start, end; /* origin: where its first chunk begins */
+	unsigned attempt;
+	unsigned slow_restarts;
+	uint64_t due_ms;
+	bool fresh;                  /* use a new connection */
+	bool auth_retried;
+	bool demand;                 /* a reader waits for it: may use the reserve */
+};
+
+struct source {                  /* a blob being fetched */
+	struct source *next;
+	struct blob *blob;           /* referenced */
+	struct remote *remote;       /* referenced */
+	size_t ep;                   /* the endpoint in use (mirrors first) */
+	char *start_url;             /* the endpoint's blob URL (or chunksums' Content-Location) */
+	char *direct;                /* where ranges go once resolved */
+	bool resolving;
+	unsigned redirects, reresolves;
+	bool no_ranges;
+	bool chunksums_pending;
+	bool chunksums_checked;
+	uint64_t pause_until;
+	unsigned jobs;
+	struct retry *retries;
+	bool dead;                   /* failed for good; drop when idle */
+};
+
+struct memreq {                  /* a small GET into memory */
+	struct memreq *next;
+	struct remote *remote;       /* NULL for a token request */
+	char *path;                  /* under the endpoint's repository (remote set) */
+	size_t ep;                   /* the endpoint tried now */
+	char *url;                   /* the URL of the current attempt */
+	char *accept;
+	size_t max;
+	void (*done)(struct http_result *res, void *arg);
+	void *arg;
+	unsigned attempt;
+	uint64_t due_ms;
+	bool auth_retried;
+	struct authent *token_for;   /* this is a token request for that entry */
+	struct credentials *basic;   /* send these (token requests) */
+};
+
+enum job_kind { JOB_RANGE, JOB_MEM };
+
+struct job {
+	struct job *next;
+	struct fetcher *f;
+	enum job_kind kind;
+	CURL *easy;
+	struct curl_slist *hdrs;
+	char *url;
+	bool to_registry;
+	char *token_sent;            /* the bearer token this request carried */
+	bool basic_sent;
+	/* response headers */
+	long status;
+	char *location, *bearer, *basic, *retry_after, *content_range;
+	char *content_type, *docker_digest, *content_location;
+	int64_t content_length;
+	bool checked;                /* the response was validated before its first byte */
+	char errbuf[CURL_ERROR_SIZE]; /* curl's detailed message */
+	/* JOB_RANGE */
+	struct source *src;
+	int wfd;
+	const struct chunkmap *geo;
+	uint64_t origin, start, pos, end, reported, next_boundary;
+	char *stage;                 /* body bytes [pos, pos + staged) not yet written */
+	size_t staged;
+	uint64_t body_off;           /* a 200 answer: the blob offset of the next body byte */
+	uint64_t asked_end;          /* the end in the Range header (end may be cut later) */
+	unsigned attempt, slow_restarts;
+	bool auth_retried, demand, cut, slow, bad, done_early;
+	size_t ep;                   /* the endpoint this request went to */
+	int werr;
+	uint64_t started_ms, first_byte_ms, win_bytes;
+	uint64_t last_io_ms;         /* when the last byte (header or body) arrived */
+	uint64_t stall_ms;           /* cancel when nothing arrives for this long */
+	bool stalled;
+	/* JOB_MEM */
+	struct memreq *req;
+	char *body;
+	size_t len;
+	bool too_big;
+};
+
+struct kick {
+	struct kick *next;
+	struct blob *blob;           /* referenced */
+};
+
+struct fetcher {
+	struct net_opts o;
+	pthread_t thread;
+	CURLM *multi;
+
+	pthread_mutex_t lock;        /* guards inbox, newreqs, stop, stats */
+	struct kick *inbox;
+	struct memreq *newreqs;
+	bool stop;
+	struct fetch_stats stats;
+
+	/* network thread only */
+	struct source *sources;
+	struct job *jobs;
+	struct job *finished;        /* jobs taken off the multi early */
+	struct memreq *pending;      /* waiting for a token or a retry time */
+	struct authent *auth;
+	struct hostinfo *hosts;
+	unsigned nrange;             /* range requests in flight; written here only, atomically */
+	void *stage_pool;            /* spare stage buffers, linked through their first bytes */
+	unsigned nstage_pool;
+	uint64_t last_slow_check;
+	uint64_t typical_rate;       /* bytes/s of a finished range request, smoothed */
+};
+
+static inline void stat_add(struct fetcher *f, uint64_t *field, uint64_t n)
+{
+	__atomic_add_fetch(field, n, __ATOMIC_RELAXED);
+	(void)f;
+}
+
+/* fetch_policy.c: what we know of endpoints, and whether a failure is worth another attempt */
+uint32_t fetch_rnd(void);
+struct hostinfo *hostinfo_get(struct fetcher *f, const char *authority);
+/* The first endpoint from ep on that is not a mirror known to be down. */
+size_t healthy_endpoint(struct fetcher *f, const struct remote *r, size_t ep);
+/* What curl said went wrong: its detailed message if it left one. */
+const char *job_error(const struct job *j, CURLcode res);
+/* Is a transport failure worth another attempt? TLS and URL errors are not. */
+bool transient_curl(CURLcode res);
+/* A mirror gets fewer attempts than the registry: the next endpoint is waiting. */
+unsigned attempts_for(const struct remote *r, size_t ep);
+/* Leave a failing mirror for the next endpoint; remember it is down for a while. */
+void mirror_failed(struct fetcher *f, const struct remote *r, size_t ep, const char *why);
+
+/* fetch_auth.c: the auth cache */
+struct authent *auth_get(struct fetcher *f, struct remote *r, size_t ep);
+/* 1: a request may go now; 0: wait for a token; negative: auth failed for good. */
+int auth_ready(struct fetcher *f, struct authent *a, uint64_t now);
+void auth_apply(struct fetcher *f, struct job *j, struct authent *a);
+/* A 401: learn the challenge; 0 to retry, or a negative errno with msg. */
+int auth_challenged(struct fetcher *f, struct authent *a, struct job *j,
+		    bool already_retried, char *msg, size_t msglen);
+
+/* fetch_job.c: one request, its curl callbacks and the staging of its body */
+CURL *new_easy(struct fetcher *f, struct job *j, const char *url,
+	       const struct remote_opts *o);
+size_t on_mem_data(char *data, size_t size, size_t n, void *arg);
+size_t on_range_data(char *data, size_t size, size_t n, void *arg);
+/* Where the next body byte of a range request goes. */
+uint64_t job_at(const struct job *j);
+/* Everything received is written and reported. */
+void job_sync(struct job *j);
+/* After a round of curl_multi_perform: write the whole chunks that arrived. */
+void flush_stages(struct fetcher *f);
+void job_free(struct job *j);
+void job_add(struct fetcher *f, struct job *j);
+void job_remove(struct fetcher *f, struct job *j);
+
+/* fetch_mem.c: small GETs into memory */
+void memreq_free(struct memreq *r);
+void memreq_fail(struct memreq *r, int err, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+void start_mem(struct fetcher *f, struct memreq *r);
+/* Start a request, or park it until its token arrives or its retry is due. */
+void submit_mem(struct fetcher *f, struct memreq *r);
+void finish_mem(struct fetcher *f, struct job *j, CURLcode res);
+
+/* fetch_range.c: range requests of a blob being fetched */
+struct retry *retry_new(uint64_t origin, uint64_t start, uint64_t end);
+/* Queue a claimed range for another attempt; demand-split ranges go first. */
+void queue_retry(struct source *s, struct retry *r, bool front);
+void start_range(struct fetcher *f, struct source *s, struct retry *r);
+bool want_chunksums(struct fetcher *f, struct source *s);
+void request_chunksums(struct fetcher *f, struct source *s);
+/* Take a kicked blob on (the kick's reference becomes the source's). */
+void source_add(struct fetcher *f, struct blob *b);
+void source_free(struct fetcher *f, struct source *s);
+/* Move a source to its next endpoint: a new blob URL, to be resolved afresh. */
+void source_next_endpoint(struct source *s);
+void finish_range(struct fetcher *f, struct job *j, CURLcode res);
+
+/* fetch_sched.c: which request starts next; stalled and slow requests */
+void schedule(struct fetcher *f);
+void check_stalls(struct fetcher *f, uint64_t now);
+/* Learn how fast a range request normally goes, from those that finish. */
+void note_rate(struct fetcher *f, const struct job *j);
+void check_slow(struct fetcher *f, uint64_t now);
+
+#endif

@@ -1,0 +1,266 @@
+/*
+ * fetch_mem.c - small GETs into memory: manifests, tokens, chunk checksums.
+ *
+ * Other threads post them (fetcher_get_async, or fetcher_get, which waits);
+ * the network thread starts each once its endpoint's auth is ready, retries
+ * transient failures with backoff, follows redirects through curl (they carry
+ * no credentials of ours: auth goes only to the registry's origin), moves to
+ * the next endpoint when a mirror fails, and answers through the callback.
+ */
+#include "config.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "fetch_int.h"
+#include "http.h"
+#include "log.h"
+#include "remote.h"
+#include "url.h"
+#include "util.h"
+
+void memreq_free(struct memreq *r)
+{
+	remote_unref(r->remote);
+	free(r->path);
+	free(r->url);
+	free(r->accept);
+	free(r);
+}
+
+static void memreq_complete(struct memreq *r, struct http_result *res)
+{
+	r->done(res, r->arg);
+	memreq_free(r);
+}
+
+void memreq_fail(struct memreq *r, int err, const char *fmt, ...)
+{
+	struct http_result res = { .err = err };
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(res.msg, sizeof(res.msg), fmt, ap);
+	va_end(ap);
+	memreq_complete(r, &res);
+}
+
+void start_mem(struct fetcher *f, struct memreq *r)
+{
+	struct job *j = xcalloc(1, sizeof(*j));
+
+	j->f = f;
+	j->kind = JOB_MEM;
+	j->req = r;
+	if (r->remote) {
+		free(r->url);
+		r->url = remote_url(r->remote, r->ep, r->path);
+	}
+	j->ep = r->ep;
+	j->easy = new_easy(f, j, r->url, r->remote ? &r->remote->o : &r->token_for->origin->o);
+	curl_easy_setopt(j->easy, CURLOPT_WRITEFUNCTION, on_mem_data);
+	curl_easy_setopt(j->easy, CURLOPT_WRITEDATA, j);
+	curl_easy_setopt(j->easy, CURLOPT_FOLLOWLOCATION, 1L);
+	curl_easy_setopt(j->easy, CURLOPT_MAXREDIRS, 5L);
+	curl_easy_setopt(j->easy, CURLOPT_ACCEPT_ENCODING, "");
+	if (r->accept) {
+		char *h = xasprintf("Accept: %s", r->accept);
+		j->hdrs = curl_slist_append(j->hdrs, h);
+		free(h);
+		curl_easy_setopt(j->easy, CURLOPT_HTTPHEADER, j->hdrs);
+	}
+	if (r->basic) {
+		curl_easy_setopt(j->easy, CURLOPT_HTTPAUTH, CURLAUTH_BASIC);
+		curl_easy_setopt(j->easy, CURLOPT_USERNAME, r->basic->user);
+		curl_easy_setopt(j->easy, CURLOPT_PASSWORD, r->basic->password);
+		j->basic_sent = true;
+	}
+	if (r->remote) {
+		j->to_registry = true;
+		auth_apply(f, j, auth_get(f, r->remote, r->ep));
+	}
+	if (log_get_level() >= LOG_LVL_DEBUG) {
+		char *u = url_redact(r->url);
+		log_debug("GET %s", u);
+		free(u);
+	}
+	job_add(f, j);
+}
+
+/* Start a request, or park it until its token arrives or its retry is due. */
+void submit_mem(struct fetcher *f, struct memreq *r)
+{
+	uint64_t now = now_ms();
+
+	if (r->due_ms <= now && r->remote) {
+		r->ep = healthy_endpoint(f, r->remote, r->ep);
+		struct authent *a = auth_get(f, r->remote, r->ep);
+		int ready = auth_ready(f, a, now);
+		if (ready < 0 && r->ep + 1 < r->remote->nep) {
+			r->ep++;           /* that mirror will not let us in: the next one */
+			submit_mem(f, r);
+			return;
+		}
+		if (ready < 0) {
+			memreq_fail(r, ready, "%s", a->msg);
+			return;
+		}
+		if (ready > 0) {
+			start_mem(f, r);
+			return;
+		}
+	} else if (r->due_ms <= now) {
+		start_mem(f, r);
+		return;
+	}
+	r->next = f->pending;
+	f->pending = r;
+}
+
+/* A finished small GET: retry, re-authenticate, try the next endpoint, or answer. */
+void finish_mem(struct fetcher *f, struct job *j, CURLcode res)
+{
+	struct memreq *r = j->req;
+	struct http_result out = { 0 };
+	const struct retry_policy *rp = r->remote ? &r->remote->o.retry
+						  : &r->token_for->origin->o.retry;
+	unsigned max = r->remote ? attempts_for(r->remote, r->ep) : rp->max_attempts;
+	char msg[1400];
+
+	j->req = NULL;
+	if (res == CURLE_OK && j->status == 401 && r->remote) {
+		struct authent *a = auth_get(f, r->remote, r->ep);
+		int ret = auth_challenged(f, a, j, r->auth_retried, msg, sizeof(msg));
+		if (ret < 0 && r->ep + 1 < r->remote->nep) {
+			mirror_failed(f, r->remote, r->ep, msg);
+			r->ep++;
+			r->attempt = 0;
+			r->auth_retried = false;
+			submit_mem(f, r);
+			return;
+		}
+		if (ret < 0) {
+			memreq_fail(r, ret, "%s", msg);
+			return;
+		}
+		r->auth_retried = j->token_sent != NULL || j->basic_sent;
+		submit_mem(f, r);
+		return;
+	}
+	bool transient = transient_curl(res) || (res == CURLE_OK && http_status_retryable(j->status));
+	if (transient && ++r->attempt < max) {   /* attempt: made so far */
+		uint64_t delay = retry_delay_ms(rp, r->attempt, fetch_rnd()), ra;
+		if (j->retry_after && http_parse_retry_after(j->retry_after, time(NULL), &ra) == 0)
+			delay = MAX(delay, MIN(ra, rp->retry_after_max_ms));
+		if (log_get_level() >= LOG_LVL_DEBUG) {
+			char *u = url_redact(r->url);
+			log_debug("retrying %s in %llums", u, (unsigned long long)delay);
+			free(u);
+		}
+		r->due_ms = now_ms() + delay;
+		stat_add(f, &f->stats.retries, 1);
+		submit_mem(f, r);
+		return;
+	}
+	char *where = url_redact(r->url);
+	if (res == CURLE_WRITE_ERROR && j->too_big) {
+		out.err = -EMSGSIZE;
+		snprintf(out.msg, sizeof(out.msg), "'%s' sent more than %zu bytes", where, r->max);
+	} else if (res != CURLE_OK) {
+		out.err = res == CURLE_PEER_FAILED_VERIFICATION ? -EACCES : -EIO;
+		snprintf(out.msg, sizeof(out.msg), "cannot get '%s': %s%s", where, job_error(j, res),
+			 res == CURLE_PEER_FAILED_VERIFICATION
+			 ? " (is the CA known? see --cacert)" : "");
+	} else {
+		out.status = j->status;
+		if (j->status < 200 || j->status > 299) {
+			out.err = -http_status_errno(j->status);
+			snprintf(out.msg, sizeof(out.msg), "'%s' answered HTTP %ld", where, j->status);
+		}
+	}
+	free(where);
+	if (out.err && r->remote && r->ep + 1 < r->remote->nep) {
+		mirror_failed(f, r->remote, r->ep, out.msg);
+		r->ep++;
+		r->attempt = 0;
+		r->auth_retried = false;
+		r->due_ms = 0;
+		submit_mem(f, r);
+		return;
+	}
+	out.url = xstrdup(r->url);
+	out.body = j->body;
+	out.len = j->len;
+	j->body = NULL;
+	out.content_type = j->content_type;
+	out.docker_digest = j->docker_digest;
+	out.content_location = j->content_location;
+	j->content_type = j->docker_digest = j->content_location = NULL;
+	memreq_complete(r, &out);
+}
+
+void fetcher_get_async(struct fetcher *f, struct remote *r, const char *path,
+		       const char *accept, size_t max,
+		       void (*done)(struct http_result *res, void *arg), void *arg)
+{
+	struct memreq *q = xcalloc(1, sizeof(*q));
+
+	q->remote = remote_ref(r);
+	q->path = xstrdup(path);
+	q->url = remote_url(r, 0, path);
+	q->accept = accept ? xstrdup(accept) : NULL;
+	q->max = max;
+	q->done = done;
+	q->arg = arg;
+	pthread_mutex_lock(&f->lock);
+	if (f->stop) {
+		pthread_mutex_unlock(&f->lock);
+		memreq_fail(q, -ECANCELED, "cancelled");
+		return;
+	}
+	q->next = f->newreqs;
+	f->newreqs = q;
+	pthread_mutex_unlock(&f->lock);
+	curl_multi_wakeup(f->multi);
+}
+
+struct sync_get {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	bool done;
+	struct http_result res;
+};
+
+static void sync_done(struct http_result *res, void *arg)
+{
+	struct sync_get *g = arg;
+
+	pthread_mutex_lock(&g->lock);
+	g->res = *res;
+	g->done = true;
+	pthread_cond_signal(&g->cond);
+	pthread_mutex_unlock(&g->lock);
+}
+
+int fetcher_get(struct fetcher *f, struct remote *r, const char *path,
+		const char *accept, size_t max, struct http_result *res)
+{
+	struct sync_get g = { .lock = PTHREAD_MUTEX_INITIALIZER,
+			      .cond = PTHREAD_COND_INITIALIZER };
+
+	fetcher_get_async(f, r, path, accept, max, sync_done, &g);
+	pthread_mutex_lock(&g.lock);
+	while (!g.done)
+		pthread_cond_wait(&g.cond, &g.lock);
+	pthread_mutex_unlock(&g.lock);
+	pthread_mutex_destroy(&g.lock);
+	pthread_cond_destroy(&g.cond);
+	*res = g.res;
+	return res->err;
+}

@@ -1,0 +1,428 @@
+/*
+ * fetch_range.c - a blob being fetched, and its range requests.
+ *
+ * Per blob, a `source` remembers where its bytes really come from. The first
+ * request goes to the registry; a redirect (a CDN) is remembered and reused by
+ * every later range, and forgotten when the CDN says the URL expired. Until
+ * the URL is resolved only one request is in flight, so a registry sees one
+ * blob GET per blob, not sixteen.
+ *
+ * A range request that fails keeps its chunks claimed and waits in the
+ * source's retry list with exponential backoff (Retry-After wins if longer);
+ * a request that made progress starts counting again. Network thread only.
+ */
+#include "config.h"
+
+#include <curl/curl.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "blob.h"
+#include "chunkmap.h"
+#include "digest.h"
+#include "fetch_int.h"
+#include "http.h"
+#include "log.h"
+#include "remote.h"
+#include "url.h"
+#include "util.h"
+
+#define MAX_REDIRECTS 8          /* redirects without a byte in between */
+#define MAX_RERESOLVES 8         /* expired CDN URLs in a row */
+
+struct retry *retry_new(uint64_t origin, uint64_t start, uint64_t end)
+{
+	struct retry *r = xcalloc(1, sizeof(*r));
+
+	r->origin = origin;
+	r->start = start;
+	r->end = end;
+	return r;
+}
+
+/* Queue a claimed range for another attempt; demand-split ranges go first. */
+void queue_retry(struct source *s, struct retry *r, bool front)
+{
+	struct retry **pp = &s->retries;
+
+	if (!front)
+		while (*pp)
+			pp = &(*pp)->next;
+	r->next = *pp;
+	*pp = r;
+}
+
+/* Give a claimed range up for good (or, with err 0, just unclaim it). */
+static void drop_range(struct source *s, uint64_t start, uint64_t end, int err)
+{
+	blob_unclaim(s->blob, start, end, err);
+	if (err)
+		s->dead = s->dead || !blob_has_work(s->blob);
+}
+
+void start_range(struct fetcher *f, struct source *s, struct retry *r)
+{
+	struct job *j = xcalloc(1, sizeof(*j));
+	struct blob *b = s->blob;
+	const char *url = s->direct ? s->direct : s->start_url;
+	char range[64];
+
+	j->f = f;
+	j->kind = JOB_RANGE;
+	j->src = s;
+	j->wfd = blob_wfd(b);
+	j->geo = blob_geometry(b);
+	j->origin = r->origin;
+	j->start = j->pos = j->reported = r->start;
+	j->end = j->asked_end = r->end;
+	j->attempt = r->attempt;
+	j->slow_restarts = r->slow_restarts;
+	j->auth_retried = r->auth_retried;
+	j->demand = r->demand;
+	j->next_boundary = chunkmap_end(j->geo, chunkmap_index(j->geo, j->pos));
+	j->ep = s->ep;
+	j->easy = new_easy(f, j, url, &s->remote->o);
+	curl_easy_setopt(j->easy, CURLOPT_WRITEFUNCTION, on_range_data);
+	curl_easy_setopt(j->easy, CURLOPT_WRITEDATA, j);
+	snprintf(range, sizeof(range), "%llu-%llu", (unsigned long long)r->start,
+		 (unsigned long long)r->end - 1);
+	curl_easy_setopt(j->easy, CURLOPT_RANGE, range);
+	if (r->fresh)
+		curl_easy_setopt(j->easy, CURLOPT_FRESH_CONNECT, 1L);
+	j->to_registry = url_same_origin(url, s->remote->ep[s->ep].base);
+	if (j->to_registry)
+		auth_apply(f, j, auth_get(f, s->remote, s->ep));
+	if (!s->direct)
+		s->resolving = true;
+	s->jobs++;
+	__atomic_add_fetch(&f->nrange, 1, __ATOMIC_RELAXED);   /* read by status */
+	free(r);
+	if (log_get_level() >= LOG_LVL_DEBUG) {
+		char *u = url_redact(url);
+		log_debug("GET %s bytes %s", u, range);
+		free(u);
+	}
+	job_add(f, j);
+}
+
+static void chunksums_done(struct http_result *res, void *arg);
+
+struct cs_req {
+	struct fetcher *f;
+	struct source *s;
+};
+
+/* Ask the registry for chunk checksums once per large fresh blob and host. */
+bool want_chunksums(struct fetcher *f, struct source *s)
+{
+	struct hostinfo *h;
+
+	if (s->chunksums_checked)
+		return false;
+	h = hostinfo_get(f, s->remote->ep[s->ep].authority);
+	if (!s->remote->o.chunksums || h->no_chunksums || !blob_wants_chunksums(s->blob)) {
+		s->chunksums_checked = true;
+		blob_chunksums_done(s->blob);
+		return false;
+	}
+	return true;
+}
+
+void request_chunksums(struct fetcher *f, struct source *s)
+{
+	struct memreq *r = xcalloc(1, sizeof(*r));
+	struct cs_req *c = xcalloc(1, sizeof(*c));
+
+	c->f = f;
+	c->s = s;
+	r->remote = remote_ref(s->remote);
+	r->path = remote_chunksums_path(blob_digest(s->blob));
+	r->ep = s->ep;
+	r->max = 64u << 20;
+	r->done = chunksums_done;
+	r->arg = c;
+	s->chunksums_pending = true;
+	s->chunksums_checked = true;
+	submit_mem(f, r);
+}
+
+static void chunksums_done(struct http_result *res, void *arg)
+{
+	struct cs_req *c = arg;
+	struct source *s = c->s;
+	char err[160];
+
+	s->chunksums_pending = false;
+	if (res->err == 0 && res->status == 200) {
+		struct chunkmap *m = chunkmap_from_chunksums(res->body, res->len,
+							      blob_size(s->blob), err, sizeof(err));
+		if (m) {
+			blob_adopt_chunks(s->blob, m);
+			if (res->content_location && res->url) {
+				char *u = url_resolve(res->url, res->content_location);
+				if (u) {
+					free(s->start_url);
+					s->start_url = u;
+				}
+			}
+		} else {
+			log_warn("ignoring the registry's chunk checksums: %s", err);
+		}
+	} else if (res->status == 404 || res->status == 405 || res->status == 400) {
+		hostinfo_get(c->f, s->remote->ep[s->ep].authority)->no_chunksums = true;
+	}
+	blob_chunksums_done(s->blob);
+	http_result_release(res);
+	free(c);
+}
+
+static struct source *source_find(struct fetcher *f, struct blob *b)
+{
+	for (struct source *s = f->sources; s; s = s->next)
+		if (s->blob == b)
+			return s;
+	return NULL;
+}
+
+/* Take a kicked blob on (the kick's reference becomes the source's). */
+void source_add(struct fetcher *f, struct blob *b)
+{
+	struct source *s = source_find(f, b);
+	struct remote *r;
+	int ret;
+
+	if (s) {
+		s->dead = false;
+		blob_put(b);
+		return;
+	}
+	r = blob_remote(b);
+	ret = blob_activate(b);
+	if (ret < 0 && ret != -EBUSY) {
+		blob_fail(b, ret, strerror(-ret));
+		blob_put(b);
+		return;
+	}
+	if (!r) {
+		char d[DIGEST_STR_LEN];
+		digest_format(blob_digest(b), d);
+		blob_fail(b, -ENOENT, "no registry is known for it");
+		blob_put(b);
+		return;
+	}
+	s = xcalloc(1, sizeof(*s));
+	s->blob = b;
+	s->remote = remote_ref(r);
+	s->ep = healthy_endpoint(f, r, 0);
+	char *path = remote_blob_path(blob_digest(b));
+	s->start_url = remote_url(r, s->ep, path);
+	free(path);
+	s->next = f->sources;
+	f->sources = s;
+}
+
+void source_free(struct fetcher *f, struct source *s)
+{
+	while (s->retries) {
+		struct retry *r = s->retries;
+		s->retries = r->next;
+		blob_unclaim(s->blob, r->start, r->end, 0);
+		free(r);
+	}
+	blob_put(s->blob);
+	remote_unref(s->remote);
+	free(s->start_url);
+	free(s->direct);
+	free(s);
+	(void)f;
+}
+
+/* Move a source to its next endpoint: a new blob URL, to be resolved afresh. */
+void source_next_endpoint(struct source *s)
+{
+	char *path = remote_blob_path(blob_digest(s->blob));
+
+	s->ep++;
+	free(s->start_url);
+	s->start_url = remote_url(s->remote, s->ep, path);
+	free(path);
+	free(s->direct);
+	s->direct = NULL;
+	s->resolving = false;
+	s->redirects = s->reresolves = 0;
+	s->no_ranges = false;
+}
+
+/*
+ * Classify a failed attempt of a range request and act: another attempt
+ * (after a backoff), re-resolution of an expired CDN URL, authentication,
+ * or a final error for the readers waiting on it.
+ */
+static void range_failed(struct fetcher *f, struct job *j, CURLcode res)
+{
+	struct source *s = j->src;
+	struct retry *r;
+	bool progress = j->pos > j->start;
+	uint64_t now = now_ms(), delay = 0, ra;
+	char *where = url_redact(j->url);
+	int err = 0;
+	char msg[1024] = "";
+
+	r = retry_new(j->origin, j->pos, j->end);
+	r->attempt = progress ? 0 : j->attempt;
+	r->slow_restarts = j->slow_restarts;
+	r->auth_retried = progress ? false : j->auth_retried;
+	r->demand = j->demand;
+
+	if (j->ep < s->ep && !j->werr) {
+		/* It went to a mirror the source has left since: go where it is now. */
+		r->attempt = 0;
+		r->auth_retried = false;
+		queue_retry(s, r, true);
+		goto out;
+	}
+	if (j->werr) {
+		err = j->werr;
+		snprintf(msg, sizeof(msg), "cannot write to the store: %s", strerror(-err));
+		goto final;
+	}
+	if (j->slow) {
+		r->fresh = true;
+		r->slow_restarts++;
+		log_info("restarting a slow range of '%s' on a new connection", where);
+		queue_retry(s, r, true);
+		goto out;
+	}
+	if (res == CURLE_OK && j->status >= 300 && j->status < 400 && j->location) {
+		char *u = url_resolve(j->url, j->location);
+		if (!u || ++s->redirects > MAX_REDIRECTS) {
+			free(u);
+			err = -EIO;
+			snprintf(msg, sizeof(msg), "too many redirects for '%s'", where);
+			goto final;
+		}
+		free(s->direct);
+		s->direct = u;
+		queue_retry(s, r, true);
+		goto out;
+	}
+	if (res == CURLE_OK && j->status == 401 && j->to_registry) {
+		struct authent *a = auth_get(f, s->remote, s->ep);
+		err = auth_challenged(f, a, j, j->auth_retried, msg, sizeof(msg));
+		if (err < 0)
+			goto final;
+		r->auth_retried = j->token_sent != NULL || j->basic_sent;
+		queue_retry(s, r, true);
+		goto out;
+	}
+	if (res == CURLE_OK && !j->to_registry &&
+	    (j->status == 403 || j->status == 404 || j->status == 410)) {
+		/*
+		 * The CDN URL expired: ask the registry again. Requests still in
+		 * flight with the old URL fail the same way; they only need the
+		 * new one, so only a failure of the current URL counts.
+		 */
+		if (!s->direct || strcmp(j->url, s->direct) != 0) {
+			queue_retry(s, r, true);
+			goto out;
+		}
+		if (++s->reresolves > MAX_RERESOLVES) {
+			err = -EIO;
+			snprintf(msg, sizeof(msg), "'%s' keeps answering %ld", where, j->status);
+			goto final;
+		}
+		log_debug("'%s' answered %ld: resolving the blob URL again", where, j->status);
+		free(s->direct);
+		s->direct = NULL;
+		queue_retry(s, r, true);
+		goto out;
+	}
+	if (res == CURLE_OK && j->status >= 400 && !http_status_retryable(j->status)) {
+		err = -http_status_errno(j->status);
+		snprintf(msg, sizeof(msg), "'%s' answered HTTP %ld%s", where, j->status,
+			 j->status == 416 ? " (the blob is smaller than its manifest says)" : "");
+		goto final;
+	}
+	if (res == CURLE_PEER_FAILED_VERIFICATION || res == CURLE_SSL_CACERT_BADFILE) {
+		err = -EACCES;
+		snprintf(msg, sizeof(msg), "cannot verify the TLS certificate of '%s': %s "
+			 "(is the CA known? see --cacert)", where, job_error(j, res));
+		goto final;
+	}
+	/* Transient: 5xx, 429, a reset, a stall, a short or malformed response. */
+	r->attempt++;                  /* attempts made without progress */
+	stat_add(f, &f->stats.errors, 1);
+	if (r->attempt >= attempts_for(s->remote, s->ep)) {
+		err = -EIO;
+		if (res != CURLE_OK && !j->bad)
+			snprintf(msg, sizeof(msg), "'%s': %s (gave up after %u attempts)", where,
+				 job_error(j, res), r->attempt);
+		else
+			snprintf(msg, sizeof(msg), "'%s': %s (gave up after %u attempts)", where,
+				 j->bad ? "invalid responses" : "server errors", r->attempt);
+		goto final;
+	}
+	delay = retry_delay_ms(&s->remote->o.retry, r->attempt, fetch_rnd());
+	if (j->retry_after && http_parse_retry_after(j->retry_after, time(NULL), &ra) == 0) {
+		ra = MIN(ra, s->remote->o.retry.retry_after_max_ms);
+		delay = MAX(delay, ra);
+		s->pause_until = MAX(s->pause_until, now + ra);
+	}
+	r->due_ms = now + delay;
+	r->fresh = res != CURLE_OK;
+	stat_add(f, &f->stats.retries, 1);
+	log_debug("range %llu-%llu of '%s' failed (%s, HTTP %ld); attempt %u in %llums",
+		  (unsigned long long)j->pos, (unsigned long long)j->end - 1, where,
+		  res != CURLE_OK ? job_error(j, res) : j->bad ? "bad response" : "status",
+		  j->status, r->attempt, (unsigned long long)delay);
+	queue_retry(s, r, false);
+	goto out;
+final:
+	if (!j->werr && s->ep + 1 < s->remote->nep) {
+		/* A mirror failed for good: the next endpoint (at last the registry) takes over. */
+		mirror_failed(f, s->remote, s->ep, msg);
+		source_next_endpoint(s);
+		r->attempt = 0;
+		r->auth_retried = false;
+		r->fresh = true;
+		queue_retry(s, r, true);
+		goto out;
+	}
+	free(r);
+	if (j->werr)
+		blob_fail(s->blob, err, msg);   /* a local error stops the whole blob */
+	else
+		log_error("%s", msg);
+	drop_range(s, j->pos, j->end, err);
+out:
+	free(where);
+}
+
+void finish_range(struct fetcher *f, struct job *j, CURLcode res)
+{
+	struct source *s = j->src;
+
+	job_sync(j);
+	s->jobs--;
+	__atomic_sub_fetch(&f->nrange, 1, __ATOMIC_RELAXED);
+	if (j->to_registry || !s->direct)
+		s->resolving = false;
+	if (j->pos > j->start)
+		s->redirects = s->reresolves = 0;
+	bool ok = (res == CURLE_OK || (res == CURLE_WRITE_ERROR && j->done_early)) &&
+		  !j->bad && !j->werr && !j->slow && (j->status == 206 || j->status == 200);
+	if (ok && j->pos == j->end) {
+		note_rate(f, j);
+		if (!s->direct && j->to_registry)
+			s->direct = xstrdup(j->url);   /* the registry serves ranges itself */
+		return;
+	}
+	if (ok && j->pos < j->end) {
+		/* Short but clean: the server ended early. Fetch the rest. */
+		j->bad = true;
+	}
+	range_failed(f, j, res);
+}
