@@ -8,8 +8,8 @@
 
 #include "digest.h"
 
+struct blob;
 struct chunkmap;
-struct fetcher;
 struct remote;
 struct store;
 
@@ -41,6 +41,10 @@ struct blob_opts {
 	void (*on_fail)(void *arg, const struct digest *d);
 	void (*on_commit)(void *arg, const struct digest *d);
 	void *hook_arg;
+	/* b has work for the network thread: a read waits, a window to read ahead,
+	 * or the whole blob to complete. Called without blob locks held; cheap. */
+	void (*want_fetch)(void *arg, struct blob *b);
+	void *fetch_arg;
 	uint64_t read_timeout_ms;  /* a parked read fails with EIO after this */
 	uint64_t sync_interval_ms; /* how often the chunk map is made durable */
 };
@@ -57,8 +61,7 @@ struct blob_stats {
 
 struct blobcache;
 
-struct blobcache *blobcache_new(struct store *s, struct fetcher *f,
-				const struct blob_opts *o);
+struct blobcache *blobcache_new(struct store *s, const struct blob_opts *o);
 /* Stops the worker thread; every blob must have been put back. */
 void blobcache_free(struct blobcache *c);
 

@@ -154,6 +154,12 @@ fail:
 	return ret;
 }
 
+/* The blob cache's want_fetch hook: the network thread takes the blob on. */
+static void kick_fetcher(void *arg, struct blob *b)
+{
+	fetcher_kick(arg, b);
+}
+
 int session_start_net(struct session *s)
 {
 	struct net_opts no;
@@ -167,7 +173,9 @@ int session_start_net(struct session *s)
 	ret = fetcher_start(&no, &s->fetcher);
 	if (ret < 0)
 		return ret;
-	s->cache = blobcache_new(s->store, s->fetcher, &s->blob);
+	s->blob.want_fetch = kick_fetcher;
+	s->blob.fetch_arg = s->fetcher;
+	s->cache = blobcache_new(s->store, &s->blob);
 	return 0;
 }
 
