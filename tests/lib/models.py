@@ -143,8 +143,9 @@ def make_model(workdir, layers, *, config=None, media_type=DOCKER_MANIFEST_V2,
     """Build a Model from layer specs.
 
     layers: (media_type, content) or (media_type, size, seed) tuples; content is
-      bytes or an int size of random bytes (seed defaults to the layer's index,
-      so equal specs give equal blobs across tests).
+      bytes, an existing file (a path, used in place), or an int size of random
+      bytes (seed defaults to the layer's index, so equal specs give equal blobs
+      across tests).
     config: config blob bytes; default an Ollama-like gguf config listing the layers.
     media_type: DOCKER_MANIFEST_V2 (what Ollama's registry serves) or OCI_MANIFEST_V1.
     names: {layer index: value of an extra "name" field in that layer's descriptor}.
@@ -161,6 +162,10 @@ def make_model(workdir, layers, *, config=None, media_type=DOCKER_MANIFEST_V2,
         if isinstance(content, int):
             seed = rest[0] if rest else index
             path, digest = random_blob(cache_dir or workdir, content, seed)
+        elif isinstance(content, (str, os.PathLike)):
+            path = Path(content)
+            with open(path, "rb") as f:
+                digest = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
         else:
             path, digest = _bytes_blob(workdir, content)
         blobs.append(Blob(layer_type, digest, path.stat().st_size, path, names.get(index)))

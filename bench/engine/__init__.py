@@ -1,0 +1,1 @@
+"""bench/run's engine measurement: llama.cpp loading a model through a mount (measure.py)."""
