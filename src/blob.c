@@ -32,6 +32,7 @@
 #include "log.h"
 #include "ranges.h"
 #include "remote.h"
+#include "settings.h"
 #include "store.h"
 #include "strmap.h"
 #include "util.h"
@@ -52,7 +53,7 @@ struct blobcache *blobcache_new(struct store *s, const struct blob_opts *o)
 	c->store = s;
 	c->opts = *o;
 	if (!c->opts.read_timeout_ms)
-		c->opts.read_timeout_ms = 60000;
+		c->opts.read_timeout_ms = DEFAULT_READ_TIMEOUT * 1000;
 	if (!c->opts.sync_interval_ms)
 		c->opts.sync_interval_ms = 1000;
 	c->nbuckets = 1024;

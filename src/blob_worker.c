@@ -27,6 +27,7 @@
 #include "log.h"
 #include "ranges.h"
 #include "remote.h"
+#include "settings.h"
 #include "store.h"
 #include "strmap.h"
 #include "util.h"
@@ -80,7 +81,7 @@ static void expire_waiters(struct blob *b, uint64_t now, struct blob_waiter **ou
  */
 static bool verify_chunks(struct blob *b, struct blob_waiter **ready)
 {
-	unsigned attempts = b->remote ? b->remote->o.retry.max_attempts : 6;
+	unsigned attempts = b->remote ? b->remote->o.retry.max_attempts : DEFAULT_RETRIES;
 	bool refetch = false;
 
 	if (!b->bad)

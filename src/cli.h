@@ -3,6 +3,7 @@
 #define BLOBFS_CLI_H
 
 #include <stdbool.h>
+#include <stdio.h>
 
 #include "session.h"
 
@@ -29,6 +30,11 @@ struct fs_opts;
 int cmd_mount(struct session_opts *so, struct fs_opts *fo, const char *mountpoint,
 	      char *const *optv, int optc);
 int cmd_umount(const char *mountpoint);
+/*
+ * The -o options blobfs knows, one per line for the bash completion:
+ * "mount-option\tNAME\tVALUE[\tDEFAULT]", VALUE empty for a flag.
+ */
+void cmd_mount_describe_options(FILE *out);
 
 /* Report a failure on stderr as "blobfs: error: ..." */
 void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

@@ -2,8 +2,9 @@
  * cmd_mount.c - `blobfs mount` and `blobfs umount`.
  *
  * -o options are split with fuse_opt_parse: blobfs's own (documented in
- * blobfs(1)) go into the option structs, everything else is left for
- * libfuse, which refuses what it does not know.
+ * blobfs(1)) -- the settings that are mount options (settings.def) and the
+ * mount's own (mount_options[] below) -- go into the option structs,
+ * everything else is left for libfuse, which refuses what it does not know.
  */
 #define FUSE_USE_VERSION 312
 #include "config.h"
@@ -26,48 +27,175 @@
 #include "util.h"
 
 /*
- * blobfs's -o options. Settings keep their text and go through conf_set(),
- * which checks them as the configuration file and the command line are
- * checked; the rest are the mount's own.
+ * The mount's own -o options, besides the settings (settings.def) that are
+ * mount options too. Each sets a member of struct fs_opts: a flag its value,
+ * a choice the index of the word given, a number anything in its range.
  */
+enum mo_kind { MO_FLAG, MO_CHOICE, MO_NUMBER };
+
+struct mount_option {
+	const char *name;
+	enum mo_kind kind;
+	size_t offset;             /* of the member of struct fs_opts */
+	int flag;                  /* MO_FLAG: the value it sets (a bool) */
+	const char *values;        /* MO_CHOICE: "a|b|c", index = value; MO_NUMBER: metavar */
+	unsigned lo, hi;           /* MO_NUMBER: the range */
+};
+
+static const struct mount_option mount_options[] = {
+	{ "nodiscover", MO_FLAG, offsetof(struct fs_opts, discover), false, NULL, 0, 0 },
+	{ "discover", MO_FLAG, offsetof(struct fs_opts, discover), true, NULL, 0, 0 },
+	{ "background", MO_CHOICE, offsetof(struct fs_opts, background), 0,
+	  "sequential|always|never", 0, 0 },
+	{ "miss_ttl", MO_NUMBER, offsetof(struct fs_opts, miss_ttl_s), 0, "SEC", 0, 86400 },
+	{ "threads", MO_NUMBER, offsetof(struct fs_opts, threads), 0, "N", 2, 1024 },
+};
+
+#define NMO ARRAY_SIZE(mount_options)
+
+/* What fuse_opt_parse fills in: the text of each option given (flags: 1). */
 struct mount_opts {
-	int nodiscover, discover, insecure, no_chunksums, no_netrc;
-	char *background;
-	unsigned miss_ttl, threads;
-	char *settings[9];
+	char *own[NMO];
+	int own_flag[NMO];
+	char *setting[SETTING_COUNT];
+	int setting_flag[SETTING_COUNT];
 	int fsname_given, subtype_given;
 };
 
-/* The settings, by their -o names (the configuration keys, with '_'). */
-static const char *const setting_names[] = {
-	"cacert", "credentials", "store", "max_cache", "read_timeout", "connections",
-	"stall_timeout", "retries", "request_size",
-};
+/* A fuse_opt spec for every blobfs option; the templates are allocated. */
+static struct fuse_opt *make_spec(void)
+{
+	struct fuse_opt *spec = xcalloc(NMO + SETTING_COUNT + 1, sizeof(*spec));
+	size_t n = 0;
+	char name[48];
 
-#define OPT(t, f) { t, offsetof(struct mount_opts, f), 1 }
-#define VAL(t, f) { t, offsetof(struct mount_opts, f), 0 }
-#define SETTING(t, i) { t "=%s", offsetof(struct mount_opts, settings) + (i) * sizeof(char *), 0 }
+	for (size_t i = 0; i < NMO; i++) {
+		bool flag = mount_options[i].kind == MO_FLAG;
+		spec[n++] = (struct fuse_opt){
+			xasprintf("%s%s", mount_options[i].name, flag ? "" : "=%s"),
+			flag ? offsetof(struct mount_opts, own_flag[i]) : offsetof(struct mount_opts, own[i]),
+			flag };
+	}
+	for (size_t i = 0; i < SETTING_COUNT; i++) {
+		const struct setting *s = &settings[i];
+		bool flag = s->type == T_BOOL;
+		if (!(s->opts & OPT_MOUNT))
+			continue;
+		setting_option(s, true, name, sizeof(name));
+		spec[n++] = (struct fuse_opt){
+			xasprintf("%s%s", name, flag ? "" : "=%s"),
+			flag ? offsetof(struct mount_opts, setting_flag[i])
+			     : offsetof(struct mount_opts, setting[i]),
+			flag };
+	}
+	return spec;
+}
 
-static const struct fuse_opt spec[] = {
-	OPT("nodiscover", nodiscover),
-	OPT("discover", discover),
-	OPT("insecure", insecure),
-	OPT("no_chunksums", no_chunksums),
-	OPT("no_netrc", no_netrc),
-	VAL("background=%s", background),
-	VAL("miss_ttl=%u", miss_ttl),
-	VAL("threads=%u", threads),
-	SETTING("cacert", 0),
-	SETTING("credentials", 1),
-	SETTING("store", 2),
-	SETTING("max_cache", 3),
-	SETTING("read_timeout", 4),
-	SETTING("connections", 5),
-	SETTING("stall_timeout", 6),
-	SETTING("retries", 7),
-	SETTING("request_size", 8),
-	FUSE_OPT_END
-};
+static void free_spec(struct fuse_opt *spec)
+{
+	for (struct fuse_opt *o = spec; o->templ; o++)
+		free((char *)o->templ);
+	free(spec);
+}
+
+void cmd_mount_describe_options(FILE *out)
+{
+	struct fs_opts dflt;
+	char name[48];
+
+	fs_opts_defaults(&dflt);
+	for (size_t i = 0; i < NMO; i++) {
+		const struct mount_option *m = &mount_options[i];
+		fprintf(out, "mount-option\t%s\t%s", m->name, m->values ? m->values : "");
+		if (m->kind == MO_NUMBER)
+			fprintf(out, "\t%u", *(const unsigned *)((const char *)&dflt + m->offset));
+		fputc('\n', out);
+	}
+	for (size_t i = 0; i < SETTING_COUNT; i++)
+		if (settings[i].opts & OPT_MOUNT)
+			fprintf(out, "mount-option\t%s\t%s\n",
+				setting_option(&settings[i], true, name, sizeof(name)),
+				settings[i].type == T_BOOL ? "" : settings[i].metavar);
+}
+
+/* "a|b|c" as "a, b or c". */
+static void choice_words(const char *values, char *buf, size_t len)
+{
+	const char *last = strrchr(values, '|');
+	size_t n = 0;
+
+	for (const char *p = values; *p && n + 5 < len; p++) {
+		if (*p != '|')
+			buf[n++] = *p;
+		else if (p == last)
+			n += (size_t)snprintf(buf + n, len - n, " or ");
+		else
+			n += (size_t)snprintf(buf + n, len - n, ", ");
+	}
+	buf[n] = '\0';
+}
+
+/* Apply the mount's own options to fo; false (with a message) if one is bad. */
+static bool apply_own(const struct mount_opts *mo, struct fs_opts *fo)
+{
+	for (size_t i = 0; i < NMO; i++) {
+		const struct mount_option *m = &mount_options[i];
+		void *member = (char *)fo + m->offset;
+		const char *v = mo->own[i];
+		uint64_t n;
+
+		if (m->kind == MO_FLAG && mo->own_flag[i])
+			*(bool *)member = m->flag;
+		if (!v)
+			continue;
+		if (m->kind == MO_NUMBER) {
+			if (!parse_u64(v, strlen(v), &n) || n < m->lo || n > m->hi) {
+				cli_error("-o %s wants a number from %u to %u, not '%s'", m->name, m->lo,
+					  m->hi, v);
+				return false;
+			}
+			*(unsigned *)member = (unsigned)n;
+		} else if (m->kind == MO_CHOICE) {
+			const char *p = m->values;
+			int index = 0;
+			size_t vl = strlen(v);
+			while (!(strncmp(p, v, vl) == 0 && (p[vl] == '|' || !p[vl]))) {
+				p = strchr(p, '|');
+				if (!p) {
+					char words[96];
+					choice_words(m->values, words, sizeof(words));
+					cli_error("-o %s wants %s, not '%s'", m->name, words, v);
+					return false;
+				}
+				p++;
+				index++;
+			}
+			*(int *)member = index;
+		}
+	}
+	return true;
+}
+
+/* Apply the settings given as -o options to the command line's layer. */
+static bool apply_settings(const struct mount_opts *mo, struct conf *cli)
+{
+	char label[64], name[48], err[256];
+
+	for (size_t i = 0; i < SETTING_COUNT; i++) {
+		const struct setting *s = &settings[i];
+		const char *v = mo->setting[i];
+		if (s->type == T_BOOL && mo->setting_flag[i])
+			v = s->dflt ? "no" : "yes";
+		if (!v)
+			continue;
+		snprintf(label, sizeof(label), "-o %s", setting_option(s, true, name, sizeof(name)));
+		if (conf_set(cli, s->key, v, label, err, sizeof(err)) < 0) {
+			cli_error("%s", err);
+			return false;
+		}
+	}
+	return true;
+}
 
 /* Note fsname/subtype so defaults are added only when not given; keep all else. */
 static int keep(void *data, const char *arg, int key, struct fuse_args *out)
@@ -80,14 +208,6 @@ static int keep(void *data, const char *arg, int key, struct fuse_args *out)
 	if (strncmp(arg, "subtype=", 8) == 0)
 		mo->subtype_given = 1;
 	return 1;
-}
-
-static bool in_range(unsigned v, unsigned lo, unsigned hi, const char *what)
-{
-	if (v >= lo && v <= hi)
-		return true;
-	cli_error("-o %s wants a number from %u to %u", what, lo, hi);
-	return false;
 }
 
 /* Run fusermount3 -u [-z] MOUNTPOINT; its exit status, or 127 if it cannot run. */
@@ -126,57 +246,19 @@ int cmd_mount(struct session_opts *so, struct fs_opts *fo, const char *mountpoin
 	      char *const *optv, int optc)
 {
 	struct fuse_args args = FUSE_ARGS_INIT(0, NULL);
+	struct fuse_opt *spec = make_spec();
 	struct mount_opts mo = { 0 };
-	char err[256];
-	int ret;
+	int ret = EXIT_USAGE;
 
 	fuse_opt_add_arg(&args, "blobfs");
 	for (int i = 0; i < optc; i++) {
 		fuse_opt_add_arg(&args, "-o");
 		fuse_opt_add_arg(&args, optv[i]);
 	}
-	if (fuse_opt_parse(&args, &mo, spec, keep) < 0) {
-		fuse_opt_free_args(&args);
-		return EXIT_USAGE;
-	}
-	if (mo.nodiscover)
-		fo->discover = false;
-	if (mo.discover)
-		fo->discover = true;
-	if (mo.background) {
-		if (strcmp(mo.background, "sequential") == 0)
-			fo->background = BG_SEQUENTIAL;
-		else if (strcmp(mo.background, "always") == 0)
-			fo->background = BG_ALWAYS;
-		else if (strcmp(mo.background, "never") == 0)
-			fo->background = BG_NEVER;
-		else {
-			cli_error("-o background wants sequential, always or never, not '%s'",
-				  mo.background);
-			ret = EXIT_USAGE;
-			goto out;
-		}
-	}
-	ret = EXIT_USAGE;
-	if ((mo.insecure && conf_set(&so->cli, "insecure", "yes", "-o insecure", err, sizeof(err))) ||
-	    (mo.no_chunksums && conf_set(&so->cli, "chunksums", "no", "-o no_chunksums", err, sizeof(err))) ||
-	    (mo.no_netrc && conf_set(&so->cli, "netrc", "no", "-o no_netrc", err, sizeof(err))))
-		goto bad;
-	for (size_t i = 0; i < ARRAY_SIZE(setting_names); i++) {
-		char label[64];
-		if (!mo.settings[i])
-			continue;
-		snprintf(label, sizeof(label), "-o %s", setting_names[i]);
-		if (conf_set(&so->cli, setting_names[i], mo.settings[i], label, err, sizeof(err)) < 0)
-			goto bad;
-	}
-	if (mo.miss_ttl)
-		fo->miss_ttl_s = mo.miss_ttl;
-	if (mo.threads) {
-		if (!in_range(mo.threads, 2, 1024, "threads"))
-			goto out;
-		fo->threads = mo.threads;
-	}
+	if (fuse_opt_parse(&args, &mo, spec, keep) < 0)
+		goto out;
+	if (!apply_own(&mo, fo) || !apply_settings(&mo, &so->cli))
+		goto out;
 	if (!mo.fsname_given) {
 		fuse_opt_add_arg(&args, "-o");
 		fuse_opt_add_arg(&args, "fsname=blobfs");
@@ -189,14 +271,13 @@ int cmd_mount(struct session_opts *so, struct fs_opts *fo, const char *mountpoin
 	fo->fuse_argv = args.argv;   /* still ours: freed below */
 	clear_dead_mount(mountpoint);
 	ret = fs_mount(so, fo, mountpoint);
-	goto out;
-bad:
-	cli_error("%s", err);
 out:
 	fuse_opt_free_args(&args);
-	free(mo.background);
-	for (size_t i = 0; i < ARRAY_SIZE(mo.settings); i++)
-		free(mo.settings[i]);
+	free_spec(spec);
+	for (size_t i = 0; i < NMO; i++)
+		free(mo.own[i]);
+	for (size_t i = 0; i < SETTING_COUNT; i++)
+		free(mo.setting[i]);
 	return ret;
 }
 

@@ -13,7 +13,7 @@ struct fetcher;
 
 /* Settings of the network thread as a whole; per-host ones are in struct remote. */
 struct net_opts {
-	unsigned connections;       /* range requests in flight in all (default 16) */
+	unsigned connections;       /* range requests in flight in all (the setting connections) */
 	unsigned demand_reserve;    /* extra slots only reads may use */
 	const char *user_agent;
 };

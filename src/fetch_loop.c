@@ -40,12 +40,13 @@
 #include "fetch_int.h"
 #include "log.h"
 #include "remote.h"
+#include "settings.h"
 #include "util.h"
 
 void net_opts_defaults(struct net_opts *o)
 {
 	memset(o, 0, sizeof(*o));
-	o->connections = 16;
+	o->connections = DEFAULT_CONNECTIONS;
 	o->demand_reserve = 4;
 	o->user_agent = PACKAGE_NAME "/" PACKAGE_VERSION;
 }
