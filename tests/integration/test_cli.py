@@ -2,6 +2,7 @@
 trivial one: usage errors (exit 2, one message, nothing created), help and
 version, missing models, --quiet and $BLOBFS_STORE."""
 
+import os
 import random
 import re
 from pathlib import Path
@@ -128,3 +129,22 @@ def test_store_from_environment(tiny_reg, run_blobfs, tmp_path):
     other = tmp_path / "other"
     result = run_blobfs(["ls"], store=other, env=env, timeout=10)
     assert result.returncode == 0 and "tiny" not in result.stdout
+
+
+@pytest.mark.parametrize("option, pattern", [
+    ("threads=0", r"-o threads wants a number from 2 to 1024, not '0'"),
+    ("threads=1", r"-o threads wants a number from 2 to 1024, not '1'"),
+    ("threads=1025", r"-o threads wants a number from 2 to 1024"),
+    ("miss_ttl=soon", r"-o miss_ttl wants a number from 0 to 86400, not 'soon'"),
+    ("background=later", r"-o background wants sequential, always or never, not 'later'"),
+    ("connections=0", r"-o connections wants a number from 1 to 256, not '0'"),
+    ("request_size=1", r"-o request_size wants a size from 4K to 16G, not '1'"),
+])
+def test_bad_mount_options_exit_2_and_mount_nothing(run_blobfs, tmp_path, option, pattern):
+    store, mnt = tmp_path / "store", tmp_path / "mnt"
+    mnt.mkdir()
+    result = run_blobfs(["mount", "-o", option, mnt], store=store, timeout=20)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert re.search(pattern, result.stderr), result.stderr
+    assert not os.path.ismount(mnt)
+    assert not store.exists(), f"a refused mount created the store: {files_under(store)}"
