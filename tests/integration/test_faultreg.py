@@ -493,6 +493,41 @@ def test_redirect_loop_between_registry_and_cdn(fault_registry):
     assert hosts == [reg.cdn_host, reg.host, reg.cdn_host, reg.host]
 
 
+def test_redirect_to_any_location(fault_registry):
+    reg = fault_registry()
+    digest = reg.add_blob(SMALL)
+    reg.fault("redirect", location="http://[::1")
+    response, _ = get(reg.url + blob_path(digest))
+    assert response.status == 307 and response.getheader("Location") == "http://[::1"
+
+
+@pytest.mark.parametrize("on", ["manifest", "token", "blob"])
+def test_hang_answers_nothing_until_stop(fault_registry, on):
+    reg = fault_registry(auth="bearer" if on == "token" else None)
+    reg.add_model(REPO, "latest", [(OLLAMA_MODEL, SMALL)])
+    digest = reg.add_blob(BLOB)
+    reg.fault("hang", on=on)
+    path = {"manifest": f"/v2/{REPO}/manifests/latest", "token": "/token?scope=x",
+            "blob": blob_path(digest)}[on]
+    with pytest.raises(socket.timeout):
+        request(reg.host, path, timeout=1)
+    [record] = reg.requests(path_contains=path.split("?")[0])
+    assert record.fault == "hang" and record.status is None and record.bytes_sent == 0
+    began = time.monotonic()
+    reg.stop()
+    assert time.monotonic() - began < 2
+
+
+def test_token_realm_and_authorization_are_recorded(fault_registry):
+    reg = fault_registry(auth="bearer", token_credentials=("u", "p"))
+    reg.add_model(REPO, "latest", [(OLLAMA_MODEL, SMALL)])
+    reg.token_realm = "http://realm.example:1234/token"
+    response, _ = request(reg.host, f"/v2/{REPO}/manifests/latest")
+    assert challenge_params(response.getheader("WWW-Authenticate"))["realm"] == reg.token_realm
+    request(reg.host, "/token?scope=x", headers={"Authorization": "Basic dTpw"})
+    assert [r.authorization for r in reg.requests()] == [None, "Basic dTpw"]
+
+
 @pytest.mark.timing
 def test_trickle_limits_rate(reg):
     reg.fault("trickle", rate=100_000)

@@ -12,6 +12,7 @@ import urllib.request
 
 import pytest
 
+import dockerreg
 from models import (
     DOCKER_MANIFEST_V2, MANIFEST_ACCEPT, OCI_MANIFEST_V1, OLLAMA_MODEL, OLLAMA_PARAMS,
     OLLAMA_SYSTEM, OLLAMA_TEMPLATE, delete_blob, delete_manifest, make_model, push_blob,
@@ -180,3 +181,43 @@ def test_cdn_rate_cap(capped_cdn_registry, blob_cache):
     assert "sha256:" + hashlib.sha256(body).hexdigest() == digest
     # nginx lets the first second's worth through at once: ~3 s, not 4.
     assert 2.5 <= elapsed < 20.0, f"4 MiB at 1 MiB/s took {elapsed:.1f}s"
+
+
+@pytest.mark.timing
+def test_http2_cdn_behind_a_per_connection_cap(blob_cache):
+    """http2: the TLS listeners offer h2; cdn_conn_rate: a stream proxy caps each
+    TCP connection, however many streams it carries; the CDN's log names every
+    request's connection and protocol."""
+    try:
+        reg = dockerreg.DockerRegistry(tls=True, cdn=True, http2=True, cdn_conn_rate="2m")
+    except dockerreg.ToolMissing as missing:
+        pytest.skip(str(missing))
+    with reg:
+        path, digest = random_blob(blob_cache, 4 * MiB)
+        push_blob(reg.backend_url, REPO, path)
+        url = f"{reg.url}/v2/{REPO}/blobs/{digest}"
+        started = time.monotonic()
+        # Two transfers multiplexed on one connection share its cap.
+        out = subprocess.run([*CURL, "--http2", "--cacert", str(reg.ca_cert), "--location",
+                              "--parallel", "-o", "/dev/null", url,
+                              "-o", "/dev/null", url],
+                             capture_output=True, timeout=60)
+        elapsed = time.monotonic() - started
+        assert out.returncode == 0, out.stderr
+        entries = reg.cdn_log_entries()
+        assert [e["protocol"] for e in entries] == ["HTTP/2.0"] * 2, entries
+        assert len(reg.cdn_connections()) == 1, entries
+        # 8 MiB through one 2 MiB/s connection (nginx lets a burst through first).
+        assert elapsed >= 2.5, f"8 MiB over one capped connection took {elapsed:.1f}s"
+
+
+def test_tls_front_before_any_backend(fault_registry, tmp_path):
+    ca = dockerreg.make_ca(tmp_path)
+    cert, key = dockerreg.make_server_cert(ca, tmp_path)
+    reg = fault_registry()
+    reg.add_blob(b"hello")
+    with dockerreg.TlsFront(int(reg.host.rsplit(":", 1)[1]), cert, key, http2=True) as front:
+        responses, body = curl("--cacert", str(ca.cert), f"{front.url}/v2/")
+        assert responses[0][0] == 200 and body == b"{}"
+        [entry] = front.log_entries()
+        assert entry["protocol"] == "HTTP/2.0" and entry["uri"] == "/v2/"

@@ -14,7 +14,8 @@ so tests can count exactly what the CDN sent.
 
 With ``tls=True`` a second nginx terminates TLS on 127.0.0.1 in front of the
 registry (which stays on plain HTTP behind it), and the CDN, if any, speaks TLS
-too.  The certificate is the caller's (``tls_cert``/``tls_key``, e.g. from
+too; ``http2=True`` makes both offer HTTP/2 (ALPN h2), as real registries and
+CDNs do.  The certificate is the caller's (``tls_cert``/``tls_key``, e.g. from
 make_server_cert) or, by default, one made here for ``localhost`` and
 127.0.0.1 by a throwaway CA whose certificate is ``reg.ca_cert``:
 
@@ -22,6 +23,13 @@ make_server_cert) or, by default, one made here for ``localhost`` and
         push_model(reg.backend_url, ...)     # pushes skip the TLS front
         ...                                  # clients use reg.url (https://...)
                                              # and trust reg.ca_cert
+
+With ``cdn_conn_rate`` an nginx ``stream`` proxy (Debian's libnginx-mod-stream)
+sits in front of the CDN and caps every TCP connection at that rate
+(proxy_download_rate), whatever it carries: one HTTP/1.1 request at a time or
+many multiplexed HTTP/2 streams.  It opens one connection to the CDN per
+client connection, so distinct ``connection`` values in the CDN's log
+(``reg.cdn_connections()``) count the client's TCP connections.
 """
 
 import ctypes
@@ -65,6 +73,7 @@ _CDN_LOG_FORMAT = (
     '"range":"$http_range",'
     '"connection":$connection,'
     '"connection_requests":$connection_requests,'
+    '"protocol":"$server_protocol",'
     '"request_time":$request_time'
     "}'"
 )
@@ -75,6 +84,8 @@ _ACCESS_LINE = re.compile(
     r'"(?P<method>\S+) (?P<uri>\S+) (?P<protocol>[^"]+)" '
     r'(?P<status>\d{3}) (?P<bytes>\d+|-) "(?P<referer>[^"]*)" "(?P<user_agent>[^"]*)"'
 )
+
+STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 
 _PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -282,7 +293,146 @@ def _shutdown(servers, workdir):
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-class DockerRegistry:
+class _Nginxes:
+    """Server processes (nginx instances, mostly) sharing one temp dir and
+    stopped together: on stop(), on leaving the ``with`` block, on garbage
+    collection or at exit."""
+
+    def __init__(self, prefix, http2=False):
+        self.workdir = Path(tempfile.mkdtemp(prefix=prefix))
+        self.http2 = http2
+        self._servers = []
+        self._token = secrets.token_hex(8)  # tells our servers from strangers
+        self._finalizer = weakref.finalize(self, _shutdown, self._servers, self.workdir)
+
+    def _nginx_listen(self, port, tls):
+        if tls is None:
+            return f"        listen 127.0.0.1:{port};\n"
+        cert, key = tls
+        return (
+            f"        listen 127.0.0.1:{port} ssl{' http2' if self.http2 else ''};\n"
+            f"        ssl_certificate {cert};\n"
+            f"        ssl_certificate_key {key};\n"
+        )
+
+    def _nginx_main(self, prefix, access_log, http_body, comment):
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        temp = "".join(
+            f"    {kind}_temp_path {prefix}/tmp/{kind};\n"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        return (
+            f"{comment}"
+            f"{user}"
+            f"worker_processes 1;\n"
+            f"pid {prefix}/nginx.pid;\n"
+            f"error_log {prefix}/error.log info;\n"
+            f"events {{ worker_connections 1024; }}\n"
+            f"http {{\n"
+            f"    log_format cdn {_CDN_LOG_FORMAT};\n"
+            f"    access_log {access_log} cdn;\n"
+            f"{temp}"
+            f"{http_body}"
+            f"}}\n"
+        )
+
+    def _tls_front_config(self, prefix, port, backend_port, access_log, tls, ready=False):
+        """nginx terminating TLS (cert, key) and passing requests to a plain HTTP
+        backend; READY: it answers the readiness probe itself."""
+        probe = (
+            f"        location = {_CDN_READY_PATH} {{\n"
+            f"            access_log off;\n"
+            f"            add_header {_TOKEN_HEADER} {self._token};\n"
+            f"            return 204;\n"
+            f"        }}\n"
+        ) if ready else ""
+        return self._nginx_main(prefix, access_log, (
+            f"    server {{\n"
+            f"{self._nginx_listen(port, tls)}"
+            f"        client_max_body_size 0;\n"
+            f"{probe}"
+            f"        location / {{\n"
+            f"            proxy_pass http://127.0.0.1:{backend_port};\n"
+            f"            proxy_http_version 1.1;\n"
+            f"            proxy_set_header Host $http_host;\n"
+            f"            proxy_set_header X-Forwarded-Proto https;\n"
+            f"            proxy_set_header Connection \"\";\n"
+            f"            proxy_buffering off;\n"
+            f"            proxy_request_buffering off;\n"
+            f"            proxy_read_timeout 300s;\n"
+            f"        }}\n"
+            f"    }}\n"
+        ), "# TLS front.\n")
+
+    def _start_nginx(self, nginx_bin, name, prefix, make_config, ready_path, ready_status,
+                     timeout, tls):
+        (prefix / "tmp").mkdir(parents=True)
+        conf = prefix / "nginx.conf"
+
+        def launch(port):
+            conf.write_text(make_config(port))
+            return _Server(
+                name,
+                [nginx_bin, "-p", f"{prefix}/", "-c", str(conf),
+                 "-e", str(prefix / "error.log"), "-g", "daemon off;"],
+                prefix / "stdout.log",
+                prefix / "error.log",
+            )
+
+        server, port = _start_on_free_port(
+            name, launch, ready_path, ready_status, self._token, timeout, tls=tls)
+        self._servers.append(server)
+        return port
+
+    def stop(self):
+        """Stop every server, remove the temp dir (idempotent)."""
+        self._finalizer()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def log_tail(self, lines=20):
+        """Last lines of the servers' error logs, for failure messages."""
+        return "\n".join(server.name + ":\n" + server.log_tail(lines) for server in self._servers)
+
+
+class TlsFront(_Nginxes):
+    """nginx terminating TLS on 127.0.0.1 in front of any plain HTTP server on
+    127.0.0.1:BACKEND_PORT (a FaultRegistry, say), with the caller's
+    certificate; http2 offers HTTP/2 too.  Attributes: host, url
+    ("https://127.0.0.1:PORT"), access_log (one JSON line per request, as the
+    CDN's; see log_entries)."""
+
+    def __init__(self, backend_port, cert, key, http2=False, start_timeout=15.0):
+        nginx_bin = find_tool("nginx", "nginx-light")
+        super().__init__("blobfs-tls-front-", http2)
+        prefix = self.workdir / "tls"
+        self.access_log = prefix / "access.log"
+        try:
+            port = self._start_nginx(
+                nginx_bin, "nginx-tls", prefix,
+                lambda port: self._tls_front_config(prefix, port, backend_port,
+                                                    self.access_log, (cert, key), ready=True),
+                _CDN_READY_PATH, 204, start_timeout, True)
+        except BaseException:
+            self.stop()
+            raise
+        self.host = f"127.0.0.1:{port}"
+        self.url = f"https://{self.host}"
+
+    def log_mark(self):
+        return _read_log(self.access_log, 0)[1]
+
+    def log_entries(self, since=0):
+        """Requests answered after offset SINCE, oldest first; dicts as
+        DockerRegistry.cdn_log_entries gives."""
+        return [json.loads(line) for line in _read_log(self.access_log, since)[0]]
+
+
+class DockerRegistry(_Nginxes):
     """A throwaway registry (no auth, deletes enabled) on 127.0.0.1.
 
     Attributes: url ("http://127.0.0.1:PORT", or "https://..." with tls), host
@@ -296,9 +446,13 @@ class DockerRegistry:
     """
 
     def __init__(self, cdn=False, cdn_rate=None, start_timeout=15.0, tls=False,
-                 tls_cert=None, tls_key=None, cdn_tls_cert=None, cdn_tls_key=None):
+                 tls_cert=None, tls_key=None, cdn_tls_cert=None, cdn_tls_key=None,
+                 http2=False, cdn_conn_rate=None):
         """cdn_rate: nginx limit_rate, which caps each request (e.g. "40m" =
-        40 MiB/s), not the total; implies cdn.
+        40 MiB/s), not the total; implies cdn.  cdn_conn_rate: a stream proxy
+        in front of the CDN caps each TCP connection at this rate (nginx
+        syntax); implies cdn.  http2: TLS listeners offer HTTP/2 too (needs
+        tls).
 
         tls: put an nginx TLS front before the registry (url becomes https://)
         and serve the CDN over TLS.  tls_cert/tls_key: PEM files of the
@@ -306,12 +460,18 @@ class DockerRegistry:
         cdn_tls_cert/cdn_tls_key: the CDN's, if different from the front's.
         """
         registry_bin = find_tool("docker-registry", "docker-registry")
-        nginx_bin = find_tool("nginx", "nginx-light") if cdn or cdn_rate or tls else None
+        cdn = cdn or bool(cdn_rate) or bool(cdn_conn_rate)
+        nginx_bin = find_tool("nginx", "nginx-light") if cdn or tls else None
+        if cdn_conn_rate and not os.path.exists(STREAM_MODULE):
+            raise ToolMissing("nginx's stream module is not installed: install the Debian "
+                              "package 'libnginx-mod-stream'")
+        if http2 and not tls:
+            raise ValueError("http2 needs tls=True (nginx offers HTTP/2 through ALPN)")
         if (tls_cert is None) != (tls_key is None) or (cdn_tls_cert is None) != (cdn_tls_key is None):
             raise ValueError("give a certificate and its key together")
         if not tls and (tls_cert or cdn_tls_cert):
             raise ValueError("tls_cert and cdn_tls_cert need tls=True")
-        self.workdir = Path(tempfile.mkdtemp(prefix="blobfs-registry-"))
+        super().__init__("blobfs-registry-", http2)
         self.rootdir = self.workdir / "storage"
         self.rootdir.mkdir()
         self.registry_log = self.workdir / "registry.log"
@@ -321,9 +481,6 @@ class DockerRegistry:
         self.tls = tls
         self.ca_cert = self.tls_cert = self.tls_key = None
         self.tls_access_log = self.workdir / "tls" / "access.log"
-        self._servers = []
-        self._token = secrets.token_hex(8)  # tells our servers from strangers
-        self._finalizer = weakref.finalize(self, _shutdown, self._servers, self.workdir)
         try:
             if tls:
                 if tls_cert is None:
@@ -333,9 +490,12 @@ class DockerRegistry:
                 self.tls_cert, self.tls_key = Path(tls_cert), Path(tls_key)
                 if cdn_tls_cert is None:
                     cdn_tls_cert, cdn_tls_key = tls_cert, tls_key
-            if cdn or cdn_rate:
+            if cdn:
                 cdn_tls = (cdn_tls_cert, cdn_tls_key) if tls else None
                 cdn_port = self._start_cdn(nginx_bin, cdn_rate, start_timeout, cdn_tls)
+                if cdn_conn_rate:
+                    cdn_port = self._start_stream_cap(nginx_bin, cdn_port, cdn_conn_rate,
+                                                      start_timeout)
                 self.cdn_host = f"127.0.0.1:{cdn_port}"
                 self.cdn_url = f"{'https' if tls else 'http'}://{self.cdn_host}"
             port = self._start_registry(registry_bin, start_timeout)
@@ -411,110 +571,54 @@ class DockerRegistry:
             f"    }}\n"
         ), "# Static CDN for the test registry's storage directory.\n")
 
-    @staticmethod
-    def _nginx_listen(port, tls):
-        if tls is None:
-            return f"        listen 127.0.0.1:{port};\n"
-        cert, key = tls
-        return (
-            f"        listen 127.0.0.1:{port} ssl;\n"
-            f"        ssl_certificate {cert};\n"
-            f"        ssl_certificate_key {key};\n"
-        )
-
-    def _nginx_main(self, prefix, access_log, http_body, comment):
-        user = "user root;\n" if os.geteuid() == 0 else ""
-        temp = "".join(
-            f"    {kind}_temp_path {prefix}/tmp/{kind};\n"
-            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-        )
-        return (
-            f"{comment}"
-            f"{user}"
-            f"worker_processes 1;\n"
-            f"pid {prefix}/nginx.pid;\n"
-            f"error_log {prefix}/error.log info;\n"
-            f"events {{ worker_connections 1024; }}\n"
-            f"http {{\n"
-            f"    log_format cdn {_CDN_LOG_FORMAT};\n"
-            f"    access_log {access_log} cdn;\n"
-            f"{temp}"
-            f"{http_body}"
-            f"}}\n"
-        )
-
-    def _tls_front_config(self, prefix, port, backend_port):
-        return self._nginx_main(prefix, self.tls_access_log, (
-            f"    server {{\n"
-            f"{self._nginx_listen(port, (self.tls_cert, self.tls_key))}"
-            f"        client_max_body_size 0;\n"
-            f"        location / {{\n"
-            f"            proxy_pass http://127.0.0.1:{backend_port};\n"
-            f"            proxy_http_version 1.1;\n"
-            f"            proxy_set_header Host $http_host;\n"
-            f"            proxy_set_header X-Forwarded-Proto https;\n"
-            f"            proxy_set_header Connection \"\";\n"
-            f"            proxy_buffering off;\n"
-            f"            proxy_request_buffering off;\n"
-            f"            proxy_read_timeout 300s;\n"
-            f"        }}\n"
-            f"    }}\n"
-        ), "# TLS front for the test registry.\n")
-
-    def _start_nginx(self, nginx_bin, name, prefix, make_config, ready_path, ready_status,
-                     timeout, tls):
-        (prefix / "tmp").mkdir(parents=True)
-        conf = prefix / "nginx.conf"
-
-        def launch(port):
-            conf.write_text(make_config(port))
-            return _Server(
-                name,
-                [nginx_bin, "-p", f"{prefix}/", "-c", str(conf),
-                 "-e", str(prefix / "error.log"), "-g", "daemon off;"],
-                prefix / "stdout.log",
-                prefix / "error.log",
-            )
-
-        server, port = _start_on_free_port(
-            name, launch, ready_path, ready_status, self._token, timeout, tls=tls)
-        self._servers.append(server)
-        return port
-
     def _start_cdn(self, nginx_bin, rate, timeout, tls=None):
         prefix = self.workdir / "cdn"
         return self._start_nginx(
             nginx_bin, "nginx", prefix, lambda port: self._nginx_config(prefix, port, rate, tls),
             _CDN_READY_PATH, 204, timeout, tls is not None)
 
+    def _stream_cap_config(self, prefix, port, backend_port, rate):
+        return (
+            "# Per-TCP-connection rate cap in front of the test CDN.\n"
+            f"load_module {STREAM_MODULE};\n"
+            + ("user root;\n" if os.geteuid() == 0 else "")
+            + "worker_processes 1;\n"
+            f"pid {prefix}/nginx.pid;\n"
+            f"error_log {prefix}/error.log info;\n"
+            "events { worker_connections 1024; }\n"
+            "stream {\n"
+            "    server {\n"
+            f"        listen 127.0.0.1:{port};\n"
+            f"        proxy_pass 127.0.0.1:{backend_port};\n"
+            f"        proxy_download_rate {rate};\n"
+            "    }\n"
+            "}\n"
+        )
+
+    def _start_stream_cap(self, nginx_bin, backend_port, rate, timeout):
+        prefix = self.workdir / "cap"
+        # The CDN's readiness probe answers through the proxy, instance header included.
+        return self._start_nginx(
+            nginx_bin, "nginx-cap", prefix,
+            lambda port: self._stream_cap_config(prefix, port, backend_port, rate),
+            _CDN_READY_PATH, 204, timeout, self.tls)
+
     def _start_tls_front(self, nginx_bin, backend_port, timeout):
         prefix = self.workdir / "tls"
         # The registry's /v2/ answers 200 with the instance header through the proxy.
         return self._start_nginx(
             nginx_bin, "nginx-tls", prefix,
-            lambda port: self._tls_front_config(prefix, port, backend_port),
+            lambda port: self._tls_front_config(prefix, port, backend_port, self.tls_access_log,
+                                                (self.tls_cert, self.tls_key)),
             "/v2/", 200, timeout, True)
-
-    def stop(self):
-        """Stop nginx and the registry, remove the temp dir (idempotent)."""
-        self._finalizer()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
 
     @property
     def pids(self):
         """PIDs of the running servers (CDN nginx master first when there is a
-        CDN, then the registry, then the TLS front's nginx master with tls);
+        CDN, then its stream cap's with cdn_conn_rate, then the registry, then
+        the TLS front's nginx master with tls);
         each leads its own process group, so os.killpg(pid, sig) reaches workers."""
         return [server.popen.pid for server in self._servers if server.alive()]
-
-    def log_tail(self, lines=20):
-        """Last lines of the registry's (and nginx's) error logs, for failure messages."""
-        return "\n".join(server.name + ":\n" + server.log_tail(lines) for server in self._servers)
 
     def blob_path(self, digest):
         """Where the registry stores blob DIGEST ("sha256:<hex>") on disk."""
@@ -583,6 +687,15 @@ class DockerRegistry:
         if since is None:
             since = self._tls_log_start
         return [json.loads(line) for line in _read_log(self.tls_access_log, since)[0]]
+
+    def cdn_connections(self, since=0):
+        """{connection serial: [entries]} of the CDN requests after offset SINCE:
+        how many TCP connections the client opened (to the stream cap, if any),
+        and what each carried."""
+        by_connection = {}
+        for entry in self.cdn_log_entries(since):
+            by_connection.setdefault(entry["connection"], []).append(entry)
+        return by_connection
 
     def cdn_bytes_sent(self, since=0):
         """Bytes the CDN sent (headers + bodies) after offset SINCE."""

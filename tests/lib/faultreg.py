@@ -9,7 +9,7 @@ with HTTP/1.1 keep-alive.  A request is routed to a small `_serve_*` method that
 builds a `_Response` (status, headers, Content-Length and an iterator of body
 pieces); faults are looked up once per request (`_take_fault`, first match wins,
 optionally limited to `times` uses) and act at one of three places: they replace
-the response (status, redirect loop), reshape its content (ignore/wrong range,
+the response (status, a redirect anywhere or in a loop, or none at all: hang), reshape its content (ignore/wrong range,
 corrupt, bad JSON, huge), or steer how the body reaches the socket (`_Plan`:
 reset, short, stall, trickle, extra bytes).  The body is written with raw
 `socket.send` calls, so the log counts body bytes as they are handed to the
@@ -70,11 +70,13 @@ FAULT_KINDS = {
     "short": ({"after": None}, ENDPOINTS),
     "stall": ({"seconds": _REQUIRED, "after": 0}, ENDPOINTS),
     "trickle": ({"rate": _REQUIRED}, ENDPOINTS),
+    "hang": ({}, ENDPOINTS),
     "extra": ({"count": 16, "honest": True}, ENDPOINTS),
     "ignore_range": ({}, ("blob",)),
     "wrong_range": ({"shift": 1}, ("blob",)),
     "corrupt": ({"offset": _REQUIRED, "length": 1}, ("blob",)),
     "redirect_loop": ({"via": "self"}, ("blob",)),
+    "redirect": ({"location": _REQUIRED}, ("blob",)),
     "bad_json": ({}, _DOCUMENTS),
     "huge": ({"size": 64 << 20}, _DOCUMENTS),
 }
@@ -102,6 +104,7 @@ class RequestRecord:
     path: str  # as sent, query included
     range: str | None  # the Range header, verbatim
     had_auth: bool  # an Authorization header was present
+    authorization: str | None  # the Authorization header, verbatim
     conn: int  # connection number within its listener (same number: keep-alive reuse)
     digest: str | None = None  # blob digest for blob, chunksums and CDN requests
     status: int | None = None
@@ -422,6 +425,7 @@ class FaultRegistry:
         self.token_max_uses = token_max_uses
         self.cdn_max_uses = cdn_max_uses
         self.cdn_expired_status = cdn_expired_status
+        self.token_realm = None  # the realm Bearer challenges name; None: this server's /token
         self.peak_in_flight = 0  # most requests ever answered at the same time
 
         self._lock = threading.Lock()
@@ -698,7 +702,8 @@ class FaultRegistry:
         token = authorization[7:].strip() if authorization and authorization.startswith("Bearer ") else None
         if token is not None and self._spend_token(token, repo):
             return None
-        challenge = f'Bearer realm="{self.url}/token",service="{SERVICE}"'
+        realm = self.token_realm or f"{self.url}/token"
+        challenge = f'Bearer realm="{realm}",service="{SERVICE}"'
         if repo is not None:
             challenge += f',scope="repository:{repo}:pull"'
         if token is not None:
@@ -782,6 +787,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             path=self.path,
             range=self.headers.get("Range"),
             had_auth="Authorization" in self.headers,
+            authorization=self.headers.get("Authorization"),
             conn=self.conn_id,
         )
         self.reg._begin(self.record)
@@ -845,7 +851,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         span = parse_range(self.headers.get("Range"), blob.size)
         redirecting = self.reg.redirect and self.command == "GET"
         # A redirect carries no body, so only faults that replace the response may hit it.
-        fault = self._take_fault("blob", digest, span, ("status", "redirect_loop") if redirecting else None)
+        fault = self._take_fault("blob", digest, span, ("status", "redirect_loop", "redirect", "hang") if redirecting else None)
         if redirecting and fault is None:
             return self._redirect(self.reg._mint_cdn_url(repo, digest))
         self._send_blob(repo, blob, span, fault)
@@ -880,6 +886,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def _send_document(self, endpoint: str, body: bytes, content_type: str, headers=(), digest=None) -> None:
         fault = self._take_fault(endpoint, digest)
         kind = fault.kind if fault else None
+        if kind == "hang":
+            return self._hang()
         if kind == "status":
             return self._respond(_status_response(fault), fault)
         pieces, length = [body], len(body)
@@ -891,10 +899,14 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _send_blob(self, repo: str, blob: _Blob, span, fault: Fault | None) -> None:
         kind = fault.kind if fault else None
-        if kind == "status":
+        if kind == "hang":
+            self._hang()
+        elif kind == "status":
             self._respond(_status_response(fault), fault)
         elif kind == "redirect_loop":
             self._redirect(self._loop_location(fault.params["via"], repo, blob.digest))
+        elif kind == "redirect":
+            self._redirect(fault.params["location"])
         else:
             self._respond(_blob_response(blob, span, fault), fault)
 
@@ -904,6 +916,12 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.server.name == "cdn":
             return self.reg._blob_url(repo, digest)
         return self.reg._mint_cdn_url(repo, digest)
+
+    def _hang(self) -> None:
+        """Read the request, answer nothing, hold the connection until stop()."""
+        self.close_connection = True
+        self.reg._stopping.wait()
+        raise _Shutdown
 
     def _redirect(self, location: str) -> None:
         self._respond(_Response(307, [("Location", location)]))
