@@ -41,7 +41,7 @@ class Mount:
     """One `blobfs mount -f` daemon and its mountpoint."""
 
     def __init__(self, blobfs_bin, store, path, log_path, options=(), global_args=(),
-                 debug=True):
+                 debug=True, env=None):
         self.path = Path(path)
         self.store = Path(store)
         self.log_path = Path(log_path)
@@ -55,7 +55,8 @@ class Mount:
         self.killed_by_watchdog = False
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=log, start_new_session=True)
+                                         stderr=log, start_new_session=True,
+                                         env=None if env is None else {**os.environ, **env})
 
     def wait_mounted(self, timeout=MOUNT_TIMEOUT):
         deadline = time.monotonic() + timeout
@@ -124,9 +125,10 @@ class Mount:
 
 
 def mounts(blobfs_bin, store, request):
-    """Factory: mount(*OPTIONS, store=<store>, global_args=(), debug=True, path=None)
-    -> Mount, mounted and ready. Every mount is taken down after the test, and a
-    watchdog kills the daemons if the test holds them for more than WATCHDOG s."""
+    """Factory: mount(*OPTIONS, store=<store>, global_args=(), debug=True, path=None,
+    env=None) -> Mount, mounted and ready (ENV: variables added to the daemon's).
+    Every mount is taken down after the test, and a watchdog kills the daemons
+    if the test holds them for more than WATCHDOG s."""
     mounts = []
     tmp = Path(tempfile.mkdtemp(prefix="blobfs-mnt-"))
     failed_before = request.session.testsfailed
@@ -144,13 +146,14 @@ def mounts(blobfs_bin, store, request):
     watchdog.daemon = True
     watchdog.start()
 
-    def start(*options, store=store, global_args=(), debug=True, path=None, wait=True):
+    def start(*options, store=store, global_args=(), debug=True, path=None, wait=True,
+              env=None):
         index = len(mounts)
         if path is None:
             path = tmp / f"mnt{index}"
             path.mkdir()
         m = Mount(blobfs_bin, store, Path(os.path.realpath(path)), tmp / f"blobfs{index}.log",
-                  options, global_args, debug)
+                  options, global_args, debug, env)
         mounts.append(m)
         if wait:
             m.wait_mounted()

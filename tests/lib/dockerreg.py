@@ -71,6 +71,7 @@ _CDN_LOG_FORMAT = (
     '"bytes_sent":$bytes_sent,'
     '"body_bytes_sent":$body_bytes_sent,'
     '"range":"$http_range",'
+    '"user_agent":"$http_user_agent",'
     '"connection":$connection,'
     '"connection_requests":$connection_requests,'
     '"protocol":"$server_protocol",'
@@ -461,7 +462,7 @@ class DockerRegistry(_Nginxes):
         """
         registry_bin = find_tool("docker-registry", "docker-registry")
         cdn = cdn or bool(cdn_rate) or bool(cdn_conn_rate)
-        nginx_bin = find_tool("nginx", "nginx-light") if cdn or tls else None
+        nginx_bin = find_tool("nginx", "nginx") if cdn or tls else None
         if cdn_conn_rate and not os.path.exists(STREAM_MODULE):
             raise ToolMissing("nginx's stream module is not installed: install the Debian "
                               "package 'libnginx-mod-stream'")
@@ -667,7 +668,7 @@ class DockerRegistry(_Nginxes):
         harness's readiness probe is not logged).
 
         Each a dict: time, request, method, uri, status, bytes_sent (headers +
-        body), body_bytes_sent, range (the Range header or ""), connection
+        body), body_bytes_sent, range (the Range header or ""), user_agent, connection
         (nginx connection serial number), connection_requests, request_time.
         """
         self._require_cdn()
