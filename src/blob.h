@@ -1,4 +1,23 @@
-/* blob.h - per-digest blob state, shared by every reader of the same digest. */
+/*
+ * blob.h - per-digest blob state, shared by every reader of the same digest.
+ *
+ * A blob decides what is needed and records what arrived; it does not know
+ * the network. The parts, one file each, sharing blob_int.h:
+ *   blob_state.c   the state machine: chunk states, parked reads (waiters),
+ *                  claims, failures; no files, no threads
+ *   blob_io.c      a blob's files: activation (the store's per-blob lock,
+ *                  the complete blob or the partial file and its chunk map),
+ *                  and the calls that may need them (read, fetch all, served)
+ *   blob_cache.c   the blobs of one process: table, references
+ *   blob_worker.c  the worker thread: hashing, chunk checksums, map saves,
+ *                  commit, read deadlines, dropping pages behind readers
+ *
+ * The flow: a FUSE thread's blob_read() parks a waiter and asks for its
+ * bytes through the want_fetch hook; the network thread claims a range
+ * (blob_claim), writes it into the partial file (blob_wfd) and reports it
+ * (blob_written), which answers the waiters whose bytes are all there; the
+ * worker hashes, saves progress and finally commits the blob to blobs/.
+ */
 #ifndef BLOBFS_BLOB_H
 #define BLOBFS_BLOB_H
 

@@ -8,13 +8,13 @@
  * cache, the final verification and commit, parked-read deadlines, and
  * polling blobs another process holds.
  *
- * It sleeps until a blob is scheduled or a tick passes (WORKER_TICK_MS).
- * It drops blob->lock around all file I/O.
+ * It sleeps until a blob is scheduled (want_work) or a tick passes
+ * (WORKER_TICK_MS). It drops blob->lock around all file I/O and records
+ * what the I/O found through the state machine (blob_state.c).
  */
 #include "config.h"
 
 #include <errno.h>
-#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -26,100 +26,66 @@
 #include "digest.h"
 #include "log.h"
 #include "ranges.h"
-#include "remote.h"
-#include "settings.h"
 #include "store.h"
-#include "strmap.h"
 #include "util.h"
 
 /* The worker wakes at least this often (deadlines, busy polls). */
 #define WORKER_TICK_MS 100
+#define HASH_BUF (1u << 20)      /* bytes read back per step of the hash */
 
-/*
- * Advise the kernel out of the store's pages that readers have had, up to
- * upto, once that is min_step more than before. The caller makes sure they
- * are durable, hence clean: the kernel keeps dirty pages whatever it is told.
- * The mount's page cache holds what was read; a second copy doubles the
- * memory a cold read fills, and on a VM memory touched for the first time
- * costs more than the copy into it (bench/RESULTS.md). A later read of those
- * bytes comes from the disk. Lock held; dropped around the advice.
- */
-void drop_behind(struct blob *b, uint64_t upto, uint64_t min_step)
+/* ---- the work list ---- */
+
+/* Put b on the worker's list with a reference. cache->lock held. */
+static void enlist(struct blob *b)
 {
-	if (upto <= b->dropped || upto - b->dropped < min_step)
+	struct blobcache *c = b->cache;
+
+	if (b->on_work)
 		return;
-	uint64_t from = b->dropped;
-	int fd = b->fd;
-	b->dropped = upto;
-	pthread_mutex_unlock(&b->lock);
-	posix_fadvise(fd, (off_t)from, (off_t)(upto - from), POSIX_FADV_DONTNEED);
-	pthread_mutex_lock(&b->lock);
+	b->on_work = true;
+	b->refs++;
+	b->wnext = c->work;
+	c->work = b;
 }
 
-static void expire_waiters(struct blob *b, uint64_t now, struct blob_waiter **out)
+void want_work(struct blob *b)
 {
-	struct blob_waiter *w = b->waiters.next, *next;
+	struct blobcache *c = b->cache;
 
-	for (; w != &b->waiters; w = next) {
-		next = w->next;
-		if (w->deadline_ms > now)
-			continue;
-		waiter_unlink(w);
-		if (b->state == BLOB_PARTIAL)
-			record_failure(b, w->off, w->off + w->len, -EIO);
-		w->result = -EIO;
-		w->next = *out;
-		*out = w;
+	pthread_mutex_lock(&c->lock);
+	enlist(b);
+	if (!c->kicked) {
+		c->kicked = true;
+		pthread_cond_signal(&c->cond);
 	}
+	pthread_mutex_unlock(&c->lock);
 }
+
+void requeue(struct blob *b)
+{
+	pthread_mutex_lock(&b->cache->lock);
+	enlist(b);
+	pthread_mutex_unlock(&b->cache->lock);
+}
+
+/* ---- one blob's work ---- */
 
 /*
  * Check chunks that await their checksum; returns true if some must be
- * fetched again. A chunk that fails its checksum as many times in a row as
- * a range may be attempted fails its readers with EIO. Called and returns
- * with b->lock held.
+ * fetched again. Called and returns with b->lock held.
  */
 static bool verify_chunks(struct blob *b, struct blob_waiter **ready)
 {
-	unsigned attempts = b->remote ? b->remote->o.retry.max_attempts : DEFAULT_RETRIES;
 	bool refetch = false;
+	uint64_t off, len;
 
-	if (!b->bad)
-		b->bad = xcalloc(b->map->n + 1, 1);
-	for (uint32_t i = 0; i < b->map->n && b->nwritten; i++) {
-		if (b->cs[i] != CH_WRITTEN)
-			continue;
-		uint64_t s = chunkmap_start(b->map, i), len = chunkmap_end(b->map, i) - s;
+	for (uint32_t i = 0; blob_next_written_locked(b, &i, &off, &len); i++) {
 		struct digest got;
 		pthread_mutex_unlock(&b->lock);
-		int ret = digest_fd(b->fd, s, len, &got, NULL, NULL);
+		int ret = digest_fd(b->fd, off, len, &got, NULL, NULL);
 		pthread_mutex_lock(&b->lock);
-		b->nwritten--;
-		if (ret == 0 && digest_equal(&got, &b->map->sums[i])) {
-			set_chunk_present(b, i);
-			b->bad[i] = 0;
-			b->map_dirty = true;
-			continue;
-		}
-		b->cs[i] = CH_MISSING;
-		b->nmissing++;
-		b->missing_bytes += len;
-		if (i < b->cursor)
-			b->cursor = i;
-		if (++b->bad[i] < attempts) {
+		if (blob_chunk_checked_locked(b, i, ret == 0 ? &got : NULL, ready))
 			refetch = true;
-			log_warn("'%s': chunk %u (bytes %llu-%llu) failed its checksum; fetching it again",
-				 b->name, i, (unsigned long long)s, (unsigned long long)(s + len - 1));
-			continue;
-		}
-		log_error("'%s': chunk %u (bytes %llu-%llu) failed its checksum %u times; giving up",
-			  b->name, i, (unsigned long long)s, (unsigned long long)(s + len - 1),
-			  attempts);
-		b->bad[i] = 0;   /* a later read may try again */
-		b->err = -EIO;
-		b->want_all = false;
-		record_failure(b, s, s + len, -EIO);
-		collect_waiters(b, ready, -EIO, i, i);
 	}
 	collect_waiters(b, ready, 0, 0, 0);
 	return refetch;
@@ -128,23 +94,17 @@ static bool verify_chunks(struct blob *b, struct blob_waiter **ready)
 /* Feed newly contiguous present bytes to the hash. Lock held on entry and exit. */
 static void hash_prefix(struct blob *b)
 {
-	const size_t bufsize = 1 << 20;
 	char *buf = NULL;
+	uint64_t upto;
 
-	for (;;) {
-		uint64_t upto = b->hashed;
-		uint32_t i = b->hashed < b->size ? chunkmap_index(b->map, b->hashed) : b->map->n;
-		while (i < b->map->n && b->cs[i] == CH_PRESENT)
-			upto = chunkmap_end(b->map, i++);
-		if (upto <= b->hashed)
-			break;
+	while (blob_unhashed_locked(b, &upto)) {
 		uint64_t from = b->hashed;
 		pthread_mutex_unlock(&b->lock);
 		if (!buf)
-			buf = xmalloc(bufsize);
+			buf = xmalloc(HASH_BUF);
 		int ret = 0;
 		while (from < upto && ret == 0) {
-			size_t n = MIN(bufsize, upto - from);
+			size_t n = MIN(HASH_BUF, upto - from);
 			ret = pread_all(b->fd, buf, n, (off_t)from);
 			if (ret == 0) {
 				hasher_update(b->hash, buf, n);
@@ -164,28 +124,18 @@ static void hash_prefix(struct blob *b)
 /* Make present chunks durable: fdatasync the data, then write the map. Lock held. */
 static void sync_map(struct blob *b)
 {
-	struct blobcache *c = b->cache;
 	uint8_t *buf;
 	size_t len;
 	int ret;
 
-	for (uint32_t i = 0; i < b->map->n; i++) {
-		if (b->cs[i] == CH_PRESENT)
-			chunkmap_set(b->map, i);
-		else
-			chunkmap_clear(b->map, i);
-	}
+	blob_map_bits_locked(b);
 	chunkmap_encode(b->map, &b->digest, &buf, &len);
-	b->map_dirty = false;
 	b->last_sync_ms = now_ms();
 	uint64_t served = ranges_prefix(&b->served);
 	pthread_mutex_unlock(&b->lock);
 	ret = fdatasync(b->wfd) < 0 ? -errno : 0;
-	if (ret == 0) {
-		char *path = store_partial_path(c->store, &b->digest, ".map");
-		ret = write_file_atomic(c->store->tmp, path, buf, len, 0600);
-		free(path);
-	}
+	if (ret == 0)
+		ret = save_map(b, buf, len);
 	free(buf);
 	pthread_mutex_lock(&b->lock);
 	if (ret < 0) {
@@ -225,23 +175,12 @@ static void finish_blob(struct blob *b, struct blob_waiter **ready)
 			  "moved to quarantine", b->name, hex);
 		store_quarantine_blob(c->store, &b->digest);
 	}
-	if (!ok) {
-		pthread_mutex_lock(&c->lock);
-		strmap_put(c->failed, b->name, 1);
-		pthread_mutex_unlock(&c->lock);
-	}
+	if (!ok)
+		blobcache_note_failed(c, b);
 	pthread_mutex_lock(&b->lock);
-	if (!ok || ret < 0) {
-		b->state = BLOB_FAILED;
-		b->err = ok ? ret : -EIO;
-	} else {
-		b->state = BLOB_COMPLETE;
-		log_debug("'%s' is complete and verified", b->name);
-	}
-	b->want_all = false;
 	store_blob_unlock(c->store, &b->digest, b->lockfd, true);
 	b->lockfd = -1;
-	collect_waiters(b, ready, b->state == BLOB_FAILED ? b->err : 0, 0, UINT32_MAX);
+	blob_finish_locked(b, !ok ? -EIO : ret, ready);
 }
 
 /*
@@ -261,7 +200,7 @@ static bool blob_work(struct blob *b, uint64_t now, bool final)
 		kick = true;
 	bool was_partial = b->state == BLOB_PARTIAL;
 	collect_waiters(b, &done, 0, 0, 0);
-	expire_waiters(b, final ? UINT64_MAX : now, &done);
+	blob_expire_locked(b, final ? UINT64_MAX : now, &done);
 	if (b->state == BLOB_PARTIAL) {
 		if (b->nwritten && verify_chunks(b, &done))
 			kick = true;
@@ -274,8 +213,7 @@ static bool blob_work(struct blob *b, uint64_t now, bool final)
 		if (all && b->hashed == b->size)
 			finish_blob(b, &done);
 	}
-	more = b->waiters.next != &b->waiters || b->state == BLOB_BUSY ||
-	       (b->state == BLOB_PARTIAL && (b->map_dirty || b->nwritten));
+	more = blob_needs_worker_locked(b);
 	bool failed_now = b->state == BLOB_FAILED && !b->fail_reported;
 	bool committed_now = b->state == BLOB_COMPLETE && was_partial;
 	if (failed_now)
@@ -296,6 +234,8 @@ static bool blob_work(struct blob *b, uint64_t now, bool final)
 	return more;
 }
 
+/* ---- the thread ---- */
+
 static void add_ms(struct timespec *ts, long ms)
 {
 	ts->tv_nsec += ms * 1000000L;
@@ -311,7 +251,7 @@ static void add_ms(struct timespec *ts, long ms)
  * put back without a kick, so they are revisited once a tick. On stop it
  * makes one final pass so progress is durable before the process exits.
  */
-void *worker_main(void *arg)
+static void *worker_main(void *arg)
 {
 	struct blobcache *c = arg;
 	struct blob **batch = NULL;
@@ -356,4 +296,22 @@ void *worker_main(void *arg)
 	pthread_mutex_unlock(&c->lock);
 	free(batch);
 	return NULL;
+}
+
+void blob_worker_start(struct blobcache *c)
+{
+	if (pthread_create(&c->worker, NULL, worker_main, c) != 0) {
+		log_error("cannot start the blob worker thread");
+		abort();
+	}
+	c->has_worker = true;
+}
+
+void blob_worker_stop(struct blobcache *c)
+{
+	pthread_mutex_lock(&c->lock);
+	c->stop = true;
+	pthread_cond_signal(&c->cond);
+	pthread_mutex_unlock(&c->lock);
+	pthread_join(c->worker, NULL);
 }

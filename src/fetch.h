@@ -1,4 +1,26 @@
-/* fetch.h - the network thread: one curl multi handle, every transfer. */
+/*
+ * fetch.h - the network thread: one curl multi handle, every transfer.
+ *
+ * The parts, one file each, sharing the structures in fetch_int.h:
+ *   fetch_loop.c    the loop: inbox, scheduling pass, curl_multi_poll/perform,
+ *                   finished requests, stall and slow checks; start and stop
+ *   fetch_sched.c   which range request starts next; splits for blocked
+ *                   readers and idle connections; stalled and slow requests
+ *   fetch_range.c   a blob being fetched (source): its range requests, where
+ *                   they go, and what a failed one does next
+ *   fetch_mem.c     small GETs into memory (manifests, tokens, chunksums)
+ *   fetch_job.c     one request: curl callbacks, response checks, staging of
+ *                   body bytes into the partial file
+ *   fetch_auth.c    the auth cache: challenges, tokens, credentials
+ *   fetch_policy.c  what we know of endpoints (mirrors down), retry limits
+ *
+ * The flow: fetcher_kick() queues a blob; the loop turns it into a source
+ * (source_add), schedule() asks the blob for a range (blob_claim) and starts
+ * a request (start_range); on_range_data() writes what arrives and tells the
+ * blob (blob_written), which answers parked readers; finish_range() ends the
+ * request, or range_failed() queues it again, moves to the next endpoint, or
+ * gives the range up with an error for its readers (blob_unclaim).
+ */
 #ifndef BLOBFS_FETCH_H
 #define BLOBFS_FETCH_H
 

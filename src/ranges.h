@@ -8,7 +8,7 @@
  * At most RANGES_MAX disjoint, non-adjacent ranges, sorted by start. Adding
  * merges what touches; when a new range would not fit, the highest range is
  * forgotten, so the set stays exact from 0 upward and only ever under-reports.
- * It tells what readers have had of a blob (blob.c), where out-of-order
+ * It tells what readers have had of a blob (blob_io.c), where out-of-order
  * replies leave a few gaps that later fill.
  */
 #define RANGES_MAX 64

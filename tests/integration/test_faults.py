@@ -860,7 +860,7 @@ def test_fault(case, path, fault_registry, blobfs_bin, store, mount, tmp_path, b
 CRASH_SIZE = 64 * MiB
 CRASH_RATE = 256 * 1024      # bytes/s per response (trickle), so a cold read takes long
 CRASH_KILLS = 22
-SAVE_INTERVAL = 1.0          # the chunk map is saved about every second (blob.c sync_interval_ms)
+SAVE_INTERVAL = 1.0          # the chunk map is saved about every second (blob_opts.sync_interval_ms)
 
 
 def _map_present(store, digest):

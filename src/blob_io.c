@@ -1,0 +1,319 @@
+/*
+ * blob_io.c - a blob's files, and the calls that need them.
+ *
+ * A blob owns up to three file descriptors: the complete blob or the partial
+ * file readers read from (fd), the partial file the network thread writes
+ * into (wfd), and the store's per-blob lock while this process fetches it
+ * (lockfd). Activation takes the lock and opens the files: then the blob is
+ * COMPLETE (another process finished it), PARTIAL (ours to fetch, resumed
+ * from its chunk map if one is on disk) or BUSY (another process holds the
+ * lock; the worker polls it). The partial file's paths are used in
+ * open_partial, save_map and remove_orphan only.
+ *
+ * The public calls here (blob_read, blob_fetch_all, blob_activate,
+ * blob_served) activate the blob if they must, then leave the rest to the
+ * state machine (blob_state.c).
+ */
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "blob.h"
+#include "blob_int.h"
+#include "chunkmap.h"
+#include "digest.h"
+#include "log.h"
+#include "ranges.h"
+#include "remote.h"
+#include "store.h"
+#include "util.h"
+
+/*
+ * Open a fresh or resumed partial file, sized, for writing (b->wfd) and
+ * reading (b->fd), and its geometry: the chunk map on disk (*resumed), or
+ * fixed-size chunks. We hold the store's blob lock.
+ */
+static int open_partial(struct blob *b, struct chunkmap **map, bool *resumed)
+{
+	struct blobcache *c = b->cache;
+	char *path = store_partial_path(c->store, &b->digest, "");
+	char *mpath = store_partial_path(c->store, &b->digest, ".map");
+	struct chunkmap *m = NULL;
+	int ret = 0;
+
+	b->wfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (b->wfd < 0) {
+		ret = -errno;
+		log_error("cannot open '%s': %s", path, strerror(errno));
+		goto out;
+	}
+	if (ftruncate(b->wfd, (off_t)b->size) < 0) {
+		ret = -errno;
+		log_error("cannot size '%s': %s", path, strerror(errno));
+		goto out;
+	}
+	if (b->fd >= 0)
+		close(b->fd);
+	b->fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (b->fd < 0) {
+		ret = -errno;
+		log_error("cannot open '%s': %s", path, strerror(errno));
+		goto out;
+	}
+	*resumed = chunkmap_load(mpath, &b->digest, b->size, &m) == 0;
+	if (!*resumed) {
+		uint64_t chunk = b->remote && b->remote->o.chunk_size ? b->remote->o.chunk_size
+								       : c->opts.chunk_size;
+		m = chunkmap_new_fixed(b->size, chunk);
+		unlink(mpath);
+	}
+	*map = m;
+out:
+	if (ret < 0) {
+		if (b->wfd >= 0)
+			close(b->wfd);
+		if (b->fd >= 0)
+			close(b->fd);
+		b->wfd = b->fd = -1;
+	}
+	free(path);
+	free(mpath);
+	return ret;
+}
+
+int save_map(struct blob *b, const uint8_t *buf, size_t len)
+{
+	struct store *s = b->cache->store;
+	char *path = store_partial_path(s, &b->digest, ".map");
+	int ret = write_file_atomic(s->tmp, path, buf, len, 0600);
+
+	free(path);
+	return ret;
+}
+
+void remove_orphan(struct blob *b)
+{
+	struct store *s = b->cache->store;
+	char *data = store_partial_path(s, &b->digest, "");
+	char *map = store_partial_path(s, &b->digest, ".map");
+
+	unlink(data);
+	unlink(map);
+	free(data);
+	free(map);
+}
+
+/* Set up a fresh or resumed partial blob; we hold the store's blob lock. */
+static int activate_partial(struct blob *b)
+{
+	struct chunkmap *m;
+	bool resumed;
+	int ret = open_partial(b, &m, &resumed);
+
+	if (ret < 0)
+		return ret;
+	blob_begin_partial_locked(b, m, resumed);
+	b->hash = hasher_new();
+	b->hashed = 0;
+	memset(&b->served, 0, sizeof(b->served));
+	b->drop_upto = b->dropped = 0;
+	return 0;
+}
+
+/*
+ * Move an IDLE or BUSY blob on: take the store's blob lock, then find it
+ * complete (another process finished it) or open it for fetching.
+ * Called with b->lock held. 0 or negative errno; -EBUSY leaves it BUSY.
+ */
+int activate_locked(struct blob *b)
+{
+	struct blobcache *c = b->cache;
+	int fd, ret;
+
+	if (b->state != BLOB_IDLE && b->state != BLOB_BUSY)
+		return 0;
+	if (!c->store->writable)
+		return -EROFS;
+	ret = store_blob_trylock(c->store, &b->digest);
+	if (ret == -EBUSY) {
+		blob_mark_locked(b, BLOB_BUSY);
+		want_work(b);
+		return -EBUSY;
+	}
+	if (ret < 0) {
+		log_error("cannot lock '%s' in the store: %s", b->name, strerror(-ret));
+		return ret;
+	}
+	b->lockfd = ret;
+	if (store_open_blob(c->store, &b->digest, b->size, &fd) == 0) {
+		if (b->fd >= 0)
+			close(b->fd);
+		b->fd = fd;
+		blob_mark_locked(b, BLOB_COMPLETE);
+		store_blob_unlock(c->store, &b->digest, b->lockfd, true);
+		b->lockfd = -1;
+		return 0;
+	}
+	ret = activate_partial(b);
+	if (ret < 0) {
+		store_blob_unlock(c->store, &b->digest, b->lockfd, false);
+		b->lockfd = -1;
+		blob_mark_locked(b, BLOB_IDLE);
+		return ret;
+	}
+	/* Hash what a previous run left, finish a blob that only lacked its commit,
+	 * and answer parked reads whose bytes a previous run already fetched. */
+	want_work(b);
+	return 0;
+}
+
+int blob_activate(struct blob *b)
+{
+	int ret;
+
+	pthread_mutex_lock(&b->lock);
+	ret = activate_locked(b);
+	if (ret == 0 && b->state == BLOB_FAILED)
+		ret = b->err;
+	pthread_mutex_unlock(&b->lock);
+	return ret;
+}
+
+void blob_files_close(struct blob *b)
+{
+	struct store *s = b->cache->store;
+
+	if (b->orphan && b->lockfd >= 0) {
+		remove_orphan(b);
+		store_blob_unlock(s, &b->digest, b->lockfd, true);
+		b->lockfd = -1;
+	}
+	if (b->fd >= 0)
+		close(b->fd);
+	if (b->wfd >= 0)
+		close(b->wfd);
+	store_blob_unlock(s, &b->digest, b->lockfd, false);
+	hasher_free(b->hash);
+}
+
+int blob_fd(struct blob *b)
+{
+	int fd;
+
+	pthread_mutex_lock(&b->lock);
+	fd = b->fd;
+	pthread_mutex_unlock(&b->lock);
+	return fd;
+}
+
+int blob_wfd(struct blob *b)
+{
+	return b->wfd;
+}
+
+/* ---- reads ---- */
+
+int blob_read(struct blob *b, uint64_t off, uint64_t len, uint64_t ra,
+	      struct blob_waiter *w)
+{
+	bool kick = false;
+	int ret = 0;
+
+	if (off >= b->size || len == 0)
+		return 1;
+	if (len > b->size - off)
+		len = b->size - off;
+	pthread_mutex_lock(&b->lock);
+	if (b->state == BLOB_IDLE)
+		ret = activate_locked(b);
+	if (ret == 0 || ret == -EBUSY)
+		ret = blob_read_locked(b, off, len, ra, w, &kick);
+	pthread_mutex_unlock(&b->lock);
+	if (kick)
+		want_fetch(b);
+	return ret;
+}
+
+/*
+ * Advise the kernel out of the store's pages that readers have had, up to
+ * upto, once that is min_step more than before. The caller makes sure they
+ * are durable, hence clean: the kernel keeps dirty pages whatever it is told.
+ * The mount's page cache holds what was read; a second copy doubles the
+ * memory a cold read fills, and on a VM memory touched for the first time
+ * costs more than the copy into it (bench/RESULTS.md). A later read of those
+ * bytes comes from the disk. Lock held; dropped around the advice.
+ */
+void drop_behind(struct blob *b, uint64_t upto, uint64_t min_step)
+{
+	if (upto <= b->dropped || upto - b->dropped < min_step)
+		return;
+	uint64_t from = b->dropped;
+	int fd = b->fd;
+	b->dropped = upto;
+	pthread_mutex_unlock(&b->lock);
+	posix_fadvise(fd, (off_t)from, (off_t)(upto - from), POSIX_FADV_DONTNEED);
+	pthread_mutex_lock(&b->lock);
+}
+
+void blob_served(struct blob *b, uint64_t off, uint64_t len)
+{
+	pthread_mutex_lock(&b->lock);
+	if (b->state == BLOB_PARTIAL || b->state == BLOB_COMPLETE)
+		ranges_add(&b->served, off, off + len);
+	/* A partial blob's pages go once durable (blob_work); these already are. */
+	if (b->state == BLOB_COMPLETE)
+		drop_behind(b, ranges_prefix(&b->served), DROP_MIN);
+	pthread_mutex_unlock(&b->lock);
+}
+
+/* ---- whole blobs ---- */
+
+/* Reserve the blob's disk space now, so a full disk fails before the download. */
+static int reserve(struct blob *b)
+{
+	int ret = posix_fallocate(b->wfd, 0, (off_t)b->size);
+
+	if (ret == EOPNOTSUPP || ret == EINVAL)
+		return 0;   /* the filesystem cannot: find out while writing */
+	if (ret) {
+		char need[16];
+		format_size(b->size - b->present_bytes, need, sizeof(need));
+		log_error("cannot make room for '%s' (%s more) in the store: %s", b->name, need,
+			  strerror(ret));
+		/* A failed allocation may keep what it got; give it back if nothing is ours yet. */
+		if (b->present_bytes == 0 && (ftruncate(b->wfd, 0) < 0 ||
+					      ftruncate(b->wfd, (off_t)b->size) < 0))
+			log_warn("cannot release space reserved for '%s': %s", b->name, strerror(errno));
+	}
+	return -ret;
+}
+
+int blob_fetch_all(struct blob *b, bool reserve_space)
+{
+	int ret = 0;
+	bool kick = false;
+
+	pthread_mutex_lock(&b->lock);
+	if (b->state == BLOB_IDLE || b->state == BLOB_BUSY)
+		ret = activate_locked(b);
+	if (b->state == BLOB_FAILED) {
+		ret = b->err;
+	} else if (b->state == BLOB_PARTIAL && reserve_space && (ret = reserve(b)) < 0) {
+		/* nothing fetched: a pull stops here with the reason */
+	} else if (b->state == BLOB_PARTIAL) {
+		kick = blob_want_all_locked(b, true);
+		ret = 0;
+	} else if (ret == -EBUSY) {
+		blob_want_all_locked(b, false);   /* taken up when the other process lets go */
+		ret = 0;
+	}
+	pthread_mutex_unlock(&b->lock);
+	if (kick)
+		want_fetch(b);
+	return ret;
+}
