@@ -11,8 +11,11 @@
  *   cacert = /etc/ssl/certs/internal-ca.pem
  *
  * Settings are layered: defaults, then the system file, then the user file
- * (a later file overrides what an earlier one sets, section by section),
- * then the environment, then the command line. For a given registry host the
+ * (a later file overrides what an earlier one sets, section by section,
+ * setting by setting), then the environment, then the command line. A list
+ * (mirror) is one setting: the lines of one section are its value, which
+ * replaces the list an earlier section or file gave; a section without
+ * such lines keeps it. For a given registry host the
  * settings of its [host ...] section override the global ones of the same
  * files. Every value is checked as the command line checks it (both go
  * through setting_set; the keys, their scopes and checks are settings.def's);
@@ -35,6 +38,7 @@
 struct parse {
 	const char *name;      /* the file */
 	unsigned line;
+	unsigned lists;        /* the lists (T_URLS, by CF_* bit) this section has begun */
 	char *err;
 	size_t errlen;
 };
@@ -135,6 +139,7 @@ static int parse_section(struct parse *p, struct config *cfg, char *s, struct co
 		return bad(p, "a section is written [global] or [host NAME]");
 	*end = '\0';
 	s = trim(s + 1);
+	p->lists = 0;
 	if (strcasecmp(s, "global") == 0) {
 		*cur = &cfg->global;
 		*in_host = false;
@@ -147,7 +152,6 @@ static int parse_section(struct parse *p, struct config *cfg, char *s, struct co
 		if (!*host || strlen(host) > NAME_HOST_MAX || !name_part_valid(NAME_HOST, host))
 			return bad(p, "'%.100s' is not a registry host name", host);
 		*cur = host_section(cfg, host);
-		(*cur)->set &= ~CF_MIRRORS;   /* mirrors in this file replace earlier ones */
 		*in_host = true;
 		return 0;
 	}
@@ -178,8 +182,10 @@ static int parse_setting(struct parse *p, struct conf *cur, bool in_host, char *
 	if (k->scope == SCOPE_HOST && !in_host)
 		return bad(p, "'%s' belongs in a [host NAME] section", k->key);
 	snprintf(label, sizeof(label), "'%s'", k->key);
-	if (setting_set(cur, k, val, !(cur->set & k->bit), label, why, sizeof(why)) < 0)
+	/* A list is one setting: a section's lines replace what came before. */
+	if (setting_set(cur, k, val, !(p->lists & k->bit), label, why, sizeof(why)) < 0)
 		return bad(p, "%s", why);
+	p->lists |= k->bit;
 	return 0;
 }
 
@@ -198,7 +204,6 @@ int config_load_text(struct config *cfg, const char *name, const char *text, siz
 	conf_merge(&next.global, &cfg->global);
 	for (size_t i = 0; i < cfg->nhosts; i++)
 		conf_merge(host_section(&next, cfg->hosts[i].host), &cfg->hosts[i].c);
-	next.global.set &= ~CF_MIRRORS;
 	cur = &next.global;
 	if (memchr(text, '\0', len)) {
 		p.line = 1;

@@ -15,6 +15,7 @@
 #include <cmocka.h>
 
 #include "conffile.h"
+#include "session.h"
 #include "testutil.h"
 
 static int load(struct config *cfg, const char *text, char *err, size_t errlen)
@@ -224,6 +225,181 @@ static void test_defaults_and_merge(void **state)
 	conf_release(&over);
 }
 
+static void test_later_section_without_mirrors_keeps_them(void **state)
+{
+	struct config cfg = { 0 };
+	struct conf c;
+	char err[256];
+
+	(void)state;
+	/* the system file gives the mirrors; the user's section says something else */
+	assert_int_equal(load(&cfg, "[host h]\nmirror = http://m1\nmirror = http://m2\n",
+			      err, sizeof(err)), 0);
+	assert_int_equal(load(&cfg, "[host h]\nconnections = 4\n", err, sizeof(err)), 0);
+	config_for_host(&cfg, "h", &c);
+	assert_int_equal(c.connections, 4);
+	assert_int_equal(c.nmirrors, 2);
+	assert_string_equal(c.mirrors[0], "http://m1");
+	assert_string_equal(c.mirrors[1], "http://m2");
+	conf_release(&c);
+	/* so does a later section of the same file */
+	assert_int_equal(load(&cfg, "[host h]\nretries = 2\n[global]\nretries = 3\n"
+			      "[host H]\nstall-timeout = 9\n", err, sizeof(err)), 0);
+	config_for_host(&cfg, "h", &c);
+	assert_int_equal(c.nmirrors, 2);
+	assert_int_equal(c.stall_timeout_s, 9);
+	conf_release(&c);
+	/* a section with mirror lines replaces the list, in a later file or the same one */
+	assert_int_equal(load(&cfg, "[host h]\nmirror = http://a\n[host h]\nmirror = http://b\n"
+			      "mirror = http://c\n", err, sizeof(err)), 0);
+	config_for_host(&cfg, "h", &c);
+	assert_int_equal(c.nmirrors, 2);
+	assert_string_equal(c.mirrors[0], "http://b");
+	assert_string_equal(c.mirrors[1], "http://c");
+	conf_release(&c);
+	config_release(&cfg);
+}
+
+static void write_text(const char *path, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+
+static void write_text(const char *path, const char *fmt, ...)
+{
+	char *text;
+	va_list ap;
+
+	va_start(ap, fmt);
+	assert_true(vasprintf(&text, fmt, ap) >= 0);
+	va_end(ap);
+	tu_write_str(path, text);
+	free(text);
+}
+
+/* A value of setting s that is not its default, two of them (which = 0, 1). */
+static const char *value_of(const struct setting *s, int which)
+{
+	static const char *const values[][2] = {
+		[T_PATH] = { "/etc/one", "/etc/two" }, [T_COUNT] = { "2", "3" },
+		[T_SECONDS] = { "2", "3" }, [T_SIZE] = { "8K", "16K" }, [T_POW2] = { "8K", "16K" },
+		[T_BOOL] = { "yes", "no" }, [T_SCHEME] = { "https", "http" },
+		[T_URLS] = { "http://one", "http://two" },
+	};
+	return values[s->type][which];
+}
+
+/* s's member in c, as text, so that any two settings compare alike. */
+static void text_of(const struct conf *c, const struct setting *s, char *buf, size_t len)
+{
+	const char *m = (const char *)c + s->offset;
+
+	switch (s->type) {
+	case T_PATH:
+	case T_SCHEME:
+		snprintf(buf, len, "%s", *(char *const *)m ? *(char *const *)m : "(none)");
+		break;
+	case T_URLS:
+		snprintf(buf, len, "%zu:%s", c->nmirrors, c->nmirrors ? c->mirrors[0] : "");
+		break;
+	case T_COUNT:
+	case T_SECONDS:
+		snprintf(buf, len, "%u", *(const unsigned *)m);
+		break;
+	case T_BOOL:
+		snprintf(buf, len, "%d", *(const bool *)m);
+		break;
+	default:
+		snprintf(buf, len, "%llu", (unsigned long long)*(const uint64_t *)m);
+	}
+}
+
+/* What value_of(s, which) gives once set, as text_of shows it. */
+static void expected(const struct setting *s, int which, char *buf, size_t len)
+{
+	struct conf c = { 0 };
+	char err[256];
+
+	assert_int_equal(setting_set(&c, s, value_of(s, which), true, "x", err, sizeof(err)), 0);
+	text_of(&c, s, buf, len);
+	conf_release(&c);
+}
+
+/* Another setting that may share s's section, so a file can say something else there. */
+static const struct setting *other_than(const struct setting *s)
+{
+	for (size_t i = 0; i < SETTING_COUNT; i++)
+		if (&settings[i] != s && settings[i].scope == (s->scope == SCOPE_HOST ? SCOPE_HOST
+											  : SCOPE_ANY))
+			return &settings[i];
+	fail();
+	return NULL;
+}
+
+/*
+ * Every setting through every layer: the system file sets it, the user's file
+ * says something else in the same section (it is kept) and then sets it too
+ * (it wins), the environment (BLOBFS_STORE, the store only) and the command
+ * line win over both -- as session_conf combines them for a host.
+ */
+static void test_every_setting_layers_per_key(void **state)
+{
+	char *dir = tu_mkdtemp(), *sys = NULL, *user = NULL;
+
+	(void)state;
+	assert_true(asprintf(&sys, "%s/system", dir) > 0);
+	assert_true(asprintf(&user, "%s/user", dir) > 0);
+	for (size_t i = 0; i < SETTING_COUNT; i++) {
+		const struct setting *s = &settings[i], *o = other_than(s);
+		const char *section = s->scope == SCOPE_GLOBAL ? "" : "[host h]\n";
+		struct session_opts so;
+		struct session sess = { .opts = &so };
+		struct conf c;
+		char want[128], got[128], err[512];
+
+		session_opts_init(&so);
+		write_text(sys, "%s%s = %s\n", section, s->key, value_of(s, 0));
+		write_text(user, "%s%s = %s\n", section, o->key, value_of(o, 0));
+		assert_int_equal(config_load_file(&so.files, sys, err, sizeof(err)), 0);
+		assert_int_equal(config_load_file(&so.files, user, err, sizeof(err)), 0);
+		session_conf(&sess, "h", &c);
+		text_of(&c, s, got, sizeof(got));
+		expected(s, 0, want, sizeof(want));
+		if (strcmp(got, want) != 0)
+			fail_msg("%s: the system file's %s was lost to a user file without it (%s)",
+				 s->key, want, got);
+		conf_release(&c);
+
+		write_text(user, "%s%s = %s\n", section, s->key, value_of(s, 1));
+		assert_int_equal(config_load_file(&so.files, user, err, sizeof(err)), 0);
+		session_conf(&sess, "h", &c);
+		text_of(&c, s, got, sizeof(got));
+		expected(s, 1, want, sizeof(want));
+		if (strcmp(got, want) != 0)
+			fail_msg("%s: the user file's %s did not win (%s)", s->key, want, got);
+		conf_release(&c);
+
+		if (s->bit == CF_STORE) {
+			conf_set_str(&so.env, CF_STORE, "/from/env");
+			session_conf(&sess, "h", &c);
+			assert_string_equal(c.store, "/from/env");
+			conf_release(&c);
+		}
+		if (s->type != T_URLS) {
+			assert_int_equal(conf_set(&so.cli, s->key, value_of(s, 0), "--x", err,
+						  sizeof(err)), 0);
+			session_conf(&sess, "h", &c);
+			text_of(&c, s, got, sizeof(got));
+			expected(s, 0, want, sizeof(want));
+			assert_string_equal(got, want);
+			conf_release(&c);
+		}
+		session_opts_release(&so);
+	}
+	free(sys);
+	free(user);
+	assert_int_equal(tu_rm_rf(dir), 0);
+	free(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -234,6 +410,8 @@ int main(void)
 		cmocka_unit_test(test_nul_byte_refused),
 		cmocka_unit_test(test_files_missing_bad_and_env),
 		cmocka_unit_test(test_defaults_and_merge),
+		cmocka_unit_test(test_later_section_without_mirrors_keeps_them),
+		cmocka_unit_test(test_every_setting_layers_per_key),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
