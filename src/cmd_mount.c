@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <fuse_opt.h>
+#include <mntent.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -242,6 +243,28 @@ static void clear_dead_mount(const char *mountpoint)
 	fusermount(mountpoint, true);
 }
 
+/*
+ * A second daemon mounted on a blobfs mount point hides the first, which then
+ * outlives the umount of the second; the source of the blobfs mount whose
+ * root mountpoint is, or NULL.
+ */
+static char *blobfs_mounted_at(const char *mountpoint)
+{
+	char *real = realpath(mountpoint, NULL), *source = NULL;
+	FILE *f = real ? setmntent("/proc/self/mounts", "r") : NULL;
+	struct mntent *m;
+
+	while (f && (m = getmntent(f)))
+		if (strcmp(m->mnt_dir, real) == 0 && strcmp(m->mnt_type, "fuse.blobfs") == 0) {
+			free(source);
+			source = xstrdup(m->mnt_fsname);
+		}
+	if (f)
+		endmntent(f);
+	free(real);
+	return source;
+}
+
 int cmd_mount(struct session_opts *so, struct fs_opts *fo, const char *mountpoint,
 	      char *const *optv, int optc)
 {
@@ -270,6 +293,14 @@ int cmd_mount(struct session_opts *so, struct fs_opts *fo, const char *mountpoin
 	fo->fuse_argc = args.argc;
 	fo->fuse_argv = args.argv;   /* still ours: freed below */
 	clear_dead_mount(mountpoint);
+	char *there = blobfs_mounted_at(mountpoint);
+	if (there) {
+		cli_error("'%s' is already a blobfs mount (of '%s'); unmount it first", mountpoint,
+			  there);
+		free(there);
+		ret = EXIT_FAIL;
+		goto out;
+	}
 	ret = fs_mount(so, fo, mountpoint);
 out:
 	fuse_opt_free_args(&args);

@@ -11,10 +11,13 @@ The machine's own /etc is never touched: a test that needs
 is an overlay holding the test's files over the real /etc.
 """
 
+import hashlib
+import json
 import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -46,35 +49,119 @@ def clean_env(home, extra=None):
     return env
 
 
+def proc_mounts(path="/proc/self/mounts"):
+    """[(source, mountpoint, fstype)] from a mounts file, with octal escapes undone."""
+    def unescape(text):
+        return re.sub(r"\\(\d{3})", lambda m: chr(int(m[1], 8)), text)
+    out = []
+    with open(path) as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 3:
+                out.append((unescape(fields[0]), unescape(fields[1]), fields[2]))
+    return out
+
+
+class MountNamespace:
+    """A mount namespace of its own, kept alive by a sleeping process, in which
+    some directories are overlays holding a test's files over the machine's:
+    overlays = {"/etc": {"blobfs/config": "text"}, "/usr/sbin": {"x": Path (a symlink)}}.
+    run(argv) runs a command in it; mounts() lists its mounts. What the
+    command mounts there stays there; close() unmounts it and ends the
+    blobfs daemons left in it."""
+
+    def __init__(self, tmp_path, overlays):
+        script = ["set -e"]
+        args = []
+        for n, (directory, files) in enumerate(overlays.items()):
+            upper, work = tmp_path / f"ns-upper{n}", tmp_path / f"ns-work{n}"
+            upper.mkdir(parents=True)
+            work.mkdir(parents=True)
+            for rel, content in files.items():
+                (upper / rel).parent.mkdir(parents=True, exist_ok=True)
+                if isinstance(content, Path):
+                    (upper / rel).symlink_to(content)
+                else:
+                    (upper / rel).write_text(content)
+            i = len(args)
+            script.append(f'mount -t overlay overlay -o "lowerdir=${i + 1},upperdir=${i + 2},'
+                          f'workdir=${i + 3}" "${i + 1}"')
+            args += [directory, str(upper), str(work)]
+        script.append("echo ready")
+        script.append("exec sleep 3600")
+        self.proc = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "sh", "-c", "\n".join(script),
+             "sh"] + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            stdin=subprocess.DEVNULL)
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            err = self.proc.stderr.read() if self.proc.wait(10) is not None else ""
+            raise RuntimeError(f"cannot set up a mount namespace: {err.strip()}")
+        self.pid = self.proc.pid
+        self.ns = os.readlink(f"/proc/{self.pid}/ns/mnt")
+
+    def run(self, argv, **kwargs):
+        return run(["nsenter", "-t", self.pid, "-m", "--"] + list(argv), **kwargs)
+
+    def mounts(self):
+        return proc_mounts(f"/proc/{self.pid}/mounts")
+
+    def processes(self, comm="blobfs"):
+        """PIDs of the processes named COMM in this namespace."""
+        found = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                if (os.readlink(f"/proc/{entry}/ns/mnt") == self.ns and
+                        Path(f"/proc/{entry}/comm").read_text().strip() == comm):
+                    found.append(int(entry))
+            except OSError:
+                continue
+        return found
+
+    def close(self):
+        for _, point, fstype in reversed(self.mounts()):
+            if fstype == "fuse.blobfs":
+                self.run(["umount", "-l", point], timeout=20)
+        for pid in self.processes():
+            try:
+                os.kill(pid, 9)
+            except ProcessLookupError:
+                pass
+        self.proc.kill()
+        self.proc.wait(10)
+
+
 @pytest.fixture
-def private_etc(tmp_path):
-    """private_etc(FILES) -> an argv prefix that runs a command in a mount namespace
-    of its own, where /etc is an overlay holding FILES ({"blobfs/config": text})
-    over the machine's /etc. Skips where that cannot be done."""
+def namespace(tmp_path):
+    """namespace(OVERLAYS) -> a MountNamespace (closed after the test); skips where
+    a mount namespace with overlays cannot be made."""
     if os.geteuid() != 0:
-        pytest.skip("a private /etc needs root (a mount namespace and overlayfs)")
-    if shutil.which("unshare") is None:
-        pytest.skip("no unshare(1) (Debian package 'util-linux')")
-    count = [0]
+        pytest.skip("a private mount namespace with overlays needs root")
+    if shutil.which("unshare") is None or shutil.which("nsenter") is None:
+        pytest.skip("no unshare(1)/nsenter(1) (Debian package 'util-linux')")
+    made = []
 
-    def prefix(files):
-        count[0] += 1
-        upper, work = tmp_path / f"etc-upper{count[0]}", tmp_path / f"etc-work{count[0]}"
-        work.mkdir(parents=True)
-        upper.mkdir(parents=True)
-        for rel, text in files.items():
-            (upper / rel).parent.mkdir(parents=True, exist_ok=True)
-            (upper / rel).write_text(text)
-        script = ('mount -t overlay overlay -o "lowerdir=/etc,upperdir=$1,workdir=$2" /etc '
-                  '|| exit 97; shift 2; exec "$@"')
-        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh",
-                str(upper), str(work)]
-        probe = run(argv + ["cat", f"/etc/{next(iter(files))}"] if files else argv + ["true"])
-        if probe.returncode != 0:
-            pytest.skip(f"cannot lay an overlay over /etc here: {probe.stderr.strip()}")
-        return argv
+    def make(overlays):
+        try:
+            made.append(MountNamespace(tmp_path, overlays))
+        except RuntimeError as exc:
+            pytest.skip(str(exc))
+        return made[-1]
 
-    return prefix
+    yield make
+    for ns in made:
+        ns.close()
+
+
+def wait_for(predicate, timeout, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
 
 
 def registry_with(model_name, payload):
@@ -87,22 +174,110 @@ def registry_with(model_name, payload):
 
 
 def test_a_user_section_without_mirrors_keeps_the_system_files_mirrors(
-        blobfs_bin, private_etc, tmp_path):
+        blobfs_bin, namespace, tmp_path):
     """The system file names a mirror for a host; the user's file has a section
     for that host with other settings only. Pulls must still go to the mirror."""
     payload = os.urandom(50000)
     with registry_with("library/m", payload) as upstream, \
             registry_with("library/m", payload) as mirror:
-        prefix = private_etc({"blobfs/config": f"[host {upstream.host}]\n"
-                                               f"mirror = {mirror.url}\n"})
+        ns = namespace({"/etc": {"blobfs/config": f"[host {upstream.host}]\n"
+                                                  f"mirror = {mirror.url}\n"}})
         home = tmp_path / "home"
         (home / ".config" / "blobfs").mkdir(parents=True)
         (home / ".config" / "blobfs" / "config").write_text(
             f"[host {upstream.host}]\nconnections = 4\n")
-        result = run(prefix + [blobfs_bin, "--store", tmp_path / "store", "pull", "--quiet",
-                               f"{upstream.host}/library/m"], env=clean_env(home))
+        result = ns.run([blobfs_bin, "--store", tmp_path / "store", "pull", "--quiet",
+                         f"{upstream.host}/library/m"], env=clean_env(home))
         assert result.returncode == 0, result.stderr
         assert mirror.count() > 0, "the mirror of /etc/blobfs/config was not asked"
         assert upstream.count() == 0, \
             f"the user's [host] section dropped the system file's mirror: " \
             f"{[r.path for r in upstream.requests()]}"
+
+
+# ================================================================ 2. fstab
+
+
+def lay_store(root, payload=b"w" * 3000):
+    """A store with one model laid out as Ollama lays it out (no registry needed)."""
+    blobs = Path(root) / "blobs"
+    blobs.mkdir(parents=True)
+    digests = []
+    for data in (payload, b'{"model_format":"gguf"}'):
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        (blobs / ("sha256-" + digest[7:])).write_bytes(data)
+        digests.append((digest, len(data)))
+    manifest = {"schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                           "digest": digests[1][0], "size": digests[1][1]},
+                "layers": [{"mediaType": OLLAMA_MODEL, "digest": digests[0][0],
+                            "size": digests[0][1]}]}
+    path = Path(root) / "manifests" / "registry.ollama.ai" / "library" / "tiny" / "latest"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(manifest))
+    return digests[0][0]
+
+
+@pytest.fixture
+def fstab_ns(namespace, blobfs_bin, tmp_path):
+    """A namespace where mount(8) finds contrib/mount.blobfs as mount.fuse.blobfs,
+    and the environment that makes it run the built blobfs."""
+    sbin = os.path.realpath("/sbin")
+    ns = namespace({sbin: {"mount.fuse.blobfs": CONTRIB / "mount.blobfs"}})
+    env = clean_env(tmp_path, {"BLOBFS": blobfs_bin, "BLOBFS_CONFIG": "/dev/null"})
+    return ns, env
+
+
+def daemons_for(ns, mnt):
+    return [pid for pid in ns.processes()
+            if str(mnt) in Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")]
+
+
+@pytest.mark.parametrize("source", ["none", "blobfs", "store-path"])
+def test_fstab_line_is_mounted_once_by_mount_a_and_umount_ends_its_daemon(
+        fstab_ns, tmp_path, source):
+    ns, env = fstab_ns
+    store, mnt = tmp_path / "store", tmp_path / "mnt"
+    lay_store(store)
+    mnt.mkdir()
+    fstab = tmp_path / "fstab"
+    if source == "store-path":
+        fstab.write_text(f"{store} {mnt} fuse.blobfs nodiscover,nofail 0 0\n")
+    else:
+        fstab.write_text(f"{source} {mnt} fuse.blobfs store={store},nodiscover,nofail 0 0\n")
+    for attempt in range(3):
+        result = ns.run(["mount", "-T", fstab, "-a"], env=env, timeout=30)
+        assert result.returncode == 0, result.stderr
+    mounted = [(src, fstype) for src, point, fstype in ns.mounts() if point == str(mnt)]
+    assert len(mounted) == 1, f"mount -a mounted the line {len(mounted)} times: {mounted}"
+    want = str(store) if source == "store-path" else source
+    assert mounted[0] == (want, "fuse.blobfs"), mounted
+    assert len(daemons_for(ns, mnt)) == 1, daemons_for(ns, mnt)
+    listing = ns.run(["ls", mnt / "models" / "registry.ollama.ai" / "library"])
+    assert listing.stdout.split() == ["tiny"], listing
+    result = ns.run(["umount", mnt], timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert not any(point == str(mnt) for _, point, _ in ns.mounts())
+    assert wait_for(lambda: not daemons_for(ns, mnt), 10), "a blobfs daemon outlived umount"
+
+
+def test_a_second_mount_on_a_blobfs_mount_point_is_refused(blobfs_bin, tmp_path):
+    """Stacking a second daemon on a mount point leaves one behind when it is
+    unmounted; blobfs refuses to, naming the mount that is there."""
+    store, mnt = tmp_path / "store", tmp_path / "mnt"
+    lay_store(store)
+    mnt.mkdir()
+    env = clean_env(tmp_path, {"BLOBFS_CONFIG": "/dev/null"})
+    try:
+        first = run([blobfs_bin, "--store", store, "mount", mnt], env=env)
+        assert first.returncode == 0, first.stderr
+        second = run([blobfs_bin, "--store", store, "mount", mnt], env=env)
+        assert second.returncode == 1, second
+        assert f"'{mnt}' is already a blobfs mount" in second.stderr, second.stderr
+        assert [p for _, p, t in proc_mounts() if p == str(mnt)] == [str(mnt)]
+    finally:
+        while any(p == str(mnt) for _, p, _ in proc_mounts()):
+            if run(["fusermount3", "-u", mnt]).returncode != 0:
+                run(["fusermount3", "-uz", mnt])
+                break
