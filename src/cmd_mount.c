@@ -46,6 +46,7 @@ struct mount_option {
 static const struct mount_option mount_options[] = {
 	{ "nodiscover", MO_FLAG, offsetof(struct fs_opts, discover), false, NULL, 0, 0 },
 	{ "discover", MO_FLAG, offsetof(struct fs_opts, discover), true, NULL, 0, 0 },
+	{ "create_store", MO_FLAG, offsetof(struct fs_opts, create_store), true, NULL, 0, 0 },
 	{ "background", MO_CHOICE, offsetof(struct fs_opts, background), 0,
 	  "sequential|always|never", 0, 0 },
 	{ "miss_ttl", MO_NUMBER, offsetof(struct fs_opts, miss_ttl_s), 0, "SEC", 0, 86400 },
@@ -244,6 +245,26 @@ static void clear_dead_mount(const char *mountpoint)
 }
 
 /*
+ * At boot the disk a store lives on may not be mounted yet; making the store
+ * would put an empty one on the root filesystem, and mount it. The store must
+ * exist (pull, or -o create_store, makes it).
+ */
+static bool store_exists(const struct session_opts *so)
+{
+	char *root = session_store_root(so);
+	struct stat st;
+	bool ok = stat(root, &st) == 0;
+
+	if (!ok && errno == ENOENT)
+		cli_error("store '%s' does not exist; is the disk it is on mounted? (blobfs pull "
+			  "creates a store, and so does mount -o create_store)", root);
+	else if (!ok)
+		cli_error("cannot use store '%s': %s", root, strerror(errno));
+	free(root);
+	return ok;
+}
+
+/*
  * A second daemon mounted on a blobfs mount point hides the first, which then
  * outlives the umount of the second; the source of the blobfs mount whose
  * root mountpoint is, or NULL.
@@ -292,6 +313,10 @@ int cmd_mount(struct session_opts *so, struct fs_opts *fo, const char *mountpoin
 	}
 	fo->fuse_argc = args.argc;
 	fo->fuse_argv = args.argv;   /* still ours: freed below */
+	if (!fo->create_store && !store_exists(so)) {
+		ret = EXIT_FAIL;
+		goto out;
+	}
 	clear_dead_mount(mountpoint);
 	char *there = blobfs_mounted_at(mountpoint);
 	if (there) {

@@ -15,6 +15,7 @@ struct fs_opts {
 	enum fs_background background;
 	unsigned miss_ttl_s;    /* how long a discovery miss is remembered */
 	unsigned threads;       /* FUSE worker threads, at most */
+	bool create_store;      /* make the store if it does not exist (else refuse) */
 	char **fuse_argv;       /* argv for libfuse (argv[0] and -o options) */
 	int fuse_argc;
 };

@@ -123,16 +123,27 @@ void session_record_scheme(struct session *s, const struct model_name *n)
 	free(path);
 }
 
+char *session_store_root(const struct session_opts *o)
+{
+	struct session s = { .opts = o };    /* nothing recorded: the global layers only */
+	struct conf g;
+	char *root;
+
+	session_conf(&s, NULL, &g);
+	root = store_default_root((g.set & CF_STORE) ? g.store : NULL);
+	conf_release(&g);
+	return root;
+}
+
 int session_open(const struct session_opts *o, unsigned flags, struct session **out)
 {
 	struct session *s = xcalloc(1, sizeof(*s));
 	struct conf g;
-	char *root, err[512];
+	char *root = session_store_root(o), err[512];
 	int ret;
 
 	s->opts = o;
 	session_conf(s, NULL, &g);
-	root = store_default_root((g.set & CF_STORE) ? g.store : NULL);
 	s->blob.chunk_size = g.chunk_size;
 	s->blob.read_timeout_ms = (uint64_t)g.read_timeout_s * 1000;
 	s->max_cache = g.max_cache;

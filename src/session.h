@@ -41,6 +41,8 @@ enum {
 };
 
 int session_open(const struct session_opts *o, unsigned flags, struct session **out);
+/* The store's directory the settings name (absolute or not, as given); caller frees. */
+char *session_store_root(const struct session_opts *o);
 /* Start the network thread and blob cache later (after a fork, say). */
 int session_start_net(struct session *s);
 void session_close(struct session *s);

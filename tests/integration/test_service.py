@@ -281,3 +281,33 @@ def test_a_second_mount_on_a_blobfs_mount_point_is_refused(blobfs_bin, tmp_path)
             if run(["fusermount3", "-u", mnt]).returncode != 0:
                 run(["fusermount3", "-uz", mnt])
                 break
+
+
+# ================================================================ 3. a missing store
+
+
+def test_mount_refuses_a_store_that_does_not_exist(fstab_ns, blobfs_bin, tmp_path):
+    """At boot the store's disk may not be mounted yet: mounting must not make an
+    empty store in its place on the root filesystem."""
+    ns, env = fstab_ns
+    disk = tmp_path / "disk"            # the mount point of a disk that is not mounted
+    disk.mkdir()
+    store, mnt = disk / "blobfs", tmp_path / "mnt"
+    mnt.mkdir()
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"{store} {mnt} fuse.blobfs nodiscover 0 0\n")
+    result = ns.run(["mount", "-T", fstab, "-a"], env=env, timeout=30)
+    assert result.returncode != 0, "mount -a mounted a store that does not exist"
+    assert f"store '{store}' does not exist" in result.stderr, result.stderr
+    assert not store.exists(), "the missing store was created"
+    assert not any(point == str(mnt) for _, point, _ in ns.mounts())
+    # The same from the command line, with the status of a failure.
+    result = run([blobfs_bin, "--store", store, "mount", mnt], env=env)
+    assert result.returncode == 1 and "does not exist" in result.stderr, result
+    assert not store.exists()
+    # pull creates a store, and so does the explicit mount option.
+    result = ns.run(["mount", "-T", fstab, "-o", "create_store", mnt], env=env, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert (store / "blobs").is_dir() and (store / "manifests").is_dir()
+    assert any(point == str(mnt) for _, point, _ in ns.mounts())
+    assert ns.run(["umount", mnt], timeout=30).returncode == 0
