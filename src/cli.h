@@ -6,6 +6,7 @@
 #include <stdio.h>
 
 #include "session.h"
+#include "status.h"
 
 /* Exit statuses. */
 #define EXIT_OK 0
@@ -24,7 +25,11 @@ int cmd_ls(const struct session_opts *so, char *const *names, int n);
 int cmd_rm(const struct session_opts *so, char *const *names, int n);
 int cmd_gc(const struct session_opts *so);
 int cmd_verify(const struct session_opts *so, char *const *names, int n);
-int cmd_status(const struct session_opts *so);
+
+struct status_args {
+	enum status_format format;
+};
+int cmd_status(const struct session_opts *so, const struct status_args *a);
 
 struct fs_opts;
 int cmd_mount(struct session_opts *so, struct fs_opts *fo, const char *mountpoint,

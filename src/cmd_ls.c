@@ -55,7 +55,7 @@ static bool wanted(const struct model_name *tag, const struct model_name *want, 
 	return false;
 }
 
-int cmd_status(const struct session_opts *so)
+int cmd_status(const struct session_opts *so, const struct status_args *a)
 {
 	struct session *s;
 	int ret;
@@ -63,7 +63,7 @@ int cmd_status(const struct session_opts *so)
 	/* Read-only: status never creates a store (stale files are dropped if we may). */
 	if (session_open(so, 0, &s) < 0)
 		return EXIT_FAIL;
-	ret = status_print(s);
+	ret = status_print(s, a->format);
 	session_close(s);
 	return ret;
 }

@@ -114,6 +114,7 @@ struct parked {                  /* a read waiting for bytes */
 	struct blob *blob;
 	uint64_t off;
 	size_t size;
+	uint64_t t0;                 /* read_clock() when the read came */
 };
 
 static struct fs *fs_of(fuse_req_t req)
@@ -918,6 +919,7 @@ static void parked_done(struct blob_waiter *w, int err)
 	}
 	else
 		reply_from_fd(p->req, p->blob, p->off, p->size);
+	read_observe(&p->fs->rs, p->t0);
 	parked_free(p);
 }
 
@@ -966,7 +968,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	struct parked *p;
 	struct blob *b;
 	bool background;
-	uint64_t ra, bsize;
+	uint64_t ra, bsize, t0 = read_clock();
 	int ret;
 
 	(void)ino;
@@ -1002,6 +1004,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	p->blob = b;                /* the reference taken above */
 	p->off = (uint64_t)off;
 	p->size = size;
+	p->t0 = t0;
 	p->w.done = parked_done;
 	fuse_req_interrupt_func(req, parked_interrupted, p);
 	ret = blob_read(b, (uint64_t)off, size, ra, &p->w);
@@ -1017,6 +1020,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		count(&fs->rs.errors);
 		fuse_reply_err(req, read_errno(ret));
 	}
+	read_observe(&fs->rs, t0);
 	parked_free(p);
 }
 

@@ -39,7 +39,8 @@ static const struct command commands[] = {
 	{ "rm", NULL, CMD_RM, "NAME...", "remove models and the blobs only they use" },
 	{ "gc", NULL, CMD_GC, "", "delete unreferenced blobs and stale partial downloads" },
 	{ "verify", NULL, CMD_VERIFY, "[NAME...]", "hash complete blobs again and report each" },
-	{ "status", NULL, CMD_STATUS, "", "what each mount of the store is doing" },
+	{ "status", NULL, CMD_STATUS, "[--json|--prometheus]",
+	  "what each mount of the store is doing" },
 	{ "mount", NULL, CMD_MOUNT, "[-f] [-o OPT,...] MOUNTPOINT",
 	  "mount the store; files fill in on first read" },
 	{ "umount", "unmount", CMD_UMOUNT, "MOUNTPOINT", "unmount" },
@@ -47,8 +48,8 @@ static const struct command commands[] = {
 
 /* The options that are not settings. */
 enum own_opt {
-	OPT_DEBUG, OPT_QUIET, OPT_HELP, OPT_VERSION, OPT_LAZY, OPT_FOREGROUND, OPT_OPTION,
-	OPT_COMPLETION, OWN_COUNT
+	OPT_DEBUG, OPT_QUIET, OPT_HELP, OPT_VERSION, OPT_LAZY, OPT_JSON, OPT_PROMETHEUS,
+	OPT_FOREGROUND, OPT_OPTION, OPT_COMPLETION, OWN_COUNT
 };
 
 struct own_option {
@@ -66,6 +67,9 @@ static const struct own_option options[OWN_COUNT] = {
 	[OPT_VERSION] = { "version", 'V', NULL, CMDS_ALL, "the version" },
 	[OPT_LAZY] = { "lazy", 0, NULL, CMD_PULL,
 		       "store the manifest only; blobs come on first read" },
+	[OPT_JSON] = { "json", 0, NULL, CMD_STATUS, "the same figures as JSON, for scripts" },
+	[OPT_PROMETHEUS] = { "prometheus", 0, NULL, CMD_STATUS,
+			     "the same figures in the Prometheus text format" },
 	[OPT_FOREGROUND] = { "foreground", 'f', NULL, CMD_MOUNT,
 			     "stay in the foreground, log to stderr" },
 	[OPT_OPTION] = { "option", 'o', "OPT,...", CMD_MOUNT,
@@ -187,7 +191,7 @@ static void help_line(FILE *out, const char *lead, const char *text)
 static void usage(FILE *out)
 {
 	static const unsigned groups[] = { CMDS_ALL, CMDS_FETCH, CMD_PULL | CMD_MOUNT | CMD_GC,
-					   CMD_PULL, CMD_MOUNT };
+					   CMD_PULL, CMD_STATUS, CMD_MOUNT };
 	int codes[NOPTS];
 	size_t n = option_codes(codes);
 	char lead[96], text[256], which[64];
@@ -336,6 +340,7 @@ static int set_option(struct conf *cli, const struct setting *s, const char *typ
 
 struct parsed {
 	struct pull_args *pa;
+	struct status_args *sa;
 	struct fs_opts *fo;
 	char **mopts;
 	int nmopts, maxmopts;
@@ -369,6 +374,12 @@ static int take(struct session_opts *so, struct parsed *p, int code, const char 
 	case OPT_LAZY:
 		p->pa->lazy = true;
 		break;
+	case OPT_JSON:
+	case OPT_PROMETHEUS:
+		if (p->sa->format != STATUS_TEXT)
+			return usage_error("%s", "status: --json or --prometheus, not both");
+		p->sa->format = code - OWN_BASE == OPT_JSON ? STATUS_JSON : STATUS_PROMETHEUS;
+		break;
 	case OPT_FOREGROUND:
 		p->fo->foreground = true;
 		break;
@@ -401,7 +412,7 @@ static int check_applies(const struct parsed *p, const struct command *cmd)
 }
 
 /*
- * Parse the options into so, pa, fo and mopts. Returns PARSED with *cmd_at at
+ * Parse the options into so, pa, sa, fo and mopts. Returns PARSED with *cmd_at at
  * the command's index in argv, or the exit code to leave with; the caller
  * releases so either way.
  */
@@ -447,12 +458,13 @@ static int parse(int argc, char **argv, struct session_opts *so, struct parsed *
 }
 
 static int dispatch(const char *cmd, char *const *args, int nargs, struct session_opts *so,
-		    struct pull_args *pa, struct fs_opts *fo, char **mopts, int nmopts);
+		    const struct parsed *p);
 
 int main(int argc, char **argv)
 {
 	struct session_opts so;
 	struct pull_args pa = { 0 };
+	struct status_args sa = { STATUS_TEXT };
 	struct fs_opts fo;
 	static char *mopts[256];
 	static struct parsed p;
@@ -461,7 +473,7 @@ int main(int argc, char **argv)
 
 	session_opts_init(&so);
 	fs_opts_defaults(&fo);
-	p = (struct parsed){ .pa = &pa, .fo = &fo, .mopts = mopts,
+	p = (struct parsed){ .pa = &pa, .sa = &sa, .fo = &fo, .mopts = mopts,
 			     .maxmopts = (int)ARRAY_SIZE(mopts) };
 	int ret = parse(argc, argv, &so, &p, &cmd);
 	if (ret == PARSED) {
@@ -469,8 +481,7 @@ int main(int argc, char **argv)
 			fprintf(stderr, "blobfs: error: bad configuration: %s\n", err);
 			ret = EXIT_FAIL;
 		} else {
-			ret = dispatch(argv[cmd], argv + cmd + 1, argc - cmd - 1, &so, &pa, &fo,
-				       mopts, p.nmopts);
+			ret = dispatch(argv[cmd], argv + cmd + 1, argc - cmd - 1, &so, &p);
 		}
 	}
 	session_opts_release(&so);
@@ -479,13 +490,13 @@ int main(int argc, char **argv)
 
 /* Run the command, its options parsed. */
 static int dispatch(const char *cmd, char *const *args, int nargs, struct session_opts *so,
-		    struct pull_args *pa, struct fs_opts *fo, char **mopts, int nmopts)
+		    const struct parsed *p)
 {
 	switch (find_command(cmd)->bit) {
 	case CMD_PULL:
 		if (nargs == 0)
 			return usage_error("%s", "pull: which model? (blobfs pull NAME)");
-		return cmd_pull(so, pa, args, nargs);
+		return cmd_pull(so, p->pa, args, nargs);
 	case CMD_LS:
 		return cmd_ls(so, args, nargs);
 	case CMD_RM:
@@ -501,11 +512,11 @@ static int dispatch(const char *cmd, char *const *args, int nargs, struct sessio
 	case CMD_STATUS:
 		if (nargs)
 			return usage_error("status takes no arguments, not '%s'", args[0]);
-		return cmd_status(so);
+		return cmd_status(so, p->sa);
 	case CMD_MOUNT:
 		if (nargs != 1)
 			return usage_error("%s", "mount: one mount point, please (blobfs mount DIR)");
-		return cmd_mount(so, fo, args[0], mopts, nmopts);
+		return cmd_mount(so, p->fo, args[0], p->mopts, p->nmopts);
 	default:
 		if (nargs != 1)
 			return usage_error("%s", "umount: which mount point? (blobfs umount DIR)");

@@ -8,6 +8,8 @@
  * reads every file, drops those whose process is gone, and prints them. A
  * file, not a socket: it needs no server, survives nothing it should not
  * (the pid check), and can be read by anyone who may read the store.
+ * The same documents, with the store's size, are what --json prints, and
+ * what --prometheus renders (metrics.c).
  */
 #include "config.h"
 
@@ -25,6 +27,7 @@
 #include "blob.h"
 #include "fetch.h"
 #include "log.h"
+#include "metrics.h"
 #include "session.h"
 #include "status.h"
 #include "store.h"
@@ -89,7 +92,11 @@ static void write_status(struct status_writer *w)
 	cJSON_AddNumberToObject(root, "retries", (double)fs.retries);
 	cJSON_AddNumberToObject(root, "failed_attempts", (double)fs.errors);
 	cJSON_AddNumberToObject(root, "requests_in_flight", fs.inflight);
+	if (w->s->max_cache)
+		cJSON_AddNumberToObject(root, "max_cache", (double)w->s->max_cache);
+	cJSON_AddItemToObject(root, "read_latency", read_latency_json(w->rs));
 	blobcache_each(w->s->cache, add_blob, list);
+	cJSON_AddNumberToObject(root, "blobs_in_flight", cJSON_GetArraySize(list));
 	cJSON_AddItemToObject(root, "fetching", list);
 	text = cJSON_PrintUnformatted(root);
 	if (text && write_file_atomic(w->s->store->tmp, w->path, text, strlen(text), 0644) < 0)
@@ -171,21 +178,29 @@ static bool alive(pid_t pid)
 	return pid > 0 && (kill(pid, 0) == 0 || errno == EPERM);
 }
 
-/* Print one mount's status; false if the file is stale or unreadable. */
-static bool print_one(const char *path)
+/* One mount's status document; NULL if the file is unreadable or its process gone. */
+static cJSON *load_one(const char *path)
 {
-	char *buf, size[16], got[16], up[32];
+	char *buf;
 	size_t len;
 	cJSON *root;
-	bool ok = false;
 
 	if (read_file(path, 1u << 20, &buf, &len) < 0)
-		return false;
+		return NULL;
 	root = cJSON_ParseWithLength(buf, len);
 	free(buf);
-	if (!cJSON_IsObject(root) || !alive((pid_t)num(root, "pid")))
-		goto out;
+	if (!cJSON_IsObject(root) || !alive((pid_t)num(root, "pid"))) {
+		cJSON_Delete(root);
+		return NULL;
+	}
+	return root;
+}
+
+static void print_one(const cJSON *root)
+{
+	char size[16], got[16], up[32];
 	const cJSON *mp = cJSON_GetObjectItemCaseSensitive(root, "mountpoint");
+
 	format_duration((uint64_t)(wall_ms() / 1000 - (uint64_t)num(root, "started")), up, sizeof(up));
 	printf("mount %s (pid %.0f, up %s)\n", cJSON_IsString(mp) ? mp->valuestring : "?",
 	       num(root, "pid"), up);
@@ -207,34 +222,80 @@ static bool print_one(const char *path)
 		       cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(b, "waiting_for_another_process"))
 		       ? ", another blobfs has it" : "");
 	}
-	ok = true;
-out:
-	cJSON_Delete(root);
-	return ok;
 }
 
-int status_print(struct session *s)
+static int by_mountpoint(const void *a, const void *b)
+{
+	const cJSON *x = *(const cJSON *const *)a, *y = *(const cJSON *const *)b;
+	const cJSON *mx = cJSON_GetObjectItemCaseSensitive(x, "mountpoint");
+	const cJSON *my = cJSON_GetObjectItemCaseSensitive(y, "mountpoint");
+
+	return strcmp(cJSON_IsString(mx) ? mx->valuestring : "",
+		      cJSON_IsString(my) ? my->valuestring : "");
+}
+
+/* The status documents of the store's live mounts, by mount point; stale files removed. */
+static cJSON *live_mounts(struct session *s)
 {
 	char *dir = xasprintf("%s/run", s->store->state);
 	DIR *d = opendir(dir);
 	struct dirent *e;
-	unsigned shown = 0;
+	cJSON **v = NULL, *list = cJSON_CreateArray();
+	size_t n = 0;
 
 	while (d && (e = readdir(d)) != NULL) {
 		size_t len = strlen(e->d_name);
 		if (len < 6 || strcmp(e->d_name + len - 5, ".json") != 0)
 			continue;
 		char *path = xasprintf("%s/%s", dir, e->d_name);
-		if (print_one(path))
-			shown++;
-		else
+		cJSON *doc = load_one(path);
+		if (doc) {
+			v = xrealloc(v, (n + 1) * sizeof(*v));
+			v[n++] = doc;
+		} else {
 			unlink(path);   /* its process is gone; fine if we may not */
+		}
 		free(path);
 	}
 	if (d)
 		closedir(d);
-	if (!shown)
-		printf("no blobfs mounts of '%s'\n", s->store->root);
+	if (n > 1)
+		qsort(v, n, sizeof(*v), by_mountpoint);
+	for (size_t i = 0; i < n; i++)
+		cJSON_AddItemToArray(list, v[i]);
+	free(v);
 	free(dir);
-	return 0;
+	return list;
+}
+
+int status_print(struct session *s, enum status_format format)
+{
+	cJSON *mounts = live_mounts(s), *m, *root;
+	char *text;
+
+	switch (format) {
+	case STATUS_TEXT:
+		cJSON_ArrayForEach(m, mounts)
+			print_one(m);
+		if (cJSON_GetArraySize(mounts) == 0)
+			printf("no blobfs mounts of '%s'\n", s->store->root);
+		break;
+	case STATUS_JSON:
+		root = cJSON_CreateObject();
+		cJSON_AddStringToObject(root, "store", s->store->root);
+		cJSON_AddNumberToObject(root, "store_bytes", (double)store_usage(s->store));
+		cJSON_AddItemToObject(root, "mounts", mounts);
+		mounts = NULL;
+		text = cJSON_Print(root);
+		if (text)
+			puts(text);
+		cJSON_free(text);
+		cJSON_Delete(root);
+		break;
+	case STATUS_PROMETHEUS:
+		metrics_prometheus(stdout, s->store->root, store_usage(s->store), mounts);
+		break;
+	}
+	cJSON_Delete(mounts);
+	return fflush(stdout) == 0 ? 0 : 1;
 }

@@ -4,15 +4,9 @@
 
 #include <stdint.h>
 
-struct session;
+#include "metrics.h"     /* struct read_stats */
 
-/* Counters of a mount's reads; updated with atomics by the FUSE workers. */
-struct read_stats {
-	uint64_t reads;      /* read requests */
-	uint64_t local;      /* answered at once from local bytes */
-	uint64_t waited;     /* parked until the network brought the bytes */
-	uint64_t errors;     /* answered with an error */
-};
+struct session;
 
 struct status_writer;
 
@@ -22,7 +16,13 @@ struct status_writer *status_start(struct session *s, const char *mountpoint,
 /* Stop and remove the file. */
 void status_stop(struct status_writer *w);
 
+enum status_format {
+	STATUS_TEXT,         /* for people */
+	STATUS_JSON,         /* {"store", "store_bytes", "mounts": [status documents]} */
+	STATUS_PROMETHEUS,   /* the Prometheus text exposition format */
+};
+
 /* `blobfs status`: print every live mount of the store; returns an exit status. */
-int status_print(struct session *s);
+int status_print(struct session *s, enum status_format format);
 
 #endif

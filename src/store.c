@@ -926,3 +926,26 @@ int store_quarantine_complete(const struct store *s, const struct digest *d,
 	free(path);
 	return ret;
 }
+
+/* Disk space of the regular files directly in dir, added to *bytes. */
+static void dir_usage(const char *dir, uint64_t *bytes)
+{
+	DIR *d = opendir(dir);
+	struct dirent *e;
+	struct stat st;
+
+	while (d && (e = readdir(d)) != NULL)
+		if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
+			*bytes += (uint64_t)st.st_blocks * 512;
+	if (d)
+		closedir(d);
+}
+
+uint64_t store_usage(const struct store *s)
+{
+	uint64_t bytes = 0;
+
+	dir_usage(s->blobs, &bytes);
+	dir_usage(s->partial, &bytes);
+	return bytes;
+}

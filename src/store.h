@@ -127,6 +127,9 @@ int store_evict(struct store *s, uint64_t max,
 		bool (*in_use)(void *arg, const struct digest *d), void *arg,
 		struct store_freed *freed);
 
+/* Disk space the blobs take, complete (blobs/) and partial (with their maps). */
+uint64_t store_usage(const struct store *s);
+
 /* Move a finished partial file into blobs/ (atomic rename, then fsync). */
 int store_commit_blob(const struct store *s, const struct digest *d);
 /* Move a partial file that failed verification out of the way. */
