@@ -93,9 +93,13 @@ void chunkmap_encode(const struct chunkmap *m, const struct digest *d,
 int chunkmap_decode(const uint8_t *buf, size_t len, const struct digest *d,
 		    uint64_t size, struct chunkmap **out, char *err, size_t errlen);
 
-/* Write atomically (via tmpdir) / read a map file. */
-int chunkmap_save(const struct chunkmap *m, const struct digest *d,
-		  const char *tmpdir, const char *path);
+/*
+ * Read and parse the map file name in dirfd (never through a link); -ENOENT,
+ * or -EINVAL (logged) if it is not a map of blob d of that size.
+ */
+int chunkmap_load_at(int dirfd, const char *name, const struct digest *d, uint64_t size,
+		     struct chunkmap **out);
+/* The same by path: until blob.c reads its maps through the store. */
 int chunkmap_load(const char *path, const struct digest *d, uint64_t size,
 		  struct chunkmap **out);
 

@@ -9,9 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
-#include "chunkmap.h"
 #include "cli.h"
 #include "manifest.h"
 #include "name.h"
@@ -27,21 +25,8 @@ struct local_ctx {
 static int add_local(const struct layer *l, void *arg)
 {
 	struct local_ctx *c = arg;
-	char *path = store_blob_path(c->store, &l->digest);
-	struct stat st;
 
-	if (stat(path, &st) == 0 && (uint64_t)st.st_size == l->size) {
-		c->local += l->size;
-	} else {
-		char *mpath = store_partial_path(c->store, &l->digest, ".map");
-		struct chunkmap *m;
-		if (chunkmap_load(mpath, &l->digest, l->size, &m) == 0) {
-			c->local += chunkmap_bytes(m);
-			chunkmap_free(m);
-		}
-		free(mpath);
-	}
-	free(path);
+	c->local += store_local_bytes(c->store, &l->digest, l->size);
 	return 0;
 }
 
@@ -98,7 +83,7 @@ int cmd_ls(const struct session_opts *so, char *const *names, int n)
 		if (!wanted(&tags[i].name, want, n))
 			continue;
 		name_format_short(&tags[i].name, name, sizeof(name));
-		if (read_file(tags[i].path, MANIFEST_MAX_BYTES, &buf, &len) < 0) {
+		if (store_read_manifest(s->store, &tags[i].name, &buf, &len, NULL) < 0) {
 			printf("%-48s %10s %6s  (unreadable manifest)\n", name, "-", "-");
 			continue;
 		}

@@ -14,7 +14,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "chunkmap.h"
 #include "cli.h"
 #include "digest.h"
 #include "manifest.h"
@@ -31,34 +30,31 @@ struct verify_ctx {
 static void verify_blob(struct verify_ctx *c, const struct digest *d, uint64_t size,
 			const char *label)
 {
-	char name[DIGEST_STR_LEN], *path = store_blob_path(c->store, d);
+	char name[DIGEST_STR_LEN];
 	struct digest got;
 	struct stat st;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int fd = store_open_complete(c->store, d);
+	uint64_t local = fd == -ENOENT && size != UINT64_MAX ? store_local_bytes(c->store, d, size) : 0;
 
 	digest_format(d, name);
-	if (fd < 0) {
-		char *mpath = store_partial_path(c->store, d, ".map");
-		struct chunkmap *m;
-		if (size != UINT64_MAX && chunkmap_load(mpath, d, size, &m) == 0) {
-			printf("%s  partial (%llu%%)  %s\n", name,
-			       (unsigned long long)(size ? chunkmap_bytes(m) * 100 / size : 0), label);
-			chunkmap_free(m);
-			c->partial++;
-		} else {
-			printf("%s  not local  %s\n", name, label);
-			c->missing++;
-		}
-		free(mpath);
-		free(path);
+	if (fd == -ENOENT && local) {
+		printf("%s  partial (%llu%%)  %s\n", name,
+		       (unsigned long long)(size ? local * 100 / size : 0), label);
+		c->partial++;
 		return;
 	}
-	int ret = fstat(fd, &st) < 0 ? -errno : 0;
+	if (fd == -ENOENT) {
+		printf("%s  not local  %s\n", name, label);
+		c->missing++;
+		return;
+	}
+	int ret = fd < 0 ? fd : fstat(fd, &st) < 0 ? -errno : 0;
 	if (ret == 0 && size != UINT64_MAX && (uint64_t)st.st_size != size)
 		ret = -EFBIG;
 	if (ret == 0)
 		ret = digest_fd(fd, 0, (uint64_t)st.st_size, &got, NULL, NULL);
-	close(fd);
+	if (fd >= 0)
+		close(fd);
 	if (ret == 0 && digest_equal(&got, d)) {
 		printf("%s  ok  %s\n", name, label);
 		c->ok++;
@@ -66,11 +62,10 @@ static void verify_blob(struct verify_ctx *c, const struct digest *d, uint64_t s
 		bool moved = c->store->writable &&
 			     store_quarantine_complete(c->store, d, "corrupt") == 0;
 		printf("%s  CORRUPT (%s)%s  %s\n", name,
-		       ret == -EFBIG ? "wrong size" : ret < 0 ? strerror(-ret) : "content does not match",
+		       ret == -EFBIG ? "wrong size" : ret < 0 ? file_strerror(ret) : "content does not match",
 		       moved ? ", moved to quarantine" : "", label);
 		c->bad++;
 	}
-	free(path);
 }
 
 struct name_ctx {
@@ -104,7 +99,7 @@ static int verify_names(struct verify_ctx *c, char *const *names, int n)
 			continue;
 		}
 		if (store_find_tag(c->store, &want, &found) < 0 ||
-		    store_read_manifest(c->store, &found, &buf, &len) < 0) {
+		    store_read_manifest(c->store, &found, &buf, &len, NULL) < 0) {
 			cli_error("no model '%s' in the store", names[i]);
 			ret = -ENOENT;
 			continue;
@@ -126,7 +121,7 @@ static int verify_names(struct verify_ctx *c, char *const *names, int n)
 
 static void verify_all(struct verify_ctx *c)
 {
-	DIR *d = opendir(c->store->blobs);
+	DIR *d = c->store->blobsfd < 0 ? NULL : opendir_at(c->store->blobsfd);
 	struct dirent *e;
 
 	if (!d)

@@ -190,20 +190,7 @@ static uint64_t local_bytes(struct fs *fs, struct inode *in)
 	}
 	if (now - __atomic_load_n(&in->local_ms, __ATOMIC_ACQUIRE) < LOCAL_CACHE_MS)
 		return __atomic_load_n(&in->local, __ATOMIC_RELAXED);
-	char *path = store_blob_path(s, &in->digest);
-	struct stat sb;
-	if (stat(path, &sb) == 0 && (uint64_t)sb.st_size == in->size) {
-		local = in->size;
-	} else {
-		char *map = store_partial_path(s, &in->digest, ".map");
-		struct chunkmap *m;
-		if (access(map, F_OK) == 0 && chunkmap_load(map, &in->digest, in->size, &m) == 0) {
-			local = chunkmap_bytes(m);
-			chunkmap_free(m);
-		}
-		free(map);
-	}
-	free(path);
+	local = store_local_bytes(s, &in->digest, in->size);
 	__atomic_store_n(&in->local, local, __ATOMIC_RELAXED);
 	__atomic_store_n(&in->local_ms, now, __ATOMIC_RELEASE);
 	return local;

@@ -599,22 +599,22 @@ uint64_t index_blob_ino(struct index *ix, const struct digest *d)
 }
 
 /* Read and parse a stored manifest into a new, unlinked tag. */
-static struct itag *load_tag(struct index *ix, const struct model_name *n, const char *path,
-			     int64_t mtime)
+static struct itag *load_tag(struct index *ix, const struct model_name *n)
 {
 	struct itag *t = xcalloc(1, sizeof(*t));
 	char err[256];
 	int ret;
 
 	t->name = *n;
-	t->mtime_ns = mtime;
-	ret = read_file(path, MANIFEST_MAX_BYTES, &t->bytes, &t->len);
+	ret = store_read_manifest(ix->store, n, &t->bytes, &t->len, &t->mtime_ns);
 	if (ret == 0)
 		ret = manifest_parse(t->bytes, t->len, &t->m, err, sizeof(err));
 	else
-		snprintf(err, sizeof(err), "%s", strerror(-ret));
+		snprintf(err, sizeof(err), "%s", file_strerror(ret));
 	if (ret < 0) {
-		log_warn("not showing '%s': %s", path, err);
+		char name[NAME_FORMAT_MAX];
+		name_format(n, name, sizeof(name));
+		log_warn("not showing '%s': %s", name, err);
 		itag_free(t);
 		return NULL;
 	}
@@ -662,7 +662,7 @@ int index_scan(struct index *ix, unsigned *added, unsigned *removed)
 		free(key);
 		if (old && old->mtime_ns == tags[i].mtime_ns)
 			continue;
-		struct itag *t = load_tag(ix, &tags[i].name, tags[i].path, tags[i].mtime_ns);
+		struct itag *t = load_tag(ix, &tags[i].name);
 		if (!t && !old)
 			continue;
 		p[np].add = t;
@@ -702,21 +702,13 @@ int index_scan(struct index *ix, unsigned *added, unsigned *removed)
 int index_add_tag(struct index *ix, const struct model_name *want)
 {
 	struct model_name n;
-	struct store_tag st;
-	char *path;
 	int ret;
 
 	pthread_mutex_lock(&ix->scan_lock);
 	ret = store_find_tag(ix->store, want, &n);
 	if (ret < 0)
 		goto out;
-	path = store_manifest_path(ix->store, &n);
-	st.name = n;
-	struct stat sb;
-	st.mtime_ns = stat(path, &sb) == 0
-		? (int64_t)sb.st_mtim.tv_sec * 1000000000 + sb.st_mtim.tv_nsec : 0;
-	struct itag *t = load_tag(ix, &n, path, st.mtime_ns);
-	free(path);
+	struct itag *t = load_tag(ix, &n);
 	if (!t) {
 		ret = -EINVAL;
 		goto out;

@@ -91,9 +91,12 @@ void session_evict(struct session *s)
 	}
 }
 
+/* .blobfs/hosts, in the store's state directory. */
+#define HOSTS_FILE "hosts"
+
 static char *hosts_path(const struct session *s)
 {
-	return xasprintf("%s/hosts", s->store->state);
+	return xasprintf("%s/.blobfs/" HOSTS_FILE, s->store->root);
 }
 
 void session_record_scheme(struct session *s, const struct model_name *n)
@@ -110,13 +113,14 @@ void session_record_scheme(struct session *s, const struct model_name *n)
 	if (same)
 		return;
 	path = hosts_path(s);
-	if (read_file(path, 1u << 20, &text, &len) < 0) {
+	if (read_file_at(s->store->statefd, HOSTS_FILE, 1u << 20, &text, &len) < 0) {
 		text = xstrdup("# Written by blobfs: how hosts were reached. Edit with care.\n");
 		len = strlen(text);
 	}
 	char *more = xasprintf("%.*s[host %s]\nscheme = %s\n", (int)len, text, n->host, n->scheme);
 	if (config_load_text(&s->recorded, path, more, strlen(more), err, sizeof(err)) == 0 &&
-	    write_file_atomic(s->store->tmp, path, more, strlen(more), 0600) < 0)
+	    write_file_atomic_at(s->store->tmpfd, s->store->statefd, HOSTS_FILE, more,
+				 strlen(more), 0600) < 0)
 		log_warn("cannot record the scheme of '%s' in '%s'", n->host, path);
 	free(more);
 	free(text);
@@ -135,11 +139,31 @@ char *session_store_root(const struct session_opts *o)
 	return root;
 }
 
+/* Read what the store recorded about hosts, if anything. */
+static void load_recorded(struct session *s)
+{
+	char err[512], *text, *path;
+	size_t len;
+	int ret = s->store->statefd < 0 ? -ENOENT
+		: read_file_at(s->store->statefd, HOSTS_FILE, 1u << 20, &text, &len);
+
+	if (ret == -ENOENT)
+		return;
+	path = hosts_path(s);
+	if (ret < 0)
+		log_warn("ignoring '%s': %s", path, file_strerror(ret));
+	else if (config_load_text(&s->recorded, path, text, len, err, sizeof(err)) < 0)
+		log_warn("ignoring %s", err);
+	if (ret == 0)
+		free(text);
+	free(path);
+}
+
 int session_open(const struct session_opts *o, unsigned flags, struct session **out)
 {
 	struct session *s = xcalloc(1, sizeof(*s));
 	struct conf g;
-	char *root = session_store_root(o), err[512];
+	char *root = session_store_root(o);
 	int ret;
 
 	s->opts = o;
@@ -148,14 +172,12 @@ int session_open(const struct session_opts *o, unsigned flags, struct session **
 	s->blob.read_timeout_ms = (uint64_t)g.read_timeout_s * 1000;
 	s->max_cache = g.max_cache;
 	conf_release(&g);
-	ret = store_open(root, flags & (SESSION_WRITE | SESSION_NET), &s->store);
+	ret = store_open(root, (flags & (SESSION_WRITE | SESSION_NET)) ? STORE_CREATE : 0,
+			 &s->store);
 	free(root);
 	if (ret < 0)
 		goto fail;
-	char *path = hosts_path(s);
-	if (config_load_file(&s->recorded, path, err, sizeof(err)) < 0)
-		log_warn("ignoring %s", err);
-	free(path);
+	load_recorded(s);
 	if ((flags & SESSION_NET) && (ret = session_start_net(s)) < 0)
 		goto fail;
 	*out = s;

@@ -34,12 +34,14 @@
 #include "util.h"
 
 #define STATUS_INTERVAL_MS 1000
+#define RUN_DIR "run"           /* in the store's state directory */
 
 struct status_writer {
 	struct session *s;
 	char *mountpoint;
 	const struct read_stats *rs;
-	char *path;
+	int runfd;                  /* .blobfs/run, or -1 */
+	char name[32];              /* <pid>.json in it */
 	uint64_t started;           /* wall clock, seconds */
 	pthread_t thread;
 	pthread_mutex_t lock;       /* guards stop */
@@ -99,8 +101,9 @@ static void write_status(struct status_writer *w)
 	cJSON_AddNumberToObject(root, "blobs_in_flight", cJSON_GetArraySize(list));
 	cJSON_AddItemToObject(root, "fetching", list);
 	text = cJSON_PrintUnformatted(root);
-	if (text && write_file_atomic(w->s->store->tmp, w->path, text, strlen(text), 0644) < 0)
-		log_debug("cannot write '%s'", w->path);
+	if (text && w->runfd >= 0 &&
+	    write_file_atomic_at(w->s->store->tmpfd, w->runfd, w->name, text, strlen(text), 0644) < 0)
+		log_debug("cannot write '%s' in the store's run directory", w->name);
 	cJSON_free(text);
 	cJSON_Delete(root);
 }
@@ -128,20 +131,20 @@ struct status_writer *status_start(struct session *s, const char *mountpoint,
 				   const struct read_stats *rs)
 {
 	struct status_writer *w = xcalloc(1, sizeof(*w));
-	char *dir = xasprintf("%s/run", s->store->state);
 
-	if (mkdir_p(dir, 0700) < 0)
-		log_warn("cannot create '%s': 'blobfs status' will not see this mount", dir);
+	w->runfd = open_dir_at(s->store->statefd, RUN_DIR, true, 0700);
+	if (w->runfd < 0)
+		log_warn("cannot create '%s/.blobfs/" RUN_DIR "': 'blobfs status' will not see this mount",
+			 s->store->root);
 	w->s = s;
 	w->mountpoint = realpath(mountpoint, NULL);
 	if (!w->mountpoint)
 		w->mountpoint = xstrdup(mountpoint);
 	w->rs = rs;
-	w->path = xasprintf("%s/%d.json", dir, (int)getpid());
+	snprintf(w->name, sizeof(w->name), "%d.json", (int)getpid());
 	w->started = wall_ms() / 1000;
 	pthread_mutex_init(&w->lock, NULL);
 	pthread_cond_init(&w->cond, NULL);
-	free(dir);
 	if (pthread_create(&w->thread, NULL, status_main, w) != 0) {
 		log_error("cannot start the status thread");
 		abort();
@@ -158,11 +161,13 @@ void status_stop(struct status_writer *w)
 	pthread_cond_signal(&w->cond);
 	pthread_mutex_unlock(&w->lock);
 	pthread_join(w->thread, NULL);
-	unlink(w->path);
+	if (w->runfd >= 0) {
+		unlinkat(w->runfd, w->name, 0);
+		close(w->runfd);
+	}
 	pthread_mutex_destroy(&w->lock);
 	pthread_cond_destroy(&w->cond);
 	free(w->mountpoint);
-	free(w->path);
 	free(w);
 }
 
@@ -179,13 +184,13 @@ static bool alive(pid_t pid)
 }
 
 /* One mount's status document; NULL if the file is unreadable or its process gone. */
-static cJSON *load_one(const char *path)
+static cJSON *load_one(int runfd, const char *name)
 {
 	char *buf;
 	size_t len;
 	cJSON *root;
 
-	if (read_file(path, 1u << 20, &buf, &len) < 0)
+	if (read_file_at(runfd, name, 1u << 20, &buf, &len) < 0)
 		return NULL;
 	root = cJSON_ParseWithLength(buf, len);
 	free(buf);
@@ -237,8 +242,8 @@ static int by_mountpoint(const void *a, const void *b)
 /* The status documents of the store's live mounts, by mount point; stale files removed. */
 static cJSON *live_mounts(struct session *s)
 {
-	char *dir = xasprintf("%s/run", s->store->state);
-	DIR *d = opendir(dir);
+	int runfd = s->store->statefd < 0 ? -1 : open_dir_at(s->store->statefd, RUN_DIR, false, 0);
+	DIR *d = runfd < 0 ? NULL : opendir_at(runfd);
 	struct dirent *e;
 	cJSON **v = NULL, *list = cJSON_CreateArray();
 	size_t n = 0;
@@ -247,24 +252,23 @@ static cJSON *live_mounts(struct session *s)
 		size_t len = strlen(e->d_name);
 		if (len < 6 || strcmp(e->d_name + len - 5, ".json") != 0)
 			continue;
-		char *path = xasprintf("%s/%s", dir, e->d_name);
-		cJSON *doc = load_one(path);
+		cJSON *doc = load_one(runfd, e->d_name);
 		if (doc) {
 			v = xrealloc(v, (n + 1) * sizeof(*v));
 			v[n++] = doc;
 		} else {
-			unlink(path);   /* its process is gone; fine if we may not */
+			unlinkat(runfd, e->d_name, 0);   /* its process is gone; fine if we may not */
 		}
-		free(path);
 	}
 	if (d)
 		closedir(d);
+	if (runfd >= 0)
+		close(runfd);
 	if (n > 1)
 		qsort(v, n, sizeof(*v), by_mountpoint);
 	for (size_t i = 0; i < n; i++)
 		cJSON_AddItemToArray(list, v[i]);
 	free(v);
-	free(dir);
 	return list;
 }
 

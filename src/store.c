@@ -14,12 +14,20 @@
  * (.blobfs/partial/sha256-<hex>.lock) gives one process the right to write a
  * blob's partial file. Both are flock()s, released by the kernel if the
  * holder dies.
+ *
+ * The store is shared ground: other users, other processes and Ollama write
+ * to it, and blobfs often runs as root. So the store's directories are opened
+ * once and held, everything under them is reached with *at() calls that
+ * never follow a link, only regular files count (a link or a FIFO where a
+ * blob should be is moved to quarantine, one in partial/ is deleted), and a
+ * file that blobfs writes into must have a single link.
  */
 #include "config.h"
 
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +39,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "chunkmap.h"
 #include "log.h"
 #include "manifest.h"
 #include "store.h"
@@ -58,78 +67,130 @@ char *store_default_root(const char *opt)
 	return xasprintf("%s/.local/share/blobfs", home);
 }
 
-static int make_dir(const char *path, mode_t mode)
+/* The root as an absolute path without trailing slashes, so that it still
+ * names the same place after a daemon's chdir("/"). */
+static int absolute_root(const char *root, char **out)
 {
-	int ret = mkdir_p(path, mode);
-
-	if (ret < 0)
-		log_error("cannot create directory '%s': %s", path, strerror(-ret));
-	return ret;
-}
-
-int store_open(const char *root, bool create, struct store **out)
-{
-	struct store *s = xcalloc(1, sizeof(*s));
 	size_t len = strlen(root);
-	int ret = 0;
 
 	while (len > 1 && root[len - 1] == '/')
 		len--;
-	if (root[0] != '/') {
-		/* Absolute, so it still names the same place after a daemon's chdir("/"). */
-		char *cwd = getcwd(NULL, 0);
-		if (!cwd) {
-			ret = -errno;
-			log_error("cannot find the current directory for store '%s': %s", root,
-				  strerror(errno));
-			free(s);
+	if (root[0] == '/') {
+		*out = xstrndup(root, len);
+		return 0;
+	}
+	char *cwd = getcwd(NULL, 0);
+	if (!cwd) {
+		int ret = -errno;
+		log_error("cannot find the current directory for store '%s': %s", root,
+			  strerror(errno));
+		return ret;
+	}
+	*out = xasprintf("%s/%.*s", cwd, (int)len, root);
+	free(cwd);
+	return 0;
+}
+
+/*
+ * Open the root (following links: the user named it) and, under it, every
+ * directory of the layout without following any. With create, make what is
+ * missing. -ENOENT without create when the root does not exist.
+ */
+static int open_layout(struct store *s, bool create)
+{
+	const int flags = O_RDONLY | O_DIRECTORY | O_CLOEXEC;
+	int ret;
+
+	s->rootfd = open(s->root, flags);
+	if (s->rootfd < 0 && errno == ENOENT && create) {
+		if ((ret = mkdir_p(s->root, 0755)) < 0) {
+			log_error("cannot create directory '%s': %s", s->root, strerror(-ret));
 			return ret;
 		}
-		s->root = xasprintf("%s/%.*s", cwd, (int)len, root);
-		free(cwd);
-	} else {
-		s->root = xstrndup(root, len);
+		s->rootfd = open(s->root, flags);
 	}
-	s->blobs = xasprintf("%s/blobs", s->root);
-	s->manifests = xasprintf("%s/manifests", s->root);
-	s->state = xasprintf("%s/.blobfs", s->root);
-	s->partial = xasprintf("%s/partial", s->state);
-	s->tmp = xasprintf("%s/tmp", s->state);
-	s->quarantine = xasprintf("%s/quarantine", s->state);
-	s->lockfd = -1;
+	if (s->rootfd < 0) {
+		ret = -errno;
+		if (ret != -ENOENT || create)
+			log_error("cannot open store '%s': %s", s->root, strerror(errno));
+		return ret;
+	}
+	const struct {
+		int *fd, *parent;
+		const char *name, *path;
+		mode_t mode;
+	} dirs[] = {
+		{ &s->blobsfd, &s->rootfd, "blobs", "blobs", 0755 },
+		{ &s->manifestsfd, &s->rootfd, "manifests", "manifests", 0755 },
+		{ &s->statefd, &s->rootfd, ".blobfs", ".blobfs", 0700 },
+		{ &s->partialfd, &s->statefd, "partial", ".blobfs/partial", 0700 },
+		{ &s->tmpfd, &s->statefd, "tmp", ".blobfs/tmp", 0700 },
+		{ &s->quarantinefd, &s->statefd, "quarantine", ".blobfs/quarantine", 0700 },
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(dirs); i++) {
+		if (*dirs[i].parent < 0)
+			continue;
+		int fd = open_dir_at(*dirs[i].parent, dirs[i].name, create, dirs[i].mode);
+		if ((fd == -ENOENT || fd == -EACCES) && !create)
+			continue;   /* reads as empty: another user's state, say */
+		if (fd < 0) {
+			log_error("cannot %s directory '%s/%s': %s", create ? "create" : "open",
+				  s->root, dirs[i].path, file_strerror(fd));
+			return fd;
+		}
+		*dirs[i].fd = fd;
+	}
+	return 0;
+}
 
-	if (create) {
-		if ((ret = make_dir(s->root, 0755)) < 0 ||
-		    (ret = make_dir(s->blobs, 0755)) < 0 ||
-		    (ret = make_dir(s->manifests, 0755)) < 0 ||
-		    (ret = make_dir(s->state, 0700)) < 0 ||
-		    (ret = make_dir(s->partial, 0700)) < 0 ||
-		    (ret = make_dir(s->tmp, 0700)) < 0 ||
-		    (ret = make_dir(s->quarantine, 0700)) < 0)
-			goto fail;
-		/* The state directory may hold credentials-bearing URLs in logs one day; keep it private. */
-		if (chmod(s->state, 0700) < 0) {
-			ret = -errno;
-			log_error("cannot set the mode of '%s': %s", s->state, strerror(errno));
-			goto fail;
-		}
-		char *lock = xasprintf("%s/lock", s->state);
-		s->lockfd = open(lock, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
-		if (s->lockfd < 0) {
-			ret = -errno;
-			log_error("store '%s' is not writable: cannot open '%s': %s",
-				  s->root, lock, strerror(errno));
-			free(lock);
-			goto fail;
-		}
-		free(lock);
-		if (access(s->blobs, W_OK) < 0 || access(s->manifests, W_OK) < 0) {
-			ret = -errno;
-			log_error("store '%s' is not writable: %s", s->root, strerror(errno));
-			goto fail;
-		}
-		s->writable = true;
+/* Take a freshly created layout into use: a private state directory, the lock. */
+static int make_writable(struct store *s)
+{
+	/* The state directory may hold credentials-bearing URLs in logs one day; keep it private. */
+	if (fchmod(s->statefd, 0700) < 0) {
+		int ret = -errno;
+		log_error("cannot set the mode of '%s/.blobfs': %s", s->root, strerror(errno));
+		return ret;
 	}
+	s->lockfd = open_regular_at(s->statefd, "lock", O_CREAT | O_RDWR, 0600);
+	if (s->lockfd < 0) {
+		int ret = s->lockfd;
+		s->lockfd = -1;
+		log_error("store '%s' is not writable: cannot open '%s/.blobfs/lock': %s",
+			  s->root, s->root, file_strerror(ret));
+		return ret;
+	}
+	if (faccessat(s->blobsfd, ".", W_OK, AT_EACCESS) < 0 ||
+	    faccessat(s->manifestsfd, ".", W_OK, AT_EACCESS) < 0) {
+		int ret = -errno;
+		log_error("store '%s' is not writable: %s", s->root, strerror(errno));
+		return ret;
+	}
+	s->writable = true;
+	return 0;
+}
+
+int store_open(const char *root, unsigned flags, struct store **out)
+{
+	struct store *s = xcalloc(1, sizeof(*s));
+	bool create = flags & STORE_CREATE;
+	int ret;
+
+	s->rootfd = s->blobsfd = s->manifestsfd = s->statefd = -1;
+	s->partialfd = s->tmpfd = s->quarantinefd = s->lockfd = -1;
+	if ((ret = absolute_root(root, &s->root)) < 0)
+		goto fail;
+	s->manifests = xasprintf("%s/manifests", s->root);
+	s->tmp = xasprintf("%s/.blobfs/tmp", s->root);
+	ret = open_layout(s, create);
+	if (ret == -ENOENT && !create) {
+		*out = s;     /* a missing store reads as empty */
+		return 0;
+	}
+	if (ret < 0)
+		goto fail;
+	if (create && (ret = make_writable(s)) < 0)
+		goto fail;
 	*out = s;
 	return 0;
 fail:
@@ -137,19 +198,27 @@ fail:
 	return ret;
 }
 
+static void close_fd(int fd)
+{
+	if (fd >= 0)
+		close(fd);
+}
+
 void store_close(struct store *s)
 {
 	if (!s)
 		return;
-	if (s->lockfd >= 0)
-		close(s->lockfd);
+	close_fd(s->lockfd);
+	close_fd(s->quarantinefd);
+	close_fd(s->tmpfd);
+	close_fd(s->partialfd);
+	close_fd(s->statefd);
+	close_fd(s->manifestsfd);
+	close_fd(s->blobsfd);
+	close_fd(s->rootfd);
 	free(s->root);
-	free(s->blobs);
 	free(s->manifests);
-	free(s->state);
-	free(s->partial);
 	free(s->tmp);
-	free(s->quarantine);
 	free(s);
 }
 
@@ -175,7 +244,7 @@ char *store_blob_path(const struct store *s, const struct digest *d)
 	char name[DIGEST_STR_LEN];
 
 	digest_filename(d, name);
-	return xasprintf("%s/%s", s->blobs, name);
+	return xasprintf("%s/blobs/%s", s->root, name);
 }
 
 char *store_partial_path(const struct store *s, const struct digest *d,
@@ -184,35 +253,40 @@ char *store_partial_path(const struct store *s, const struct digest *d,
 	char name[DIGEST_STR_LEN];
 
 	digest_filename(d, name);
-	return xasprintf("%s/%s%s", s->partial, name, suffix);
+	return xasprintf("%s/.blobfs/partial/%s%s", s->root, name, suffix);
 }
 
-char *store_manifest_path(const struct store *s, const struct model_name *n)
+/* The name of a blob's entry in blobs/ or partial/: sha256-<hex><suffix>. */
+static void entry_name(const struct digest *d, const char *suffix, char *buf, size_t len)
 {
-	return xasprintf("%s/%s/%s/%s/%s", s->manifests, n->host, n->ns, n->model, n->tag);
+	char name[DIGEST_STR_LEN];
+
+	digest_filename(d, name);
+	snprintf(buf, len, "%s%s", name, suffix);
 }
+
+#define ENTRY_MAX (DIGEST_STR_LEN + 8)
+
+/* ---- manifests ---- */
 
 /*
- * Find an entry of dir matching name case-insensitively, preferring an exact
- * match. On success copies the stored spelling into found (size len).
+ * Find an entry of dirfd matching name case-insensitively, preferring an
+ * exact match. On success copies the stored spelling into found (size len).
  */
-static int find_entry(const char *dir, const char *name, char *found, size_t len)
+static int find_entry(int dirfd, const char *name, char *found, size_t len)
 {
-	char *path = xasprintf("%s/%s", dir, name);
 	struct stat st;
 	DIR *d;
 	struct dirent *e;
 	int ret = -ENOENT;
 
-	if (lstat(path, &st) == 0) {
-		free(path);
+	if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0) {
 		snprintf(found, len, "%s", name);
 		return 0;
 	}
-	free(path);
-	d = opendir(dir);
+	d = opendir_at(dirfd);
 	if (!d)
-		return errno == ENOENT ? -ENOENT : -errno;
+		return -errno;
 	while ((e = readdir(d)) != NULL) {
 		if (e->d_name[0] != '.' && strcasecmp(e->d_name, name) == 0 &&
 		    strlen(e->d_name) < len) {
@@ -234,96 +308,131 @@ static void name_parts(struct model_name *n, char *part[4], size_t size[4])
 	part[3] = n->tag;   size[3] = sizeof(n->tag);
 }
 
+/*
+ * Open the directory manifests/<host>/<ns>/<model> of n, one component at a
+ * time and never through a link. With fold, match each part
+ * case-insensitively and write the stored spelling back into n; with create
+ * (index lock held), make the directories that are missing.
+ */
+static int open_model_dir(const struct store *s, struct model_name *n, bool fold,
+			  bool create)
+{
+	char *part[4];
+	size_t size[4];
+	int fd = s->manifestsfd < 0 ? -ENOENT : fcntl(s->manifestsfd, F_DUPFD_CLOEXEC, 0);
+
+	if (fd == -1)
+		return -errno;
+	name_parts(n, part, size);
+	for (int i = 0; i < 3 && fd >= 0; i++) {
+		char stored[NAME_HOST_MAX + 1];
+		if (fold && find_entry(fd, part[i], stored, sizeof(stored)) == 0)
+			snprintf(part[i], size[i], "%s", stored);
+		int next = open_dir_at(fd, part[i], create, 0755);
+		close(fd);
+		fd = next;
+	}
+	return fd;
+}
+
 int store_find_tag(const struct store *s, const struct model_name *want,
 		   struct model_name *found)
 {
 	struct model_name n = *want;
-	char *part[4], *dir = xstrdup(s->manifests);
-	size_t size[4];
-	int ret = 0;
+	char stored[sizeof(n.tag)];
+	struct stat st;
+	int fd = open_model_dir(s, &n, true, false), ret;
 
-	name_parts(&n, part, size);
-	for (int i = 0; i < 4 && ret == 0; i++) {
-		char buf[NAME_HOST_MAX + 1];
-		ret = find_entry(dir, part[i], buf, sizeof(buf));
-		if (ret < 0)
-			break;
-		snprintf(part[i], size[i], "%s", buf);
-		char *next = xasprintf("%s/%s", dir, buf);
-		free(dir);
-		dir = next;
-	}
+	if (fd < 0)
+		return -ENOENT;
+	ret = find_entry(fd, n.tag, stored, sizeof(stored));
 	if (ret == 0) {
-		struct stat st;
-		if (stat(dir, &st) < 0 || !S_ISREG(st.st_mode))
+		snprintf(n.tag, sizeof(n.tag), "%s", stored);
+		if (fstatat(fd, n.tag, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
 			ret = -ENOENT;
 	}
-	free(dir);
-	if (ret == 0) {
-		memcpy(n.scheme, want->scheme, sizeof(n.scheme));
-		*found = n;
-	}
-	return ret;
+	close(fd);
+	if (ret < 0)
+		return -ENOENT;
+	memcpy(n.scheme, want->scheme, sizeof(n.scheme));
+	*found = n;
+	return 0;
+}
+
+/* Open a tag's manifest (exact name) read-only: a regular file, never a link. */
+static int open_manifest(const struct store *s, const struct model_name *want)
+{
+	struct model_name n = *want;
+	int dirfd = open_model_dir(s, &n, false, false), fd;
+
+	if (dirfd < 0)
+		return dirfd;
+	fd = open_regular_at(dirfd, n.tag, O_RDONLY, 0);
+	close(dirfd);
+	return fd;
 }
 
 int store_read_manifest(const struct store *s, const struct model_name *n,
-			char **buf, size_t *len)
+			char **buf, size_t *len, int64_t *mtime_ns)
 {
-	char *path = store_manifest_path(s, n);
-	int ret = read_file(path, MANIFEST_MAX_BYTES, buf, len);
+	struct stat st;
+	int fd = open_manifest(s, n), ret;
 
-	free(path);
-	return ret;
+	if (fd < 0)
+		return fd;
+	ret = fstat(fd, &st) < 0 ? -errno : 0;
+	if (ret == 0 && (uint64_t)st.st_size > MANIFEST_MAX_BYTES)
+		ret = -EFBIG;
+	if (ret == 0) {
+		*buf = xmalloc((size_t)st.st_size + 1);
+		ret = pread_all(fd, *buf, (size_t)st.st_size, 0);
+		if (ret < 0)
+			free(*buf);
+		else
+			(*buf)[st.st_size] = '\0';
+	}
+	close(fd);
+	if (ret < 0)
+		return ret;
+	*len = (size_t)st.st_size;
+	if (mtime_ns)
+		*mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+	return 0;
+}
+
+static void name_path(const struct store *s, const struct model_name *n, char *buf, size_t len)
+{
+	snprintf(buf, len, "%s/manifests/%s/%s/%s/%s", s->root, n->host, n->ns, n->model, n->tag);
 }
 
 int store_write_manifest(struct store *s, const struct model_name *want,
 			 const char *buf, size_t len)
 {
 	struct model_name n = *want;
-	char *part[4], *dir, *path = NULL;
-	size_t size[4];
-	int ret;
+	char path[PATH_MAX], stored[sizeof(n.tag)];
+	int fd, ret;
 
 	if ((ret = store_lock(s)) < 0)
 		return ret;
-	name_parts(&n, part, size);
-	dir = xstrdup(s->manifests);
-	for (int i = 0; i < 4; i++) {
-		char buf2[NAME_HOST_MAX + 1];
-		if (find_entry(dir, part[i], buf2, sizeof(buf2)) == 0)
-			snprintf(part[i], size[i], "%s", buf2);
-		char *next = xasprintf("%s/%s", dir, part[i]);
-		if (i < 3 && (ret = mkdir_p(next, 0755)) < 0) {
-			log_error("cannot create directory '%s': %s", next, strerror(-ret));
-			free(next);
-			goto out;
-		}
-		free(dir);
-		dir = next;
+	fd = open_model_dir(s, &n, true, true);
+	if (fd < 0) {
+		ret = fd;
+		name_path(s, &n, path, sizeof(path));
+		log_error("cannot create the directories of manifest '%s': %s", path,
+			  file_strerror(ret));
+		goto out;
 	}
-	path = dir;
-	dir = NULL;
-	ret = write_file_atomic(s->tmp, path, buf, len, 0644);
-	if (ret < 0)
-		log_error("cannot write manifest '%s': %s", path, strerror(-ret));
+	if (find_entry(fd, n.tag, stored, sizeof(stored)) == 0)
+		snprintf(n.tag, sizeof(n.tag), "%s", stored);
+	ret = write_file_atomic_at(s->tmpfd, fd, n.tag, buf, len, 0644);
+	close(fd);
+	if (ret < 0) {
+		name_path(s, &n, path, sizeof(path));
+		log_error("cannot write manifest '%s': %s", path, file_strerror(ret));
+	}
 out:
-	free(dir);
-	free(path);
 	store_unlock(s);
 	return ret;
-}
-
-static bool is_dir_entry(int dirfd, const struct dirent *e, bool want_dir, int64_t *mtime)
-{
-	struct stat st;
-
-	if (e->d_name[0] == '.')
-		return false;
-	if (fstatat(dirfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-		return false;
-	if (mtime)
-		*mtime = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
-	return want_dir ? S_ISDIR(st.st_mode) : S_ISREG(st.st_mode);
 }
 
 struct tag_list {
@@ -331,31 +440,36 @@ struct tag_list {
 	size_t n, cap;
 };
 
-static void walk_level(const char *dir, int level, struct model_name *n,
-		       struct tag_list *out)
+/* Collect the tags under dirfd, which is level (0: hosts ... 3: tags) of the tree. */
+static void walk_level(int dirfd, int level, struct model_name *n, struct tag_list *out)
 {
 	static const enum name_part kind[] = { NAME_HOST, NAME_NAMESPACE, NAME_MODEL, NAME_TAG };
 	char *part[4];
 	size_t size[4];
-	DIR *d = opendir(dir);
+	DIR *d = opendir_at(dirfd);
 	struct dirent *e;
 
 	if (!d)
 		return;
 	name_parts(n, part, size);
 	while ((e = readdir(d)) != NULL) {
-		int64_t mtime = 0;
-		if (!is_dir_entry(dirfd(d), e, level < 3, &mtime))
+		struct stat st;
+		if (e->d_name[0] == '.' ||
+		    fstatat(dirfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    !(level < 3 ? S_ISDIR(st.st_mode) : S_ISREG(st.st_mode)))
 			continue;
 		if (strlen(e->d_name) >= size[level] || !name_part_valid(kind[level], e->d_name)) {
-			log_debug("ignoring '%s/%s': not a valid name part", dir, e->d_name);
+			log_debug("ignoring '%s' among the manifests: not a valid name part",
+				  e->d_name);
 			continue;
 		}
 		snprintf(part[level], size[level], "%s", e->d_name);
-		char *path = xasprintf("%s/%s", dir, e->d_name);
 		if (level < 3) {
-			walk_level(path, level + 1, n, out);
-			free(path);
+			int sub = open_dir_at(dirfd, e->d_name, false, 0);
+			if (sub >= 0) {
+				walk_level(sub, level + 1, n, out);
+				close(sub);
+			}
 			continue;
 		}
 		if (out->n == out->cap) {
@@ -363,8 +477,7 @@ static void walk_level(const char *dir, int level, struct model_name *n,
 			out->v = xrealloc(out->v, out->cap * sizeof(*out->v));
 		}
 		out->v[out->n].name = *n;
-		out->v[out->n].path = path;
-		out->v[out->n].mtime_ns = mtime;
+		out->v[out->n].mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
 		out->n++;
 	}
 	closedir(d);
@@ -388,7 +501,8 @@ int store_list_tags(const struct store *s, struct store_tag **tags, size_t *n)
 	struct model_name name;
 
 	memset(&name, 0, sizeof(name));
-	walk_level(s->manifests, 0, &name, &out);
+	if (s->manifestsfd >= 0)
+		walk_level(s->manifestsfd, 0, &name, &out);
 	if (out.n)
 		qsort(out.v, out.n, sizeof(*out.v), cmp_tag);
 	*tags = out.v;
@@ -398,8 +512,7 @@ int store_list_tags(const struct store *s, struct store_tag **tags, size_t *n)
 
 void store_tags_free(struct store_tag *tags, size_t n)
 {
-	for (size_t i = 0; i < n; i++)
-		free(tags[i].path);
+	(void)n;
 	free(tags);
 }
 
@@ -415,37 +528,36 @@ static int add_layer(const struct layer *l, void *arg)
 }
 
 /*
- * Add the digests a manifest file references. An invalid or oversized
- * manifest still protects every digest that appears in its text; one that
- * cannot be read at all returns its error, and the caller then deletes
- * nothing, since it cannot know which blobs that manifest needs.
+ * Add the digests a manifest references. An invalid or oversized manifest
+ * still protects every digest that appears in its text; one that cannot be
+ * read at all returns its error, and the caller then deletes nothing, since
+ * it cannot know which blobs that manifest needs.
  */
-static int manifest_file_digests(const char *path, struct digest_set *set)
+static int manifest_digests(const struct store *s, const struct model_name *n,
+			    struct digest_set *set)
 {
 	struct manifest *m;
 	struct stat st;
-	char err[256];
-	void *map;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	char err[256], path[PATH_MAX];
+	void *map = NULL;
+	int fd = open_manifest(s, n), ret = fd < 0 ? fd : 0;
 
-	if (fd < 0 || fstat(fd, &st) < 0) {
-		int ret = -errno;
-		if (fd >= 0)
-			close(fd);
-		log_warn("cannot read manifest '%s': %s", path, strerror(-ret));
-		return ret;
+	if (fd >= 0 && fstat(fd, &st) < 0)
+		ret = -errno;
+	if (ret == 0 && st.st_size > 0) {
+		map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
+		if (map == MAP_FAILED)
+			ret = -errno;
 	}
-	if (st.st_size == 0) {
+	if (fd >= 0)
 		close(fd);
-		return 0;
-	}
-	map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_PRIVATE, fd, 0);
-	close(fd);
-	if (map == MAP_FAILED) {
-		int ret = -errno;
-		log_warn("cannot read manifest '%s': %s", path, strerror(-ret));
+	if (ret < 0) {
+		name_path(s, n, path, sizeof(path));
+		log_warn("cannot read manifest '%s': %s", path, file_strerror(ret));
 		return ret;
 	}
+	if (st.st_size == 0)
+		return 0;
 	if (manifest_parse(map, (size_t)st.st_size, &m, err, sizeof(err)) == 0) {
 		manifest_for_each_blob(m, add_layer, set);
 		manifest_free(m);
@@ -465,21 +577,39 @@ int store_referenced(const struct store *s, struct digest_set *out)
 	memset(out, 0, sizeof(*out));
 	store_list_tags(s, &tags, &n);
 	for (size_t i = 0; i < n && ret == 0; i++)
-		ret = manifest_file_digests(tags[i].path, out);
+		ret = manifest_digests(s, &tags[i].name, out);
 	store_tags_free(tags, n);
 	digest_set_seal(out);
 	return ret;
 }
 
-/* Unlink a file, adding the space it held to *bytes; true if it existed. */
-static bool unlink_counted(const char *path, uint64_t *bytes)
+/* ---- deleting ---- */
+
+/* Unlink an entry of dirfd, adding the space it held to *bytes; true if it existed. */
+static bool unlink_counted(int dirfd, const char *name, uint64_t *bytes)
 {
 	struct stat st;
 
-	if (lstat(path, &st) < 0 || unlink(path) < 0)
+	if (dirfd < 0 || fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+	    unlinkat(dirfd, name, 0) < 0)
 		return false;
 	*bytes += (uint64_t)st.st_blocks * 512;
 	return true;
+}
+
+void store_partial_remove(const struct store *s, const struct digest *d,
+			  struct store_freed *freed)
+{
+	struct store_freed ignored;
+	char data[ENTRY_MAX], map[ENTRY_MAX];
+
+	if (!freed)
+		freed = &ignored;
+	entry_name(d, "", data, sizeof(data));
+	entry_name(d, ".map", map, sizeof(map));
+	if (unlink_counted(s->partialfd, data, &freed->bytes))
+		freed->partials++;
+	unlink_counted(s->partialfd, map, &freed->bytes);
 }
 
 /* Delete a blob's partial state unless another process is fetching it. */
@@ -487,46 +617,52 @@ static void remove_partial(const struct store *s, const struct digest *d,
 			   struct store_freed *freed)
 {
 	int lockfd = store_blob_trylock(s, d);
-	char *data, *map;
 
 	if (lockfd < 0)
 		return;
-	data = store_partial_path(s, d, "");
-	map = store_partial_path(s, d, ".map");
-	if (unlink_counted(data, &freed->bytes))
-		freed->partials++;
-	unlink_counted(map, &freed->bytes);
+	store_partial_remove(s, d, freed);
 	store_blob_unlock(s, d, lockfd, true);
-	free(data);
-	free(map);
 }
 
 static void remove_blob(const struct store *s, const struct digest *d,
 			struct store_freed *freed)
 {
-	char *path = store_blob_path(s, d);
+	char name[ENTRY_MAX];
 
-	if (unlink_counted(path, &freed->bytes))
+	entry_name(d, "", name, sizeof(name));
+	if (unlink_counted(s->blobsfd, name, &freed->bytes))
 		freed->blobs++;
-	free(path);
 	remove_partial(s, d, freed);
 }
 
+/* Remove the empty directories of a removed tag, deepest first. */
 static void prune_dirs(const struct store *s, const struct model_name *n)
 {
-	char *dirs[] = {
-		xasprintf("%s/%s/%s/%s", s->manifests, n->host, n->ns, n->model),
-		xasprintf("%s/%s/%s", s->manifests, n->host, n->ns),
-		xasprintf("%s/%s", s->manifests, n->host),
-	};
-	bool go = true;
+	int host = open_dir_at(s->manifestsfd, n->host, false, 0);
+	int ns = host < 0 ? -1 : open_dir_at(host, n->ns, false, 0);
 
-	for (size_t i = 0; i < ARRAY_SIZE(dirs); i++) {
-		if (go && rmdir(dirs[i]) < 0)
-			go = false;
-		free(dirs[i]);
-	}
-	fsync_dir(s->manifests);
+	if (ns >= 0 && unlinkat(ns, n->model, AT_REMOVEDIR) == 0 &&
+	    unlinkat(host, n->ns, AT_REMOVEDIR) == 0)
+		unlinkat(s->manifestsfd, n->host, AT_REMOVEDIR);
+	close_fd(ns);
+	close_fd(host);
+	fsync(s->manifestsfd);
+}
+
+/* Unlink a tag's manifest (exact name) and make that durable. */
+static int unlink_manifest(const struct store *s, const struct model_name *want)
+{
+	struct model_name n = *want;
+	int fd = open_model_dir(s, &n, false, false), ret = 0;
+
+	if (fd < 0)
+		return fd;
+	if (unlinkat(fd, n.tag, 0) < 0)
+		ret = -errno;
+	else
+		fsync(fd);
+	close(fd);
+	return ret;
 }
 
 int store_remove_tag(struct store *s, const struct model_name *want,
@@ -534,7 +670,7 @@ int store_remove_tag(struct store *s, const struct model_name *want,
 {
 	struct digest_set mine = { 0 }, refs = { 0 };
 	struct model_name n;
-	char *path;
+	char path[PATH_MAX];
 	int ret;
 
 	memset(freed, 0, sizeof(*freed));
@@ -543,17 +679,13 @@ int store_remove_tag(struct store *s, const struct model_name *want,
 	ret = store_find_tag(s, want, &n);
 	if (ret < 0)
 		goto out;
-	path = store_manifest_path(s, &n);
-	if (manifest_file_digests(path, &mine) < 0)
+	if (manifest_digests(s, &n, &mine) < 0)
 		digest_set_release(&mine);   /* its blobs stay; gc can take them later */
-	if (unlink(path) < 0) {
-		ret = -errno;
-		log_error("cannot remove manifest '%s': %s", path, strerror(errno));
-		free(path);
+	if ((ret = unlink_manifest(s, &n)) < 0) {
+		name_path(s, &n, path, sizeof(path));
+		log_error("cannot remove manifest '%s': %s", path, strerror(-ret));
 		goto out;
 	}
-	fsync_parent(path);
-	free(path);
 	prune_dirs(s, &n);
 
 	if (store_referenced(s, &refs) < 0) {
@@ -564,7 +696,7 @@ int store_remove_tag(struct store *s, const struct model_name *want,
 	for (size_t i = 0; i < mine.n; i++)
 		if (!digest_set_has(&refs, &mine.v[i]))
 			remove_blob(s, &mine.v[i], freed);
-	fsync_dir(s->blobs);
+	fsync(s->blobsfd);
 out:
 	digest_set_release(&mine);
 	digest_set_release(&refs);
@@ -587,10 +719,16 @@ static bool partial_digest(const char *name, struct digest *d)
 	return digest_parse_filename(buf, d) == 0;
 }
 
-static void gc_dir(const char *dir, void (*fn)(const char *dir, const char *name,
-					      void *arg), void *arg)
+struct gc_ctx {
+	const struct store *s;
+	struct digest_set refs;
+	struct store_freed *freed;
+};
+
+static void gc_dir(int dirfd, void (*fn)(struct gc_ctx *g, int dirfd, const char *name),
+		   struct gc_ctx *g)
 {
-	DIR *d = opendir(dir);
+	DIR *d = dirfd < 0 ? NULL : opendir_at(dirfd);
 	struct dirent *e;
 	char **names = NULL;
 	size_t n = 0;
@@ -606,65 +744,50 @@ static void gc_dir(const char *dir, void (*fn)(const char *dir, const char *name
 	}
 	closedir(d);
 	for (size_t i = 0; i < n; i++) {
-		fn(dir, names[i], arg);
+		fn(g, dirfd, names[i]);
 		free(names[i]);
 	}
 	free(names);
 }
 
-struct gc_ctx {
-	const struct store *s;
-	struct digest_set refs;
-	struct store_freed *freed;
-};
-
-static void gc_blob(const char *dir, const char *name, void *arg)
+static void gc_blob(struct gc_ctx *g, int dirfd, const char *name)
 {
-	struct gc_ctx *g = arg;
 	struct digest d;
 
 	if (digest_parse_filename(name, &d) < 0 || digest_set_has(&g->refs, &d))
 		return;
-	char *path = xasprintf("%s/%s", dir, name);
-	if (unlink_counted(path, &g->freed->bytes))
+	if (unlink_counted(dirfd, name, &g->freed->bytes))
 		g->freed->blobs++;
-	free(path);
 }
 
-static void gc_partial(const char *dir, const char *name, void *arg)
+static void gc_partial(struct gc_ctx *g, int dirfd, const char *name)
 {
-	struct gc_ctx *g = arg;
 	struct digest d;
-	char *blob;
-
-	if (!partial_digest(name, &d))
-		return;
-	blob = store_blob_path(g->s, &d);
-	/* Unreferenced, or leftovers next to a blob that is already complete. */
-	if (!digest_set_has(&g->refs, &d) || access(blob, F_OK) == 0)
-		remove_partial(g->s, &d, g->freed);
-	free(blob);
-}
-
-static void gc_tmp(const char *dir, const char *name, void *arg)
-{
-	struct gc_ctx *g = arg;
-	char *path = xasprintf("%s/%s", dir, name);
+	char blob[ENTRY_MAX];
 	struct stat st;
 
-	if (stat(path, &st) == 0 &&
-	    (uint64_t)st.st_mtime + STALE_TMP_SECONDS < wall_ms() / 1000)
-		unlink_counted(path, &g->freed->bytes);
-	free(path);
+	(void)dirfd;   /* partial/ */
+	if (!partial_digest(name, &d))
+		return;
+	entry_name(&d, "", blob, sizeof(blob));
+	/* Unreferenced, or leftovers next to a blob that is already complete. */
+	if (!digest_set_has(&g->refs, &d) ||
+	    fstatat(g->s->blobsfd, blob, &st, AT_SYMLINK_NOFOLLOW) == 0)
+		remove_partial(g->s, &d, g->freed);
 }
 
-static void gc_quarantine(const char *dir, const char *name, void *arg)
+static void gc_tmp(struct gc_ctx *g, int dirfd, const char *name)
 {
-	struct gc_ctx *g = arg;
-	char *path = xasprintf("%s/%s", dir, name);
+	struct stat st;
 
-	unlink_counted(path, &g->freed->bytes);
-	free(path);
+	if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    (uint64_t)st.st_mtime + STALE_TMP_SECONDS < wall_ms() / 1000)
+		unlink_counted(dirfd, name, &g->freed->bytes);
+}
+
+static void gc_quarantine(struct gc_ctx *g, int dirfd, const char *name)
+{
+	unlink_counted(dirfd, name, &g->freed->bytes);
 }
 
 int store_gc(struct store *s, struct store_freed *freed)
@@ -680,11 +803,11 @@ int store_gc(struct store *s, struct store_freed *freed)
 		log_error("not collecting garbage: a manifest cannot be read, so what it uses is unknown");
 		goto out;
 	}
-	gc_dir(s->blobs, gc_blob, &g);
-	gc_dir(s->partial, gc_partial, &g);
-	gc_dir(s->tmp, gc_tmp, &g);
-	gc_dir(s->quarantine, gc_quarantine, &g);
-	fsync_dir(s->blobs);
+	gc_dir(s->blobsfd, gc_blob, &g);
+	gc_dir(s->partialfd, gc_partial, &g);
+	gc_dir(s->tmpfd, gc_tmp, &g);
+	gc_dir(s->quarantinefd, gc_quarantine, &g);
+	fsync(s->blobsfd);
 out:
 	digest_set_release(&g.refs);
 	store_unlock(s);
@@ -693,11 +816,12 @@ out:
 
 void store_touch_blob(const struct store *s, const struct digest *d)
 {
-	char *path = store_blob_path(s, d);
 	const struct timespec ts[2] = { { .tv_nsec = UTIME_NOW }, { .tv_nsec = UTIME_OMIT } };
+	char name[ENTRY_MAX];
 
-	utimensat(AT_FDCWD, path, ts, 0);   /* best effort: at worst it is evicted sooner */
-	free(path);
+	entry_name(d, "", name, sizeof(name));
+	/* best effort: at worst it is evicted sooner */
+	utimensat(s->blobsfd, name, ts, AT_SYMLINK_NOFOLLOW);
 }
 
 struct cached {
@@ -721,7 +845,7 @@ static uint64_t cache_limit(const struct store *s, uint64_t max, uint64_t used)
 {
 	struct statvfs sv;
 
-	if (statvfs(s->root, &sv) == 0) {
+	if (fstatvfs(s->rootfd, &sv) == 0) {
 		uint64_t total = (uint64_t)sv.f_blocks * sv.f_frsize;
 		uint64_t avail = (uint64_t)sv.f_bavail * sv.f_frsize;
 		uint64_t headroom = MIN(total / 20, 1ULL << 30);
@@ -731,26 +855,21 @@ static uint64_t cache_limit(const struct store *s, uint64_t max, uint64_t used)
 	return max;
 }
 
-int store_evict(struct store *s, uint64_t max,
-		bool (*in_use)(void *arg, const struct digest *d), void *arg,
-		struct store_freed *freed)
+/* The complete blobs in blobs/ with their size and atime. */
+static size_t list_cached(const struct store *s, struct cached **out, uint64_t *used)
 {
 	struct cached *v = NULL;
 	size_t n = 0, cap = 0;
-	uint64_t used = 0, limit;
-	DIR *dir;
+	DIR *dir = s->blobsfd < 0 ? NULL : opendir_at(s->blobsfd);
 	struct dirent *e;
-	int ret;
 
-	memset(freed, 0, sizeof(*freed));
-	if ((ret = store_lock(s)) < 0)
-		return ret;
-	dir = opendir(s->blobs);
+	*used = 0;
 	while (dir && (e = readdir(dir)) != NULL) {
 		struct stat st;
 		struct digest d;
 		if (digest_parse_filename(e->d_name, &d) < 0 ||
-		    fstatat(dirfd(dir), e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISREG(st.st_mode))
+		    fstatat(s->blobsfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+		    !S_ISREG(st.st_mode))
 			continue;
 		if (n == cap) {
 			cap = cap ? 2 * cap : 256;
@@ -759,98 +878,150 @@ int store_evict(struct store *s, uint64_t max,
 		v[n].d = d;
 		v[n].bytes = (uint64_t)st.st_blocks * 512;
 		v[n].atime = (int64_t)st.st_atim.tv_sec * 1000000000 + st.st_atim.tv_nsec;
-		used += v[n].bytes;
+		*used += v[n].bytes;
 		n++;
 	}
 	if (dir)
 		closedir(dir);
+	*out = v;
+	return n;
+}
+
+int store_evict(struct store *s, uint64_t max,
+		bool (*in_use)(void *arg, const struct digest *d), void *arg,
+		struct store_freed *freed)
+{
+	struct cached *v;
+	uint64_t used, limit;
+	size_t n;
+	int ret;
+
+	memset(freed, 0, sizeof(*freed));
+	if ((ret = store_lock(s)) < 0)
+		return ret;
+	n = list_cached(s, &v, &used);
 	limit = cache_limit(s, max, used);
 	if (n > 1)
 		qsort(v, n, sizeof(*v), cmp_atime);
 	for (size_t i = 0; i < n && used > limit; i++) {
+		char name[ENTRY_MAX];
 		if (in_use && in_use(arg, &v[i].d))
 			continue;
-		char *path = store_blob_path(s, &v[i].d);
-		if (unlink(path) == 0) {
-			char name[DIGEST_STR_LEN];
-			digest_format(&v[i].d, name);
-			log_info("evicted '%s' from the cache (least recently used)", name);
+		entry_name(&v[i].d, "", name, sizeof(name));
+		if (unlinkat(s->blobsfd, name, 0) == 0) {
+			char hex[DIGEST_STR_LEN];
+			digest_format(&v[i].d, hex);
+			log_info("evicted '%s' from the cache (least recently used)", hex);
 			used -= v[i].bytes;
 			freed->blobs++;
 			freed->bytes += v[i].bytes;
 		}
-		free(path);
 	}
 	if (freed->blobs)
-		fsync_dir(s->blobs);
+		fsync(s->blobsfd);
 	free(v);
 	store_unlock(s);
 	return 0;
 }
 
-static int move_to_quarantine(const struct store *s, const char *from,
+/* ---- moving blobs in and out ---- */
+
+/* Move name in dirfd (a blob of digest d) into quarantine, as <name>.<ms>.<why>. */
+static int move_to_quarantine(const struct store *s, int dirfd, const char *name,
 			      const struct digest *d, const char *why)
 {
-	char name[DIGEST_STR_LEN];
-	char *to;
+	char blob[ENTRY_MAX], to[ENTRY_MAX + 64];
 	int ret = 0;
 
-	digest_filename(d, name);
-	to = xasprintf("%s/%s.%llu.%s", s->quarantine, name,
-		       (unsigned long long)wall_ms(), why);
-	if (rename(from, to) < 0) {
+	entry_name(d, "", blob, sizeof(blob));
+	snprintf(to, sizeof(to), "%s.%llu.%s", blob, (unsigned long long)wall_ms(), why);
+	if (renameat(dirfd, name, s->quarantinefd, to) < 0) {
 		ret = -errno;
-		log_error("cannot move '%s' to quarantine: %s", from, strerror(errno));
+		log_error("cannot move '%s' of store '%s' to quarantine: %s", name, s->root,
+			  strerror(errno));
 	}
-	free(to);
 	return ret;
+}
+
+int store_open_complete(const struct store *s, const struct digest *d)
+{
+	char name[ENTRY_MAX];
+
+	if (s->blobsfd < 0)
+		return -ENOENT;
+	entry_name(d, "", name, sizeof(name));
+	return open_regular_at(s->blobsfd, name, O_RDONLY, 0);
+}
+
+uint64_t store_local_bytes(const struct store *s, const struct digest *d, uint64_t size)
+{
+	char name[ENTRY_MAX];
+	struct stat st;
+	struct chunkmap *m;
+	uint64_t local = 0;
+
+	entry_name(d, "", name, sizeof(name));
+	if (s->blobsfd >= 0 && fstatat(s->blobsfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	    S_ISREG(st.st_mode) && (uint64_t)st.st_size == size)
+		return size;
+	if (s->partialfd >= 0 && store_partial_load_map(s, d, size, &m) == 0) {
+		local = chunkmap_bytes(m);
+		chunkmap_free(m);
+	}
+	return local;
 }
 
 int store_open_blob(const struct store *s, const struct digest *d, uint64_t size,
 		    int *fdp)
 {
-	char *path = store_blob_path(s, d);
+	char name[ENTRY_MAX], hex[DIGEST_STR_LEN];
 	struct stat st;
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
-	int ret = 0;
+	int fd = store_open_complete(s, d);
 
-	if (fd < 0) {
-		ret = -errno;
-		goto out;
-	}
-	if (fstat(fd, &st) < 0) {
-		ret = -errno;
+	entry_name(d, "", name, sizeof(name));
+	if (fd >= 0 && fstat(fd, &st) < 0) {
+		int ret = -errno;
 		close(fd);
-		goto out;
+		return ret;
 	}
-	if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size != size) {
-		char hex[DIGEST_STR_LEN];
-		digest_format(d, hex);
+	if (fd >= 0 && (uint64_t)st.st_size == size) {
+		*fdp = fd;
+		return 0;
+	}
+	if (fd != -ELOOP && fd != -EFTYPE && fd < 0)
+		return fd;
+	digest_format(d, hex);
+	if (fd >= 0) {
 		close(fd);
 		log_warn("blob '%s' in the store has %lld bytes but should have %llu%s",
 			 hex, (long long)st.st_size, (unsigned long long)size,
 			 s->writable ? "; moved to quarantine" : "");
-		if (s->writable)
-			move_to_quarantine(s, path, d, "badsize");
-		ret = s->writable ? -ENOENT : -EIO;
-		goto out;
+	} else {
+		log_warn("blob '%s' in the store cannot be used: %s%s", hex, file_strerror(fd),
+			 s->writable ? "; moved to quarantine" : "");
 	}
-	*fdp = fd;
-out:
-	free(path);
-	return ret;
+	if (!s->writable)
+		return -EIO;
+	move_to_quarantine(s, s->blobsfd, name, d, fd >= 0 ? "badsize" : "notafile");
+	return -ENOENT;
 }
 
 int store_blob_trylock(const struct store *s, const struct digest *d)
 {
-	char *path = store_partial_path(s, d, ".lock");
+	char name[ENTRY_MAX];
 	struct stat a, b;
 	int fd, ret;
 
+	entry_name(d, ".lock", name, sizeof(name));
 	for (;;) {
-		fd = open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
+		fd = open_regular_at(s->partialfd, name, O_CREAT | O_RDWR, 0600);
+		if (fd == -ELOOP || fd == -EFTYPE) {
+			/* Planted, not ours: a lock file is only ever a regular file. */
+			if (unlinkat(s->partialfd, name, 0) == 0)
+				continue;
+		}
 		if (fd < 0) {
-			ret = -errno;
+			ret = fd;
 			break;
 		}
 		if (flock(fd, LOCK_EX | LOCK_NB) < 0) {
@@ -859,14 +1030,13 @@ int store_blob_trylock(const struct store *s, const struct digest *d)
 			break;
 		}
 		/* The holder before us may have removed the file: lock the live one. */
-		if (fstat(fd, &a) == 0 && stat(path, &b) == 0 &&
+		if (fstat(fd, &a) == 0 && fstatat(s->partialfd, name, &b, AT_SYMLINK_NOFOLLOW) == 0 &&
 		    a.st_ino == b.st_ino && a.st_dev == b.st_dev) {
 			ret = fd;
 			break;
 		}
 		close(fd);
 	}
-	free(path);
 	return ret;
 }
 
@@ -876,66 +1046,158 @@ void store_blob_unlock(const struct store *s, const struct digest *d, int lockfd
 	if (lockfd < 0)
 		return;
 	if (remove) {
-		char *path = store_partial_path(s, d, ".lock");
-		unlink(path);
-		free(path);
+		char name[ENTRY_MAX];
+		entry_name(d, ".lock", name, sizeof(name));
+		unlinkat(s->partialfd, name, 0);
 	}
 	close(lockfd);
 }
 
+/*
+ * May a blob be written into fd? Only a regular file with one link: a second
+ * link could be another file of the machine that someone linked into the
+ * store, and writing there would change that file.
+ */
+static bool partial_is_ours(int fd)
+{
+	struct stat st;
+
+	return fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_nlink == 1;
+}
+
+/* Open the partial file's name for writing: the existing file if it is ours, else a new one. */
+static int open_partial_w(const struct store *s, const struct digest *d)
+{
+	char name[ENTRY_MAX];
+	int fd;
+
+	entry_name(d, "", name, sizeof(name));
+	fd = open_regular_at(s->partialfd, name, O_RDWR, 0);
+	if (fd >= 0 && partial_is_ours(fd))
+		return fd;
+	if (fd >= 0)
+		close(fd);
+	if (fd != -ENOENT) {
+		char *path = store_partial_path(s, d, "");
+		log_warn("'%s' cannot be a partial download (%s); starting over", path,
+			 fd >= 0 ? "it has another link" : file_strerror(fd));
+		free(path);
+		store_partial_remove(s, d, NULL);
+	}
+	return open_regular_at(s->partialfd, name, O_RDWR | O_CREAT | O_EXCL, 0644);
+}
+
+int store_partial_open(const struct store *s, const struct digest *d, uint64_t size,
+		       int *wfdp, int *rfdp)
+{
+	char name[ENTRY_MAX], *path = store_partial_path(s, d, "");
+	struct stat a, b;
+	int wfd = open_partial_w(s, d), rfd = -1, ret = 0;
+
+	entry_name(d, "", name, sizeof(name));
+	if (wfd < 0) {
+		ret = wfd;
+		log_error("cannot open '%s': %s", path, file_strerror(ret));
+		goto out;
+	}
+	if (ftruncate(wfd, (off_t)size) < 0) {
+		ret = -errno;
+		log_error("cannot size '%s': %s", path, strerror(errno));
+		goto out;
+	}
+	/* The same file, read-only: what readers are served from, before and after the commit. */
+	rfd = open_regular_at(s->partialfd, name, O_RDONLY, 0);
+	if (rfd >= 0 && (fstat(wfd, &a) < 0 || fstat(rfd, &b) < 0 || a.st_ino != b.st_ino ||
+			 a.st_dev != b.st_dev)) {
+		close(rfd);
+		rfd = -EAGAIN;
+	}
+	if (rfd < 0) {
+		ret = rfd;
+		log_error("cannot open '%s': %s", path, file_strerror(ret));
+	}
+out:
+	if (ret < 0) {
+		close_fd(wfd);
+		close_fd(rfd);
+	} else {
+		*wfdp = wfd;
+		*rfdp = rfd;
+	}
+	free(path);
+	return ret;
+}
+
+int store_partial_load_map(const struct store *s, const struct digest *d, uint64_t size,
+			   struct chunkmap **out)
+{
+	char name[ENTRY_MAX];
+
+	entry_name(d, ".map", name, sizeof(name));
+	return chunkmap_load_at(s->partialfd, name, d, size, out);
+}
+
+int store_partial_save_map(const struct store *s, const struct digest *d,
+			   const void *buf, size_t len)
+{
+	char name[ENTRY_MAX];
+
+	entry_name(d, ".map", name, sizeof(name));
+	return write_file_atomic_at(s->tmpfd, s->partialfd, name, buf, len, 0600);
+}
+
 int store_commit_blob(const struct store *s, const struct digest *d)
 {
-	char *from = store_partial_path(s, d, "");
-	char *to = store_blob_path(s, d);
-	char *map = store_partial_path(s, d, ".map");
+	char name[ENTRY_MAX], map[ENTRY_MAX];
 	int ret = 0;
 
-	if (rename(from, to) < 0) {
+	entry_name(d, "", name, sizeof(name));
+	entry_name(d, ".map", map, sizeof(map));
+	if (renameat(s->partialfd, name, s->blobsfd, name) < 0) {
 		ret = -errno;
-		log_error("cannot move '%s' to '%s': %s", from, to, strerror(errno));
+		log_error("cannot move '%s' from partial downloads to blobs/ in store '%s': %s",
+			  name, s->root, strerror(errno));
 	} else {
-		fsync_dir(s->blobs);
-		unlink(map);
+		fsync(s->blobsfd);
+		unlinkat(s->partialfd, map, 0);
 	}
-	free(from);
-	free(to);
-	free(map);
 	return ret;
 }
 
 int store_quarantine_blob(const struct store *s, const struct digest *d)
 {
-	char *from = store_partial_path(s, d, "");
-	char *map = store_partial_path(s, d, ".map");
-	int ret = move_to_quarantine(s, from, d, "mismatch");
+	char name[ENTRY_MAX], map[ENTRY_MAX];
+	int ret;
 
-	unlink(map);
-	free(from);
-	free(map);
+	entry_name(d, "", name, sizeof(name));
+	entry_name(d, ".map", map, sizeof(map));
+	ret = move_to_quarantine(s, s->partialfd, name, d, "mismatch");
+	unlinkat(s->partialfd, map, 0);
 	return ret;
 }
 
 int store_quarantine_complete(const struct store *s, const struct digest *d,
 			      const char *why)
 {
-	char *path = store_blob_path(s, d);
-	int ret = move_to_quarantine(s, path, d, why);
+	char name[ENTRY_MAX];
+	int ret;
 
+	entry_name(d, "", name, sizeof(name));
+	ret = move_to_quarantine(s, s->blobsfd, name, d, why);
 	if (ret == 0)
-		fsync_dir(s->blobs);
-	free(path);
+		fsync(s->blobsfd);
 	return ret;
 }
 
-/* Disk space of the regular files directly in dir, added to *bytes. */
-static void dir_usage(const char *dir, uint64_t *bytes)
+/* Disk space of the regular files directly in the directory dirfd, added to *bytes. */
+static void dir_usage(int dirfd, uint64_t *bytes)
 {
-	DIR *d = opendir(dir);
+	DIR *d = dirfd < 0 ? NULL : opendir_at(dirfd);
 	struct dirent *e;
 	struct stat st;
 
 	while (d && (e = readdir(d)) != NULL)
-		if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
+		if (fstatat(dirfd, e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
 			*bytes += (uint64_t)st.st_blocks * 512;
 	if (d)
 		closedir(d);
@@ -945,7 +1207,7 @@ uint64_t store_usage(const struct store *s)
 {
 	uint64_t bytes = 0;
 
-	dir_usage(s->blobs, &bytes);
-	dir_usage(s->partial, &bytes);
+	dir_usage(s->blobsfd, &bytes);
+	dir_usage(s->partialfd, &bytes);
 	return bytes;
 }

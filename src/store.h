@@ -9,16 +9,25 @@
 #include "digest.h"
 #include "name.h"
 
+struct chunkmap;
 struct manifest;
 
+/*
+ * An open store. Every file under it is reached through these directory
+ * descriptors, never through a link; a directory that does not exist (a store
+ * opened without STORE_CREATE) is -1 and reads as empty.
+ */
 struct store {
-	char *root;
-	char *blobs;       /* root/blobs: complete, verified blobs only */
-	char *manifests;   /* root/manifests/<host>/<ns>/<model>/<tag> */
-	char *state;       /* root/.blobfs (0700): everything unfinished */
-	char *partial;     /* state/partial: sha256-<hex>, .map, .lock */
-	char *tmp;         /* state/tmp: files on their way to a rename */
-	char *quarantine;  /* state/quarantine: blobs that failed verification */
+	char *root;        /* absolute path, for messages and the statfs of the mount */
+	char *manifests;   /* root/manifests as a path: only for inotify watches */
+	char *tmp;         /* state/tmp as a path: until blob.c writes through the store */
+	int rootfd;
+	int blobsfd;       /* blobs/: complete, verified blobs only */
+	int manifestsfd;   /* manifests/<host>/<ns>/<model>/<tag> */
+	int statefd;       /* .blobfs (0700): everything unfinished */
+	int partialfd;     /* state/partial: sha256-<hex>, .map, .lock */
+	int tmpfd;         /* state/tmp: files on their way to a rename */
+	int quarantinefd;  /* state/quarantine: blobs that failed verification */
 	bool writable;
 	int lockfd;        /* state/lock, flock()ed around index changes */
 };
@@ -29,23 +38,25 @@ struct store {
  */
 char *store_default_root(const char *opt);
 
+enum {
+	STORE_CREATE = 1,  /* make the layout; it must be writable */
+};
+
 /*
- * Open a store. With create, make the layout (and fail with a clear message if
- * it cannot be written); without, a missing store reads as empty.
+ * Open a store. With STORE_CREATE, make the layout (and fail with a clear
+ * message if it cannot be written); without, a missing store reads as empty.
  */
-int store_open(const char *root, bool create, struct store **out);
+int store_open(const char *root, unsigned flags, struct store **out);
 void store_close(struct store *s);
 
 /* The index lock serialises manifest writes, removals and gc between processes. */
 int store_lock(struct store *s);
 void store_unlock(struct store *s);
 
-/* Paths; caller frees. */
+/* Paths, for messages only; caller frees. suffix is "" (data), ".map" or ".lock". */
 char *store_blob_path(const struct store *s, const struct digest *d);
-/* suffix is "" (data), ".map" or ".lock" */
 char *store_partial_path(const struct store *s, const struct digest *d,
 			 const char *suffix);
-char *store_manifest_path(const struct store *s, const struct model_name *n);
 
 /*
  * Find a tag case-insensitively; on success *found holds the stored casing
@@ -53,9 +64,12 @@ char *store_manifest_path(const struct store *s, const struct model_name *n);
  */
 int store_find_tag(const struct store *s, const struct model_name *want,
 		   struct model_name *found);
-/* Read a tag's manifest bytes (exact name, as found by store_find_tag). */
+/*
+ * Read a tag's manifest bytes (exact name, as found by store_find_tag), and
+ * the manifest's mtime if mtime_ns is not NULL.
+ */
 int store_read_manifest(const struct store *s, const struct model_name *n,
-			char **buf, size_t *len);
+			char **buf, size_t *len, int64_t *mtime_ns);
 /*
  * Write a manifest atomically, reusing the casing of directories that already
  * exist. Takes the index lock.
@@ -65,7 +79,6 @@ int store_write_manifest(struct store *s, const struct model_name *n,
 
 struct store_tag {
 	struct model_name name;
-	char *path;
 	int64_t mtime_ns;
 };
 
@@ -99,11 +112,20 @@ int store_remove_tag(struct store *s, const struct model_name *n,
 int store_gc(struct store *s, struct store_freed *freed);
 
 /*
- * Open a complete blob read-only. -ENOENT if absent. A file whose size is not
- * the expected one is moved to quarantine and reported as absent.
+ * Open a complete blob read-only. -ENOENT if absent. Anything at its name that
+ * is not a regular file of the expected size is moved to quarantine and
+ * reported as absent.
  */
 int store_open_blob(const struct store *s, const struct digest *d,
 		    uint64_t size, int *fd);
+
+/* Open a complete blob read-only whatever its size (verify); fd, -ENOENT, -ELOOP, -EFTYPE. */
+int store_open_complete(const struct store *s, const struct digest *d);
+/*
+ * How many bytes of a blob are local: all of it when it is complete, else
+ * what its partial download's chunk map says is durable.
+ */
+uint64_t store_local_bytes(const struct store *s, const struct digest *d, uint64_t size);
 
 /*
  * Per-blob lock between processes: only its holder writes the partial file.
@@ -129,6 +151,26 @@ int store_evict(struct store *s, uint64_t max,
 
 /* Disk space the blobs take, complete (blobs/) and partial (with their maps). */
 uint64_t store_usage(const struct store *s);
+
+/* ---- partial blobs: only the holder of the blob's lock calls these ---- */
+
+/*
+ * Open the blob's partial file for writing, creating it if need be, sized to
+ * size, and a read-only descriptor of the same file. Whatever else is at its
+ * name - a link, anything but a regular file with a single link - is deleted
+ * with its map first, and the blob starts over.
+ */
+int store_partial_open(const struct store *s, const struct digest *d, uint64_t size,
+		       int *wfd, int *rfd);
+/* The partial blob's durable chunk map; -ENOENT, or -EINVAL if it does not fit. */
+int store_partial_load_map(const struct store *s, const struct digest *d, uint64_t size,
+			   struct chunkmap **out);
+/* Replace its chunk map (encoded) atomically. */
+int store_partial_save_map(const struct store *s, const struct digest *d,
+			   const void *buf, size_t len);
+/* Delete its partial file and map, counting what that frees (freed may be NULL). */
+void store_partial_remove(const struct store *s, const struct digest *d,
+			  struct store_freed *freed);
 
 /* Move a finished partial file into blobs/ (atomic rename, then fsync). */
 int store_commit_blob(const struct store *s, const struct digest *d);

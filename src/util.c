@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -145,16 +146,13 @@ int fsync_parent(const char *path)
 	return ret;
 }
 
-int read_file(const char *path, size_t max, char **bufp, size_t *lenp)
+/* Read fd to its end into a NUL-terminated buffer; -EFBIG past max bytes. */
+static int read_fd(int fd, size_t max, char **bufp, size_t *lenp)
 {
-	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	size_t cap = 4096, len = 0;
-	char *buf;
+	char *buf = xmalloc(cap + 1);
 	int ret = 0;
 
-	if (fd < 0)
-		return -errno;
-	buf = xmalloc(cap + 1);
 	for (;;) {
 		if (len == cap) {
 			if (cap > max) {
@@ -175,7 +173,6 @@ int read_file(const char *path, size_t max, char **bufp, size_t *lenp)
 			break;
 		len += n;
 	}
-	close(fd);
 	if (ret == 0 && len > max)
 		ret = -EFBIG;
 	if (ret < 0) {
@@ -186,6 +183,18 @@ int read_file(const char *path, size_t max, char **bufp, size_t *lenp)
 	*bufp = buf;
 	*lenp = len;
 	return 0;
+}
+
+int read_file(const char *path, size_t max, char **bufp, size_t *lenp)
+{
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	int ret;
+
+	if (fd < 0)
+		return -errno;
+	ret = read_fd(fd, max, bufp, lenp);
+	close(fd);
+	return ret;
 }
 
 int pwrite_all(int fd, const void *buf, size_t len, off_t off)
@@ -253,6 +262,123 @@ int write_file_atomic(const char *tmpdir, const char *path, const void *buf,
 		ret = fsync_parent(path);
 	free(tmp);
 	return ret;
+}
+
+const char *file_strerror(int err)
+{
+	if (err < 0)
+		err = -err;
+	if (err == ELOOP)
+		return "it is a symbolic link";
+	if (err == EFTYPE)
+		return "it is not a regular file";
+	return strerror(err);
+}
+
+int open_regular_at(int dirfd, const char *name, int flags, mode_t mode)
+{
+	/* O_NONBLOCK: opening a FIFO planted in the store must not hang. */
+	int fd = openat(dirfd, name, flags | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, mode);
+	struct stat st;
+
+	int ret = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) < 0 || fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0)
+		ret = -errno;
+	else if (!S_ISREG(st.st_mode))
+		ret = -EFTYPE;
+	if (ret < 0) {
+		close(fd);
+		return ret;
+	}
+	return fd;
+}
+
+int read_file_at(int dirfd, const char *name, size_t max, char **buf, size_t *len)
+{
+	int fd = open_regular_at(dirfd, name, O_RDONLY, 0);
+	int ret;
+
+	if (fd < 0)
+		return fd;
+	ret = read_fd(fd, max, buf, len);
+	close(fd);
+	return ret;
+}
+
+/* Create a new, empty temporary file in dirfd; its name goes into name. */
+static int create_temp_at(int dirfd, char *name, size_t size)
+{
+	for (int tries = 0; tries < 100; tries++) {
+		uint64_t r;
+		if (getrandom(&r, sizeof(r), GRND_NONBLOCK) != (ssize_t)sizeof(r))
+			r = now_ms() * 2654435761u + (uint64_t)tries;
+		snprintf(name, size, "tmp.%016" PRIx64, r);
+		int fd = openat(dirfd, name, O_CREAT | O_EXCL | O_WRONLY | O_NOFOLLOW | O_CLOEXEC,
+				0600);
+		if (fd >= 0 || errno != EEXIST)
+			return fd < 0 ? -errno : fd;
+	}
+	return -EEXIST;
+}
+
+int write_file_atomic_at(int tmpdirfd, int dirfd, const char *name, const void *buf,
+			 size_t len, mode_t mode)
+{
+	char tmp[32];
+	int fd = create_temp_at(tmpdirfd, tmp, sizeof(tmp));
+	int ret;
+
+	if (fd < 0)
+		return fd;
+	ret = pwrite_all(fd, buf, len, 0);
+	if (ret == 0 && fchmod(fd, mode) < 0)
+		ret = -errno;
+	if (ret == 0 && fsync(fd) < 0)
+		ret = -errno;
+	if (close(fd) < 0 && ret == 0)
+		ret = -errno;
+	if (ret == 0 && renameat(tmpdirfd, tmp, dirfd, name) < 0)
+		ret = -errno;
+	if (ret < 0)
+		unlinkat(tmpdirfd, tmp, 0);
+	else if (fsync(dirfd) < 0 && errno != EINVAL)
+		ret = -errno;
+	return ret;
+}
+
+int open_dir_at(int dirfd, const char *name, bool create, mode_t mode)
+{
+	const int flags = O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC;
+	int fd = openat(dirfd, name, flags);
+
+	if (fd < 0 && errno == ENOENT && create) {
+		if (mkdirat(dirfd, name, mode) < 0 && errno != EEXIST)
+			return -errno;
+		fd = openat(dirfd, name, flags);
+	}
+	if (fd < 0 && errno == ENOTDIR) {
+		/* With O_DIRECTORY a link is ENOTDIR too: tell the two apart. */
+		struct stat st;
+		if (fstatat(dirfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode))
+			errno = ELOOP;
+	}
+	return fd < 0 ? -errno : fd;
+}
+
+DIR *opendir_at(int dirfd)
+{
+	int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	DIR *d;
+
+	if (fd < 0)
+		return NULL;
+	d = fdopendir(fd);
+	if (!d)
+		close(fd);
+	return d;
 }
 
 uint64_t now_ms(void)

@@ -2,6 +2,7 @@
 #ifndef BLOBFS_UTIL_H
 #define BLOBFS_UTIL_H
 
+#include <dirent.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -32,12 +33,35 @@ int fsync_parent(const char *path);
  * The buffer is NUL-terminated (not counted in *len).
  */
 int read_file(const char *path, size_t max, char **buf, size_t *len);
-/*
- * Write a file atomically: into a temporary file in tmpdir, fsync, rename over
- * path, fsync path's directory. tmpdir must be on the same filesystem.
- */
+/* The path form of write_file_atomic_at(): until blob.c writes through the store. */
 int write_file_atomic(const char *tmpdir, const char *path, const void *buf,
 		      size_t len, mode_t mode);
+
+/*
+ * Files inside the store are opened relative to a directory fd and never
+ * through a link: these fail with -ELOOP on a symbolic link and -EFTYPE on
+ * anything else that is not a regular file (a directory, a FIFO, a device).
+ * file_strerror() says so in words; other errors as strerror().
+ */
+#define EFTYPE EMEDIUMTYPE
+const char *file_strerror(int err);
+/* openat(dirfd, name, flags | O_NOFOLLOW | O_CLOEXEC, mode), regular files only; fd or -errno. */
+int open_regular_at(int dirfd, const char *name, int flags, mode_t mode);
+/* read_file() of name in dirfd, through open_regular_at(). */
+int read_file_at(int dirfd, const char *name, size_t max, char **buf, size_t *len);
+/*
+ * Write name in dirfd atomically: into a new temporary file in tmpdirfd,
+ * fsync, rename over name, fsync dirfd. Both on the same filesystem.
+ */
+int write_file_atomic_at(int tmpdirfd, int dirfd, const char *name, const void *buf,
+			 size_t len, mode_t mode);
+/*
+ * Open (with create, make first) the directory name in dirfd, never through a
+ * link: -ELOOP for a link, -ENOTDIR for anything else that is not a directory.
+ */
+int open_dir_at(int dirfd, const char *name, bool create, mode_t mode);
+/* A DIR stream of its own over the directory dirfd (which stays open), or NULL. */
+DIR *opendir_at(int dirfd);
 /* write() all of buf at offset; 0 or negative errno. */
 int pwrite_all(int fd, const void *buf, size_t len, off_t off);
 int pread_all(int fd, void *buf, size_t len, off_t off);

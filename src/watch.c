@@ -51,7 +51,8 @@ struct watch {
 
 static void add_tree(struct watch *w, const char *path, int depth)
 {
-	int wd = inotify_add_watch(w->ifd, path, EVENTS & ~IN_ONLYDIR);
+	/* Directories only, never through a link: the tree is part of a shared store. */
+	int wd = inotify_add_watch(w->ifd, path, EVENTS | IN_DONT_FOLLOW);
 	DIR *d;
 	struct dirent *e;
 

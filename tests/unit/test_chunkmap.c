@@ -8,14 +8,17 @@
 
 #include <endian.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "chunkmap.h"
+#include "util.h"
 #include "testutil.h"
 
 #define KiB (1ull << 10)
@@ -673,38 +676,62 @@ static void test_fixed_huge_chunk_does_not_wrap(void **state)
 
 /* ---- save / load ---- */
 
+/* Encode m for d and write it atomically as name in dirfd. */
+static int save_at(const struct chunkmap *m, const struct digest *d, int tmpfd, int dirfd,
+		   const char *name)
+{
+	uint8_t *buf;
+	size_t len;
+	int ret;
+
+	chunkmap_encode(m, d, &buf, &len);
+	ret = write_file_atomic_at(tmpfd, dirfd, name, buf, len, 0600);
+	free(buf);
+	return ret;
+}
+
 static void test_save_load(void **state)
 {
 	char *dir = tu_mkdtemp(), *tmp = tu_path(dir, "tmp"), *path = tu_path(dir, "m.map");
+	char *link = tu_path(dir, "link.map");
 	struct digest d = dfill(0x77), other = dfill(0x78);
 	struct chunkmap *m = table_with_sums(), *out = NULL;
 	struct stat st;
+	int dirfd, tmpfd;
 
+	(void)state;
 	assert_int_equal(mkdir(tmp, 0700), 0);
+	dirfd = open(dir, O_RDONLY | O_DIRECTORY);
+	tmpfd = open(tmp, O_RDONLY | O_DIRECTORY);
+	assert_true(dirfd >= 0 && tmpfd >= 0);
 	chunkmap_set(m, 4);
-	assert_int_equal(chunkmap_save(m, &d, tmp, path), 0);
+	assert_int_equal(save_at(m, &d, tmpfd, dirfd, "m.map"), 0);
 	assert_int_equal(stat(path, &st), 0);
 	assert_int_equal(st.st_mode & 0777, 0600);
 	assert_int_equal(tu_count_entries(tmp), 0); /* no temporary left behind */
-	assert_int_equal(chunkmap_load(path, &d, m->size, &out), 0);
+	assert_int_equal(chunkmap_load_at(dirfd, "m.map", &d, m->size, &out), 0);
 	assert_maps_equal(m, out);
 	chunkmap_free(out);
 
 	/* Saving again replaces the file. */
 	chunkmap_set(m, 5);
-	assert_int_equal(chunkmap_save(m, &d, tmp, path), 0);
-	assert_int_equal(chunkmap_load(path, &d, m->size, &out), 0);
+	assert_int_equal(save_at(m, &d, tmpfd, dirfd, "m.map"), 0);
+	assert_int_equal(chunkmap_load_at(dirfd, "m.map", &d, m->size, &out), 0);
 	assert_true(chunkmap_has(out, 5));
 	chunkmap_free(out);
 
-	assert_int_equal(chunkmap_load(path, &other, m->size, &out), -EINVAL);
-	assert_int_equal(chunkmap_load(path, &d, m->size + 1, &out), -EINVAL);
-	free(path);
-	path = tu_path(dir, "absent.map");
-	assert_int_equal(chunkmap_load(path, &d, m->size, &out), -ENOENT);
+	assert_int_equal(chunkmap_load_at(dirfd, "m.map", &other, m->size, &out), -EINVAL);
+	assert_int_equal(chunkmap_load_at(dirfd, "m.map", &d, m->size + 1, &out), -EINVAL);
+	assert_int_equal(chunkmap_load_at(dirfd, "absent.map", &d, m->size, &out), -ENOENT);
+	/* A map is never read through a link. */
+	assert_int_equal(symlink(path, link), 0);
+	assert_int_equal(chunkmap_load_at(dirfd, "link.map", &d, m->size, &out), -ELOOP);
 
 	chunkmap_free(m);
+	close(dirfd);
+	close(tmpfd);
 	free(path);
+	free(link);
 	free(tmp);
 	assert_int_equal(tu_rm_rf(dir), 0);
 	free(dir);

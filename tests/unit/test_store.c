@@ -20,6 +20,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "chunkmap.h"
 #include "digest.h"
 #include "name.h"
 #include "store.h"
@@ -34,8 +35,19 @@
 struct fx {
 	char *dir;      /* the temporary directory */
 	char *root;     /* dir/store */
+	char *blobs, *manifests, *state, *partial, *tmp, *quarantine;   /* its directories */
 	struct store *s;
 };
+
+static void fx_paths(struct fx *f)
+{
+	f->blobs = tu_path(f->root, "blobs");
+	f->manifests = tu_path(f->root, "manifests");
+	f->state = tu_path(f->root, ".blobfs");
+	f->partial = tu_path(f->root, ".blobfs/partial");
+	f->tmp = tu_path(f->root, ".blobfs/tmp");
+	f->quarantine = tu_path(f->root, ".blobfs/quarantine");
+}
 
 static int fx_setup(void **state)
 {
@@ -43,7 +55,8 @@ static int fx_setup(void **state)
 
 	f->dir = tu_mkdtemp();
 	f->root = tu_path(f->dir, "store");
-	if (store_open(f->root, true, &f->s) != 0)
+	fx_paths(f);
+	if (store_open(f->root, STORE_CREATE, &f->s) != 0)
 		return -1;
 	*state = f;
 	return 0;
@@ -56,6 +69,7 @@ static int fx_setup_bare(void **state)
 
 	f->dir = tu_mkdtemp();
 	f->root = tu_path(f->dir, "store");
+	fx_paths(f);
 	*state = f;
 	return 0;
 }
@@ -67,6 +81,12 @@ static int fx_teardown(void **state)
 
 	store_close(f->s);
 	ret = tu_rm_rf(f->dir);
+	free(f->blobs);
+	free(f->manifests);
+	free(f->state);
+	free(f->partial);
+	free(f->tmp);
+	free(f->quarantine);
 	free(f->root);
 	free(f->dir);
 	free(f);
@@ -226,25 +246,20 @@ static void test_open_creates_layout(void **state)
 {
 	struct fx *f = *state;
 	struct store *s = f->s;
-	char *lock = tu_path(s->state, "lock");
+	char *lock = tu_path(f->state, "lock");
 
 	assert_true(s->writable);
 	assert_true(s->lockfd >= 0);
 	assert_string_equal(s->root, f->root);
-	assert_true(is_dir(s->blobs));
-	assert_true(is_dir(s->manifests));
-	assert_true(is_dir(s->partial));
-	assert_true(is_dir(s->tmp));
-	assert_true(is_dir(s->quarantine));
+	assert_true(is_dir(f->blobs));
+	assert_true(is_dir(f->manifests));
+	assert_true(is_dir(f->partial));
+	assert_true(is_dir(f->tmp));
+	assert_true(is_dir(f->quarantine));
 	assert_true(tu_exists(lock));
-	assert_int_equal(mode_of(s->state), 0700);
-	{
-		char *p = tu_path(f->root, "blobs"), *q = tu_path(f->root, ".blobfs/partial");
-		assert_string_equal(s->blobs, p);
-		assert_string_equal(s->partial, q);
-		free(p);
-		free(q);
-	}
+	assert_int_equal(mode_of(f->state), 0700);
+	assert_true(s->blobsfd >= 0 && s->manifestsfd >= 0 && s->statefd >= 0 &&
+		    s->partialfd >= 0 && s->tmpfd >= 0 && s->quarantinefd >= 0);
 	free(lock);
 }
 
@@ -253,14 +268,14 @@ static void test_open_state_is_private_whatever_the_umask(void **state)
 	struct fx *f = *state;
 	struct store *s;
 	mode_t old = umask(0);
-	int ret = store_open(f->root, true, &s);
+	int ret = store_open(f->root, STORE_CREATE, &s);
 
 	umask(old);
 	assert_int_equal(ret, 0);
-	assert_int_equal(mode_of(s->state), 0700);
-	assert_int_equal(mode_of(s->partial) & 077, 0);
-	assert_int_equal(mode_of(s->tmp) & 077, 0);
-	assert_int_equal(mode_of(s->quarantine) & 077, 0);
+	assert_int_equal(mode_of(f->state), 0700);
+	assert_int_equal(mode_of(f->partial) & 077, 0);
+	assert_int_equal(mode_of(f->tmp) & 077, 0);
+	assert_int_equal(mode_of(f->quarantine) & 077, 0);
 	store_close(s);
 }
 
@@ -273,7 +288,7 @@ static void test_open_fixes_existing_state_mode(void **state)
 	assert_int_equal(mkdir(f->root, 0755), 0);
 	assert_int_equal(mkdir(st, 0755), 0);
 	assert_int_equal(chmod(st, 0755), 0);
-	assert_int_equal(store_open(f->root, true, &s), 0);
+	assert_int_equal(store_open(f->root, STORE_CREATE, &s), 0);
 	assert_int_equal(mode_of(st), 0700);
 	store_close(s);
 	free(st);
@@ -285,7 +300,7 @@ static void test_open_strips_trailing_slashes(void **state)
 	char *r = tu_path(f->root, "//");
 	struct store *s;
 
-	assert_int_equal(store_open(r, true, &s), 0);
+	assert_int_equal(store_open(r, STORE_CREATE, &s), 0);
 	assert_string_equal(s->root, f->root);
 	store_close(s);
 	free(r);
@@ -301,7 +316,7 @@ static void test_open_missing_without_create_reads_empty(void **state)
 	struct digest_set refs;
 	struct store_freed freed;
 
-	assert_int_equal(store_open(f->root, false, &s), 0);
+	assert_int_equal(store_open(f->root, 0, &s), 0);
 	assert_false(s->writable);
 	assert_int_equal(s->lockfd, -1);
 	assert_false(tu_exists(f->root)); /* nothing created */
@@ -326,7 +341,7 @@ static void test_open_create_fails_under_a_file(void **state)
 	struct store *s = (struct store *)(uintptr_t)1;
 
 	tu_write_str(file, "x");
-	assert_int_equal(store_open(root, true, &s), -ENOTDIR);
+	assert_int_equal(store_open(root, STORE_CREATE, &s), -ENOTDIR);
 	assert_true(s == (struct store *)(uintptr_t)1);
 	free(file);
 	free(root);
@@ -399,7 +414,6 @@ static void test_paths(void **state)
 {
 	struct fx *f = *state;
 	struct digest d = dg('a');
-	struct model_name n = nm("Host.Example/NS/Model:Tag");
 	char *p, want[1024];
 	const char *hex = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 
@@ -413,10 +427,6 @@ static void test_paths(void **state)
 	free(p);
 	p = store_partial_path(f->s, &d, "");
 	snprintf(want, sizeof(want), "%s/.blobfs/partial/sha256-%s", f->root, hex);
-	assert_string_equal(p, want);
-	free(p);
-	p = store_manifest_path(f->s, &n);
-	snprintf(want, sizeof(want), "%s/manifests/Host.Example/NS/Model/Tag", f->root);
 	assert_string_equal(p, want);
 	free(p);
 }
@@ -434,12 +444,12 @@ static void test_write_read_find_exact(void **state)
 	path = tu_path(f->root, "manifests/registry.ollama.ai/library/llama3/8b");
 	assert_true(tu_exists(path));
 	assert_int_equal(mode_of(path), 0644);
-	assert_int_equal(tu_count_entries(f->s->tmp), 0);
+	assert_int_equal(tu_count_entries(f->tmp), 0);
 	free(path);
 	assert_int_equal(store_find_tag(f->s, &n, &found), 0);
 	assert_true(name_equal(&n, &found));
 	assert_string_equal(found.tag, "8b");
-	assert_int_equal(store_read_manifest(f->s, &found, &buf, &len), 0);
+	assert_int_equal(store_read_manifest(f->s, &found, &buf, &len, NULL), 0);
 	assert_int_equal(len, 11);
 	assert_string_equal(buf, "{\"hello\":1}");
 	free(buf);
@@ -470,14 +480,14 @@ static void test_write_other_casing_reuses_directories(void **state)
 
 	write_manifest(f->s, "Host.Example/NS/Model:Tag", "v1");
 	write_manifest(f->s, "HOST.EXAMPLE/ns/MODEL:TAG", "v2");
-	assert_int_equal(tu_count_entries(f->s->manifests), 1);
-	path = tu_path(f->s->manifests, "Host.Example");
+	assert_int_equal(tu_count_entries(f->manifests), 1);
+	path = tu_path(f->manifests, "Host.Example");
 	assert_int_equal(tu_count_entries(path), 1);
 	free(path);
-	path = tu_path(f->s->manifests, "Host.Example/NS/Model");
+	path = tu_path(f->manifests, "Host.Example/NS/Model");
 	assert_int_equal(tu_count_entries(path), 1);
 	free(path);
-	path = tu_path(f->s->manifests, "Host.Example/NS/Model/Tag");
+	path = tu_path(f->manifests, "Host.Example/NS/Model/Tag");
 	text = tu_read(path, NULL);
 	assert_non_null(text);
 	assert_string_equal(text, "v2");
@@ -491,10 +501,10 @@ static void test_write_other_casing_reuses_directories(void **state)
 
 	/* A new tag of the same model lands in the existing directories. */
 	write_manifest(f->s, "host.example/ns/model:other", "v3");
-	path = tu_path(f->s->manifests, "Host.Example/NS/Model/other");
+	path = tu_path(f->manifests, "Host.Example/NS/Model/other");
 	assert_true(tu_exists(path));
 	free(path);
-	assert_int_equal(tu_count_entries(f->s->manifests), 1);
+	assert_int_equal(tu_count_entries(f->manifests), 1);
 }
 
 static void test_find_tag_absent(void **state)
@@ -511,7 +521,7 @@ static void test_find_tag_absent(void **state)
 	want = nm("b.example/ns/model:tag");
 	assert_int_equal(store_find_tag(f->s, &want, &found), -ENOENT);
 	/* A directory where the tag file should be is not a tag. */
-	dir = tu_path(f->s->manifests, "a.example/ns/model/dirtag");
+	dir = tu_path(f->manifests, "a.example/ns/model/dirtag");
 	assert_int_equal(mkdir(dir, 0755), 0);
 	want = nm("a.example/ns/model:dirtag");
 	assert_int_equal(store_find_tag(f->s, &want, &found), -ENOENT);
@@ -552,34 +562,33 @@ static void test_list_tags_sorted_and_filtered(void **state)
 	for (size_t i = 0; i < 5; i++)
 		write_manifest(f->s, names[i], "{}");
 	for (size_t i = 0; i < sizeof(junk_dirs) / sizeof(junk_dirs[0]); i++) {
-		p = tu_path(f->s->manifests, junk_dirs[i]);
+		p = tu_path(f->manifests, junk_dirs[i]);
 		assert_int_equal(mkdir(p, 0755), 0);
 		free(p);
 	}
 	for (size_t i = 0; i < sizeof(junk_files) / sizeof(junk_files[0]); i++) {
-		p = tu_path(f->s->manifests, junk_files[i]);
+		p = tu_path(f->manifests, junk_files[i]);
 		tu_write_str(p, "{}");
 		free(p);
 	}
 	/* A symlinked tag is not followed. */
-	p = tu_path(f->s->manifests, "a.example/ns/m/t2");
-	link = tu_path(f->s->manifests, "a.example/ns/m/linked");
+	p = tu_path(f->manifests, "a.example/ns/m/t2");
+	link = tu_path(f->manifests, "a.example/ns/m/linked");
 	assert_int_equal(symlink(p, link), 0);
 	free(p);
 	free(link);
 
 	assert_int_equal(store_list_tags(f->s, &tags, &n), 0);
 	if (n != 5) {
-		for (size_t i = 0; i < n; i++)
-			fprintf(stderr, "tag %zu: %s\n", i, tags[i].path);
+		for (size_t i = 0; i < n; i++) {
+			name_format(&tags[i].name, buf, sizeof(buf));
+			fprintf(stderr, "tag %zu: %s\n", i, buf);
+		}
 		fail_msg("%zu tags, want 5", n);
 	}
 	for (size_t i = 0; i < n; i++) {
 		name_format(&tags[i].name, buf, sizeof(buf));
 		assert_string_equal(buf, want[i]);
-		p = store_manifest_path(f->s, &tags[i].name);
-		assert_string_equal(tags[i].path, p);
-		free(p);
 		assert_true(tags[i].mtime_ns > 0);
 	}
 	store_tags_free(tags, n);
@@ -636,10 +645,10 @@ static void test_remove_tag_frees_unshared_blobs(void **state)
 	assert_false(has_partial(f->s, 'a', ".lock"));
 	assert_int_equal(store_find_tag(f->s, &one, &found), -ENOENT);
 	/* Empty directories are pruned, shared ones are kept. */
-	p = tu_path(f->s->manifests, "reg.example/ns1");
+	p = tu_path(f->manifests, "reg.example/ns1");
 	assert_false(tu_exists(p));
 	free(p);
-	p = tu_path(f->s->manifests, "reg.example/ns2/model2/tag");
+	p = tu_path(f->manifests, "reg.example/ns2/model2/tag");
 	assert_true(tu_exists(p));
 	free(p);
 }
@@ -666,7 +675,7 @@ static void test_remove_last_tag_prunes_all_levels(void **state)
 	struct fx *f = *state;
 	struct model_name a = nm("m:a"), b = nm("m:b");
 	struct store_freed freed;
-	char *p = tu_path(f->s->manifests, "registry.ollama.ai");
+	char *p = tu_path(f->manifests, "registry.ollama.ai");
 
 	write_mj(f->s, "m:a", '1', "a");
 	write_mj(f->s, "m:b", '1', "b");
@@ -674,8 +683,8 @@ static void test_remove_last_tag_prunes_all_levels(void **state)
 	assert_true(tu_exists(p)); /* m:b is still there */
 	assert_int_equal(store_remove_tag(f->s, &b, &freed), 0);
 	assert_false(tu_exists(p));
-	assert_true(is_dir(f->s->manifests));
-	assert_int_equal(tu_count_entries(f->s->manifests), 0);
+	assert_true(is_dir(f->manifests));
+	assert_int_equal(tu_count_entries(f->manifests), 0);
 	free(p);
 }
 
@@ -704,7 +713,7 @@ static void test_remove_tag_case_insensitive(void **state)
 	assert_int_equal(store_remove_tag(f->s, &want, &freed), 0);
 	assert_int_equal(freed.blobs, 2);
 	assert_int_equal(store_find_tag(f->s, &want, &found), -ENOENT);
-	assert_int_equal(tu_count_entries(f->s->manifests), 0);
+	assert_int_equal(tu_count_entries(f->manifests), 0);
 }
 
 static void test_unparseable_manifest_protects_its_digests(void **state)
@@ -787,7 +796,7 @@ static void test_oversized_manifest_still_protects_its_digests(void **state)
 	int fd;
 
 	write_manifest(f->s, "m:huge", "{}");
-	path = tu_path(f->s->manifests, "registry.ollama.ai/library/m/huge");
+	path = tu_path(f->manifests, "registry.ollama.ai/library/m/huge");
 	snprintf(text, sizeof(text), "{\"digest\":\"sha256:%s\"",
 		 "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff");
 	fd = open(path, O_WRONLY | O_TRUNC);
@@ -821,13 +830,13 @@ static void test_gc(void **state)
 	put_partial(f->s, 'c', ".map");
 	put_partial(f->s, 'c', ".lock");
 	put_partial(f->s, 'a', ".map"); /* leftover next to a complete blob */
-	readme = tu_path(f->s->blobs, "README");
-	ollama_partial = tu_path(f->s->blobs,
+	readme = tu_path(f->blobs, "README");
+	ollama_partial = tu_path(f->blobs,
 		"sha256-9999eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-partial-0");
-	junk_partial = tu_path(f->s->partial, "junk");
-	fresh_tmp = tu_path(f->s->tmp, "tmp.fresh");
-	old_tmp = tu_path(f->s->tmp, "tmp.old");
-	q = tu_path(f->s->quarantine, "sha256-x.123.mismatch");
+	junk_partial = tu_path(f->partial, "junk");
+	fresh_tmp = tu_path(f->tmp, "tmp.fresh");
+	old_tmp = tu_path(f->tmp, "tmp.old");
+	q = tu_path(f->quarantine, "sha256-x.123.mismatch");
 	tu_write_str(readme, "hi");
 	tu_write_str(ollama_partial, "partial");
 	tu_write_str(junk_partial, "junk");
@@ -856,7 +865,7 @@ static void test_gc(void **state)
 	assert_true(tu_exists(fresh_tmp));
 	assert_false(tu_exists(old_tmp));
 	assert_false(tu_exists(q));
-	assert_int_equal(tu_count_entries(f->s->quarantine), 0);
+	assert_int_equal(tu_count_entries(f->quarantine), 0);
 
 	/* A second run has nothing left to do. */
 	assert_int_equal(store_gc(f->s, &freed), 0);
@@ -939,7 +948,7 @@ static void test_blob_trylock_excludes_other_fds_and_processes(void **state)
 static void test_index_lock_excludes_other_processes(void **state)
 {
 	struct fx *f = *state;
-	char *lock = tu_path(f->s->state, "lock");
+	char *lock = tu_path(f->state, "lock");
 	pid_t pid;
 
 	assert_int_equal(store_lock(f->s), 0);
@@ -991,8 +1000,8 @@ static void test_open_blob_wrong_size_is_quarantined(void **state)
 	assert_int_equal(store_open_blob(f->s, &d, BLOB_SIZE + 1, &fd), -ENOENT);
 	assert_int_equal(fd, -1);
 	assert_false(has_blob(f->s, 'a'));
-	assert_int_equal(tu_count_entries(f->s->quarantine), 1);
-	q = tu_find_entry(f->s->quarantine,
+	assert_int_equal(tu_count_entries(f->quarantine), 1);
+	q = tu_find_entry(f->quarantine,
 		"sha256-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.");
 	assert_non_null(q);
 	assert_non_null(strstr(q, "badsize"));
@@ -1009,7 +1018,7 @@ static void test_open_blob_wrong_size_read_only(void **state)
 	int fd = -1;
 
 	put_blob(f->s, 'a');
-	assert_int_equal(store_open(f->root, false, &ro), 0);
+	assert_int_equal(store_open(f->root, 0, &ro), 0);
 	assert_false(ro->writable);
 	assert_int_equal(store_open_blob(ro, &d, BLOB_SIZE - 1, &fd), -EIO);
 	assert_true(has_blob(f->s, 'a'));   /* left alone */
@@ -1050,7 +1059,7 @@ static void test_quarantine_partial_and_complete(void **state)
 	assert_false(has_partial(f->s, 'c', ""));
 	assert_false(has_partial(f->s, 'c', ".map"));
 	assert_false(has_blob(f->s, 'c'));
-	q = tu_find_entry(f->s->quarantine, "sha256-cccc");
+	q = tu_find_entry(f->quarantine, "sha256-cccc");
 	assert_non_null(q);
 	assert_non_null(strstr(q, ".mismatch"));
 	free(q);
@@ -1058,15 +1067,192 @@ static void test_quarantine_partial_and_complete(void **state)
 	put_blob(f->s, 'e');
 	assert_int_equal(store_quarantine_complete(f->s, &e, "corrupt"), 0);
 	assert_false(has_blob(f->s, 'e'));
-	q = tu_find_entry(f->s->quarantine, "sha256-eeee");
+	q = tu_find_entry(f->quarantine, "sha256-eeee");
 	assert_non_null(q);
 	assert_non_null(strstr(q, ".corrupt"));
 	free(q);
-	assert_int_equal(tu_count_entries(f->s->quarantine), 2);
+	assert_int_equal(tu_count_entries(f->quarantine), 2);
 
 	/* Nothing there. */
 	assert_int_equal(store_quarantine_complete(f->s, &e, "corrupt"), -ENOENT);
 	assert_int_equal(store_quarantine_blob(f->s, &d), -ENOENT);
+}
+
+/* ---- links and other files that are not ours ---- */
+
+/* A file outside the store with known content; returns its path. */
+static char *victim(struct fx *f, const char *content)
+{
+	char *p = tu_path(f->dir, "victim");
+
+	tu_write_str(p, content);
+	return p;
+}
+
+static void assert_file_is(const char *path, const char *content)
+{
+	size_t len;
+	char *got = tu_read(path, &len);
+
+	assert_int_equal(len, strlen(content));
+	assert_memory_equal(got, content, len);
+	free(got);
+}
+
+static void test_open_blob_through_a_link_is_quarantined(void **state)
+{
+	struct fx *f = *state;
+	struct digest d = dg('a');
+	char *v = tu_path(f->dir, "victim"), *p = store_blob_path(f->s, &d), *q;
+	int fd = -1;
+
+	put_file(v, BLOB_SIZE);        /* the right size: only the link is wrong */
+	assert_int_equal(symlink(v, p), 0);
+	assert_int_equal(store_open_blob(f->s, &d, BLOB_SIZE, &fd), -ENOENT);
+	assert_int_equal(fd, -1);
+	assert_false(tu_exists(p) || access(p, F_OK) == 0);
+	q = tu_find_entry(f->quarantine, "sha256-aaaa");
+	assert_non_null(q);
+	assert_non_null(strstr(q, "notafile"));
+	assert_true(tu_exists(v));
+	assert_int_equal(store_open_complete(f->s, &d), -ENOENT);
+	assert_int_equal(store_local_bytes(f->s, &d, BLOB_SIZE), 0);
+	free(q);
+	free(p);
+	free(v);
+}
+
+static void test_open_blob_fifo_does_not_hang(void **state)
+{
+	struct fx *f = *state;
+	struct digest d = dg('a');
+	char *p = store_blob_path(f->s, &d);
+	int fd = -1;
+
+	assert_int_equal(mkfifo(p, 0644), 0);
+	assert_int_equal(store_open_complete(f->s, &d), -EFTYPE);
+	assert_int_equal(store_open_blob(f->s, &d, 0, &fd), -ENOENT);
+	assert_int_equal(tu_count_entries(f->quarantine), 1);
+	free(p);
+}
+
+static void test_trylock_replaces_a_planted_link(void **state)
+{
+	struct fx *f = *state;
+	struct digest d = dg('b');
+	char *made = tu_path(f->dir, "made"), *lock = store_partial_path(f->s, &d, ".lock");
+	struct stat st;
+	int fd;
+
+	assert_int_equal(symlink(made, lock), 0);
+	fd = store_blob_trylock(f->s, &d);
+	assert_true(fd >= 0);
+	assert_false(tu_exists(made));            /* nothing created through the link */
+	assert_int_equal(lstat(lock, &st), 0);
+	assert_true(S_ISREG(st.st_mode));
+	store_blob_unlock(f->s, &d, fd, true);
+	free(made);
+	free(lock);
+}
+
+static void test_partial_open_never_writes_through_a_link(void **state)
+{
+	struct fx *f = *state;
+	struct digest d = dg('c');
+	char *v = victim(f, "precious"), *p = store_partial_path(f->s, &d, "");
+	char *map = store_partial_path(f->s, &d, ".map");
+	struct stat st;
+	int wfd, rfd;
+
+	assert_int_equal(symlink(v, p), 0);
+	assert_int_equal(symlink(v, map), 0);
+	assert_int_equal(store_partial_open(f->s, &d, BLOB_SIZE, &wfd, &rfd), 0);
+	assert_int_equal(pwrite(wfd, "x", 1, 0), 1);
+	assert_file_is(v, "precious");
+	assert_int_equal(lstat(p, &st), 0);
+	assert_true(S_ISREG(st.st_mode) && st.st_size == BLOB_SIZE);
+	assert_int_equal(access(map, F_OK), -1);   /* the map of what was there went too */
+	close(wfd);
+	close(rfd);
+	free(map);
+	free(p);
+	free(v);
+}
+
+static void test_partial_open_never_writes_into_a_second_link(void **state)
+{
+	struct fx *f = *state;
+	struct digest d = dg('c');
+	char *v = victim(f, "precious"), *p = store_partial_path(f->s, &d, "");
+	struct chunkmap *m;
+	struct stat st;
+	int wfd, rfd;
+
+	assert_int_equal(link(v, p), 0);
+	assert_int_equal(store_partial_open(f->s, &d, BLOB_SIZE, &wfd, &rfd), 0);
+	assert_int_equal(pwrite(wfd, "x", 1, 0), 1);
+	assert_file_is(v, "precious");
+	assert_int_equal(fstat(rfd, &st), 0);
+	assert_int_equal(st.st_nlink, 1);
+	assert_int_equal(store_partial_load_map(f->s, &d, BLOB_SIZE, &m), -ENOENT);
+	close(wfd);
+	close(rfd);
+	/* A file of ours is kept: a resumed download. */
+	assert_int_equal(store_partial_open(f->s, &d, BLOB_SIZE, &wfd, &rfd), 0);
+	char c = 0;
+	assert_int_equal(pread(rfd, &c, 1, 0), 1);
+	assert_int_equal(c, 'x');
+	close(wfd);
+	close(rfd);
+	free(p);
+	free(v);
+}
+
+static void test_manifests_are_never_read_through_links(void **state)
+{
+	struct fx *f = *state;
+	struct model_name n = nm("a.example/ns/m:t"), found;
+	char *v = victim(f, "{}"), *dir = tu_path(f->dir, "elsewhere");
+	char *model = tu_path(f->manifests, "a.example/ns/m"), *buf;
+	struct store_tag *tags;
+	size_t len, ntags;
+
+	write_manifest(f->s, "a.example/ns/real:t", "{}");
+	/* A linked model directory, and a linked tag. */
+	assert_int_equal(mkdir(dir, 0755), 0);
+	{
+		char *t = tu_path(dir, "t");
+		tu_write_str(t, "{}");
+		free(t);
+	}
+	assert_int_equal(symlink(dir, model), 0);
+	assert_int_equal(store_find_tag(f->s, &n, &found), -ENOENT);
+	assert_int_equal(store_read_manifest(f->s, &n, &buf, &len, NULL), -ELOOP);
+	assert_int_equal(store_list_tags(f->s, &tags, &ntags), 0);
+	assert_int_equal(ntags, 1);
+	store_tags_free(tags, ntags);
+	free(model);
+	model = tu_path(f->manifests, "a.example/ns/real/linked");
+	assert_int_equal(symlink(v, model), 0);
+	n = nm("a.example/ns/real:linked");
+	assert_int_equal(store_read_manifest(f->s, &n, &buf, &len, NULL), -ELOOP);
+	free(model);
+	free(dir);
+	free(v);
+}
+
+static void test_open_refuses_a_linked_directory(void **state)
+{
+	struct fx *f = *state;
+	char *elsewhere = tu_path(f->dir, "elsewhere");
+	struct store *s;
+
+	assert_int_equal(mkdir(elsewhere, 0755), 0);
+	assert_int_equal(tu_rm_rf(f->blobs), 0);
+	assert_int_equal(symlink(elsewhere, f->blobs), 0);
+	assert_int_equal(store_open(f->root, STORE_CREATE, &s), -ELOOP);
+	assert_int_equal(store_open(f->root, 0, &s), -ELOOP);
+	free(elsewhere);
 }
 
 /* ---- strmap ---- */
@@ -1391,6 +1577,13 @@ int main(void)
 		T(test_open_blob_wrong_size_read_only),
 		T(test_commit_blob),
 		T(test_quarantine_partial_and_complete),
+		T(test_open_blob_through_a_link_is_quarantined),
+		T(test_open_blob_fifo_does_not_hang),
+		T(test_trylock_replaces_a_planted_link),
+		T(test_partial_open_never_writes_through_a_link),
+		T(test_partial_open_never_writes_into_a_second_link),
+		T(test_manifests_are_never_read_through_links),
+		T(test_open_refuses_a_linked_directory),
 		cmocka_unit_test(test_strmap_many_keys),
 		cmocka_unit_test(test_strmap_copies_keys),
 		cmocka_unit_test(test_parse_size),

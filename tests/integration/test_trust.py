@@ -1,0 +1,207 @@
+"""The store as shared ground: tests of what other users and other processes
+can do to a store that a root blobfs uses, through the real paths - a root
+`pull` and a root mount with allow_other against tests/lib/faultreg.py, with
+a real second uid (nobody, through setpriv) planting links in a store it
+owns.
+
+1. Nothing under the store is followed as a link, and only regular files
+   count.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from faultreg import OLLAMA_MODEL
+
+MiB = 1 << 20
+REPO = "library/f"
+PYTHON = "/usr/bin/python3"
+NOBODY = 65534
+CHILD_TIMEOUT = 60
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def sha256_bytes(data):
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path):
+    with open(path, "rb") as f:
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def hex_of(digest):
+    return digest.split(":", 1)[1]
+
+
+def blob_path(store, digest):
+    return Path(store) / "blobs" / ("sha256-" + hex_of(digest))
+
+
+def partial_path(store, digest, suffix=""):
+    return Path(store) / ".blobfs" / "partial" / ("sha256-" + hex_of(digest) + suffix)
+
+
+def run(argv, timeout=CHILD_TIMEOUT, check=False, env=None):
+    argv = [str(a) for a in argv]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, **(env or {})})
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=10)
+        pytest.fail(f"{' '.join(argv)} did not finish within {timeout}s\n{out}\n{err}")
+    result = subprocess.CompletedProcess(argv, proc.returncode, out, err)
+    if check:
+        assert result.returncode == 0, f"{' '.join(argv)} exited {result.returncode}:\n{err}"
+    return result
+
+
+def as_nobody(argv):
+    """ARGV as uid nobody, with a HOME of its own (root's is not readable)."""
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+            "env", "HOME=/nonexistent", *map(str, argv)]
+
+
+def nobody(*argv):
+    """Run ARGV as uid nobody; it must succeed."""
+    return run(as_nobody(argv), check=True)
+
+
+def ok(result):
+    assert result.returncode == 0, f"{' '.join(result.args)} exited {result.returncode}:\n" \
+                                   f"{result.stdout}\n{result.stderr}"
+    return result
+
+
+# Reads a file front to back as whoever runs it; reports the hash or the errno.
+READ_ALL = r"""
+import hashlib, json, sys
+sha, n, out = hashlib.sha256(), 0, {"ok": True}
+try:
+    with open(sys.argv[1], "rb", buffering=0) as f:
+        while True:
+            piece = f.read(1 << 20)
+            if not piece:
+                break
+            sha.update(piece)
+            n += len(piece)
+except OSError as e:
+    out = {"ok": False, "errno": e.errno, "error": str(e)}
+out.update({"bytes": n, "sha": "sha256:" + sha.hexdigest()})
+print(json.dumps(out))
+"""
+
+
+def read_all(path, user=None):
+    argv = [PYTHON, "-c", READ_ALL, path]
+    result = ok(run(as_nobody(argv) if user == NOBODY else argv))
+    return json.loads(result.stdout)
+
+
+@pytest.fixture
+def victim(tmp_path):
+    """Factory: victim(content) -> a root-only file (0600) outside the store, and
+    a check that it still holds exactly that content."""
+    made = []
+
+    def make(content, name="victim"):
+        path = tmp_path / name
+        path.write_bytes(content)
+        path.chmod(0o600)
+        made.append((path, content, path.stat().st_mtime_ns))
+        return path
+
+    yield make
+
+
+def assert_untouched(path, content):
+    assert path.read_bytes() == content, f"{path} was written through a link in the store"
+
+
+@pytest.fixture
+def owned_store(store):
+    """The store directory, owned by nobody as Ollama's store is owned by the
+    ollama user, reachable by nobody (0755)."""
+    os.chown(store, NOBODY, NOBODY)
+    store.chmod(0o755)
+    return store
+
+
+@pytest.fixture
+def shared_mnt():
+    """A 0755 directory for mountpoints that nobody can reach."""
+    base = Path(tempfile.mkdtemp(prefix="blobfs-trust-mnt-"))
+    base.chmod(0o755)
+    yield base
+    shutil.rmtree(base, ignore_errors=True)
+
+
+def one_layer_registry(fault_registry, size=600_000, seed=b"x"):
+    reg = fault_registry()
+    data = (hashlib.sha256(seed).digest() * (size // 32 + 1))[:size]
+    reg.manifest, (reg.layer,) = reg.add_model(REPO, "latest", [(OLLAMA_MODEL, data)])
+    reg.data = data
+    return reg
+
+
+def assert_blob_stored(store, digest):
+    path = blob_path(store, digest)
+    st = os.lstat(path)
+    assert stat.S_ISREG(st.st_mode), f"{path} is not a regular file ({stat.filemode(st.st_mode)})"
+    assert sha256_file(path) == digest
+
+
+# ================================================================ 1. links in the store
+
+
+def test_pull_does_not_take_a_linked_blob_as_complete(fault_registry, run_blobfs, owned_store,
+                                                      victim):
+    reg = one_layer_registry(fault_registry)
+    secret = b"S" * len(reg.data)          # the size the manifest says: only the link is wrong
+    target = victim(secret)
+    nobody("mkdir", "-p", owned_store / "blobs")
+    nobody("ln", "-s", target, blob_path(owned_store, reg.layer))
+
+    ok(run_blobfs(["pull", "--quiet", f"{reg.host}/{REPO}"], store=owned_store))
+    assert_untouched(target, secret)
+    assert_blob_stored(owned_store, reg.layer)
+
+
+@pytest.mark.parametrize("where", ["blobs"])
+def test_allow_other_mount_never_serves_a_linked_file(fault_registry, run_blobfs, mount,
+                                                     owned_store, shared_mnt, victim, where):
+    """A root mount with allow_other: another user reads the model and must get
+    the registry's bytes, never those of the root-only file a link points to;
+    and the file itself stays as it was."""
+    reg = one_layer_registry(fault_registry)
+    secret = b"S" * len(reg.data)
+    target = victim(secret)
+    link = blob_path(owned_store, reg.layer) if where == "blobs" else \
+        partial_path(owned_store, reg.layer)
+    nobody("mkdir", "-m", "0700", "-p", owned_store / ".blobfs" / "partial")
+    nobody("mkdir", "-p", owned_store / "blobs")
+    nobody("ln", "-s", target, link)
+    ok(run_blobfs(["pull", "--lazy", "--quiet", f"{reg.host}/{REPO}"], store=owned_store))
+    mnt = shared_mnt / "mnt"
+    mnt.mkdir()
+    m = mount("allow_other", store=owned_store, path=mnt)
+
+    got = read_all(m.path / "blobs" / ("sha256-" + hex_of(reg.layer)), user=NOBODY)
+    assert got["sha"] != sha256_bytes(secret), "the mount served a root-only file to another user"
+    assert got["ok"] and got["sha"] == reg.layer, got
+    assert_untouched(target, secret)
