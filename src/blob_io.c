@@ -7,8 +7,8 @@
  * (lockfd). Activation takes the lock and opens the files: then the blob is
  * COMPLETE (another process finished it), PARTIAL (ours to fetch, resumed
  * from its chunk map if one is on disk) or BUSY (another process holds the
- * lock; the worker polls it). The partial file's paths are used in
- * open_partial, save_map and remove_orphan only.
+ * lock; the worker polls it). The partial file is the store's to open, save
+ * and remove (store_partial_*), never opened here by path.
  *
  * The public calls here (blob_read, blob_fetch_all, blob_activate,
  * blob_served) activate the blob if they must, then leave the rest to the
@@ -41,71 +41,33 @@
 static int open_partial(struct blob *b, struct chunkmap **map, bool *resumed)
 {
 	struct blobcache *c = b->cache;
-	char *path = store_partial_path(c->store, &b->digest, "");
-	char *mpath = store_partial_path(c->store, &b->digest, ".map");
 	struct chunkmap *m = NULL;
-	int ret = 0;
+	int fd, ret = store_partial_open(c->store, &b->digest, b->size, &b->wfd, &fd);
 
-	b->wfd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
-	if (b->wfd < 0) {
-		ret = -errno;
-		log_error("cannot open '%s': %s", path, strerror(errno));
-		goto out;
-	}
-	if (ftruncate(b->wfd, (off_t)b->size) < 0) {
-		ret = -errno;
-		log_error("cannot size '%s': %s", path, strerror(errno));
-		goto out;
-	}
+	if (ret < 0)
+		return ret;
 	if (b->fd >= 0)
 		close(b->fd);
-	b->fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (b->fd < 0) {
-		ret = -errno;
-		log_error("cannot open '%s': %s", path, strerror(errno));
-		goto out;
-	}
-	*resumed = chunkmap_load(mpath, &b->digest, b->size, &m) == 0;
+	b->fd = fd;
+	*resumed = store_partial_load_map(c->store, &b->digest, b->size, &m) == 0;
 	if (!*resumed) {
+		/* A map that does not fit is replaced at the first save. */
 		uint64_t chunk = b->remote && b->remote->o.chunk_size ? b->remote->o.chunk_size
 								       : c->opts.chunk_size;
 		m = chunkmap_new_fixed(b->size, chunk);
-		unlink(mpath);
 	}
 	*map = m;
-out:
-	if (ret < 0) {
-		if (b->wfd >= 0)
-			close(b->wfd);
-		if (b->fd >= 0)
-			close(b->fd);
-		b->wfd = b->fd = -1;
-	}
-	free(path);
-	free(mpath);
-	return ret;
+	return 0;
 }
 
 int save_map(struct blob *b, const uint8_t *buf, size_t len)
 {
-	struct store *s = b->cache->store;
-	char *path = store_partial_path(s, &b->digest, ".map");
-	int ret = write_file_atomic(s->tmp, path, buf, len, 0600);
-
-	free(path);
-	return ret;
+	return store_partial_save_map(b->cache->store, &b->digest, buf, len);
 }
 
 void remove_orphan(struct blob *b)
 {
-	struct store *s = b->cache->store;
-	char *data = store_partial_path(s, &b->digest, "");
-	char *map = store_partial_path(s, &b->digest, ".map");
-
-	unlink(data);
-	unlink(map);
-	free(data);
-	free(map);
+	store_partial_remove(b->cache->store, &b->digest, NULL);
 }
 
 /* Set up a fresh or resumed partial blob; we hold the store's blob lock. */

@@ -367,39 +367,18 @@ int chunkmap_decode(const uint8_t *buf, size_t len, const struct digest *d,
 	return 0;
 }
 
-/* Parse a map file's bytes; name is for the message. */
-static int decode_file(char *buf, size_t len, const char *name, const struct digest *d,
-		       uint64_t size, struct chunkmap **out)
-{
-	char err[128];
-	int ret = chunkmap_decode((uint8_t *)buf, len, d, size, out, err, sizeof(err));
-
-	if (ret < 0)
-		log_warn("ignoring chunk map '%s': %s", name, err);
-	free(buf);
-	return ret;
-}
-
 int chunkmap_load_at(int dirfd, const char *name, const struct digest *d, uint64_t size,
 		     struct chunkmap **out)
 {
-	char *buf;
+	char *buf, err[128];
 	size_t len;
 	int ret = read_file_at(dirfd, name, MAP_MAX_BYTES, &buf, &len);
 
 	if (ret < 0)
 		return ret;
-	return decode_file(buf, len, name, d, size, out);
-}
-
-int chunkmap_load(const char *path, const struct digest *d, uint64_t size,
-		  struct chunkmap **out)
-{
-	char *buf;
-	size_t len;
-	int ret = read_file(path, MAP_MAX_BYTES, &buf, &len);
-
+	ret = chunkmap_decode((uint8_t *)buf, len, d, size, out, err, sizeof(err));
 	if (ret < 0)
-		return ret;
-	return decode_file(buf, len, path, d, size, out);
+		log_warn("ignoring chunk map '%s': %s", name, err);
+	free(buf);
+	return ret;
 }

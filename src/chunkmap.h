@@ -99,8 +99,5 @@ int chunkmap_decode(const uint8_t *buf, size_t len, const struct digest *d,
  */
 int chunkmap_load_at(int dirfd, const char *name, const struct digest *d, uint64_t size,
 		     struct chunkmap **out);
-/* The same by path: until blob.c reads its maps through the store. */
-int chunkmap_load(const char *path, const struct digest *d, uint64_t size,
-		  struct chunkmap **out);
 
 #endif

@@ -181,7 +181,6 @@ int store_open(const char *root, unsigned flags, struct store **out)
 	if ((ret = absolute_root(root, &s->root)) < 0)
 		goto fail;
 	s->manifests = xasprintf("%s/manifests", s->root);
-	s->tmp = xasprintf("%s/.blobfs/tmp", s->root);
 	ret = open_layout(s, create);
 	if (ret == -ENOENT && !create) {
 		*out = s;     /* a missing store reads as empty */
@@ -218,7 +217,6 @@ void store_close(struct store *s)
 	close_fd(s->rootfd);
 	free(s->root);
 	free(s->manifests);
-	free(s->tmp);
 	free(s);
 }
 
@@ -1084,7 +1082,14 @@ static int open_partial_w(const struct store *s, const struct digest *d)
 		free(path);
 		store_partial_remove(s, d, NULL);
 	}
-	return open_regular_at(s->partialfd, name, O_RDWR | O_CREAT | O_EXCL, 0644);
+	fd = open_regular_at(s->partialfd, name, O_RDWR | O_CREAT | O_EXCL, 0644);
+	if (fd >= 0) {
+		/* A map without its data says nothing about the new file. */
+		char map[ENTRY_MAX];
+		entry_name(d, ".map", map, sizeof(map));
+		unlinkat(s->partialfd, map, 0);
+	}
+	return fd;
 }
 
 int store_partial_open(const struct store *s, const struct digest *d, uint64_t size,

@@ -20,7 +20,6 @@ struct manifest;
 struct store {
 	char *root;        /* absolute path, for messages and the statfs of the mount */
 	char *manifests;   /* root/manifests as a path: only for inotify watches */
-	char *tmp;         /* state/tmp as a path: until blob.c writes through the store */
 	int rootfd;
 	int blobsfd;       /* blobs/: complete, verified blobs only */
 	int manifestsfd;   /* manifests/<host>/<ns>/<model>/<tag> */

@@ -3,7 +3,9 @@
  *
  * The one idea worth stating: every file that must survive a crash is written
  * to a temporary name in the store's own state directory, synced, and renamed
- * into place, so a reader sees the old file or the new one, never a mix.
+ * into place, so a reader sees the old file or the new one, never a mix. And
+ * inside the store nothing is opened by path: always relative to a directory
+ * fd, never through a link (open_regular_at and its relatives).
  */
 #include "config.h"
 
@@ -119,33 +121,6 @@ int mkdir_p(const char *path, mode_t mode)
 	return ret;
 }
 
-int fsync_dir(const char *dir)
-{
-	int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	int ret = 0;
-
-	if (fd < 0)
-		return -errno;
-	if (fsync(fd) < 0 && errno != EINVAL)
-		ret = -errno;
-	close(fd);
-	return ret;
-}
-
-int fsync_parent(const char *path)
-{
-	const char *slash = strrchr(path, '/');
-	char *dir;
-	int ret;
-
-	if (!slash)
-		return fsync_dir(".");
-	dir = xstrndup(path, slash == path ? 1 : (size_t)(slash - path));
-	ret = fsync_dir(dir);
-	free(dir);
-	return ret;
-}
-
 /* Read fd to its end into a NUL-terminated buffer; -EFBIG past max bytes. */
 static int read_fd(int fd, size_t max, char **bufp, size_t *lenp)
 {
@@ -233,35 +208,6 @@ int pread_all(int fd, void *buf, size_t len, off_t off)
 		len -= n;
 	}
 	return 0;
-}
-
-int write_file_atomic(const char *tmpdir, const char *path, const void *buf,
-		      size_t len, mode_t mode)
-{
-	char *tmp = xasprintf("%s/tmp.XXXXXX", tmpdir);
-	int fd = mkostemp(tmp, O_CLOEXEC);
-	int ret;
-
-	if (fd < 0) {
-		ret = -errno;
-		free(tmp);
-		return ret;
-	}
-	ret = pwrite_all(fd, buf, len, 0);
-	if (ret == 0 && fchmod(fd, mode) < 0)
-		ret = -errno;
-	if (ret == 0 && fsync(fd) < 0)
-		ret = -errno;
-	if (close(fd) < 0 && ret == 0)
-		ret = -errno;
-	if (ret == 0 && rename(tmp, path) < 0)
-		ret = -errno;
-	if (ret < 0)
-		unlink(tmp);
-	else
-		ret = fsync_parent(path);
-	free(tmp);
-	return ret;
 }
 
 const char *file_strerror(int err)

@@ -23,19 +23,12 @@ char *xasprintf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* Create a directory and its parents; 0 or negative errno. */
 int mkdir_p(const char *path, mode_t mode);
-/* fsync a directory so renames and unlinks in it are durable. */
-int fsync_dir(const char *dir);
-/* fsync the directory that contains path. */
-int fsync_parent(const char *path);
 
 /*
  * Read a whole file. Fails with -EFBIG if it is larger than max bytes.
  * The buffer is NUL-terminated (not counted in *len).
  */
 int read_file(const char *path, size_t max, char **buf, size_t *len);
-/* The path form of write_file_atomic_at(): until blob.c writes through the store. */
-int write_file_atomic(const char *tmpdir, const char *path, const void *buf,
-		      size_t len, mode_t mode);
 
 /*
  * Files inside the store are opened relative to a directory fd and never

@@ -169,6 +169,25 @@ def assert_blob_stored(store, digest):
 # ================================================================ 1. links in the store
 
 
+def test_pull_does_not_write_through_a_partial_file_link(fault_registry, run_blobfs, owned_store,
+                                                         victim):
+    """The store's owner plants a link where root's pull will write the blob:
+    the pull must not write through it, nor move the link into blobs/."""
+    reg = one_layer_registry(fault_registry)
+    target = victim(b"root's precious file\n")
+    made = owned_store / "made-by-root"
+    partial = partial_path(owned_store, reg.layer)
+    nobody("mkdir", "-m", "0700", "-p", partial.parent)
+    nobody("ln", "-s", target, partial)
+    nobody("ln", "-s", made, partial_path(owned_store, reg.layer, ".lock"))
+    nobody("ln", "-s", target, partial_path(owned_store, reg.layer, ".map"))
+
+    ok(run_blobfs(["pull", "--quiet", f"{reg.host}/{REPO}"], store=owned_store))
+    assert_untouched(target, b"root's precious file\n")
+    assert not made.exists() and not made.is_symlink(), "the pull created a file through a link"
+    assert_blob_stored(owned_store, reg.layer)
+
+
 def test_pull_does_not_take_a_linked_blob_as_complete(fault_registry, run_blobfs, owned_store,
                                                       victim):
     reg = one_layer_registry(fault_registry)
@@ -182,7 +201,7 @@ def test_pull_does_not_take_a_linked_blob_as_complete(fault_registry, run_blobfs
     assert_blob_stored(owned_store, reg.layer)
 
 
-@pytest.mark.parametrize("where", ["blobs"])
+@pytest.mark.parametrize("where", ["blobs", "partial"])
 def test_allow_other_mount_never_serves_a_linked_file(fault_registry, run_blobfs, mount,
                                                      owned_store, shared_mnt, victim, where):
     """A root mount with allow_other: another user reads the model and must get

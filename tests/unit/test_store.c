@@ -1448,42 +1448,62 @@ static void test_write_file_atomic_and_read_file(void **state)
 {
 	struct fx *f = *state;
 	char *tmp = tu_path(f->dir, "tmp"), *path = tu_path(f->dir, "out");
-	char *nodir = tu_path(f->dir, "nodir/out"), *notmp = tu_path(f->dir, "notmp");
+	char *link = tu_path(f->dir, "link"), *fifo = tu_path(f->dir, "fifo");
 	char *buf;
 	size_t len;
+	int dirfd = open(f->dir, O_RDONLY | O_DIRECTORY), tmpfd;
 
 	assert_int_equal(mkdir(tmp, 0700), 0);
-	assert_int_equal(write_file_atomic(tmp, path, "hello", 5, 0640), 0);
+	tmpfd = open(tmp, O_RDONLY | O_DIRECTORY);
+	assert_true(dirfd >= 0 && tmpfd >= 0);
+	assert_int_equal(write_file_atomic_at(tmpfd, dirfd, "out", "hello", 5, 0640), 0);
 	assert_int_equal(mode_of(path), 0640);
 	assert_int_equal(tu_count_entries(tmp), 0);
-	assert_int_equal(read_file(path, 100, &buf, &len), 0);
+	assert_int_equal(read_file_at(dirfd, "out", 100, &buf, &len), 0);
 	assert_int_equal(len, 5);
 	assert_string_equal(buf, "hello");
 	free(buf);
 	/* Replace. */
-	assert_int_equal(write_file_atomic(tmp, path, "bye", 3, 0600), 0);
+	assert_int_equal(write_file_atomic_at(tmpfd, dirfd, "out", "bye", 3, 0600), 0);
 	assert_int_equal(mode_of(path), 0600);
 	assert_int_equal(read_file(path, 100, &buf, &len), 0);
 	assert_int_equal(len, 3);
 	assert_string_equal(buf, "bye");
 	free(buf);
 	/* Failures leave nothing behind and the old file intact. */
-	assert_int_equal(write_file_atomic(tmp, nodir, "x", 1, 0600), -ENOENT);
+	assert_int_equal(write_file_atomic_at(tmpfd, dirfd, "nodir/out", "x", 1, 0600), -ENOENT);
 	assert_int_equal(tu_count_entries(tmp), 0);
-	assert_int_equal(write_file_atomic(notmp, path, "x", 1, 0600), -ENOENT);
-	assert_int_equal(read_file(path, 100, &buf, &len), 0);
+	assert_int_equal(write_file_atomic_at(-1, dirfd, "out", "x", 1, 0600), -EBADF);
+	assert_int_equal(read_file_at(dirfd, "out", 100, &buf, &len), 0);
 	assert_string_equal(buf, "bye");
 	free(buf);
 	/* Empty contents. */
-	assert_int_equal(write_file_atomic(tmp, path, "", 0, 0600), 0);
-	assert_int_equal(read_file(path, 0, &buf, &len), 0);
+	assert_int_equal(write_file_atomic_at(tmpfd, dirfd, "out", "", 0, 0600), 0);
+	assert_int_equal(read_file_at(dirfd, "out", 0, &buf, &len), 0);
 	assert_int_equal(len, 0);
 	assert_string_equal(buf, "");
 	free(buf);
+	/* Never through a link, never anything but a regular file, never hanging on a FIFO. */
+	assert_int_equal(symlink(path, link), 0);
+	assert_int_equal(read_file_at(dirfd, "link", 100, &buf, &len), -ELOOP);
+	assert_int_equal(open_regular_at(dirfd, "link", O_RDWR | O_CREAT, 0600), -ELOOP);
+	assert_int_equal(mkfifo(fifo, 0600), 0);
+	assert_int_equal(read_file_at(dirfd, "fifo", 100, &buf, &len), -EFTYPE);
+	assert_int_equal(read_file_at(dirfd, "tmp", 100, &buf, &len), -EFTYPE);
+	assert_int_equal(open_dir_at(dirfd, "link", false, 0), -ELOOP);
+	assert_int_equal(open_dir_at(dirfd, "out", false, 0), -ENOTDIR);
+	assert_int_equal(unlink(link), 0);
+	assert_int_equal(symlink(tmp, link), 0);
+	assert_int_equal(open_dir_at(dirfd, "link", false, 0), -ELOOP);
+	assert_int_equal(open_dir_at(dirfd, "link", true, 0700), -ELOOP);
+	assert_string_equal(file_strerror(-ELOOP), "it is a symbolic link");
+	assert_string_equal(file_strerror(EFTYPE), "it is not a regular file");
+	close(dirfd);
+	close(tmpfd);
 	free(tmp);
 	free(path);
-	free(nodir);
-	free(notmp);
+	free(link);
+	free(fifo);
 }
 
 static void test_read_file_max(void **state)
