@@ -171,9 +171,11 @@ int session_open(const struct session_opts *o, unsigned flags, struct session **
 	s->blob.chunk_size = g.chunk_size;
 	s->blob.read_timeout_ms = (uint64_t)g.read_timeout_s * 1000;
 	s->max_cache = g.max_cache;
+	unsigned sf = (flags & (SESSION_WRITE | SESSION_NET)) ? STORE_CREATE : 0;
+	if (g.trust_store)
+		sf |= STORE_TRUST;
 	conf_release(&g);
-	ret = store_open(root, (flags & (SESSION_WRITE | SESSION_NET)) ? STORE_CREATE : 0,
-			 &s->store);
+	ret = store_open(root, sf, &s->store);
 	free(root);
 	if (ret < 0)
 		goto fail;

@@ -20,7 +20,8 @@
  * once and held, everything under them is reached with *at() calls that
  * never follow a link, only regular files count (a link or a FIFO where a
  * blob should be is moved to quarantine, one in partial/ is deleted), and a
- * file that blobfs writes into must have a single link.
+ * file that blobfs writes into must have a single link. A store that someone
+ * other than its owner and root may write to is refused (check_trust).
  */
 #include "config.h"
 
@@ -143,6 +144,90 @@ static int open_layout(struct store *s, bool create)
 	return 0;
 }
 
+/* "user 'name' (uid N)", or "uid N" for a uid without a name; and its name alone. */
+static void describe_uid(uid_t uid, char *buf, size_t len, char *name, size_t namelen)
+{
+	struct passwd *pw = getpwuid(uid);
+
+	if (pw)
+		snprintf(buf, len, "user '%s' (uid %u)", pw->pw_name, (unsigned)uid);
+	else
+		snprintf(buf, len, "uid %u", (unsigned)uid);
+	if (name && pw)
+		snprintf(name, namelen, "%s", pw->pw_name);
+	else if (name)
+		snprintf(name, namelen, "%u", (unsigned)uid);
+}
+
+/*
+ * Is one directory of the store as it must be? It belongs to the store's
+ * owner or root, and no one else may write to it: no group or other write
+ * permission, except on the root when its sticky bit keeps others from
+ * replacing what is in it. what is "store" or "store directory".
+ */
+static int check_dir(const char *what, const char *path, const struct stat *st,
+		     uid_t owner, bool sticky_ok)
+{
+	char who[96], whose[96], name[64];
+
+	if (st->st_uid != owner && st->st_uid != 0) {
+		describe_uid(st->st_uid, who, sizeof(who), NULL, 0);
+		describe_uid(owner, whose, sizeof(whose), name, sizeof(name));
+		log_error("%s '%s' belongs to %s, not to the store's owner (%s) or root; "
+			  "run 'chown %s %s' or pass --trust-store", what, path, who, whose, name, path);
+		return -EPERM;
+	}
+	if ((st->st_mode & (S_IWGRP | S_IWOTH)) && !(sticky_ok && (st->st_mode & S_ISVTX))) {
+		log_error("%s '%s' is writable by other users (mode %04o); "
+			  "run 'chmod go-w %s' or pass --trust-store", what, path,
+			  (unsigned)(st->st_mode & 07777), path);
+		return -EPERM;
+	}
+	return 0;
+}
+
+/*
+ * The ownership check, as ssh checks ~/.ssh (blobfs(1), TRUST MODEL). The
+ * store belongs to the owner of its root, who must be the caller or root;
+ * root may also use a store that belongs to one other user (Ollama's store
+ * belongs to the ollama user). Each directory blobfs uses must belong to that
+ * owner or root and be writable by no one else, since whoever can write to it
+ * decides what blobfs serves, fetches and writes.
+ */
+static int check_trust(const struct store *s)
+{
+	const int fds[] = { s->blobsfd, s->manifestsfd, s->statefd, s->partialfd, s->tmpfd,
+			    s->quarantinefd };
+	const char *names[] = { "blobs", "manifests", ".blobfs", ".blobfs/partial",
+				".blobfs/tmp", ".blobfs/quarantine" };
+	uid_t me = geteuid();
+	struct stat st;
+	char who[96];
+	int ret;
+
+	if (fstat(s->rootfd, &st) < 0)
+		return -errno;
+	if (me != 0 && st.st_uid != me && st.st_uid != 0) {
+		describe_uid(st.st_uid, who, sizeof(who), NULL, 0);
+		log_error("store '%s' belongs to %s, not to you or root; use a store of your own "
+			  "or pass --trust-store", s->root, who);
+		return -EPERM;
+	}
+	if ((ret = check_dir("store", s->root, &st, st.st_uid, true)) < 0)
+		return ret;
+	uid_t owner = st.st_uid;
+	for (size_t i = 0; i < ARRAY_SIZE(fds) && ret == 0; i++) {
+		if (fds[i] < 0)
+			continue;
+		if (fstat(fds[i], &st) < 0)
+			return -errno;
+		char *path = xasprintf("%s/%s", s->root, names[i]);
+		ret = check_dir("store directory", path, &st, owner, false);
+		free(path);
+	}
+	return ret;
+}
+
 /* Take a freshly created layout into use: a private state directory, the lock. */
 static int make_writable(struct store *s)
 {
@@ -187,6 +272,8 @@ int store_open(const char *root, unsigned flags, struct store **out)
 		return 0;
 	}
 	if (ret < 0)
+		goto fail;
+	if (!(flags & STORE_TRUST) && (ret = check_trust(s)) < 0)
 		goto fail;
 	if (create && (ret = make_writable(s)) < 0)
 		goto fail;

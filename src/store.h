@@ -39,11 +39,14 @@ char *store_default_root(const char *opt);
 
 enum {
 	STORE_CREATE = 1,  /* make the layout; it must be writable */
+	STORE_TRUST = 2,   /* skip the ownership check (--trust-store) */
 };
 
 /*
  * Open a store. With STORE_CREATE, make the layout (and fail with a clear
  * message if it cannot be written); without, a missing store reads as empty.
+ * A store that others may write to is refused (see blobfs(1), TRUST MODEL)
+ * with -EPERM and a message that says why, unless STORE_TRUST is given.
  */
 int store_open(const char *root, unsigned flags, struct store **out);
 void store_close(struct store *s);

@@ -5,7 +5,7 @@ a real second uid (nobody, through setpriv) planting links in a store it
 owns.
 
 1. Nothing under the store is followed as a link, and only regular files
-   count.
+   count; a store others may write to is refused unless trusted.
 """
 
 import hashlib
@@ -224,3 +224,101 @@ def test_allow_other_mount_never_serves_a_linked_file(fault_registry, run_blobfs
     assert got["sha"] != sha256_bytes(secret), "the mount served a root-only file to another user"
     assert got["ok"] and got["sha"] == reg.layer, got
     assert_untouched(target, secret)
+
+
+# ================================================================ 1. who may write to the store
+
+
+def refused_for_trust(result, *words):
+    assert result.returncode == 1, f"exit {result.returncode}:\n{result.stdout}\n{result.stderr}"
+    lines = [line for line in result.stderr.splitlines() if "--trust-store" in line]
+    assert lines, f"the refusal does not name --trust-store:\n{result.stderr}"
+    for word in words:
+        assert word in lines[0], f"{word!r} not in {lines[0]!r}"
+    return lines[0]
+
+
+@pytest.mark.parametrize("where", ["", "blobs", "manifests", ".blobfs"])
+def test_store_writable_by_others_is_refused_unless_trusted(fault_registry, run_blobfs, store,
+                                                           tmp_path, where):
+    reg = one_layer_registry(fault_registry)
+    name = f"{reg.host}/{REPO}"
+    for sub in ("blobs", "manifests", ".blobfs"):
+        (store / sub).mkdir(mode=0o700 if sub == ".blobfs" else 0o755)
+    (store / where).chmod(0o777 if where != ".blobfs" else 0o770)
+    mode = "0777" if where != ".blobfs" else "0770"
+    path = str(store / where).rstrip("/")
+
+    line = refused_for_trust(run_blobfs(["pull", "--quiet", name]),
+                             f"'{path}'", "writable by other users", f"mode {mode}",
+                             f"chmod go-w {path}")
+    print(line)
+    assert not list((store / "blobs").iterdir()) and not list((store / "manifests").iterdir())
+    assert not (store / ".blobfs" / "lock").exists(), "a refused store was written to"
+    refused_for_trust(run_blobfs(["ls"]), f"'{path}'")
+
+    # The three ways to say "trust it anyway": option, configuration key, and -o (below).
+    ok(run_blobfs(["--trust-store", "pull", "--quiet", name]))
+    assert_blob_stored(store, reg.layer)
+    conf = tmp_path / "trust.conf"
+    conf.write_text("trust-store = yes\n")
+    ok(run_blobfs(["ls"], env={"BLOBFS_CONFIG": str(conf)}))
+
+
+def test_mount_of_a_store_writable_by_others(fault_registry, run_blobfs, mount, blobfs_bin,
+                                             store, tmp_path):
+    reg = one_layer_registry(fault_registry)
+    ok(run_blobfs(["pull", "--lazy", "--quiet", f"{reg.host}/{REPO}"]))
+    (store / "manifests").chmod(0o777)
+    point = tmp_path / "refused"
+    point.mkdir()
+    try:
+        refused = run([blobfs_bin, "--store", store, "mount", "-f", point], timeout=30)
+    finally:
+        if os.path.ismount(point):       # a build without the check mounted it
+            run(["fusermount3", "-uz", point])
+    refused_for_trust(refused, f"'{store}/manifests'", "writable by other users")
+    m = mount("trust_store")
+    got = read_all(m.path / "blobs" / ("sha256-" + hex_of(reg.layer)))
+    assert got["sha"] == reg.layer, got
+
+
+def test_sticky_store_root_is_accepted(fault_registry, run_blobfs, store):
+    """A 1777 root (like /tmp): others may add entries but not replace ours."""
+    reg = one_layer_registry(fault_registry)
+    store.chmod(0o1777)
+    ok(run_blobfs(["pull", "--quiet", f"{reg.host}/{REPO}"]))
+    assert_blob_stored(store, reg.layer)
+
+
+@pytest.fixture
+def nobody_runs(blobfs_bin):
+    """Skip unless uid nobody can run the blobfs binary (it must reach the build tree)."""
+    probe = run(as_nobody([blobfs_bin, "--version"]))
+    if probe.returncode != 0:
+        pytest.skip(f"uid {NOBODY} cannot run {blobfs_bin}: {probe.stderr.strip()}")
+
+
+def test_store_of_another_user_is_refused_unless_trusted(fault_registry, run_blobfs, blobfs_bin,
+                                                         store, nobody_runs):
+    """nobody reading a store that belongs to a third user (not root): refused;
+    the same store owned by root is fine to read."""
+    reg = one_layer_registry(fault_registry)
+    ok(run_blobfs(["pull", "--quiet", f"{reg.host}/{REPO}"]))
+    store.chmod(0o755)
+    ls = [blobfs_bin, "--store", store, "ls"]
+    ok(run(as_nobody(ls)))                              # root's store: trusted
+    for path in [store, *store.rglob("*")]:
+        os.lchown(path, 4242, 4242)
+    refused_for_trust(run(as_nobody(ls)), f"'{store}'", "uid 4242", "not to you or root")
+    listed = ok(run(as_nobody([blobfs_bin, "--store", store, "--trust-store", "ls"])))
+    assert f"{reg.host}/{REPO}" in listed.stdout.replace(":latest", ""), listed.stdout
+
+
+def test_directory_of_a_third_user_inside_the_store_is_refused(fault_registry, run_blobfs,
+                                                              store):
+    reg = one_layer_registry(fault_registry)
+    ok(run_blobfs(["pull", "--quiet", f"{reg.host}/{REPO}"]))
+    os.chown(store / "blobs", 4242, 4242)
+    refused_for_trust(run_blobfs(["ls"]), f"'{store}/blobs'", "uid 4242",
+                      "not to the store's owner")

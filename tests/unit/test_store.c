@@ -1241,6 +1241,57 @@ static void test_manifests_are_never_read_through_links(void **state)
 	free(v);
 }
 
+/* ---- who may write to the store ---- */
+
+static void test_open_refuses_a_store_others_may_write(void **state)
+{
+	struct fx *f = *state;
+	struct store *s;
+
+	assert_int_equal(chmod(f->root, 0777), 0);
+	assert_int_equal(store_open(f->root, 0, &s), -EPERM);
+	assert_int_equal(store_open(f->root, STORE_CREATE, &s), -EPERM);
+	assert_int_equal(store_open(f->root, STORE_TRUST, &s), 0);
+	store_close(s);
+	/* Sticky, like /tmp: others cannot replace what is in it. */
+	assert_int_equal(chmod(f->root, 01777), 0);
+	assert_int_equal(store_open(f->root, STORE_CREATE, &s), 0);
+	store_close(s);
+	assert_int_equal(chmod(f->root, 0755), 0);
+	/* Below the root, the sticky bit does not help: others could add blobs. */
+	const char *dirs[] = { f->blobs, f->manifests, f->state, f->partial, f->tmp,
+			       f->quarantine };
+	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
+		int mode = mode_of(dirs[i]);
+		assert_int_equal(chmod(dirs[i], 01770), 0);
+		if (store_open(f->root, 0, &s) != -EPERM)
+			fail_msg("'%s' mode 1770 was accepted", dirs[i]);
+		assert_int_equal(chmod(dirs[i], (mode_t)mode), 0);
+	}
+	assert_int_equal(store_open(f->root, 0, &s), 0);
+	store_close(s);
+}
+
+static void test_open_refuses_a_directory_of_a_third_user(void **state)
+{
+	struct fx *f = *state;
+	struct store *s;
+
+	if (geteuid() != 0)
+		skip();
+	assert_int_equal(chown(f->blobs, 4242, 4242), 0);
+	assert_int_equal(store_open(f->root, 0, &s), -EPERM);
+	assert_int_equal(store_open(f->root, STORE_TRUST, &s), 0);
+	store_close(s);
+	/* A store that belongs to one user (Ollama's): root may use it. */
+	const char *all[] = { f->root, f->manifests, f->state, f->partial, f->tmp,
+			      f->quarantine };
+	for (size_t i = 0; i < sizeof(all) / sizeof(all[0]); i++)
+		assert_int_equal(chown(all[i], 4242, 4242), 0);
+	assert_int_equal(store_open(f->root, STORE_CREATE, &s), 0);
+	store_close(s);
+}
+
 static void test_open_refuses_a_linked_directory(void **state)
 {
 	struct fx *f = *state;
@@ -1603,6 +1654,8 @@ int main(void)
 		T(test_partial_open_never_writes_through_a_link),
 		T(test_partial_open_never_writes_into_a_second_link),
 		T(test_manifests_are_never_read_through_links),
+		T(test_open_refuses_a_store_others_may_write),
+		T(test_open_refuses_a_directory_of_a_third_user),
 		T(test_open_refuses_a_linked_directory),
 		cmocka_unit_test(test_strmap_many_keys),
 		cmocka_unit_test(test_strmap_copies_keys),
