@@ -180,9 +180,13 @@ struct blob *blob_get(struct blobcache *c, const struct digest *d, uint64_t size
 	b->waiters.next = b->waiters.prev = &b->waiters;
 	pthread_mutex_init(&b->lock, NULL);
 	b->state = BLOB_IDLE;
-	if (store_open_blob(c->store, d, size, &fd) == 0) {
+	int ret = store_open_blob(c->store, d, size, &fd);
+	if (ret == 0) {
 		b->fd = fd;
 		blob_mark_locked(b, BLOB_COMPLETE);
+	} else if (ret == -EBADMSG) {
+		b->state = BLOB_FAILED;    /* the manifest's size is wrong, not the blob */
+		b->err = ret;
 	}
 	pthread_mutex_lock(&c->lock);
 	if (b->state != BLOB_COMPLETE && strmap_get(c->failed, b->name, NULL)) {

@@ -112,14 +112,18 @@ int activate_locked(struct blob *b)
 		return ret;
 	}
 	b->lockfd = ret;
-	if (store_open_blob(c->store, &b->digest, b->size, &fd) == 0) {
-		if (b->fd >= 0)
+	ret = store_open_blob(c->store, &b->digest, b->size, &fd);
+	if (ret == 0 || ret == -EBADMSG) {
+		if (ret == 0 && b->fd >= 0)
 			close(b->fd);
-		b->fd = fd;
-		blob_mark_locked(b, BLOB_COMPLETE);
+		if (ret == 0)
+			b->fd = fd;
+		/* Complete; or complete with another size, which blames the manifest. */
+		blob_mark_locked(b, ret == 0 ? BLOB_COMPLETE : BLOB_FAILED);
+		b->err = ret;
 		store_blob_unlock(c->store, &b->digest, b->lockfd, true);
 		b->lockfd = -1;
-		return 0;
+		return ret;
 	}
 	ret = activate_partial(b);
 	if (ret < 0) {

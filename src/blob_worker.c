@@ -198,6 +198,8 @@ static bool blob_work(struct blob *b, uint64_t now, bool final)
 	if (b->state == BLOB_BUSY && !final && activate_locked(b) == 0 &&
 	    b->state == BLOB_PARTIAL)
 		kick = true;
+	if (b->state == BLOB_FAILED)   /* activation failed it: readers parked meanwhile learn why */
+		collect_waiters(b, &done, b->err, 0, UINT32_MAX);
 	bool was_partial = b->state == BLOB_PARTIAL;
 	collect_waiters(b, &done, 0, 0, 0);
 	blob_expire_locked(b, final ? UINT64_MAX : now, &done);

@@ -611,6 +611,8 @@ static struct itag *load_tag(struct index *ix, const struct model_name *n)
 		ret = manifest_parse(t->bytes, t->len, &t->m, err, sizeof(err));
 	else
 		snprintf(err, sizeof(err), "%s", file_strerror(ret));
+	if (ret == 0)   /* one that names a verified blob with another size is wrong */
+		ret = store_check_manifest(ix->store, t->m, err, sizeof(err));
 	if (ret < 0) {
 		char name[NAME_FORMAT_MAX];
 		name_format(n, name, sizeof(name));

@@ -490,6 +490,56 @@ static void name_path(const struct store *s, const struct model_name *n, char *b
 	snprintf(buf, len, "%s/manifests/%s/%s/%s/%s", s->root, n->host, n->ns, n->model, n->tag);
 }
 
+struct size_check {
+	const struct store *s;
+	char *err;
+	size_t errlen;
+};
+
+static int check_layer_size(const struct layer *l, void *arg)
+{
+	struct size_check *c = arg;
+	char name[ENTRY_MAX], hex[DIGEST_STR_LEN];
+	struct stat st;
+
+	entry_name(&l->digest, "", name, sizeof(name));
+	if (c->s->blobsfd < 0 || fstatat(c->s->blobsfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+	    !S_ISREG(st.st_mode) || (uint64_t)st.st_size == l->size)
+		return 0;
+	digest_format(&l->digest, hex);
+	snprintf(c->err, c->errlen, "the manifest gives blob '%s' %llu bytes, but the store's "
+		 "verified copy has %llu; refusing that layer", hex, (unsigned long long)l->size,
+		 (unsigned long long)st.st_size);
+	return -EBADMSG;
+}
+
+int store_check_manifest(const struct store *s, const struct manifest *m, char *err,
+			 size_t errlen)
+{
+	struct size_check c = { s, err, errlen };
+
+	return manifest_for_each_blob(m, check_layer_size, &c);
+}
+
+/* store_check_manifest() of manifest bytes; one that does not parse is for others to judge. */
+static int check_manifest_bytes(const struct store *s, const struct model_name *n,
+				const char *buf, size_t len)
+{
+	char err[512], name[NAME_FORMAT_MAX];
+	struct manifest *m;
+	int ret;
+
+	if (manifest_parse(buf, len, &m, err, sizeof(err)) < 0)
+		return 0;
+	ret = store_check_manifest(s, m, err, sizeof(err));
+	manifest_free(m);
+	if (ret < 0) {
+		name_format(n, name, sizeof(name));
+		log_error("not storing the manifest of '%s': %s", name, err);
+	}
+	return ret;
+}
+
 int store_write_manifest(struct store *s, const struct model_name *want,
 			 const char *buf, size_t len)
 {
@@ -499,6 +549,8 @@ int store_write_manifest(struct store *s, const struct model_name *want,
 
 	if ((ret = store_lock(s)) < 0)
 		return ret;
+	if ((ret = check_manifest_bytes(s, &n, buf, len)) < 0)
+		goto out;
 	fd = open_model_dir(s, &n, true, true);
 	if (fd < 0) {
 		ret = fd;
@@ -1078,16 +1130,16 @@ int store_open_blob(const struct store *s, const struct digest *d, uint64_t size
 	digest_format(d, hex);
 	if (fd >= 0) {
 		close(fd);
-		log_warn("blob '%s' in the store has %lld bytes but should have %llu%s",
-			 hex, (long long)st.st_size, (unsigned long long)size,
-			 s->writable ? "; moved to quarantine" : "");
-	} else {
-		log_warn("blob '%s' in the store cannot be used: %s%s", hex, file_strerror(fd),
-			 s->writable ? "; moved to quarantine" : "");
+		log_error("a manifest gives blob '%s' %llu bytes, but the store's verified copy "
+			  "has %lld; not using it for that manifest ('blobfs verify' checks the copy)",
+			  hex, (unsigned long long)size, (long long)st.st_size);
+		return -EBADMSG;
 	}
+	log_warn("blob '%s' in the store cannot be used: %s%s", hex, file_strerror(fd),
+		 s->writable ? "; moved to quarantine" : "");
 	if (!s->writable)
 		return -EIO;
-	move_to_quarantine(s, s->blobsfd, name, d, fd >= 0 ? "badsize" : "notafile");
+	move_to_quarantine(s, s->blobsfd, name, d, "notafile");
 	return -ENOENT;
 }
 

@@ -73,8 +73,16 @@ int store_find_tag(const struct store *s, const struct model_name *want,
 int store_read_manifest(const struct store *s, const struct model_name *n,
 			char **buf, size_t *len, int64_t *mtime_ns);
 /*
+ * Does a manifest agree with the store? A blob that is complete in blobs/ was
+ * verified, so a manifest that gives it another size is wrong, and the blob is
+ * never the one blamed: 0, or -EBADMSG with the digest and both sizes in err.
+ */
+int store_check_manifest(const struct store *s, const struct manifest *m, char *err,
+			 size_t errlen);
+/*
  * Write a manifest atomically, reusing the casing of directories that already
- * exist. Takes the index lock.
+ * exist. Takes the index lock. A manifest that store_check_manifest() refuses
+ * is not written (-EBADMSG, logged).
  */
 int store_write_manifest(struct store *s, const struct model_name *n,
 			 const char *buf, size_t len);
@@ -115,8 +123,9 @@ int store_gc(struct store *s, struct store_freed *freed);
 
 /*
  * Open a complete blob read-only. -ENOENT if absent. Anything at its name that
- * is not a regular file of the expected size is moved to quarantine and
- * reported as absent.
+ * is not a regular file is moved to quarantine and reported as absent. A blob
+ * of another size than expected is left alone (the manifest that gave the
+ * size is wrong, not the verified blob): -EBADMSG, logged.
  */
 int store_open_blob(const struct store *s, const struct digest *d,
 		    uint64_t size, int *fd);

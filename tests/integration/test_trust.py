@@ -322,3 +322,103 @@ def test_directory_of_a_third_user_inside_the_store_is_refused(fault_registry, r
     os.chown(store / "blobs", 4242, 4242)
     refused_for_trust(run_blobfs(["ls"]), f"'{store}/blobs'", "uid 4242",
                       "not to the store's owner")
+
+
+# ================================================================ 4. a manifest's size never blames a verified blob
+
+
+def manifest_naming(reg, digest, size):
+    """A model manifest whose one layer names DIGEST with SIZE bytes."""
+    config = b'{"model_format":"gguf"}'
+    return json.dumps({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json",
+                   "digest": reg.add_blob(config), "size": len(config)},
+        "layers": [{"mediaType": OLLAMA_MODEL, "digest": digest, "size": size}],
+    }, separators=(",", ":")).encode()
+
+
+def store_files(store):
+    """{relative path: sha256} of every file in the store but the lock files and run/."""
+    out = {}
+    for p in sorted(Path(store).rglob("*")):
+        rel = str(p.relative_to(store))
+        if p.is_file() and not p.name.endswith(".lock") and "/run/" not in rel \
+                and rel != ".blobfs/lock":
+            out[rel] = sha256_file(p)
+    return out
+
+
+@pytest.fixture
+def good_and_hostile(fault_registry, run_blobfs, store):
+    """Model A pulled (its layer verified in blobs/), and a second registry whose
+    model B names A's layer with one byte less."""
+    good = one_layer_registry(fault_registry)
+    ok(run_blobfs(["pull", "--quiet", f"{good.host}/{REPO}"]))
+    hostile = fault_registry()
+    hostile.add_manifest("library/b", "latest",
+                         manifest_naming(hostile, good.layer, len(good.data) - 1))
+    return good, hostile
+
+
+def test_pull_of_a_manifest_with_another_size_for_a_verified_blob_is_refused(
+        good_and_hostile, run_blobfs, store):
+    good, hostile = good_and_hostile
+    before = store_files(store)
+    result = run_blobfs(["pull", "--quiet", f"{hostile.host}/library/b"])
+    print(result.stderr)
+    assert result.returncode == 1, f"exit {result.returncode}:\n{result.stderr}"
+    assert good.layer in result.stderr and str(len(good.data)) in result.stderr \
+        and str(len(good.data) - 1) in result.stderr, \
+        f"the error does not name the digest and both sizes:\n{result.stderr}"
+    assert store_files(store) == before, "the refused pull changed the store"
+    # The layer of A survives everything that follows, gc included.
+    ok(run_blobfs(["gc"]))
+    assert_blob_stored(store, good.layer)
+    verify = ok(run_blobfs(["verify", f"{good.host}/{REPO}"]))
+    assert "1 ok, 0 corrupt" in verify.stdout.replace("2 ok", "1 ok"), verify.stdout
+
+
+def test_mount_and_verify_never_blame_a_verified_blob_for_a_manifest(good_and_hostile, run_blobfs,
+                                                                     mount, store):
+    """B's manifest already in the store (written by another tool, or before the
+    blob was verified): the mount does not show B, A reads, verify B does not
+    quarantine, and nothing is lost to gc."""
+    good, hostile = good_and_hostile
+    bad = store / "manifests" / hostile.host / "library" / "b" / "latest"
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(manifest_naming(hostile, good.layer, len(good.data) - 1))
+
+    verify = run_blobfs(["verify", f"{hostile.host}/library/b"])
+    assert "CORRUPT" not in verify.stdout and "moved to quarantine" not in verify.stdout, \
+        verify.stdout
+    assert verify.returncode == 1, "verify said nothing is wrong with B's manifest"
+    assert_blob_stored(store, good.layer)
+
+    m = mount()
+    a_file = m.path / "models" / good.host / REPO / "latest" / "model"
+    assert read_all(a_file)["sha"] == good.layer
+    # B's layer: refused (not shown), whatever a reader tries.
+    b_dir = m.path / "models" / hostile.host / "library" / "b" / "latest"
+    b_read = json.loads(ok(run([PYTHON, "-c", READ_ALL, b_dir / "model"])).stdout)
+    assert not b_read["ok"], b_read
+    assert read_all(m.path / "blobs" / ("sha256-" + hex_of(good.layer)))["sha"] == good.layer
+    m.cleanup()
+    assert not list((store / ".blobfs" / "quarantine").iterdir())
+    ok(run_blobfs(["gc"]))
+    assert_blob_stored(store, good.layer)
+
+
+def test_discovery_of_a_manifest_with_another_size_changes_nothing(good_and_hostile, mount,
+                                                                   run_blobfs, store):
+    good, hostile = good_and_hostile
+    m = mount()
+    b_dir = m.path / "models" / hostile.host / "library" / "b" / "latest"
+    b_read = json.loads(ok(run([PYTHON, "-c", READ_ALL, b_dir / "model"])).stdout)
+    assert not b_read["ok"], b_read
+    assert read_all(m.path / "models" / good.host / REPO / "latest" / "model")["sha"] == good.layer
+    m.cleanup()
+    assert not (store / "manifests" / hostile.host).exists(), "the refused manifest was stored"
+    assert not list((store / ".blobfs" / "quarantine").iterdir())
+    assert_blob_stored(store, good.layer)

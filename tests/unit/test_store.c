@@ -22,6 +22,7 @@
 
 #include "chunkmap.h"
 #include "digest.h"
+#include "manifest.h"
 #include "name.h"
 #include "store.h"
 #include "strmap.h"
@@ -989,28 +990,23 @@ static void test_open_blob(void **state)
 	assert_int_equal(store_open_blob(f->s, &e, BLOB_SIZE, &fd), -ENOENT);
 }
 
-static void test_open_blob_wrong_size_is_quarantined(void **state)
+static void test_open_blob_of_another_size_is_left_alone(void **state)
 {
 	struct fx *f = *state;
 	struct digest d = dg('a');
 	int fd = -1;
-	char *q;
 
+	/* The blob is verified; a manifest that says otherwise is wrong. */
 	put_blob(f->s, 'a');
-	assert_int_equal(store_open_blob(f->s, &d, BLOB_SIZE + 1, &fd), -ENOENT);
+	assert_int_equal(store_open_blob(f->s, &d, BLOB_SIZE + 1, &fd), -EBADMSG);
 	assert_int_equal(fd, -1);
-	assert_false(has_blob(f->s, 'a'));
-	assert_int_equal(tu_count_entries(f->quarantine), 1);
-	q = tu_find_entry(f->quarantine,
-		"sha256-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa.");
-	assert_non_null(q);
-	assert_non_null(strstr(q, "badsize"));
-	free(q);
-	/* Now it is simply absent. */
-	assert_int_equal(store_open_blob(f->s, &d, BLOB_SIZE, &fd), -ENOENT);
+	assert_true(has_blob(f->s, 'a'));
+	assert_int_equal(tu_count_entries(f->quarantine), 0);
+	assert_int_equal(store_open_blob(f->s, &d, BLOB_SIZE, &fd), 0);
+	close(fd);
 }
 
-static void test_open_blob_wrong_size_read_only(void **state)
+static void test_open_blob_of_another_size_read_only(void **state)
 {
 	struct fx *f = *state;
 	struct digest d = dg('a');
@@ -1020,11 +1016,39 @@ static void test_open_blob_wrong_size_read_only(void **state)
 	put_blob(f->s, 'a');
 	assert_int_equal(store_open(f->root, 0, &ro), 0);
 	assert_false(ro->writable);
-	assert_int_equal(store_open_blob(ro, &d, BLOB_SIZE - 1, &fd), -EIO);
+	assert_int_equal(store_open_blob(ro, &d, BLOB_SIZE - 1, &fd), -EBADMSG);
 	assert_true(has_blob(f->s, 'a'));   /* left alone */
 	assert_int_equal(store_open_blob(ro, &d, BLOB_SIZE, &fd), 0);
 	close(fd);
 	store_close(ro);
+}
+
+static void test_manifest_with_another_size_for_a_verified_blob(void **state)
+{
+	struct fx *f = *state;
+	struct model_name n = nm("h.example/ns/bad:t"), found;
+	struct digest b = dg('b');
+	char *path = store_blob_path(f->s, &b), *text = mj('c', "b"), err[512];
+	struct manifest *m;
+
+	put_file(path, BLOB_SIZE - 1);
+	assert_int_equal(manifest_parse(text, strlen(text), &m, err, sizeof(err)), 0);
+	assert_int_equal(store_check_manifest(f->s, m, err, sizeof(err)), -EBADMSG);
+	assert_non_null(strstr(err, "sha256:bbbbbbbb"));
+	assert_non_null(strstr(err, "8192 bytes"));
+	assert_non_null(strstr(err, "has 8191"));
+	assert_int_equal(store_write_manifest(f->s, &n, text, strlen(text)), -EBADMSG);
+	assert_int_equal(store_find_tag(f->s, &n, &found), -ENOENT);
+	assert_int_equal(tu_count_entries(f->manifests), 0);
+	/* The right size, or a blob not in the store, is fine. */
+	manifest_free(m);
+	put_file(path, BLOB_SIZE);
+	assert_int_equal(manifest_parse(text, strlen(text), &m, err, sizeof(err)), 0);
+	assert_int_equal(store_check_manifest(f->s, m, err, sizeof(err)), 0);
+	write_manifest(f->s, "h.example/ns/bad:t", text);
+	manifest_free(m);
+	free(text);
+	free(path);
 }
 
 static void test_commit_blob(void **state)
@@ -1644,8 +1668,9 @@ int main(void)
 		T(test_blob_trylock_excludes_other_fds_and_processes),
 		T(test_index_lock_excludes_other_processes),
 		T(test_open_blob),
-		T(test_open_blob_wrong_size_is_quarantined),
-		T(test_open_blob_wrong_size_read_only),
+		T(test_open_blob_of_another_size_is_left_alone),
+		T(test_open_blob_of_another_size_read_only),
+		T(test_manifest_with_another_size_for_a_verified_blob),
 		T(test_commit_blob),
 		T(test_quarantine_partial_and_complete),
 		T(test_open_blob_through_a_link_is_quarantined),
