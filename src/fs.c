@@ -41,6 +41,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "bdi.h"
 #include "blob.h"
 #include "chunkmap.h"
 #include "fs.h"
@@ -60,8 +61,15 @@
 #define NEG_TIMEOUT 0.5          /* a tag pulled elsewhere shows within a second, the watch included */
 #define RA_START (1u << 20)
 #define RA_MAX (64u << 20)
-#define SEQ_SLACK (512u << 10)   /* out-of-order kernel read-ahead still counts as sequential */
+#define SEQ_SLACK (4u << 20)     /* out-of-order kernel read-ahead still counts as sequential */
 #define BACKGROUND_AFTER (2u << 20) /* sequential bytes before background completion starts */
+/*
+ * The largest READ: 252 pages. libfuse splices a reply only if the header,
+ * the data and three pages of slack fit its pipe, which grows to 1 MiB; a
+ * 1 MiB READ does not, and is copied through a buffer instead (bench/RESULTS.md).
+ */
+#define READ_MAX (252u << 12)
+#define READAHEAD_KB 4096        /* read-ahead and fault read-around, where root may set it */
 
 #define XATTR_DIGEST "user.blobfs.digest"
 #define XATTR_CACHED "user.blobfs.cached"
@@ -390,6 +398,10 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	}
 	conn->max_background = 64;
 	conn->congestion_threshold = 48;
+	/* Sets the kernel's max_pages; nothing is ever written here. */
+	conn->max_write = READ_MAX;
+	/* The kernel keeps the smaller of this and the bdi's window (fs_mount). */
+	conn->max_readahead = READAHEAD_KB << 10;
 }
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -1201,6 +1213,11 @@ int fs_mount(const struct session_opts *so, const struct fs_opts *fo, const char
 		fprintf(stderr, "blobfs: error: cannot mount on '%s'\n", mountpoint);
 		goto out_signals;
 	}
+	/* Before INIT is answered: the kernel keeps the smaller window. */
+	int ra = bdi_set_readahead(mountpoint, READAHEAD_KB);
+	if (ra < 0)
+		log_debug("read-ahead of '%s' stays at the kernel's default: %s", mountpoint,
+			  strerror(-ra));
 	/* Threads start only after the fork; the tree is already built. */
 	if (fuse_daemonize(fo->foreground) != 0)
 		goto out_unmount;

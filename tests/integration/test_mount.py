@@ -540,6 +540,67 @@ def test_mmap_shared_and_private(registry, run_blobfs, store, mount, mmap_probe,
     assert sha256_file(path) == layer.digest
 
 
+# ================================================================ 4b. engines' reads
+
+# mmap the whole file MAP_SHARED | MAP_POPULATE (as llama.cpp does), then
+# madvise(WILLNEED); prints the mapping's sha256. A failed fault kills it (SIGBUS).
+PY_POPULATE = r"""
+import hashlib, json, mmap, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDONLY)
+t0 = time.monotonic()
+m = mmap.mmap(fd, 0, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE, prot=mmap.PROT_READ)
+m.madvise(mmap.MADV_WILLNEED)
+print(json.dumps({"sha": "sha256:" + hashlib.sha256(m).hexdigest(),
+                  "elapsed": time.monotonic() - t0}))
+"""
+
+
+def test_map_populate_through_a_cold_mount_gives_the_blobs_bytes(cdn_registry, run_blobfs, store,
+                                                                  mount, tmp_path, blob_cache):
+    model = big_model(tmp_path, blob_cache, size=64 * MiB, seed=44)
+    layer = model.layer(OLLAMA_MODEL)
+    push_model(cdn_registry, REPO, "latest", model)
+    pull(run_blobfs, store, model_name(cdn_registry))
+    m = mount()
+    path = tag_dir(m.path, cdn_registry.host) / "model"
+    got = child(PY_POPULATE, path, timeout=120)
+    assert got["sha"] == layer.digest, "MAP_POPULATE through a cold mount mapped other bytes"
+    blob = store_blob(store, layer.digest)
+    assert wait_for(blob.is_file, timeout=10), f"not committed; partial: {partial_files(store)}"
+    # and again from the mount's page cache, now that the blob is complete
+    assert child(PY_POPULATE, path, timeout=60)["sha"] == layer.digest
+
+
+def test_reader_killed_mid_populate_leaves_the_mount_healthy(capped_cdn_registry, run_blobfs,
+                                                             store, mount, tmp_path, blob_cache):
+    reg = capped_cdn_registry("2m")
+    model = big_model(tmp_path, blob_cache, size=MID, seed=45)
+    layer = model.layer(OLLAMA_MODEL)
+    push_model(reg, REPO, "latest", model)
+    pull(run_blobfs, store, model_name(reg))
+    m = mount()
+    path = tag_dir(m.path, reg.host) / "model"
+    reader = subprocess.Popen([PYTHON, "-c", PY_POPULATE, str(path)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    try:
+        assert wait_for(lambda: int(getxattr(path, "user.blobfs.cached")) >= 8 * MiB,
+                        timeout=20, interval=0.1), "the populate fetched nothing"
+        assert reader.poll() is None, \
+            "the populate finished before it could be killed: the cap is too loose"
+        reader.kill()
+        reader.wait(10)   # a fatal signal ends a fault waiting on a READ
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait(10)
+    assert m.proc.poll() is None, "the daemon died with the reader:\n" + m.log()
+    assert os.listdir(tag_dir(m.path, reg.host)), "the mount stopped answering"
+    r = child(READ_ALL, path, timeout=120)
+    assert r["ok"] and r["sha"] == layer.digest, f"a read after the killed populate: {r}"
+    got = child(PY_POPULATE, path, timeout=60)
+    assert got["sha"] == layer.digest, "a second populate after the killed one mapped other bytes"
+
+
 # ================================================================ 5. concurrent readers
 
 
