@@ -48,6 +48,7 @@
 #include "index.h"
 #include "log.h"
 #include "manifest.h"
+#include "push.h"
 #include "registry.h"
 #include "remote.h"
 #include "status.h"
@@ -63,6 +64,7 @@
 #define RA_MAX (64u << 20)
 #define SEQ_SLACK (4u << 20)     /* out-of-order kernel read-ahead still counts as sequential */
 #define BACKGROUND_AFTER (2u << 20) /* sequential bytes before background completion starts */
+#define PUSH_AFTER (4u << 20)    /* sequential bytes of a complete blob before it is pushed */
 /*
  * The largest READ: 252 pages. libfuse splices a reply only if the header,
  * the data and three pages of slack fit its pipe, which grows to 1 MiB; a
@@ -85,6 +87,7 @@ struct fs {
 	struct index *ix;
 	struct watch *watch;
 	struct status_writer *status;
+	struct pusher *pusher;
 	struct read_stats rs;        /* atomics */
 	struct fuse_session *se;
 	struct fs_opts o;
@@ -959,6 +962,14 @@ static uint64_t track_sequential(struct fs *fs, struct ofile *of, uint64_t off, 
 	return ra;
 }
 
+static bool blob_is_complete(struct blob *b)
+{
+	struct blob_stats st;
+
+	blob_stats(b, &st);
+	return st.state == BLOB_COMPLETE;
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
@@ -970,7 +981,6 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	uint64_t ra, bsize, t0 = read_clock();
 	int ret;
 
-	(void)ino;
 	if (off < 0) {
 		fuse_reply_err(req, EINVAL);
 		return;
@@ -992,6 +1002,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	}
 	size = (size_t)MIN((uint64_t)size, bsize - (uint64_t)off);
 	ra = track_sequential(fs, of, (uint64_t)off, size, &background);
+	uint64_t seq_bytes = of->seq_bytes;
 	pthread_mutex_unlock(&of->lock);
 	if (background && blob_fetch_all(b, false) < 0)
 		log_debug("background completion could not start");
@@ -1015,6 +1026,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	if (ret > 0) {
 		count(&fs->rs.local);
 		reply_from_fd(req, b, (uint64_t)off, size);
+		if (seq_bytes >= PUSH_AFTER && fs->pusher && blob_is_complete(b))
+			pusher_note(fs->pusher, ino, b, (uint64_t)off + size);
 	} else {
 		count(&fs->rs.errors);
 		fuse_reply_err(req, read_errno(ret));
@@ -1231,12 +1244,15 @@ int fs_mount(const struct session_opts *so, const struct fs_opts *fo, const char
 	session_evict(fs->sess);
 	fs->watch = watch_start(fs->sess->store->manifests, 3, 30, on_store_change, fs);
 	fs->status = status_start(fs->sess, mountpoint, &fs->rs);
+	fs->pusher = pusher_start(fs->se);
 	log_info("mounted '%s' on '%s' (%u tags)", fs->sess->store->root, mountpoint, added);
 
 	cfg = fuse_loop_cfg_create();
 	fuse_loop_cfg_set_max_threads(cfg, fo->threads);
 	ret = fuse_session_loop_mt(fs->se, cfg) < 0 ? 1 : 0;  /* > 0: a signal; a clean stop */
 	fuse_loop_cfg_destroy(cfg);
+	pusher_stop(fs->pusher);   /* its threads reply through the session too */
+	fs->pusher = NULL;
 	status_stop(fs->status);
 	watch_stop(fs->watch);
 out_unmount:

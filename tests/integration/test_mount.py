@@ -555,6 +555,48 @@ print(json.dumps({"sha": "sha256:" + hashlib.sha256(m).hexdigest(),
 """
 
 
+def resident_map(path):
+    """Per page of PATH: is it in the page cache (mincore on a mapping)?"""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        size = os.fstat(fd).st_size
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.mmap.restype = ctypes.c_void_p
+        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                              ctypes.c_int, ctypes.c_long]
+        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+        page = os.sysconf("SC_PAGE_SIZE")
+        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
+        try:
+            vec = ctypes.create_string_buffer((size + page - 1) // page)
+            assert libc.mincore(addr, size, vec) == 0, os.strerror(ctypes.get_errno())
+            return [b & 1 for b in vec.raw]
+        finally:
+            libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+
+
+def read_front(path, nbytes, piece=MiB):
+    """read() the first NBYTES of PATH in order, as a loader reading a file would."""
+    with open(path, "rb", buffering=0) as f:
+        done = 0
+        while done < nbytes:
+            got = f.read(min(piece, nbytes - done))
+            assert got, f"{path} ended after {done} bytes"
+            done += len(got)
+
+
+def vm_hwm_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmHWM in /proc/{pid}/status")
+
+
 def test_map_populate_through_a_cold_mount_gives_the_blobs_bytes(cdn_registry, run_blobfs, store,
                                                                   mount, tmp_path, blob_cache):
     model = big_model(tmp_path, blob_cache, size=64 * MiB, seed=44)
@@ -599,6 +641,69 @@ def test_reader_killed_mid_populate_leaves_the_mount_healthy(capped_cdn_registry
     assert r["ok"] and r["sha"] == layer.digest, f"a read after the killed populate: {r}"
     got = child(PY_POPULATE, path, timeout=60)
     assert got["sha"] == layer.digest, "a second populate after the killed one mapped other bytes"
+
+
+def test_a_complete_blob_is_pushed_ahead_of_a_sequential_reader(registry, run_blobfs, store,
+                                                                mount, tmp_path, blob_cache):
+    """Once a reader of a complete blob has read a few MiB in order, the bytes
+    ahead of it go into the mount's page cache before it asks (and are the
+    blob's bytes); the daemon stays small while it pushes."""
+    size = BIG
+    model = big_model(tmp_path, blob_cache, size=size, seed=46)
+    layer = model.layer(OLLAMA_MODEL)
+    push_model(registry, REPO, "latest", model)
+    pull(run_blobfs, store, model_name(registry), lazy=False)
+    m = mount()
+    path = tag_dir(m.path, registry.host) / "model"
+    read_front(path, 8 * MiB)
+    # Kernel read-ahead covers a few MiB past the reader; pushing goes further.
+    far = 40 * MiB // os.sysconf("SC_PAGE_SIZE")
+
+    def pushed():
+        return sum(resident_map(path)[far:]) * os.sysconf("SC_PAGE_SIZE")
+
+    assert wait_for(lambda: pushed() >= 64 * MiB, timeout=10, interval=0.1), \
+        f"only {pushed()} bytes past 40 MiB are in the page cache 10 s after a reader read " \
+        f"the first 8 MiB of a complete {size}-byte blob"
+    got = child(PY_POPULATE, path, timeout=60)
+    assert got["sha"] == layer.digest, "bytes pushed into the page cache are not the blob's"
+    hwm = vm_hwm_kib(m.proc.pid)
+    assert hwm < 64 * 1024, f"the daemon's peak RSS is {hwm} KiB after pushing {size} bytes"
+
+
+def test_a_blob_not_yet_verified_is_never_pushed(fault_registry, run_blobfs, store, mount):
+    """Bytes of a blob still being fetched are not pushed ahead of a reader:
+    only a READ hands them out, and once the blob fails verification every
+    reader, a mapping too, gets an error, never its bytes."""
+    reg = fault_registry()
+    size = 48 * MiB
+    data = random.Random(1012).randbytes(size)
+    _, (digest,) = reg.add_model(REPO, "latest", [(OLLAMA_MODEL, data)])
+    pull(run_blobfs, store, model_name(reg))
+    reg.fault("corrupt", digest=digest, offset=size - 17)
+    m = mount("no_chunksums")
+    path = tag_dir(m.path, reg.host) / "model"
+    read_front(path, 8 * MiB)
+    page = os.sysconf("SC_PAGE_SIZE")
+
+    def beyond():
+        return sum(resident_map(path)[24 * MiB // page:]) * page
+
+    ahead = beyond()     # while the rest is still being fetched
+    assert wait_for(lambda: quarantine_files(store) != [], timeout=30), \
+        f"the corrupt blob was not quarantined; partial: {partial_files(store)}"
+    assert ahead == 0 and beyond() == 0, \
+        f"bytes past 24 MiB of a blob not yet verified are in the mount's page cache: " \
+        f"{ahead} before, {beyond()} after it failed verification"
+    r = child(READ_ALL, path, timeout=60)
+    assert not r["ok"] and r["errno"] == errno.EIO, f"a read after the failure: {r}"
+    # A mapping's reader dies of SIGBUS at its first page. (MAP_POPULATE gets
+    # there too, after the kernel has tried, and failed, every page in turn.)
+    touch = run([PYTHON, "-c", "import mmap, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY); "
+                 "print(mmap.mmap(fd, 0, prot=mmap.PROT_READ)[0])", path], timeout=60)
+    assert touch.returncode == -signal.SIGBUS, \
+        f"a mapping of a blob that failed verification gave {touch.stdout!r} " \
+        f"(exit {touch.returncode})"
 
 
 # ================================================================ 5. concurrent readers
