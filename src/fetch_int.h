@@ -18,6 +18,7 @@
 
 struct remote;
 struct remote_opts;
+struct retry_policy;
 
 #define SLOW_CHECK_MS 1000       /* how often check_slow looks (fetch_sched.c) */
 
@@ -171,19 +172,53 @@ static inline void stat_add(struct fetcher *f, uint64_t *field, uint64_t n)
 	(void)f;
 }
 
-/* fetch_policy.c: what we know of endpoints, and whether a failure is worth another attempt */
+/* fetch_policy.c: the retry and failover policy */
 uint32_t fetch_rnd(void);
 struct hostinfo *hostinfo_get(struct fetcher *f, const char *authority);
 /* The first endpoint from ep on that is not a mirror known to be down. */
 size_t healthy_endpoint(struct fetcher *f, const struct remote *r, size_t ep);
 /* What curl said went wrong: its detailed message if it left one. */
 const char *job_error(const struct job *j, CURLcode res);
-/* Is a transport failure worth another attempt? TLS and URL errors are not. */
-bool transient_curl(CURLcode res);
 /* A mirror gets fewer attempts than the registry: the next endpoint is waiting. */
 unsigned attempts_for(const struct remote *r, size_t ep);
-/* Leave a failing mirror for the next endpoint; remember it is down for a while. */
-void mirror_failed(struct fetcher *f, const struct remote *r, size_t ep, const char *why);
+
+/* What one failed attempt of a request got, for classify_failure(). */
+struct attempt {
+	CURLcode res;            /* curl's result */
+	long status;             /* the last response's HTTP status, 0 if none */
+	bool location;           /* it named where to go (ranges; curl follows for small GETs) */
+	bool invalid;            /* it was not what was asked for: wrong range, short body */
+	bool to_registry;        /* the request went to the registry's own origin */
+	bool cdn;                /* it went to a URL a redirect gave us */
+	const char *retry_after; /* its Retry-After header, or NULL */
+	unsigned failed;         /* attempts in a row that failed before this one */
+};
+
+enum fetch_action {
+	ACT_RETRY,               /* the same endpoint again, after delay_ms */
+	ACT_AUTHENTICATE,        /* a 401 from the registry: answer its challenge, then again */
+	ACT_REDIRECT,            /* go where the response said */
+	ACT_RERESOLVE,           /* the CDN URL is gone: ask the registry for a fresh one */
+	ACT_FAIL,                /* this endpoint cannot serve it: next_endpoint(), or give up */
+};
+
+struct verdict {
+	enum fetch_action act;
+	bool exhausted;          /* ACT_FAIL: transient, but no attempts were left */
+	unsigned failed;         /* attempts in a row that failed, this one included if transient */
+	uint64_t delay_ms;       /* ACT_RETRY: the backoff, or Retry-After if longer */
+	uint64_t retry_after_ms; /* ACT_RETRY: what Retry-After asked for (capped), or 0 */
+};
+
+struct verdict classify_failure(const struct attempt *a, const struct retry_policy *rp,
+				unsigned max_attempts, uint32_t rnd);
+/*
+ * Endpoint *ep of r failed for good: move *ep to the next one and return
+ * true, remembering the failed one is down for a while and saying so with
+ * why (NULL: it was said already, and the endpoint is not marked down);
+ * false when *ep is the last (or r is NULL: a token request).
+ */
+bool next_endpoint(struct fetcher *f, const struct remote *r, size_t *ep, const char *why);
 
 /* fetch_auth.c: the auth cache */
 struct authent *auth_get(struct fetcher *f, struct remote *r, size_t ep);
@@ -228,8 +263,8 @@ void request_chunksums(struct fetcher *f, struct source *s);
 /* Take a kicked blob on (the kick's reference becomes the source's). */
 void source_add(struct fetcher *f, struct blob *b);
 void source_free(struct fetcher *f, struct source *s);
-/* Move a source to its next endpoint: a new blob URL, to be resolved afresh. */
-void source_next_endpoint(struct source *s);
+/* Move a source to the next endpoint (see next_endpoint); false if none is left. */
+bool source_next_endpoint(struct fetcher *f, struct source *s, const char *why);
 void finish_range(struct fetcher *f, struct job *j, CURLcode res);
 
 /* fetch_sched.c: which request starts next; stalled and slow requests */

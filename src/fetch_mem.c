@@ -16,7 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "fetch_int.h"
 #include "http.h"
@@ -102,8 +101,8 @@ void submit_mem(struct fetcher *f, struct memreq *r)
 		r->ep = healthy_endpoint(f, r->remote, r->ep);
 		struct authent *a = auth_get(f, r->remote, r->ep);
 		int ready = auth_ready(f, a, now);
-		if (ready < 0 && r->ep + 1 < r->remote->nep) {
-			r->ep++;           /* that mirror will not let us in: the next one */
+		/* That mirror will not let us in (the token request said why): the next one. */
+		if (ready < 0 && next_endpoint(f, r->remote, &r->ep, NULL)) {
 			submit_mem(f, r);
 			return;
 		}
@@ -123,51 +122,73 @@ void submit_mem(struct fetcher *f, struct memreq *r)
 	f->pending = r;
 }
 
+/* The endpoint failed the request for good: the next one takes it over, if any. */
+static bool fail_over(struct fetcher *f, struct memreq *r, const char *why)
+{
+	if (!next_endpoint(f, r->remote, &r->ep, why))
+		return false;
+	r->attempt = 0;
+	r->auth_retried = false;
+	r->due_ms = 0;
+	submit_mem(f, r);
+	return true;
+}
+
+/*
+ * What the server or the transport said (classify_failure), for a request
+ * that did not get a 2xx: true when the request goes again, to the same
+ * endpoint after a backoff or with a new token, or to the next endpoint.
+ */
+static bool act_on_failure(struct fetcher *f, struct job *j, CURLcode res)
+{
+	struct memreq *r = j->req;
+	const struct retry_policy *rp = r->remote ? &r->remote->o.retry
+						  : &r->token_for->origin->o.retry;
+	struct attempt a = {
+		.res = res, .status = j->status, .to_registry = j->to_registry, .retry_after = j->retry_after,
+		.failed = r->attempt,
+	};
+	struct verdict v = classify_failure(&a, rp, r->remote ? attempts_for(r->remote, r->ep)
+							      : rp->max_attempts, fetch_rnd());
+	char msg[1400];
+
+	r->attempt = v.failed;
+	if (v.act == ACT_AUTHENTICATE) {
+		int ret = auth_challenged(f, auth_get(f, r->remote, r->ep), j, r->auth_retried,
+					  msg, sizeof(msg));
+		if (ret < 0 && !fail_over(f, r, msg))
+			memreq_fail(r, ret, "%s", msg);
+		if (ret < 0)
+			return true;
+		r->auth_retried = j->token_sent != NULL || j->basic_sent;
+		submit_mem(f, r);
+		return true;
+	}
+	if (v.act != ACT_RETRY)
+		return false;
+	if (log_get_level() >= LOG_LVL_DEBUG) {
+		char *u = url_redact(r->url);
+		log_debug("retrying %s in %llums", u, (unsigned long long)v.delay_ms);
+		free(u);
+	}
+	r->due_ms = now_ms() + v.delay_ms;
+	stat_add(f, &f->stats.retries, 1);
+	submit_mem(f, r);
+	return true;
+}
+
 /* A finished small GET: retry, re-authenticate, try the next endpoint, or answer. */
 void finish_mem(struct fetcher *f, struct job *j, CURLcode res)
 {
 	struct memreq *r = j->req;
 	struct http_result out = { 0 };
-	const struct retry_policy *rp = r->remote ? &r->remote->o.retry
-						  : &r->token_for->origin->o.retry;
-	unsigned max = r->remote ? attempts_for(r->remote, r->ep) : rp->max_attempts;
-	char msg[1400];
+	bool ok = res == CURLE_OK && j->status >= 200 && j->status <= 299;
 
+	if (!ok && act_on_failure(f, j, res)) {
+		j->req = NULL;
+		return;
+	}
 	j->req = NULL;
-	if (res == CURLE_OK && j->status == 401 && r->remote) {
-		struct authent *a = auth_get(f, r->remote, r->ep);
-		int ret = auth_challenged(f, a, j, r->auth_retried, msg, sizeof(msg));
-		if (ret < 0 && r->ep + 1 < r->remote->nep) {
-			mirror_failed(f, r->remote, r->ep, msg);
-			r->ep++;
-			r->attempt = 0;
-			r->auth_retried = false;
-			submit_mem(f, r);
-			return;
-		}
-		if (ret < 0) {
-			memreq_fail(r, ret, "%s", msg);
-			return;
-		}
-		r->auth_retried = j->token_sent != NULL || j->basic_sent;
-		submit_mem(f, r);
-		return;
-	}
-	bool transient = transient_curl(res) || (res == CURLE_OK && http_status_retryable(j->status));
-	if (transient && ++r->attempt < max) {   /* attempt: made so far */
-		uint64_t delay = retry_delay_ms(rp, r->attempt, fetch_rnd()), ra;
-		if (j->retry_after && http_parse_retry_after(j->retry_after, time(NULL), &ra) == 0)
-			delay = MAX(delay, MIN(ra, rp->retry_after_max_ms));
-		if (log_get_level() >= LOG_LVL_DEBUG) {
-			char *u = url_redact(r->url);
-			log_debug("retrying %s in %llums", u, (unsigned long long)delay);
-			free(u);
-		}
-		r->due_ms = now_ms() + delay;
-		stat_add(f, &f->stats.retries, 1);
-		submit_mem(f, r);
-		return;
-	}
 	char *where = url_redact(r->url);
 	if (res == CURLE_WRITE_ERROR && j->too_big) {
 		out.err = -EMSGSIZE;
@@ -179,21 +200,14 @@ void finish_mem(struct fetcher *f, struct job *j, CURLcode res)
 			 ? " (is the CA known? see --cacert)" : "");
 	} else {
 		out.status = j->status;
-		if (j->status < 200 || j->status > 299) {
+		if (!ok) {
 			out.err = -http_status_errno(j->status);
 			snprintf(out.msg, sizeof(out.msg), "'%s' answered HTTP %ld", where, j->status);
 		}
 	}
 	free(where);
-	if (out.err && r->remote && r->ep + 1 < r->remote->nep) {
-		mirror_failed(f, r->remote, r->ep, out.msg);
-		r->ep++;
-		r->attempt = 0;
-		r->auth_retried = false;
-		r->due_ms = 0;
-		submit_mem(f, r);
+	if (out.err && fail_over(f, r, out.msg))
 		return;
-	}
 	out.url = xstrdup(r->url);
 	out.body = j->body;
 	out.len = j->len;

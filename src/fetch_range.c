@@ -18,7 +18,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "blob.h"
 #include "chunkmap.h"
@@ -241,11 +240,13 @@ void source_free(struct fetcher *f, struct source *s)
 }
 
 /* Move a source to its next endpoint: a new blob URL, to be resolved afresh. */
-void source_next_endpoint(struct source *s)
+bool source_next_endpoint(struct fetcher *f, struct source *s, const char *why)
 {
-	char *path = remote_blob_path(blob_digest(s->blob));
+	char *path;
 
-	s->ep++;
+	if (!next_endpoint(f, s->remote, &s->ep, why))
+		return false;
+	path = remote_blob_path(blob_digest(s->blob));
 	free(s->start_url);
 	s->start_url = remote_url(s->remote, s->ep, path);
 	free(path);
@@ -254,19 +255,151 @@ void source_next_endpoint(struct source *s)
 	s->resolving = false;
 	s->redirects = s->reresolves = 0;
 	s->no_ranges = false;
+	return true;
+}
+
+/* A 3xx with a Location: later ranges go there. */
+static int follow_redirect(struct job *j, struct retry *r, const char *where,
+			   char *msg, size_t len)
+{
+	struct source *s = j->src;
+	char *u = url_resolve(j->url, j->location);
+
+	if (!u || ++s->redirects > MAX_REDIRECTS) {
+		free(u);
+		snprintf(msg, len, "too many redirects for '%s'", where);
+		return -EIO;
+	}
+	free(s->direct);
+	s->direct = u;
+	queue_retry(s, r, true);
+	return 0;
 }
 
 /*
- * Classify a failed attempt of a range request and act: another attempt
- * (after a backoff), re-resolution of an expired CDN URL, authentication,
- * or a final error for the readers waiting on it.
+ * The CDN URL expired: ask the registry again. Requests still in flight
+ * with the old URL fail the same way; they only need the new one, so only
+ * a failure of the current URL counts.
+ */
+static int reresolve(struct job *j, struct retry *r, const char *where, char *msg, size_t len)
+{
+	struct source *s = j->src;
+
+	if (s->direct && strcmp(j->url, s->direct) == 0) {
+		if (++s->reresolves > MAX_RERESOLVES) {
+			snprintf(msg, len, "'%s' keeps answering %ld", where, j->status);
+			return -EIO;
+		}
+		log_debug("'%s' answered %ld: resolving the blob URL again", where, j->status);
+		free(s->direct);
+		s->direct = NULL;
+	}
+	queue_retry(s, r, true);
+	return 0;
+}
+
+/* A transient failure with attempts left: the range waits out its backoff. */
+static void retry_later(struct fetcher *f, struct job *j, CURLcode res, struct retry *r,
+			const struct verdict *v, const char *where)
+{
+	struct source *s = j->src;
+	uint64_t now = now_ms();
+
+	r->attempt = v->failed;
+	if (v->retry_after_ms)
+		s->pause_until = MAX(s->pause_until, now + v->retry_after_ms);
+	r->due_ms = now + v->delay_ms;
+	r->fresh = res != CURLE_OK;
+	stat_add(f, &f->stats.retries, 1);
+	log_debug("range %llu-%llu of '%s' failed (%s, HTTP %ld); attempt %u in %llums",
+		  (unsigned long long)j->pos, (unsigned long long)j->end - 1, where,
+		  res != CURLE_OK ? job_error(j, res) : j->bad ? "bad response" : "status",
+		  j->status, r->attempt, (unsigned long long)v->delay_ms);
+	queue_retry(s, r, false);
+}
+
+/* Why the endpoint failed a range for good: a negative errno, and msg. */
+static int range_error(const struct job *j, CURLcode res, const struct verdict *v,
+		       const char *where, char *msg, size_t len)
+{
+	if (v->exhausted && res != CURLE_OK && !j->bad) {
+		snprintf(msg, len, "'%s': %s (gave up after %u attempts)", where,
+			 job_error(j, res), v->failed);
+		return -EIO;
+	}
+	if (v->exhausted) {
+		snprintf(msg, len, "'%s': %s (gave up after %u attempts)", where,
+			 j->bad ? "invalid responses" : "server errors", v->failed);
+		return -EIO;
+	}
+	if (res == CURLE_PEER_FAILED_VERIFICATION || res == CURLE_SSL_CACERT_BADFILE) {
+		snprintf(msg, len, "cannot verify the TLS certificate of '%s': %s "
+			 "(is the CA known? see --cacert)", where, job_error(j, res));
+		return -EACCES;
+	}
+	if (res != CURLE_OK) {
+		snprintf(msg, len, "'%s': %s", where, job_error(j, res));
+		return -EIO;
+	}
+	snprintf(msg, len, "'%s' answered HTTP %ld%s", where, j->status,
+		 j->status == 416 ? " (the blob is smaller than its manifest says)" : "");
+	return -http_status_errno(j->status);
+}
+
+/*
+ * What the server or the transport said about a range (classify_failure),
+ * and what follows: another attempt, now or after a backoff, with a new
+ * token, a new URL or a fresh one from the registry. Returns 0, or a
+ * negative errno with msg when the endpoint failed the range for good.
+ */
+static int act_on_failure(struct fetcher *f, struct job *j, CURLcode res, struct retry *r,
+			  const char *where, char *msg, size_t len)
+{
+	struct source *s = j->src;
+	struct attempt a = {
+		.res = res, .status = j->status, .location = j->location != NULL,
+		.invalid = j->bad, .to_registry = j->to_registry, .cdn = !j->to_registry,
+		.retry_after = j->retry_after, .failed = r->attempt,
+	};
+	struct verdict v = classify_failure(&a, &s->remote->o.retry,
+					    attempts_for(s->remote, s->ep), fetch_rnd());
+	int err;
+
+	if (v.act == ACT_RETRY || v.exhausted)
+		stat_add(f, &f->stats.errors, 1);
+	switch (v.act) {
+	case ACT_REDIRECT:
+		return follow_redirect(j, r, where, msg, len);
+	case ACT_RERESOLVE:
+		return reresolve(j, r, where, msg, len);
+	case ACT_AUTHENTICATE:
+		err = auth_challenged(f, auth_get(f, s->remote, s->ep), j, j->auth_retried, msg, len);
+		if (err == 0) {
+			r->auth_retried = j->token_sent != NULL || j->basic_sent;
+			queue_retry(s, r, true);
+		}
+		return err;
+	case ACT_RETRY:
+		retry_later(f, j, res, r, &v, where);
+		return 0;
+	case ACT_FAIL:
+		break;
+	}
+	return range_error(j, res, &v, where, msg, len);
+}
+
+/*
+ * A range request failed: it goes again (to where the source is now, on a
+ * fresh connection when it was slow, or as the failure says), the next
+ * endpoint takes it over (at last the registry), or it is given up with an
+ * error for the readers waiting on it. A local error (the store cannot be
+ * written) stops the whole blob.
  */
 static void range_failed(struct fetcher *f, struct job *j, CURLcode res)
 {
 	struct source *s = j->src;
 	struct retry *r;
 	bool progress = j->pos > j->start;
-	uint64_t now = now_ms(), delay = 0, ra;
 	char *where = url_redact(j->url);
 	int err = 0;
 	char msg[1024] = "";
@@ -276,128 +409,34 @@ static void range_failed(struct fetcher *f, struct job *j, CURLcode res)
 	r->slow_restarts = j->slow_restarts;
 	r->auth_retried = progress ? false : j->auth_retried;
 	r->demand = j->demand;
-
-	if (j->ep < s->ep && !j->werr) {
+	if (j->werr) {
+		err = j->werr;
+		snprintf(msg, sizeof(msg), "cannot write to the store: %s", strerror(-err));
+		blob_fail(s->blob, err, msg);
+		free(r);
+		drop_range(s, j->pos, j->end, err);
+	} else if (j->ep < s->ep) {
 		/* It went to a mirror the source has left since: go where it is now. */
 		r->attempt = 0;
 		r->auth_retried = false;
 		queue_retry(s, r, true);
-		goto out;
-	}
-	if (j->werr) {
-		err = j->werr;
-		snprintf(msg, sizeof(msg), "cannot write to the store: %s", strerror(-err));
-		goto final;
-	}
-	if (j->slow) {
+	} else if (j->slow) {
 		r->fresh = true;
 		r->slow_restarts++;
 		log_info("restarting a slow range of '%s' on a new connection", where);
 		queue_retry(s, r, true);
-		goto out;
-	}
-	if (res == CURLE_OK && j->status >= 300 && j->status < 400 && j->location) {
-		char *u = url_resolve(j->url, j->location);
-		if (!u || ++s->redirects > MAX_REDIRECTS) {
-			free(u);
-			err = -EIO;
-			snprintf(msg, sizeof(msg), "too many redirects for '%s'", where);
-			goto final;
-		}
-		free(s->direct);
-		s->direct = u;
-		queue_retry(s, r, true);
-		goto out;
-	}
-	if (res == CURLE_OK && j->status == 401 && j->to_registry) {
-		struct authent *a = auth_get(f, s->remote, s->ep);
-		err = auth_challenged(f, a, j, j->auth_retried, msg, sizeof(msg));
-		if (err < 0)
-			goto final;
-		r->auth_retried = j->token_sent != NULL || j->basic_sent;
-		queue_retry(s, r, true);
-		goto out;
-	}
-	if (res == CURLE_OK && !j->to_registry &&
-	    (j->status == 403 || j->status == 404 || j->status == 410)) {
-		/*
-		 * The CDN URL expired: ask the registry again. Requests still in
-		 * flight with the old URL fail the same way; they only need the
-		 * new one, so only a failure of the current URL counts.
-		 */
-		if (!s->direct || strcmp(j->url, s->direct) != 0) {
-			queue_retry(s, r, true);
-			goto out;
-		}
-		if (++s->reresolves > MAX_RERESOLVES) {
-			err = -EIO;
-			snprintf(msg, sizeof(msg), "'%s' keeps answering %ld", where, j->status);
-			goto final;
-		}
-		log_debug("'%s' answered %ld: resolving the blob URL again", where, j->status);
-		free(s->direct);
-		s->direct = NULL;
-		queue_retry(s, r, true);
-		goto out;
-	}
-	if (res == CURLE_OK && j->status >= 400 && !http_status_retryable(j->status)) {
-		err = -http_status_errno(j->status);
-		snprintf(msg, sizeof(msg), "'%s' answered HTTP %ld%s", where, j->status,
-			 j->status == 416 ? " (the blob is smaller than its manifest says)" : "");
-		goto final;
-	}
-	if (res == CURLE_PEER_FAILED_VERIFICATION || res == CURLE_SSL_CACERT_BADFILE) {
-		err = -EACCES;
-		snprintf(msg, sizeof(msg), "cannot verify the TLS certificate of '%s': %s "
-			 "(is the CA known? see --cacert)", where, job_error(j, res));
-		goto final;
-	}
-	/* Transient: 5xx, 429, a reset, a stall, a short or malformed response. */
-	r->attempt++;                  /* attempts made without progress */
-	stat_add(f, &f->stats.errors, 1);
-	if (r->attempt >= attempts_for(s->remote, s->ep)) {
-		err = -EIO;
-		if (res != CURLE_OK && !j->bad)
-			snprintf(msg, sizeof(msg), "'%s': %s (gave up after %u attempts)", where,
-				 job_error(j, res), r->attempt);
-		else
-			snprintf(msg, sizeof(msg), "'%s': %s (gave up after %u attempts)", where,
-				 j->bad ? "invalid responses" : "server errors", r->attempt);
-		goto final;
-	}
-	delay = retry_delay_ms(&s->remote->o.retry, r->attempt, fetch_rnd());
-	if (j->retry_after && http_parse_retry_after(j->retry_after, time(NULL), &ra) == 0) {
-		ra = MIN(ra, s->remote->o.retry.retry_after_max_ms);
-		delay = MAX(delay, ra);
-		s->pause_until = MAX(s->pause_until, now + ra);
-	}
-	r->due_ms = now + delay;
-	r->fresh = res != CURLE_OK;
-	stat_add(f, &f->stats.retries, 1);
-	log_debug("range %llu-%llu of '%s' failed (%s, HTTP %ld); attempt %u in %llums",
-		  (unsigned long long)j->pos, (unsigned long long)j->end - 1, where,
-		  res != CURLE_OK ? job_error(j, res) : j->bad ? "bad response" : "status",
-		  j->status, r->attempt, (unsigned long long)delay);
-	queue_retry(s, r, false);
-	goto out;
-final:
-	if (!j->werr && s->ep + 1 < s->remote->nep) {
-		/* A mirror failed for good: the next endpoint (at last the registry) takes over. */
-		mirror_failed(f, s->remote, s->ep, msg);
-		source_next_endpoint(s);
+	} else if ((err = act_on_failure(f, j, res, r, where, msg, sizeof(msg))) == 0) {
+		/* queued again */
+	} else if (source_next_endpoint(f, s, msg)) {
 		r->attempt = 0;
 		r->auth_retried = false;
 		r->fresh = true;
 		queue_retry(s, r, true);
-		goto out;
-	}
-	free(r);
-	if (j->werr)
-		blob_fail(s->blob, err, msg);   /* a local error stops the whole blob */
-	else
+	} else {
+		free(r);
 		log_error("%s", msg);
-	drop_range(s, j->pos, j->end, err);
-out:
+		drop_range(s, j->pos, j->end, err);
+	}
 	free(where);
 }
 

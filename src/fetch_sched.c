@@ -153,11 +153,8 @@ static bool source_ready(struct fetcher *f, struct source *s, uint64_t now)
 	if ((!s->direct || url_same_origin(s->direct, s->remote->ep[s->ep].base))) {
 		struct authent *a = auth_get(f, s->remote, s->ep);
 		int ready = auth_ready(f, a, now);
-		if (ready < 0 && s->ep + 1 < s->remote->nep) {
-			mirror_failed(f, s->remote, s->ep, a->msg);
-			source_next_endpoint(s);
+		if (ready < 0 && source_next_endpoint(f, s, a->msg))
 			return false;
-		}
 		if (ready < 0) {
 			blob_fail(s->blob, ready, a->msg);
 			while (s->retries) {
