@@ -1496,12 +1496,12 @@ def test_systemd_unit_commands_mount_and_unmount(blobfs_bin, tmp_path):
     for assignment in service.get("Environment", []):
         key, value = assignment.split("=", 1)
         env[key] = value
-    for path in service.get("EnvironmentFile", []):
-        expected = specifiers(path.lstrip("-"))
-        assert expected == f"/etc/blobfs/mount-{instance}.env", expected
-        for line in env_file.read_text().splitlines():
-            key, value = line.split("=", 1)
-            env[key] = value
+    files = [specifiers(path.lstrip("-")) for path in service.get("EnvironmentFile", [])]
+    # the mount point's own file (the older mount-INSTANCE.env is read first)
+    assert files == [f"/etc/blobfs/mount-{instance}.env", f"/etc/blobfs/mount{mnt}.env"], files
+    for line in env_file.read_text().splitlines():
+        key, value = line.split("=", 1)
+        env[key] = value
 
     def command(spec):
         ignore = spec.startswith("-")

@@ -22,7 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from faultreg import OLLAMA_MODEL, FaultRegistry  # noqa: F401  (fixtures use it)
+import systemdns
+from faultreg import OLLAMA_MODEL, FaultRegistry
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 CONTRIB = REPO_DIR / "contrib"
@@ -311,3 +312,159 @@ def test_mount_refuses_a_store_that_does_not_exist(fstab_ns, blobfs_bin, tmp_pat
     assert (store / "blobs").is_dir() and (store / "manifests").is_dir()
     assert any(point == str(mnt) for _, point, _ in ns.mounts())
     assert ns.run(["umount", mnt], timeout=30).returncode == 0
+
+
+# ================================================================ 4. the systemd unit
+
+
+UNIT = CONTRIB / "blobfs-mount@.service"
+
+# Settings that give a service a file system namespace of its own, from which a
+# mount does not propagate back to the host (systemd.exec(5), MountFlags=).
+NAMESPACING = ("ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices", "PrivateMounts",
+               "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs",
+               "ProtectControlGroups", "ProtectProc", "ProcSubset", "ReadOnlyPaths",
+               "ReadWritePaths", "InaccessiblePaths", "ExecPaths", "NoExecPaths", "BindPaths",
+               "BindReadOnlyPaths", "TemporaryFileSystem", "RootDirectory", "RootImage",
+               "MountAPIVFS", "DynamicUser", "PrivateUsers", "MountFlags", "LogNamespace")
+
+
+def unit_settings(text):
+    """{key: [values]} of the [Service] section of a unit's text."""
+    found, section = {}, None
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]" and "=" in line and not line.startswith(("#", ";")):
+            key, value = line.split("=", 1)
+            found.setdefault(key, []).append(value)
+    return found
+
+
+def test_unit_is_hardened_without_a_mount_namespace(tmp_path):
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("no systemd-analyze (Debian package 'systemd')")
+    unit = tmp_path / "blobfs-mount@srv-models.service"
+    unit.write_text(UNIT.read_text())
+    try:
+        exposure, checks = systemdns.security_report(unit)
+    except systemdns.Unavailable as exc:
+        pytest.skip(str(exc))
+    # Before: 9.6 UNSAFE. The mount must stay visible, so the namespacing
+    # settings cannot count; what is left brings it under 4.
+    assert exposure <= 4.0, f"systemd-analyze security rates the unit {exposure}"
+    for name in ("NoNewPrivileges=", "RestrictAddressFamilies=~AF_PACKET",
+                 "RestrictNamespaces=~user", "RestrictNamespaces=~mnt",
+                 "CapabilityBoundingSet=~CAP_SYS_MODULE",
+                 "CapabilityBoundingSet=~CAP_(DAC_*|FOWNER|IPC_OWNER)",
+                 "SystemCallFilter=~@reboot", "SystemCallFilter=~@privileged",
+                 "SystemCallArchitectures=", "MemoryDenyWriteExecute=", "LockPersonality=",
+                 "RestrictSUIDSGID=", "RestrictRealtime=", "ProtectClock="):
+        assert checks.get(name) is True, f"{name} is not set: {checks.get(name)}"
+    settings = unit_settings(UNIT.read_text())
+    assert settings["CapabilityBoundingSet"] == ["CAP_SYS_ADMIN"]
+    namespacing = sorted(k for k in settings if k in NAMESPACING)
+    assert namespacing == [], f"these would hide the mount from the host: {namespacing}"
+    assert not any(v.startswith("BLOBFS_STORE=") for v in settings.get("Environment", [])), \
+        "Environment=BLOBFS_STORE= overrides store = in /etc/blobfs/config"
+    assert settings["Restart"] == ["on-failure"] and settings["RestartSec"] == ["5s"]
+
+
+@pytest.fixture
+def systemd(tmp_path):
+    """systemd(UNITS, etc=FILES) -> a systemdns.SystemdNamespace, closed after the test;
+    skips (saying why) where systemd cannot run as PID 1 of namespaces of its own."""
+    made = []
+
+    def boot(units, etc=None):
+        try:
+            made.append(systemdns.SystemdNamespace(tmp_path / f"systemd{len(made)}", units, etc))
+        except systemdns.Unavailable as exc:
+            pytest.skip(f"no systemd of the test's own here: {exc}")
+        return made[-1]
+
+    yield boot
+    for one in made:
+        one.close()
+
+
+def unit_for(blobfs_bin, log):
+    """The template unit running the built blobfs, and a drop-in that sends its output
+    to LOG (there is no journald in the test's systemd). LeakSanitizer stops the
+    world with ptrace, which the unit's system call filter refuses."""
+    text = UNIT.read_text()
+    assert re.search(r"^ExecStart=blobfs mount -f ", text, re.M), "ExecStart changed: adapt"
+    text = re.sub(r"^(Exec\w+=)blobfs ", rf"\g<1>{blobfs_bin} ", text, flags=re.M)
+    dropin = (f"[Service]\nStandardOutput=append:{log}\nStandardError=append:{log}\n"
+              "Environment=ASAN_OPTIONS=detect_leaks=0\n")
+    return {"blobfs-mount@.service": text, "blobfs-mount@.service.d/test.conf": dropin}
+
+
+def escape_path(path):
+    result = run(["systemd-escape", "--path", path])
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_unit_started_by_systemd_mounts_for_all_restarts_and_stops(
+        systemd, blobfs_bin, tmp_path):
+    """The unit as systemd runs it, sandboxing and all: the store comes from
+    /etc/blobfs/config (not from the unit's environment), the mount point's
+    own file adds arguments (its escaped name has a \\x20 and a \\x2d, which
+    systemd's glob of EnvironmentFile= paths cannot match), the mount is seen
+    outside the service and by other users (allow_other), blobs come over
+    the network, a killed daemon is restarted, and stop unmounts."""
+    # The mount point is on systemd's own /run (a tmpfs of its namespace), which
+    # other users can reach, unlike the test's private temporary directory.
+    store, mnt, log = tmp_path / "store", Path("/run/blobfs-test/srv models"), tmp_path / "unit.log"
+    local = lay_store(store, os.urandom(200000))
+    remote = os.urandom(300000)
+    with registry_with("library/net", remote) as reg:
+        instance = escape_path(mnt)
+        unit = f"blobfs-mount@{instance}.service"
+        sd = systemd(unit_for(blobfs_bin, log),
+                     etc={"blobfs/config": f"store = {store}\n",
+                          f"blobfs/mount{mnt}.env": "BLOBFS_ARGS=-o allow_other\n"})
+        result = sd.systemctl("start", unit)
+        assert result.returncode == 0, (result.stderr, log.read_text() if log.exists() else "")
+        assert wait_for(lambda: any(p == str(mnt) for _, p, _ in sd.mounts()), 15), \
+            f"the unit's mount is not seen outside the service: {log.read_text()}"
+        tiny = mnt / "models" / "registry.ollama.ai" / "library" / "tiny" / "latest" / "model"
+        # store = in /etc/blobfs/config is the store (not the unit's default)
+        result = sd.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                         "sha256sum", tiny])
+        assert result.returncode == 0, (result.stderr, log.read_text())
+        assert "sha256:" + result.stdout.split()[0] == local
+        # discovery and blobs over the network, under the sandbox
+        net = mnt / "models" / reg.host / "library" / "net" / "latest" / "model"
+        result = sd.run(["sha256sum", net])
+        assert result.returncode == 0, (result.stderr, log.read_text())
+        assert result.stdout.split()[0] == hashlib.sha256(remote).hexdigest()
+        # a daemon that dies is started again, and its dead mount point cleared
+        first = sd.show(unit, "MainPID")["MainPID"]
+        os.kill(sd.host_pid(first), 9)
+        assert wait_for(lambda: sd.show(unit, "MainPID")["MainPID"] not in ("0", first) and
+                        sd.run(["stat", tiny]).returncode == 0, 30), \
+            (sd.show(unit, "ActiveState", "SubState", "NRestarts"), log.read_text())
+        assert sd.show(unit, "NRestarts")["NRestarts"] == "1"
+        # stop: ExecStop unmounts, the daemon ends well
+        result = sd.systemctl("stop", unit)
+        assert result.returncode == 0, result.stderr
+        state = sd.show(unit, "Result", "ActiveState")
+        assert state == {"Result": "success", "ActiveState": "inactive"}, (state, log.read_text())
+        assert not any(p == str(mnt) for _, p, _ in sd.mounts())
+
+
+def test_unit_without_configuration_mounts_var_lib_blobfs(systemd, blobfs_bin, tmp_path):
+    mnt, log = tmp_path / "mnt", tmp_path / "unit.log"
+    unit = f"blobfs-mount@{escape_path(mnt)}.service"
+    sd = systemd(unit_for(blobfs_bin, log))
+    result = sd.systemctl("start", unit)
+    assert result.returncode == 0, result.stderr
+    assert wait_for(lambda: any(p == str(mnt) for _, p, _ in sd.mounts()), 15), log.read_text()
+    # the mount's status file is in the store's .blobfs/run/ (written about once a second)
+    assert wait_for(lambda: sd.run(["sh", "-c", "ls /var/lib/blobfs/.blobfs/run/"]).stdout
+                    .strip().endswith(".json"), 10), \
+        f"the mount's store is not /var/lib/blobfs: {sd.run(['ls', '-laR', '/var/lib/blobfs'])}"
+    assert sd.systemctl("stop", unit).returncode == 0
