@@ -68,8 +68,8 @@ class MountNamespace:
     some directories are overlays holding a test's files over the machine's:
     overlays = {"/etc": {"blobfs/config": "text"}, "/usr/sbin": {"x": Path (a symlink)}}.
     run(argv) runs a command in it; mounts() lists its mounts. What the
-    command mounts there stays there; close() unmounts it and ends the
-    blobfs daemons left in it."""
+    command mounts there stays there; close() unmounts it and ends every
+    process left in it (blobfs daemons, mostly)."""
 
     def __init__(self, tmp_path, overlays):
         script = ["set -e"]
@@ -107,15 +107,15 @@ class MountNamespace:
     def mounts(self):
         return proc_mounts(f"/proc/{self.pid}/mounts")
 
-    def processes(self, comm="blobfs"):
-        """PIDs of the processes named COMM in this namespace."""
+    def processes(self, comm=None):
+        """PIDs of the processes in this namespace (named COMM, if given)."""
         found = []
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
             try:
-                if (os.readlink(f"/proc/{entry}/ns/mnt") == self.ns and
-                        Path(f"/proc/{entry}/comm").read_text().strip() == comm):
+                if (os.readlink(f"/proc/{entry}/ns/mnt") == self.ns and int(entry) != self.pid
+                        and comm in (None, Path(f"/proc/{entry}/comm").read_text().strip())):
                     found.append(int(entry))
             except OSError:
                 continue
@@ -231,7 +231,7 @@ def fstab_ns(namespace, blobfs_bin, tmp_path):
 
 
 def daemons_for(ns, mnt):
-    return [pid for pid in ns.processes()
+    return [pid for pid in ns.processes("blobfs")
             if str(mnt) in Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")]
 
 
@@ -468,3 +468,76 @@ def test_unit_without_configuration_mounts_var_lib_blobfs(systemd, blobfs_bin, t
                     .strip().endswith(".json"), 10), \
         f"the mount's store is not /var/lib/blobfs: {sd.run(['ls', '-laR', '/var/lib/blobfs'])}"
     assert sd.systemctl("stop", unit).returncode == 0
+
+
+# ================================================================ 5. setup-debian
+
+
+FAKE_APT = """#!/bin/sh
+# apt-get for the test: installs nothing; "install" says it started, then takes its time.
+echo "apt-get $*" >> "$FAKE_APT_LOG"
+case " $* " in *" install "*) [ -e /usr/sbin/policy-rc.d ] && echo policy >> "$FAKE_APT_LOG"
+	echo started >> "$FAKE_APT_LOG"; exec sleep "${FAKE_APT_SLEEP:-0}" ;; esac
+"""
+
+
+@pytest.fixture
+def setup_ns(namespace, tmp_path):
+    """contrib/setup-debian's world: /usr/sbin an overlay (policy-rc.d is written
+    there, not on the machine), and an apt-get on PATH that installs nothing."""
+    fake = tmp_path / "fakebin"
+    fake.mkdir()
+    (fake / "apt-get").write_text(FAKE_APT)
+    (fake / "apt-get").chmod(0o755)
+    ns = namespace({"/usr/sbin": {}})
+    # The machine may have one (Docker's images do); the namespace starts without.
+    assert ns.run(["rm", "-f", "/usr/sbin/policy-rc.d"]).returncode == 0
+    log = tmp_path / "apt.log"
+    env = {"PATH": f"{fake}:/usr/sbin:/usr/bin:/sbin:/bin", "FAKE_APT_LOG": str(log)}
+    return ns, env, log
+
+
+def policy_exists(ns):
+    return ns.run(["test", "-e", "/usr/sbin/policy-rc.d"]).returncode == 0
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGHUP"])
+def test_setup_debian_killed_half_way_removes_its_policy_rc_d(setup_ns, sig):
+    import signal
+    ns, env, log = setup_ns
+    assert not policy_exists(ns), "the namespace's /usr/sbin has a policy-rc.d already"
+    proc = subprocess.Popen(["nsenter", "-t", str(ns.pid), "-m", "--", "sh",
+                             CONTRIB / "setup-debian"], env={**env, "FAKE_APT_SLEEP": "60"},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: log.exists() and "started" in log.read_text(), 30), \
+            (log.read_text() if log.exists() else "apt-get never ran")
+        assert "policy" in log.read_text(), "policy-rc.d was not there while apt-get ran"
+        # nsenter execs the shell: the signal goes to setup-debian itself
+        proc.send_signal(getattr(signal, sig))
+        status = proc.wait(20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert status == 128 + getattr(signal, sig), (status, proc.stderr.read())
+    assert not policy_exists(ns), f"setup-debian left /usr/sbin/policy-rc.d behind on {sig}"
+
+
+def test_setup_debian_keeps_an_administrators_policy_rc_d(setup_ns):
+    ns, env, log = setup_ns
+    mine = "#!/bin/sh\n# the administrator's\nexit 0\n"
+    assert ns.run(["sh", "-c", "cat > /usr/sbin/policy-rc.d"], stdin=None,
+                  input=mine).returncode == 0
+    result = ns.run(["sh", CONTRIB / "setup-debian"], env=env)
+    assert result.returncode == 0, result.stderr
+    assert "dependencies installed" in result.stdout
+    assert ns.run(["cat", "/usr/sbin/policy-rc.d"]).stdout == mine
+
+
+def test_setup_debian_removes_its_policy_rc_d_when_done(setup_ns):
+    ns, env, log = setup_ns
+    result = ns.run(["sh", CONTRIB / "setup-debian"], env=env)
+    assert result.returncode == 0, result.stderr
+    assert "policy" in log.read_text(), "policy-rc.d was not there while apt-get ran"
+    assert not policy_exists(ns)
