@@ -541,3 +541,117 @@ def test_setup_debian_removes_its_policy_rc_d_when_done(setup_ns):
     assert result.returncode == 0, result.stderr
     assert "policy" in log.read_text(), "policy-rc.d was not there while apt-get ran"
     assert not policy_exists(ns)
+
+
+# ================================================================ 6. bash completion
+
+
+class InteractiveBash:
+    """An interactive bash on a pseudo-terminal that sourced the completion: what
+    readline really does with a TAB (quoting, word breaks) and what bash really
+    hands the completion function (it drops assignments before the command)."""
+
+    def __init__(self, env):
+        import pty
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:
+            os.execvpe("bash", ["bash", "--norc", "--noprofile", "-i"], env)
+        self.out = ""
+        self.send(f"source {shlex_quote(str(CONTRIB / 'bash-completion' / 'blobfs'))}; "
+                  "PS1='READY> '\n")
+        self.wait_for_output("READY> ")
+
+    def send(self, text):
+        os.write(self.fd, text.encode())
+
+    def read(self, seconds):
+        import select
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.fd], [], [], 0.05)
+            if ready:
+                try:
+                    self.out += os.read(self.fd, 65536).decode(errors="replace")
+                except OSError:
+                    break
+
+    def wait_for_output(self, text, timeout=15):
+        start = len(self.out)
+        deadline = time.monotonic() + timeout
+        while text not in self.out[start:] and time.monotonic() < deadline:
+            self.read(0.1)
+        assert text in self.out[start:], f"bash never printed {text!r}: {self.out[-500:]!r}"
+
+    def words_after_tab(self, line, settle=2.0):
+        """Type LINE and a TAB, then run what the line became with printf in front:
+        the shell words readline left there."""
+        self.out = ""
+        self.send(line + "\t")
+        self.read(settle)                      # the completion runs blobfs: let it finish
+        self.send("\x01printf '<%s>\\n' \r")   # C-a: to the start of the line
+        self.wait_for_output("READY> ")
+        return re.findall(r"^<(.*)>\r?$", self.out, re.M)
+
+    def close(self):
+        os.kill(self.pid, 9)
+        os.waitpid(self.pid, 0)
+        os.close(self.fd)
+
+
+def shlex_quote(text):
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+@pytest.fixture
+def interactive_bash(blobfs_bin, tmp_path):
+    if shutil.which("bash") is None:
+        pytest.skip("no bash")
+    made = []
+
+    def start(extra_env=None):
+        bindir = tmp_path / "bin"
+        bindir.mkdir(exist_ok=True)
+        if not (bindir / "blobfs").exists():
+            (bindir / "blobfs").symlink_to(blobfs_bin)
+        env = clean_env(tmp_path, {"PATH": f"{bindir}:{os.environ['PATH']}", "TERM": "dumb",
+                                   "BLOBFS_CONFIG": "/dev/null",
+                                   "XDG_DATA_HOME": tmp_path / "no-data", **(extra_env or {})})
+        made.append(InteractiveBash(env))
+        return made[-1]
+
+    yield start
+    for one in made:
+        one.close()
+
+
+def test_completion_quotes_a_mount_point_with_blanks(interactive_bash, blobfs_bin, tmp_path):
+    store, mnt = tmp_path / "store", tmp_path / "my models" / "llm mnt"
+    lay_store(store)
+    mnt.mkdir(parents=True)
+    result = run([blobfs_bin, "--store", store, "mount", mnt],
+                 env=clean_env(tmp_path, {"BLOBFS_CONFIG": "/dev/null"}))
+    assert result.returncode == 0, result.stderr
+    try:
+        bash = interactive_bash()
+        words = bash.words_after_tab(f"blobfs umount {tmp_path}/my")
+        assert words == ["blobfs", "umount", f"{mnt}/"], words
+        # half-typed with the blank escaped, as readline would have it
+        words = bash.words_after_tab(f"blobfs umount {tmp_path}/my\\ models/llm\\ m")
+        assert words == ["blobfs", "umount", f"{mnt}/"], words
+    finally:
+        run(["fusermount3", "-u", mnt])
+
+
+def test_completion_of_names_from_the_exported_store(interactive_bash, tmp_path):
+    """bash drops "BLOBFS_STORE=DIR" before the command from what it hands the
+    completion (COMP_LINE is "blobfs ls ..."), so the store a completion can see
+    is --store on the line or an exported BLOBFS_STORE."""
+    store = tmp_path / "store"
+    lay_store(store)
+    bash = interactive_bash({"BLOBFS_STORE": store})
+    assert bash.words_after_tab("blobfs ls ti") == ["blobfs", "ls", "tiny:latest"]
+    other = interactive_bash()
+    assert other.words_after_tab(f"blobfs --store {store} rm ti") == \
+        ["blobfs", "--store", str(store), "rm", "tiny:latest"]
+    assert other.words_after_tab("blobfs mount -o request_") == \
+        ["blobfs", "mount", "-o", "request_size="]
