@@ -10,6 +10,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fuse_lowlevel.h>
 #include <fuse_opt.h>
 #include <mntent.h>
 #include <stddef.h>
@@ -178,6 +179,24 @@ static bool apply_own(const struct mount_opts *mo, struct fs_opts *fo)
 	return true;
 }
 
+/*
+ * Does "-o store=" name another store than --store? mount.blobfs gives the
+ * fstab source as --store and as fsname=, so /proc/mounts would name one store
+ * while the other is served.
+ */
+static bool stores_differ(const struct conf *cli, const char *v)
+{
+	size_t a, b;
+
+	if (!(cli->set & CF_STORE) || !cli->store)
+		return false;
+	for (a = strlen(cli->store); a > 1 && cli->store[a - 1] == '/'; a--)
+		;
+	for (b = strlen(v); b > 1 && v[b - 1] == '/'; b--)
+		;
+	return a != b || strncmp(cli->store, v, a) != 0;
+}
+
 /* Apply the settings given as -o options to the command line's layer. */
 static bool apply_settings(const struct mount_opts *mo, struct conf *cli)
 {
@@ -190,12 +209,40 @@ static bool apply_settings(const struct mount_opts *mo, struct conf *cli)
 			v = s->dflt ? "no" : "yes";
 		if (!v)
 			continue;
+		if (s->bit == CF_STORE && stores_differ(cli, v)) {
+			cli_error("--store '%s' and -o store='%s' name two stores; give one", cli->store,
+				  v);
+			return false;
+		}
 		snprintf(label, sizeof(label), "-o %s", setting_option(s, true, name, sizeof(name)));
 		if (conf_set(cli, s->key, v, label, err, sizeof(err)) < 0) {
 			cli_error("%s", err);
 			return false;
 		}
 	}
+	return true;
+}
+
+/*
+ * What blobfs does not know goes to libfuse, which refuses what it does not
+ * know either -- but only once the store is open. Ask it first, so an unknown
+ * option is a usage error (status 2) that touches nothing.
+ */
+static bool fuse_knows(const struct fuse_args *args)
+{
+	struct fuse_args copy = FUSE_ARGS_INIT(0, NULL);
+	struct fuse_lowlevel_ops none = { 0 };
+	struct fuse_session *probe;
+
+	for (int i = 0; i < args->argc; i++)
+		fuse_opt_add_arg(&copy, args->argv[i]);
+	probe = fuse_session_new(&copy, &none, sizeof(none), NULL);
+	fuse_opt_free_args(&copy);
+	if (!probe) {
+		cli_error("%s", "bad mount options (blobfs's are in blobfs(1), FUSE's in fuse(8))");
+		return false;
+	}
+	fuse_session_destroy(probe);
 	return true;
 }
 
@@ -301,7 +348,7 @@ int cmd_mount(struct session_opts *so, struct fs_opts *fo, const char *mountpoin
 	}
 	if (fuse_opt_parse(&args, &mo, spec, keep) < 0)
 		goto out;
-	if (!apply_own(&mo, fo) || !apply_settings(&mo, &so->cli))
+	if (!apply_own(&mo, fo) || !apply_settings(&mo, &so->cli) || !fuse_knows(&args))
 		goto out;
 	if (!mo.fsname_given) {
 		fuse_opt_add_arg(&args, "-o");

@@ -24,11 +24,14 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
 #include <unistd.h>
 
 #include "conffile.h"
@@ -148,9 +151,9 @@ static int parse_section(struct parse *p, struct config *cfg, char *s, struct co
 	if (strcasecmp(s, "host") == 0)
 		return bad(p, "a [host NAME] section needs a registry host name");
 	if (strncasecmp(s, "host", 4) == 0 && (s[4] == ' ' || s[4] == '\t')) {
-		char *host = trim(s + 5);
-		if (!*host || strlen(host) > NAME_HOST_MAX || !name_part_valid(NAME_HOST, host))
-			return bad(p, "'%.100s' is not a registry host name", host);
+		char *host = trim(s + 5), why[200];
+		if (!*host || !name_part_check(NAME_HOST, host, why, sizeof(why)))
+			return bad(p, "'%.100s' is not a registry host name (%s)", host, why);
 		*cur = host_section(cfg, host);
 		*in_host = true;
 		return 0;
@@ -205,7 +208,10 @@ int config_load_text(struct config *cfg, const char *name, const char *text, siz
 	for (size_t i = 0; i < cfg->nhosts; i++)
 		conf_merge(host_section(&next, cfg->hosts[i].host), &cfg->hosts[i].c);
 	cur = &next.global;
-	if (memchr(text, '\0', len)) {
+	/* A UTF-8 byte order mark, as some editors write one, is not part of a key. */
+	if (len >= 3 && memcmp(text, "\xef\xbb\xbf", 3) == 0)
+		pos += 3;
+	if (memchr(pos, '\0', (size_t)(end - pos))) {
 		p.line = 1;
 		ret = bad(&p, "the file contains a NUL byte");
 	}
@@ -231,18 +237,46 @@ int config_load_text(struct config *cfg, const char *name, const char *text, siz
 	return 0;
 }
 
+/*
+ * Read a configuration file, which must be a regular file (or /dev/null, the
+ * usual way to say "none"): opening a FIFO would block every command until
+ * something wrote to it. -ENOENT if there is none; else, on an error, the
+ * reason in err.
+ */
+static int read_config(const char *path, char **buf, size_t *len, char *err, size_t errlen)
+{
+	int fd = open(path, O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+	struct stat st;
+	int ret = 0;
+
+	if (fd < 0)
+		ret = -errno;
+	else if (fstat(fd, &st) < 0 || fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) < 0)
+		ret = -errno;
+	else if (S_ISCHR(st.st_mode) && st.st_rdev == makedev(1, 3))
+		ret = read_fd(fd, 0, buf, len);     /* /dev/null: empty */
+	else if (!S_ISREG(st.st_mode))
+		ret = -EFTYPE;
+	else
+		ret = read_fd(fd, 1u << 20, buf, len);
+	if (fd >= 0)
+		close(fd);
+	if (ret < 0 && ret != -ENOENT)
+		snprintf(err, errlen, "%s: %s", path, ret == -EFTYPE ? "not a regular file" :
+			 ret == -EFBIG ? "larger than 1 MiB" : strerror(-ret));
+	return ret;
+}
+
 int config_load_file(struct config *cfg, const char *path, char *err, size_t errlen)
 {
 	char *buf;
 	size_t len;
-	int ret = read_file(path, 1u << 20, &buf, &len);
+	int ret = read_config(path, &buf, &len, err, errlen);
 
 	if (ret == -ENOENT)
 		return 0;
-	if (ret < 0) {
-		snprintf(err, errlen, "%s: %s", path, ret == -EFBIG ? "larger than 1 MiB" : strerror(-ret));
+	if (ret < 0)
 		return ret;
-	}
 	ret = config_load_text(cfg, path, buf, len, err, errlen);
 	free(buf);
 	return ret;

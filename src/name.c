@@ -40,6 +40,31 @@ static bool part_char_ok(enum name_part part, char c)
 	}
 }
 
+/* A host's ":port", if it has one: one colon, then 1 to 65535. */
+static bool check_port(const char *s, size_t len, char *err, size_t errlen)
+{
+	const char *colon = memchr(s, ':', len);
+	unsigned long port = 0;
+	size_t digits;
+
+	if (!colon)
+		return true;
+	digits = len - (size_t)(colon + 1 - s);
+	for (size_t i = 0; i < digits && port <= 65535; i++) {
+		char c = colon[1 + i];
+		if (c < '0' || c > '9') {
+			port = 0;
+			break;
+		}
+		port = port * 10 + (unsigned long)(c - '0');
+	}
+	if (digits > 0 && port >= 1 && port <= 65535)
+		return true;
+	snprintf(err, errlen, "host '%.*s' has no port from 1 to 65535 after its ':'",
+		 (int)MIN_LEN(len), s);
+	return false;
+}
+
 /* Validate one part; on failure describe the problem in err. */
 static bool check_part(enum name_part part, const char *s, size_t len,
 		       char *err, size_t errlen)
@@ -71,14 +96,19 @@ static bool check_part(enum name_part part, const char *s, size_t len,
 				 (int)MIN_LEN(len), s, c);
 		return false;
 	}
-	return true;
+	return part != NAME_HOST || check_port(s, len, err, errlen);
+}
+
+bool name_part_check(enum name_part part, const char *s, char *err, size_t errlen)
+{
+	return check_part(part, s, strlen(s), err, errlen);
 }
 
 bool name_part_valid(enum name_part part, const char *s)
 {
 	char err[1];
 
-	return check_part(part, s, strlen(s), err, sizeof(err));
+	return name_part_check(part, s, err, sizeof(err));
 }
 
 static void copy_part(char *dst, const char *s, size_t len)

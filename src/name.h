@@ -30,6 +30,8 @@ enum name_part { NAME_HOST, NAME_NAMESPACE, NAME_MODEL, NAME_TAG };
 int name_parse(const char *s, struct model_name *n, char *err, size_t errlen);
 /* Is s a valid value for one part? Used for directory names found on disk. */
 bool name_part_valid(enum name_part part, const char *s);
+/* The same, with what is wrong in err. */
+bool name_part_check(enum name_part part, const char *s, char *err, size_t errlen);
 /* "host/ns/model:tag" */
 void name_format(const struct model_name *n, char *buf, size_t len);
 /* The shortest form that parses back to the same name, as Ollama shows it. */

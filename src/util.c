@@ -122,7 +122,7 @@ int mkdir_p(const char *path, mode_t mode)
 }
 
 /* Read fd to its end into a NUL-terminated buffer; -EFBIG past max bytes. */
-static int read_fd(int fd, size_t max, char **bufp, size_t *lenp)
+int read_fd(int fd, size_t max, char **bufp, size_t *lenp)
 {
 	size_t cap = 4096, len = 0;
 	char *buf = xmalloc(cap + 1);

@@ -29,6 +29,8 @@ int mkdir_p(const char *path, mode_t mode);
  * The buffer is NUL-terminated (not counted in *len).
  */
 int read_file(const char *path, size_t max, char **buf, size_t *len);
+/* The same from an open file, to its end. */
+int read_fd(int fd, size_t max, char **buf, size_t *len);
 
 /*
  * Files inside the store are opened relative to a directory fd and never

@@ -140,6 +140,7 @@ def test_store_from_environment(tiny_reg, run_blobfs, tmp_path):
     ("background=later", r"-o background wants sequential, always or never, not 'later'"),
     ("connections=0", r"-o connections wants a number from 1 to 256, not '0'"),
     ("request_size=1", r"-o request_size wants a size from 4K to 16G, not '1'"),
+    ("nodiscover,bogus_option", r"unknown option.*bogus_option"),   # libfuse does not know it
 ])
 def test_bad_mount_options_exit_2_and_mount_nothing(run_blobfs, tmp_path, option, pattern):
     store, mnt = tmp_path / "store", tmp_path / "mnt"

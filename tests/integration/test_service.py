@@ -655,3 +655,82 @@ def test_completion_of_names_from_the_exported_store(interactive_bash, tmp_path)
         ["blobfs", "--store", str(store), "rm", "tiny:latest"]
     assert other.words_after_tab("blobfs mount -o request_") == \
         ["blobfs", "mount", "-o", "request_size="]
+
+
+# ================================================================ 7. smaller things
+
+
+def test_a_fifo_as_configuration_file_is_refused_not_waited_on(blobfs_bin, tmp_path):
+    fifo = tmp_path / "config"
+    os.mkfifo(fifo)
+    home = tmp_path / "home"
+    (home / ".config" / "blobfs").mkdir(parents=True)
+    os.mkfifo(home / ".config" / "blobfs" / "config")
+    for env in (clean_env(home, {"BLOBFS_CONFIG": fifo}), clean_env(home)):
+        start = time.monotonic()
+        result = run([blobfs_bin, "--store", tmp_path / "store", "ls"], env=env, timeout=20)
+        assert time.monotonic() - start < 10
+        assert result.returncode == 1, result
+        assert "config: not a regular file" in result.stderr, result.stderr
+
+
+def test_store_option_and_mount_option_store_must_agree(blobfs_bin, fstab_ns, tmp_path):
+    """/proc/mounts names the --store (the fstab source); -o store= naming another
+    store would silently serve that one instead."""
+    ns, env = fstab_ns
+    a, b, mnt = tmp_path / "a", tmp_path / "b", tmp_path / "mnt"
+    lay_store(a)
+    lay_store(b, b"other" * 100)
+    mnt.mkdir()
+    result = run([blobfs_bin, "--store", a, "mount", "-o", f"store={b}", mnt], env=env)
+    if os.path.ismount(mnt):       # a blobfs that took both: do not leave it mounted
+        run(["fusermount3", "-u", mnt])
+    assert result.returncode == 2, result
+    assert f"--store '{a}' and -o store='{b}' name two stores" in result.stderr, result.stderr
+    fstab = tmp_path / "fstab"
+    fstab.write_text(f"{a} {mnt} fuse.blobfs store={b},nodiscover 0 0\n")
+    result = ns.run(["mount", "-T", fstab, "-a"], env=env, timeout=30)
+    assert result.returncode != 0 and "name two stores" in result.stderr, result
+    assert not any(point == str(mnt) for _, point, _ in ns.mounts())
+    # the same store twice is no conflict
+    fstab.write_text(f"{a} {mnt} fuse.blobfs store={a},nodiscover 0 0\n")
+    result = ns.run(["mount", "-T", fstab, "-a"], env=env, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert [(s, t) for s, p, t in ns.mounts() if p == str(mnt)] == [(str(a), "fuse.blobfs")]
+    assert ns.run(["umount", mnt], timeout=30).returncode == 0
+
+
+def test_mount_helper_verbose_line_keeps_backslashes(tmp_path):
+    """dash's echo reads backslash escapes ("\\c" ends its output)."""
+    shell = shutil.which("dash") or "sh"
+    result = run([shell, CONTRIB / "mount.blobfs", "/srv/a\\cb", "/srv/m", "-fv", "-o",
+                  "nodiscover"], env=clean_env(tmp_path, {"BLOBFS": "blobfs"}))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ("mount.fuse.blobfs: running: blobfs --store /srv/a\\cb mount -o "
+                             "nodiscover,fsname=/srv/a\\\\cb /srv/m\n"), result.stderr
+
+
+def test_a_byte_order_mark_is_skipped(blobfs_bin, fault_registry, tmp_path):
+    reg = fault_registry()
+    reg.add_model("library/m", "latest", [(OLLAMA_MODEL, b"m" * 1000)])
+    reg.fault("status", on="manifest", code=500)
+    config = tmp_path / "config"
+    config.write_bytes(b"\xef\xbb\xbfretries = 2\n")   # as Windows editors save UTF-8
+    result = run([blobfs_bin, "--store", tmp_path / "store", "pull", "--quiet",
+                  f"{reg.host}/library/m"], env=clean_env(tmp_path, {"BLOBFS_CONFIG": config}))
+    assert "bad configuration" not in result.stderr, result.stderr
+    assert reg.count(lambda r: "/manifests/" in r.path) == 2, "retries = 2 was not applied"
+
+
+def test_an_impossible_port_is_refused(blobfs_bin, tmp_path):
+    config = tmp_path / "config"
+    config.write_text("[host a:99999999]\nretries = 2\n")
+    result = run([blobfs_bin, "--store", tmp_path / "store", "ls"],
+                 env=clean_env(tmp_path, {"BLOBFS_CONFIG": config}))
+    assert result.returncode == 1
+    assert f"{config}:1: 'a:99999999' is not a registry host name" in result.stderr, \
+        result.stderr
+    assert "port" in result.stderr
+    result = run([blobfs_bin, "--store", tmp_path / "store", "pull", "a:70000/x/y"],
+                 env=clean_env(tmp_path, {"BLOBFS_CONFIG": "/dev/null"}))
+    assert result.returncode == 1 and "port" in result.stderr, result.stderr

@@ -131,6 +131,7 @@ static void test_refusals_name_file_line_and_reason(void **state)
 		{ "[host h]\nscheme = gopher\n", "test.conf:2:", "http or https" },
 		{ "[host ../etc]\n", "test.conf:1:", "not a registry host name" },
 		{ "[host ]\n", "test.conf:1:", "needs a registry host name" },
+		{ "[host a:99999999]\n", "test.conf:1:", "no port from 1 to 65535" },
 		{ "[hosts h]\n", "test.conf:1:", "unknown section" },
 		{ "[global\n", "test.conf:1:", "a section is written" },
 		{ "just words\n", "test.conf:1:", "expected 'key = value'" },
@@ -146,6 +147,21 @@ static void test_refusals_name_file_line_and_reason(void **state)
 		assert_contains(err, cases[i].why);
 		config_release(&cfg);
 	}
+}
+
+static void test_byte_order_mark_is_skipped(void **state)
+{
+	struct config cfg = { 0 };
+	char err[256] = "";
+
+	(void)state;
+	assert_int_equal(load(&cfg, "\xef\xbb\xbfretries = 3\n", err, sizeof(err)), 0);
+	assert_int_equal(cfg.global.retries, 3);
+	/* only at the very start: elsewhere it is part of a key, and named */
+	assert_int_equal(load(&cfg, "retries = 3\n\xef\xbb\xbfconnections = 2\n", err,
+			      sizeof(err)), -EINVAL);
+	assert_contains(err, "test.conf:2: unknown setting");
+	config_release(&cfg);
 }
 
 static void test_nul_byte_refused(void **state)
@@ -408,6 +424,7 @@ int main(void)
 		cmocka_unit_test(test_bad_file_changes_nothing),
 		cmocka_unit_test(test_refusals_name_file_line_and_reason),
 		cmocka_unit_test(test_nul_byte_refused),
+		cmocka_unit_test(test_byte_order_mark_is_skipped),
 		cmocka_unit_test(test_files_missing_bad_and_env),
 		cmocka_unit_test(test_defaults_and_merge),
 		cmocka_unit_test(test_later_section_without_mirrors_keeps_them),

@@ -350,6 +350,14 @@ static void test_part_valid(void **state)
 	assert_false(name_part_valid(NAME_HOST, h351));
 	assert_false(name_part_valid(NAME_HOST, "a/b"));
 	assert_false(name_part_valid(NAME_HOST, ":5000"));
+	assert_true(name_part_valid(NAME_HOST, "a:1"));
+	assert_true(name_part_valid(NAME_HOST, "a:65535"));
+	assert_false(name_part_valid(NAME_HOST, "a:65536"));
+	assert_false(name_part_valid(NAME_HOST, "a:99999999"));
+	assert_false(name_part_valid(NAME_HOST, "a:0"));
+	assert_false(name_part_valid(NAME_HOST, "a:"));
+	assert_false(name_part_valid(NAME_HOST, "a:1:2"));
+	assert_false(name_part_valid(NAME_HOST, "a:http"));
 	assert_true(name_part_valid(NAME_NAMESPACE, "library"));
 	assert_true(name_part_valid(NAME_NAMESPACE, "my_ns-1"));
 	assert_false(name_part_valid(NAME_NAMESPACE, "ns.x"));
