@@ -556,25 +556,10 @@ print(json.dumps({"sha": "sha256:" + hashlib.sha256(m).hexdigest(),
 
 
 def resident_map(path):
-    """Per page of PATH: is it in the page cache (mincore on a mapping)?"""
+    """Per page of PATH: is it in the page cache?"""
     fd = os.open(path, os.O_RDONLY)
     try:
-        size = os.fstat(fd).st_size
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.mmap.restype = ctypes.c_void_p
-        libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                              ctypes.c_int, ctypes.c_long]
-        libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-        libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-        page = os.sysconf("SC_PAGE_SIZE")
-        addr = libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-        assert addr not in (None, ctypes.c_void_p(-1).value), os.strerror(ctypes.get_errno())
-        try:
-            vec = ctypes.create_string_buffer((size + page - 1) // page)
-            assert libc.mincore(addr, size, vec) == 0, os.strerror(ctypes.get_errno())
-            return [b & 1 for b in vec.raw]
-        finally:
-            libc.munmap(addr, size)
+        return resident_pages(fd, os.fstat(fd).st_size)
     finally:
         os.close(fd)
 
@@ -1100,8 +1085,9 @@ def test_kill_9_mid_read_then_remount_resumes(capped_cdn_registry, run_blobfs, s
     assert sha256_file(blob) == layer.digest
 
 
-def resident_bytes(fd, length):
-    """Bytes of the first LENGTH of open file FD that are in the page cache (mincore)."""
+def resident_pages(fd, length):
+    """Per page of the first LENGTH bytes of open file FD: 1 if it is in the page
+    cache (mincore on a mapping), else 0."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mmap.restype = ctypes.c_void_p
     libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
@@ -1114,9 +1100,14 @@ def resident_bytes(fd, length):
     try:
         vec = ctypes.create_string_buffer((length + page - 1) // page)
         assert libc.mincore(addr, length, vec) == 0, os.strerror(ctypes.get_errno())
-        return sum(b & 1 for b in vec.raw) * page
+        return [b & 1 for b in vec.raw]
     finally:
         libc.munmap(addr, length)
+
+
+def resident_bytes(fd, length):
+    """Bytes of the first LENGTH of open file FD that are in the page cache."""
+    return sum(resident_pages(fd, length)) * os.sysconf("SC_PAGE_SIZE")
 
 
 def test_what_readers_had_leaves_the_store_page_cache(cdn_registry, run_blobfs, store, mount,
