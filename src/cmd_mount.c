@@ -48,6 +48,7 @@ static const struct mount_option mount_options[] = {
 	{ "nodiscover", MO_FLAG, offsetof(struct fs_opts, discover), false, NULL, 0, 0 },
 	{ "discover", MO_FLAG, offsetof(struct fs_opts, discover), true, NULL, 0, 0 },
 	{ "create_store", MO_FLAG, offsetof(struct fs_opts, create_store), true, NULL, 0, 0 },
+	{ "nopassthrough", MO_FLAG, offsetof(struct fs_opts, passthrough), false, NULL, 0, 0 },
 	{ "background", MO_CHOICE, offsetof(struct fs_opts, background), 0,
 	  "sequential|always|never", 0, 0 },
 	{ "miss_ttl", MO_NUMBER, offsetof(struct fs_opts, miss_ttl_s), 0, "SEC", 0, 86400 },

@@ -6,7 +6,9 @@
  * answered by whichever thread makes its bytes present (or gives up on them);
  * local bytes are spliced from the backing file (fuse_reply_data with an fd
  * buffer), never copied through this process. Files are immutable, so opens
- * keep the kernel's page cache and mmap works; there is no direct_io.
+ * keep the kernel's page cache and mmap works; there is no direct_io. Where
+ * the kernel allows it, complete blobs open in FUSE passthrough instead
+ * (passthrough.c): the kernel reads the store's file without asking us.
  *
  * The mount is read-only but for removal: rmdir of a tag directory (and
  * unlink of a manifest file) removes the tag from the store. Unlinking one
@@ -48,6 +50,7 @@
 #include "index.h"
 #include "log.h"
 #include "manifest.h"
+#include "passthrough.h"
 #include "push.h"
 #include "registry.h"
 #include "remote.h"
@@ -94,6 +97,7 @@ struct fs {
 	uid_t uid;
 	gid_t gid;
 	bool no_opendir;             /* set at init */
+	struct passthrough *pt;      /* its own lock */
 	pthread_mutex_t open_lock;   /* guards the open list */
 	struct handle open;          /* open files (circular) */
 	pthread_mutex_t miss_lock;   /* guards misses and removed */
@@ -111,6 +115,7 @@ struct ofile {
 	struct handle h;             /* first */
 	enum inode_kind kind;
 	struct blob *blob;           /* INODE_BLOB */
+	bool passthrough;            /* the kernel reads it (passthrough.c); set at open */
 	char *data;                  /* INODE_MANIFEST: its bytes */
 	size_t len;
 	pthread_mutex_t lock;        /* guards all of the above's use, and: */
@@ -131,6 +136,11 @@ struct parked {                  /* a read waiting for bytes */
 static struct fs *fs_of(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
+}
+
+static void count(uint64_t *counter)
+{
+	__atomic_add_fetch(counter, 1, __ATOMIC_RELAXED);
 }
 
 static void handle_add(struct fs *fs, struct handle *h, void (*release)(struct handle *h))
@@ -405,6 +415,7 @@ static void op_init(void *userdata, struct fuse_conn_info *conn)
 	conn->max_write = READ_MAX;
 	/* The kernel keeps the smaller of this and the bdi's window (fs_mount). */
 	conn->max_readahead = READAHEAD_KB << 10;
+	passthrough_init(fs->pt, conn);
 }
 
 static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
@@ -866,14 +877,28 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	handle_add(fs, &of->h, ofile_free);
 	fi->fh = (uint64_t)(uintptr_t)of;
 	fi->keep_cache = 1;   /* immutable content: keep the page cache across opens */
-	if (fuse_reply_open(req, fi) != 0)
+	/* Complete: the kernel reads the store's file itself. */
+	bool pt = of->passthrough = of->blob && passthrough_open(fs->pt, req, of->blob, fi);
+	if (fuse_reply_open(req, fi) != 0) {
+		if (of->blob)
+			passthrough_release(fs->pt, NULL, of->blob, pt);
 		handle_free(fs, &of->h);
+		return;
+	}
+	count(&fs->rs.opens);         /* not of: its release may have come already */
+	if (pt)
+		count(&fs->rs.opens_passthrough);
 }
 
 static void op_release(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
+	struct fs *fs = fs_of(req);
+	struct ofile *of = (struct ofile *)(uintptr_t)fi->fh;
+
 	(void)ino;
-	handle_free(fs_of(req), (struct handle *)(uintptr_t)fi->fh);
+	if (of->blob)
+		passthrough_release(fs->pt, req, of->blob, of->passthrough);
+	handle_free(fs, &of->h);
 	fuse_reply_err(req, 0);
 }
 
@@ -893,11 +918,6 @@ static void reply_from_fd(fuse_req_t req, struct blob *b, uint64_t off, size_t s
  * whatever the registry said (the log has the detail); but a full disk and
  * an interrupted read keep theirs, since they mean something to the reader.
  */
-static void count(uint64_t *counter)
-{
-	__atomic_add_fetch(counter, 1, __ATOMIC_RELAXED);
-}
-
 static int read_errno(int err)
 {
 	return err == -ENOSPC || err == -EDQUOT || err == -EINTR ? -err : EIO;
@@ -1146,6 +1166,7 @@ void fs_opts_defaults(struct fs_opts *o)
 	o->background = BG_SEQUENTIAL;
 	o->miss_ttl_s = 10;
 	o->threads = 16;
+	o->passthrough = true;
 }
 
 /*
@@ -1205,6 +1226,8 @@ int fs_mount(const struct session_opts *so, const struct fs_opts *fo, const char
 	int ret = 1;
 
 	fs->o = *fo;
+	fs->pt = passthrough_new(fo->passthrough);
+	fs->rs.passthrough = fs->pt;
 	fs->uid = getuid();
 	fs->gid = getgid();
 	pthread_mutex_init(&fs->open_lock, NULL);
@@ -1274,6 +1297,7 @@ out:
 	index_free(fs->ix);
 	strmap_free(fs->misses);
 	strmap_free(fs->removed);
+	passthrough_free(fs->pt);
 	pthread_mutex_destroy(&fs->miss_lock);
 	pthread_mutex_destroy(&fs->open_lock);
 	fuse_opt_free_args(&args);

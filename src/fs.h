@@ -16,6 +16,7 @@ struct fs_opts {
 	unsigned miss_ttl_s;    /* how long a discovery miss is remembered */
 	unsigned threads;       /* FUSE worker threads, at most */
 	bool create_store;      /* make the store if it does not exist (else refuse) */
+	bool passthrough;       /* complete blobs by FUSE passthrough where possible */
 	char **fuse_argv;       /* argv for libfuse (argv[0] and -o options) */
 	int fuse_argc;
 };

@@ -8,6 +8,8 @@
 
 #include <cjson/cJSON.h>
 
+struct passthrough;
+
 /* Upper bounds (seconds) of the read latency histogram's buckets; one more counts the rest. */
 #define READ_LATENCY_BUCKETS 16
 extern const double read_latency_bounds[READ_LATENCY_BUCKETS];
@@ -20,6 +22,9 @@ struct read_stats {
 	uint64_t errors;     /* answered with an error */
 	uint64_t latency[READ_LATENCY_BUCKETS + 1];  /* answers per bucket, not cumulative */
 	uint64_t latency_sum_ns;
+	uint64_t opens;      /* files opened */
+	uint64_t opens_passthrough;   /* of which the kernel reads without us (passthrough.c) */
+	struct passthrough *passthrough;   /* its state, for the status file; not a counter */
 };
 
 /* When a read starts: a monotonic clock in nanoseconds. */

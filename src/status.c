@@ -3,8 +3,9 @@
  *
  * A mount publishes its state as a small JSON file, <store>/.blobfs/run/
  * <pid>.json, rewritten (atomically) about once a second by a thread of its
- * own: reads and how they were answered, what the network thread fetched,
- * retried and failed, and each blob in flight with its progress. The command
+ * own: reads and how they were answered, opens and how many of them the
+ * kernel serves by passthrough, what the network thread fetched, retried
+ * and failed, and each blob in flight with its progress. The command
  * reads every file, drops those whose process is gone, and prints them. A
  * file, not a socket: it needs no server, survives nothing it should not
  * (the pid check), and can be read by anyone who may read the store.
@@ -28,6 +29,7 @@
 #include "fetch.h"
 #include "log.h"
 #include "metrics.h"
+#include "passthrough.h"
 #include "session.h"
 #include "status.h"
 #include "store.h"
@@ -78,6 +80,7 @@ static void write_status(struct status_writer *w)
 {
 	struct fetch_stats fs;
 	cJSON *root = cJSON_CreateObject(), *list = cJSON_CreateArray();
+	const char *state;
 	char *text;
 
 	fetcher_stats(w->s->fetcher, &fs);
@@ -89,6 +92,11 @@ static void write_status(struct status_writer *w)
 	cJSON_AddNumberToObject(root, "reads_local", (double)load(&w->rs->local));
 	cJSON_AddNumberToObject(root, "reads_waited", (double)load(&w->rs->waited));
 	cJSON_AddNumberToObject(root, "read_errors", (double)load(&w->rs->errors));
+	cJSON_AddNumberToObject(root, "opens", (double)load(&w->rs->opens));
+	cJSON_AddNumberToObject(root, "opens_passthrough", (double)load(&w->rs->opens_passthrough));
+	state = passthrough_state(w->rs->passthrough);
+	if (state)
+		cJSON_AddStringToObject(root, "passthrough", state);
 	cJSON_AddNumberToObject(root, "fetched_bytes", (double)fs.bytes);
 	cJSON_AddNumberToObject(root, "requests", (double)fs.requests);
 	cJSON_AddNumberToObject(root, "retries", (double)fs.retries);
@@ -212,6 +220,12 @@ static void print_one(const cJSON *root)
 	printf("  reads: %.0f, %.0f from local data, %.0f waited for the network, %.0f failed\n",
 	       num(root, "reads"), num(root, "reads_local"), num(root, "reads_waited"),
 	       num(root, "read_errors"));
+	const cJSON *pt = cJSON_GetObjectItemCaseSensitive(root, "passthrough");
+	if (cJSON_IsString(pt) && strcmp(pt->valuestring, "on") != 0)
+		printf("  opens: %.0f (passthrough %s)\n", num(root, "opens"), pt->valuestring);
+	else
+		printf("  opens: %.0f, %.0f in passthrough\n", num(root, "opens"),
+		       num(root, "opens_passthrough"));
 	format_size((uint64_t)num(root, "fetched_bytes"), got, sizeof(got));
 	printf("  network: %s fetched in %.0f requests (%.0f in flight), %.0f retries, "
 	       "%.0f failed attempts\n", got, num(root, "requests"),

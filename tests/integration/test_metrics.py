@@ -125,6 +125,8 @@ def test_status_json_and_prometheus_give_the_same_figures(busy_mount, blobfs_bin
         "blobfs_reads_total": mine["reads"], "blobfs_reads_local_total": mine["reads_local"],
         "blobfs_reads_waited_total": mine["reads_waited"],
         "blobfs_read_errors_total": mine["read_errors"],
+        "blobfs_opens_total": mine["opens"],
+        "blobfs_opens_passthrough_total": mine["opens_passthrough"],
         "blobfs_fetched_bytes_total": mine["fetched_bytes"],
         "blobfs_http_requests_total": mine["requests"],
         "blobfs_http_retries_total": mine["retries"],
