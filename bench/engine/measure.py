@@ -12,7 +12,8 @@ Cases, each blobfs against its peer within a round (pairs):
   cold (both CDN profiles)  a fresh store and mount, load_ms, against aria2c
                             -x16 to a file and then load_ms on that file
   complete blob (uncapped): the blob committed in the store, a fresh mount each
-  time, against the store's own blob file (the local file):
+  time (and, with bench/run --nopassthrough, one with -o nopassthrough too),
+  against the store's own blob file (the local file):
     load, store file in page cache / every cache dropped
     load in a mount whose page cache already holds the file (filled by cat)
     4 threads pread-ing whole tensors, file order (store in page cache)
@@ -167,28 +168,31 @@ class Engine:
         if profile == "uncapped":
             self.complete(s)
 
-    def binaries(self):
-        out = [("blobfs", None)]
+    def mounts(self, key):
+        """The blobfs mounts of KEY's rounds: (tool, (binary or None, mount options))."""
+        out = [("blobfs", (None, ()))]
         if self.b.args.baseline:
-            out.append(("baseline", self.b.args.baseline))
+            out.append(("baseline", (self.b.args.baseline, ())))
+        if self.b.args.nopassthrough and key != "cold":   # complete blobs only
+            out.append(("nopassthrough", (None, ("-o", "nopassthrough"))))
         return out
 
     def pair(self, s, key, profile, setup=None):
-        """Rounds of KEY: every blobfs binary against the peer."""
+        """Rounds of KEY: every blobfs mount against the peer."""
         title = "engine %s: %s" % (profile, TITLES[key][1])
         peer = TITLES[key][2]
-        tools = [t for t, _ in self.binaries()] + [peer]
-        binary = dict(self.binaries())
+        tools = [t for t, _ in self.mounts(key)] + [peer]
+        how = dict(self.mounts(key))
         one = getattr(self, "case_" + key.replace("-", "_"))
         res = self.b.rounds_of(title, tools, lambda tool, r: one(
-            s, tool if tool == peer else "blobfs", binary.get(tool), title))
+            s, tool if tool == peer else "blobfs", how.get(tool), title))
         res.update(case=key, profile=profile, peer=peer)
         self.b.results.setdefault("engine", []).append(res)
 
-    def case_cold(self, s, tool, binary, where):
+    def case_cold(self, s, tool, how, where):
         b, c = self.b, self.c
         if tool == "blobfs":
-            store, m = b.blobfs_fresh(s, where, binary)
+            store, m = b.blobfs_fresh(s, where, how[0])
             try:
                 path = s.mount_path(m.mountpoint)
                 got = self.through(m, where, lambda: self.load(path, m))
@@ -233,17 +237,17 @@ class Engine:
         else:
             self.c.run_timed(["cat", self.local], self.b.timeout(self.size))
 
-    def on_mount(self, s, binary, where, dropped, fn):
+    def on_mount(self, s, how, where, dropped, fn):
         """Prepare the caches, mount the store afresh and run FN(path, mount)."""
         self.prepare(dropped)
-        m = self.b.blobfs_mount(self.store, where, binary=binary)
+        m = self.b.blobfs_mount(self.store, where, opts=how[1], binary=how[0])
         try:
             return fn(s.mount_path(m.mountpoint), m)
         finally:
             self.b.blobfs_close(m, where)
             self.c.safe_rmtree(m.mountpoint)
 
-    def engine_case(self, s, tool, binary, where, dropped, fill=False):
+    def engine_case(self, s, tool, how, where, dropped, fill=False):
         if tool == "local":
             self.prepare(dropped)
             return {"time": self.load(self.local)["load_ms"] / 1000}
@@ -254,18 +258,18 @@ class Engine:
                                                       m.abort), m, where)
             got = self.through(m, where, lambda: self.load(path, m))
             return {"time": got["load_ms"] / 1000, "hwm_kib": got["hwm_kib"]}
-        return self.on_mount(s, binary, where, dropped, run)
+        return self.on_mount(s, how, where, dropped, run)
 
-    def case_hot(self, s, tool, binary, where):
-        return self.engine_case(s, tool, binary, where, dropped=False)
+    def case_hot(self, s, tool, how, where):
+        return self.engine_case(s, tool, how, where, dropped=False)
 
-    def case_dropped(self, s, tool, binary, where):
-        return self.engine_case(s, tool, binary, where, dropped=True)
+    def case_dropped(self, s, tool, how, where):
+        return self.engine_case(s, tool, how, where, dropped=True)
 
-    def case_fusehot(self, s, tool, binary, where):
-        return self.engine_case(s, tool, binary, where, dropped=False, fill=True)
+    def case_fusehot(self, s, tool, how, where):
+        return self.engine_case(s, tool, how, where, dropped=False, fill=True)
 
-    def shape_case(self, kind, s, tool, binary, where):
+    def shape_case(self, kind, s, tool, how, where):
         if tool == "local":
             self.prepare(False)
             return {"time": self.shape(kind, self.local)["seconds"]}
@@ -273,15 +277,15 @@ class Engine:
         def run(path, m):
             got = self.through(m, where, lambda: self.shape(kind, path, m))
             return {"time": got["seconds"], "hwm_kib": got["hwm_kib"]}
-        return self.on_mount(s, binary, where, False, run)
+        return self.on_mount(s, how, where, False, run)
 
-    def case_pread(self, s, tool, binary, where):
-        return self.shape_case("pread", s, tool, binary, where)
+    def case_pread(self, s, tool, how, where):
+        return self.shape_case("pread", s, tool, how, where)
 
-    def case_mmap(self, s, tool, binary, where):
-        return self.shape_case("mmap", s, tool, binary, where)
+    def case_mmap(self, s, tool, how, where):
+        return self.shape_case("mmap", s, tool, how, where)
 
-    def cat_case(self, s, tool, binary, where, dropped):
+    def cat_case(self, s, tool, how, where, dropped):
         c = self.c
         if tool == "native cat":
             self.prepare(dropped)
@@ -291,13 +295,13 @@ class Engine:
             dt = self.through(m, where, lambda: {"time": c.cat(
                 path, s.size, self.b.timeout(s.size), m.abort)})
             return dt
-        return self.on_mount(s, binary, where, dropped, run)
+        return self.on_mount(s, how, where, dropped, run)
 
-    def case_cat_hot(self, s, tool, binary, where):
-        return self.cat_case(s, tool, binary, where, dropped=False)
+    def case_cat_hot(self, s, tool, how, where):
+        return self.cat_case(s, tool, how, where, dropped=False)
 
-    def case_cat_dropped(self, s, tool, binary, where):
-        return self.cat_case(s, tool, binary, where, dropped=True)
+    def case_cat_dropped(self, s, tool, how, where):
+        return self.cat_case(s, tool, how, where, dropped=True)
 
 
 # --------------------------------------------------------------------------
@@ -352,6 +356,12 @@ def report(rep, core):
             base = c.tool_values(res, "baseline")
             rep.out("| … the --baseline build | %s | %s | | | | | |" % (
                 res["profile"], c.fmt3(c.summary(base), "%.3f")))
+        if "nopassthrough" in res["tools"]:
+            nopt = c.ratios(res, peer, "nopassthrough")
+            rep.out("| … with -o nopassthrough | %s | %s | %s | | %s | | |" % (
+                res["profile"], c.fmt3(c.summary(c.tool_values(res, "nopassthrough")), "%.3f"),
+                peer, c.fmt3(c.summary(nopt if kind == "speed" else [1 / x for x in nopt]),
+                             "%.2f", "×")))
         if kind == "speed":
             rep.target("8", "%s ≥ %.1f× native, %s" % (title, limit, res["profile"]), ratio,
                        lambda x, lim=limit: x >= lim, lambda x: "%.2f×" % x)
