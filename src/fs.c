@@ -1191,7 +1191,7 @@ static void on_blob_committed(void *arg, const struct digest *d)
 	struct fs *fs = arg;
 
 	(void)d;
-	session_evict(fs->sess);
+	session_evict_soon(fs->sess);
 }
 
 static struct remote *tag_remote(void *arg, const struct model_name *n)

@@ -1,8 +1,9 @@
 /*
  * session.c - one place that settles the settings and opens, in order, what
  * every command and the mount need, and closes it in reverse: the network
- * thread first (so no more bytes arrive), then the blob cache (whose worker
- * makes progress durable).
+ * thread first (so no more bytes arrive), then the background thread (its
+ * jobs use the cache), then the blob cache (whose worker makes progress
+ * durable).
  *
  * The store remembers one thing about hosts in .blobfs/hosts, in the
  * configuration file's syntax: the scheme a host was pulled with when the
@@ -17,6 +18,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "background.h"
 #include "log.h"
 #include "remote.h"
 #include "session.h"
@@ -89,6 +91,17 @@ void session_evict(struct session *s)
 		format_size(freed.bytes, size, sizeof(size));
 		log_info("cache over its limit: evicted %u blobs, %s", freed.blobs, size);
 	}
+}
+
+static void evict_job(void *arg)
+{
+	session_evict(arg);
+}
+
+void session_evict_soon(struct session *s)
+{
+	if (!s->background || !background_run(s->background, evict_job, s))
+		session_evict(s);   /* no background thread (any more): here and now */
 }
 
 /* .blobfs/hosts, in the store's state directory. */
@@ -211,6 +224,7 @@ int session_start_net(struct session *s)
 	s->blob.want_fetch = kick_fetcher;
 	s->blob.fetch_arg = s->fetcher;
 	s->cache = blobcache_new(s->store, &s->blob);
+	s->background = background_start();
 	return 0;
 }
 
@@ -219,7 +233,9 @@ void session_close(struct session *s)
 	if (!s)
 		return;
 	fetcher_stop(s->fetcher);
+	background_stop(s->background);   /* its jobs use the cache */
 	blobcache_free(s->cache);
+	background_free(s->background);
 	fetcher_free(s->fetcher);
 	store_close(s->store);
 	config_release(&s->recorded);

@@ -9,6 +9,8 @@
 #include "fetch.h"
 #include "name.h"
 
+struct background;
+
 /*
  * Settings come in layers, each overriding the one before: defaults, the
  * configuration files, what the store recorded (the scheme a host was pulled
@@ -31,6 +33,7 @@ struct session {
 	struct store *store;
 	struct fetcher *fetcher;
 	struct blobcache *cache;
+	struct background *background;  /* slow housekeeping: eviction */
 	struct blob_opts blob;
 	uint64_t max_cache;         /* bytes of complete blobs to keep; 0: no limit */
 };
@@ -53,6 +56,8 @@ void session_conf(const struct session *s, const char *host, struct conf *out);
 struct remote *session_remote(const struct session *s, const struct model_name *n);
 /* Keep the cache within --max-cache, sparing what this process uses. */
 void session_evict(struct session *s);
+/* The same, soon, on the background thread (from threads that must not wait). */
+void session_evict_soon(struct session *s);
 /* Remember that a host was reached with an explicit scheme (https:// in a name). */
 void session_record_scheme(struct session *s, const struct model_name *n);
 
