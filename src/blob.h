@@ -134,7 +134,12 @@ uint64_t blob_size(const struct blob *b);
 int blob_wfd(struct blob *b);
 /* The remote to fetch from (referenced by the blob; NULL if none set). */
 struct remote *blob_remote(struct blob *b);
-/* Chunk geometry; immutable once the blob is PARTIAL. */
+/*
+ * Chunk geometry, set when the blob becomes PARTIAL. Only blob_adopt_chunks
+ * replaces it, on the network thread and while no chunk is present or in
+ * flight (so no request holds the old one): the network thread may use it
+ * without a lock.
+ */
 const struct chunkmap *blob_geometry(struct blob *b);
 /* Is the blob ready for range requests (PARTIAL)? Activates it if needed. */
 int blob_activate(struct blob *b);

@@ -146,11 +146,11 @@ struct fetcher {
 	pthread_t thread;
 	CURLM *multi;
 
-	pthread_mutex_t lock;        /* guards inbox, newreqs, stop, stats */
+	pthread_mutex_t lock;        /* guards inbox, newreqs, stop */
 	struct kick *inbox;
 	struct memreq *newreqs;
 	bool stop;
-	struct fetch_stats stats;
+	struct fetch_stats stats;    /* atomics: added to here, read by fetcher_stats */
 
 	/* network thread only */
 	struct source *sources;

@@ -19,7 +19,7 @@
  * tag and discover it from the registry; phantoms are never listed.
  *
  * Locking: ix->lock (rwlock) guards the tree, the inode table and every
- * inode field except refs, which is atomic. ix->scan_lock serialises whole
+ * inode field except lookups, local and local_ms, which are atomics. ix->scan_lock serialises whole
  * scans and additions, so a scan that listed the store a moment ago never
  * undoes a tag that discovery has just added.
  */
