@@ -206,8 +206,6 @@ void source_add(struct fetcher *f, struct blob *b)
 		return;
 	}
 	if (!r) {
-		char d[DIGEST_STR_LEN];
-		digest_format(blob_digest(b), d);
 		blob_fail(b, -ENOENT, "no registry is known for it");
 		blob_put(b);
 		return;

@@ -841,8 +841,3 @@ void index_unlock(struct index *ix)
 {
 	pthread_rwlock_unlock(&ix->lock);
 }
-
-struct inode *index_root(struct index *ix)
-{
-	return ix->root;
-}

@@ -87,7 +87,6 @@ void index_wrlock(struct index *ix);
 void index_unlock(struct index *ix);
 
 /* With the lock held. */
-struct inode *index_root(struct index *ix);
 struct inode *index_get(struct index *ix, uint64_t ino);
 /* A child of dir by name: exact match first, then case-insensitive. */
 struct inode *index_child(struct index *ix, struct inode *dir, const char *name);
