@@ -25,6 +25,7 @@
 #include "util.h"
 
 #define TOKEN_MARGIN_MS 5000     /* refresh a token this long before it expires */
+#define TOKEN_MAX_BYTES (1u << 20)  /* a token server's answer, read at most */
 
 struct authent *auth_get(struct fetcher *f, struct remote *r, size_t ep)
 {
@@ -191,7 +192,7 @@ static void start_token_request(struct fetcher *f, struct authent *a)
 	}
 	r = xcalloc(1, sizeof(*r));
 	r->url = u2;
-	r->max = 1u << 20;
+	r->max = TOKEN_MAX_BYTES;
 	r->done = token_done;
 	r->arg = a;
 	r->token_for = a;

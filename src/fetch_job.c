@@ -24,6 +24,7 @@
 #define HEADER_MAX 8192
 #define STAGE_SIZE (512u << 10)  /* body bytes a range request gathers per write */
 #define STAGE_POOL 32            /* spare stage buffers kept for the next requests */
+#define CURL_BUFFER (256L << 10) /* curl's receive buffer: fewer, larger write callbacks */
 
 static void set_str(char **slot, const char *v, size_t len)
 {
@@ -372,7 +373,7 @@ CURL *new_easy(struct fetcher *f, struct job *j, const char *url,
 	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, (long)o->connect_timeout_s);
 	curl_easy_setopt(e, CURLOPT_USERAGENT, f->o.user_agent);
 	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-	curl_easy_setopt(e, CURLOPT_BUFFERSIZE, 256L * 1024);
+	curl_easy_setopt(e, CURLOPT_BUFFERSIZE, CURL_BUFFER);
 	if (o->cacert)
 		curl_easy_setopt(e, CURLOPT_CAINFO, o->cacert);
 	j->url = xstrdup(url);

@@ -25,11 +25,15 @@
 #include "settings.h"
 #include "util.h"
 
+#define DEMAND_RESERVE 4         /* range requests beyond the cap that only reads may use */
+#define SPARE_CONNECTIONS 4      /* idle connections kept beyond those (small GETs) */
+#define LOOP_WAKE_MS 1000        /* the loop looks around at least this often */
+
 void net_opts_defaults(struct net_opts *o)
 {
 	memset(o, 0, sizeof(*o));
 	o->connections = DEFAULT_CONNECTIONS;
-	o->demand_reserve = 4;
+	o->demand_reserve = DEMAND_RESERVE;
 	o->user_agent = PACKAGE_NAME "/" PACKAGE_VERSION;
 }
 
@@ -90,7 +94,7 @@ static void run_pending(struct fetcher *f)
 
 static long next_timeout(struct fetcher *f)
 {
-	uint64_t now = now_ms(), next = now + 1000;
+	uint64_t now = now_ms(), next = now + LOOP_WAKE_MS;
 
 	for (struct source *s = f->sources; s; s = s->next) {
 		for (struct retry *r = s->retries; r; r = r->next)
@@ -216,7 +220,7 @@ int fetcher_start(const struct net_opts *o, struct fetcher **out)
 		return -ENOMEM;
 	}
 	curl_multi_setopt(f->multi, CURLMOPT_MAXCONNECTS,
-			  (long)(o->connections + o->demand_reserve + 4));
+			  (long)(o->connections + o->demand_reserve + SPARE_CONNECTIONS));
 	pthread_mutex_init(&f->lock, NULL);
 	if (pthread_create(&f->thread, NULL, fetcher_main, f) != 0) {
 		curl_multi_cleanup(f->multi);

@@ -24,6 +24,14 @@
 #include "url.h"
 #include "util.h"
 
+/*
+ * Small GETs let curl follow redirects, at most this many in one request
+ * (registry, then a CDN or an auth server: two or three are usual). Range
+ * requests follow theirs themselves, without credentials, and count
+ * MAX_REDIRECTS (fetch_range.c) in a row without a byte in between.
+ */
+#define MEM_MAX_REDIRS 5L
+
 void memreq_free(struct memreq *r)
 {
 	remote_unref(r->remote);
@@ -66,7 +74,7 @@ void start_mem(struct fetcher *f, struct memreq *r)
 	curl_easy_setopt(j->easy, CURLOPT_WRITEFUNCTION, on_mem_data);
 	curl_easy_setopt(j->easy, CURLOPT_WRITEDATA, j);
 	curl_easy_setopt(j->easy, CURLOPT_FOLLOWLOCATION, 1L);
-	curl_easy_setopt(j->easy, CURLOPT_MAXREDIRS, 5L);
+	curl_easy_setopt(j->easy, CURLOPT_MAXREDIRS, MEM_MAX_REDIRS);
 	curl_easy_setopt(j->easy, CURLOPT_ACCEPT_ENCODING, "");
 	if (r->accept) {
 		char *h = xasprintf("Accept: %s", r->accept);

@@ -31,6 +31,7 @@
 
 #define MAX_REDIRECTS 8          /* redirects without a byte in between */
 #define MAX_RERESOLVES 8         /* expired CDN URLs in a row */
+#define CHUNKSUMS_MAX_BYTES (64u << 20)  /* a chunk checksums answer, read at most */
 
 struct retry *retry_new(uint64_t origin, uint64_t start, uint64_t end)
 {
@@ -140,7 +141,7 @@ void request_chunksums(struct fetcher *f, struct source *s)
 	r->remote = remote_ref(s->remote);
 	r->path = remote_chunksums_path(blob_digest(s->blob));
 	r->ep = s->ep;
-	r->max = 64u << 20;
+	r->max = CHUNKSUMS_MAX_BYTES;
 	r->done = chunksums_done;
 	r->arg = c;
 	s->chunksums_pending = true;

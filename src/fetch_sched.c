@@ -31,6 +31,10 @@
 #define SLOW_RESTARTS_MAX 3
 #define SLOW_MIN_LEFT (1u << 20)  /* not worth restarting for less than this */
 #define SLOW_PEERS 4              /* peers needed for a median; else the typical speed */
+#define SLOW_MAX_PEERS 64         /* running ranges compared at most */
+#define SPLIT_MAX_READERS 16      /* blocked readers looked at per source and pass */
+#define RATE_MIN_AGE_MS 20        /* a request younger than this says nothing of its speed */
+#define RATE_NEW_TENTHS 3         /* the typical rate moves this many tenths toward a new one */
 
 /* Split job j at the first chunk boundary at or after `at`; the tail is queued first. */
 static struct retry *split_job(struct job *j, uint64_t at)
@@ -94,8 +98,8 @@ static bool too_slow_to_reach(const struct job *j, uint64_t off, uint64_t now)
 /* Readers blocked on chunks deep inside a slow request get their own request. */
 static void split_for_readers(struct fetcher *f, struct source *s)
 {
-	uint64_t offs[16], now = now_ms();
-	int n = blob_blocked_offsets(s->blob, offs, 16);
+	uint64_t offs[SPLIT_MAX_READERS], now = now_ms();
+	int n = blob_blocked_offsets(s->blob, offs, SPLIT_MAX_READERS);
 
 	for (int k = 0; k < n; k++) {
 		for (struct job *j = f->jobs; j; j = j->next) {
@@ -258,10 +262,11 @@ void note_rate(struct fetcher *f, const struct job *j)
 {
 	uint64_t now = now_ms(), bytes = j->pos - j->start;
 
-	if (!j->first_byte_ms || bytes < SLOW_MIN_LEFT || now - j->first_byte_ms < 20)
+	if (!j->first_byte_ms || bytes < SLOW_MIN_LEFT || now - j->first_byte_ms < RATE_MIN_AGE_MS)
 		return;
 	uint64_t rate = bytes * 1000 / (now - j->first_byte_ms);
-	f->typical_rate = f->typical_rate ? (7 * f->typical_rate + 3 * rate) / 10 : rate;
+	f->typical_rate = f->typical_rate ? ((10 - RATE_NEW_TENTHS) * f->typical_rate +
+					     RATE_NEW_TENTHS * rate) / 10 : rate;
 }
 
 /*
@@ -272,14 +277,14 @@ void note_rate(struct fetcher *f, const struct job *j)
  */
 void check_slow(struct fetcher *f, uint64_t now)
 {
-	uint64_t rates[64], ref = 0;
+	uint64_t rates[SLOW_MAX_PEERS], ref = 0;
 	int n = 0;
 
 	if (now - f->last_slow_check < SLOW_CHECK_MS)
 		return;
 	uint64_t span = now - f->last_slow_check;
 	f->last_slow_check = now;
-	for (struct job *j = f->jobs; j && n < 64; j = j->next)
+	for (struct job *j = f->jobs; j && n < SLOW_MAX_PEERS; j = j->next)
 		if (j->kind == JOB_RANGE && now - j->started_ms >= SLOW_MIN_AGE_MS)
 			rates[n++] = j->win_bytes * 1000 / span;
 	if (n >= SLOW_PEERS) {

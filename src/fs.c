@@ -63,6 +63,8 @@
 #define DIR_TIMEOUT 0.5          /* tags come and go (see NEG_TIMEOUT) */
 #define FILE_TIMEOUT 3600.0      /* file contents and sizes never change */
 #define NEG_TIMEOUT 0.5          /* a tag pulled elsewhere shows within a second, the watch included */
+#define WATCH_DEPTH 3            /* manifests/<host>/<ns>/<model>: the directories of tags */
+#define RESCAN_S 30              /* a rescan this often, whatever inotify says */
 #define RA_START (1u << 20)
 #define RA_MAX (64u << 20)
 #define SEQ_SLACK (4u << 20)     /* out-of-order kernel read-ahead still counts as sequential */
@@ -1185,7 +1187,7 @@ static void on_blob_failed(void *arg, const struct digest *d)
 		fuse_lowlevel_notify_inval_inode(fs->se, ino, 0, 0);
 }
 
-/* A blob joined the cache: keep the cache within its limit. */
+/* A blob joined the cache: keep the cache within its limit (not on the blob worker). */
 static void on_blob_committed(void *arg, const struct digest *d)
 {
 	struct fs *fs = arg;
@@ -1265,7 +1267,7 @@ int fs_mount(const struct session_opts *so, const struct fs_opts *fo, const char
 	if (session_start_net(fs->sess) < 0)
 		goto out_unmount;
 	session_evict(fs->sess);
-	fs->watch = watch_start(fs->sess->store->manifests, 3, 30, on_store_change, fs);
+	fs->watch = watch_start(fs->sess->store->manifests, WATCH_DEPTH, RESCAN_S, on_store_change, fs);
 	fs->status = status_start(fs->sess, mountpoint, &fs->rs);
 	fs->pusher = pusher_start(fs->se);
 	log_info("mounted '%s' on '%s' (%u tags)", fs->sess->store->root, mountpoint, added);
