@@ -168,6 +168,8 @@ static void finish_blob(struct blob *b, struct blob_waiter **ready)
 			ret = -errno;
 		if (ret == 0)
 			ret = store_commit_blob(c->store, &b->digest);
+		if (ret == -ESTALE)
+			ret = 0;   /* no manifest names it now: readers have it, the store does not */
 	} else {
 		char hex[DIGEST_STR_LEN];
 		digest_format(&got, hex);

@@ -29,6 +29,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <pwd.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -263,6 +264,7 @@ int store_open(const char *root, unsigned flags, struct store **out)
 
 	s->rootfd = s->blobsfd = s->manifestsfd = s->statefd = -1;
 	s->partialfd = s->tmpfd = s->quarantinefd = s->lockfd = -1;
+	pthread_mutex_init(&s->lock, NULL);
 	if ((ret = absolute_root(root, &s->root)) < 0)
 		goto fail;
 	s->manifests = xasprintf("%s/manifests", s->root);
@@ -302,6 +304,7 @@ void store_close(struct store *s)
 	close_fd(s->manifestsfd);
 	close_fd(s->blobsfd);
 	close_fd(s->rootfd);
+	pthread_mutex_destroy(&s->lock);
 	free(s->root);
 	free(s->manifests);
 	free(s);
@@ -311,17 +314,24 @@ int store_lock(struct store *s)
 {
 	if (s->lockfd < 0)
 		return -EROFS;
+	/* flock() excludes other processes; the threads of this one, the mutex. */
+	pthread_mutex_lock(&s->lock);
 	while (flock(s->lockfd, LOCK_EX) < 0) {
-		if (errno != EINTR)
-			return -errno;
+		if (errno != EINTR) {
+			int ret = -errno;
+			pthread_mutex_unlock(&s->lock);
+			return ret;
+		}
 	}
 	return 0;
 }
 
 void store_unlock(struct store *s)
 {
-	if (s->lockfd >= 0)
-		flock(s->lockfd, LOCK_UN);
+	if (s->lockfd < 0)
+		return;
+	flock(s->lockfd, LOCK_UN);
+	pthread_mutex_unlock(&s->lock);
 }
 
 char *store_blob_path(const struct store *s, const struct digest *d)
@@ -1290,14 +1300,32 @@ int store_partial_save_map(const struct store *s, const struct digest *d,
 	return write_file_atomic_at(s->tmpfd, s->partialfd, name, buf, len, 0600);
 }
 
-int store_commit_blob(const struct store *s, const struct digest *d)
+/* Is d named by a manifest? gc's rule: when one cannot be read, what it names is unknown. */
+static bool still_referenced(const struct store *s, const struct digest *d)
 {
-	char name[ENTRY_MAX], map[ENTRY_MAX];
-	int ret = 0;
+	struct digest_set refs;
+	bool yes = store_referenced(s, &refs) < 0 || digest_set_has(&refs, d);
+
+	digest_set_release(&refs);
+	return yes;
+}
+
+int store_commit_blob(struct store *s, const struct digest *d)
+{
+	char name[ENTRY_MAX], map[ENTRY_MAX], hex[DIGEST_STR_LEN];
+	int ret;
 
 	entry_name(d, "", name, sizeof(name));
 	entry_name(d, ".map", map, sizeof(map));
-	if (renameat(s->partialfd, name, s->blobsfd, name) < 0) {
+	/* Under the index lock, so that no removal slips between the check and the rename. */
+	if ((ret = store_lock(s)) < 0)
+		return ret;
+	if (!still_referenced(s, d)) {
+		digest_format(d, hex);
+		log_info("not keeping '%s': no manifest names it any more", hex);
+		store_partial_remove(s, d, NULL);
+		ret = -ESTALE;
+	} else if (renameat(s->partialfd, name, s->blobsfd, name) < 0) {
 		ret = -errno;
 		log_error("cannot move '%s' from partial downloads to blobs/ in store '%s': %s",
 			  name, s->root, strerror(errno));
@@ -1305,6 +1333,7 @@ int store_commit_blob(const struct store *s, const struct digest *d)
 		fsync(s->blobsfd);
 		unlinkat(s->partialfd, map, 0);
 	}
+	store_unlock(s);
 	return ret;
 }
 

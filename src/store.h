@@ -2,6 +2,7 @@
 #ifndef BLOBFS_STORE_H
 #define BLOBFS_STORE_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -28,7 +29,8 @@ struct store {
 	int tmpfd;         /* state/tmp: files on their way to a rename */
 	int quarantinefd;  /* state/quarantine: blobs that failed verification */
 	bool writable;
-	int lockfd;        /* state/lock, flock()ed around index changes */
+	int lockfd;        /* state/lock: store_lock() flock()s it around index changes */
+	pthread_mutex_t lock;  /* ...and holds this, for the threads of one process */
 };
 
 /*
@@ -51,7 +53,10 @@ enum {
 int store_open(const char *root, unsigned flags, struct store **out);
 void store_close(struct store *s);
 
-/* The index lock serialises manifest writes, removals and gc between processes. */
+/*
+ * The index lock serialises manifest writes, removals, gc, eviction and
+ * commits, between processes and between the threads of one.
+ */
 int store_lock(struct store *s);
 void store_unlock(struct store *s);
 
@@ -183,8 +188,13 @@ int store_partial_save_map(const struct store *s, const struct digest *d,
 void store_partial_remove(const struct store *s, const struct digest *d,
 			  struct store_freed *freed);
 
-/* Move a finished partial file into blobs/ (atomic rename, then fsync). */
-int store_commit_blob(const struct store *s, const struct digest *d);
+/*
+ * Move a finished partial file into blobs/ (atomic rename, then fsync), under
+ * the index lock, if a manifest still names the blob. If none does (its tags
+ * were removed while it was fetched), the partial state is deleted instead and
+ * the answer is -ESTALE: nothing unreferenced is committed.
+ */
+int store_commit_blob(struct store *s, const struct digest *d);
 /* Move a partial file that failed verification out of the way. */
 int store_quarantine_blob(const struct store *s, const struct digest *d);
 /* Move a complete blob that no longer matches its digest out of blobs/. */

@@ -422,3 +422,95 @@ def test_discovery_of_a_manifest_with_another_size_changes_nothing(good_and_host
     assert not (store / "manifests" / hostile.host).exists(), "the refused manifest was stored"
     assert not list((store / ".blobfs" / "quarantine").iterdir())
     assert_blob_stored(store, good.layer)
+
+
+# ================================================================ 5. removal stops the fetch
+
+
+TRICKLE = 1 * MiB           # bytes/s per response
+CONNECTIONS = 4             # so the whole blob takes LAYER / (4 * TRICKLE) = 8 s
+LAYER = 32 * MiB
+
+
+def big_layer(seed):
+    return (hashlib.sha256(seed).digest() * (LAYER // 32))[:LAYER]
+
+
+def slow_registry(fault_registry):
+    reg = fault_registry()
+    reg.data = big_layer(b"slow")
+    reg.manifest, (reg.layer,) = reg.add_model(REPO, "latest", [(OLLAMA_MODEL, reg.data)])
+    reg.fault("trickle", rate=TRICKLE, digest=reg.layer)
+    return reg
+
+
+def wait_for(predicate, timeout, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def settled(read, timeout=8.0, quiet=1.0):
+    """Wait until read() stays the same for QUIET seconds; its value then, or None."""
+    deadline = time.monotonic() + timeout
+    last, since = read(), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        now = read()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return now
+    return None
+
+
+def start_background_fetch(m, reg):
+    """Read the first 4 KiB of the model through the mount (background=always
+    then fetches the rest): the registry is sending it."""
+    model = m.path / "models" / reg.host / REPO / "latest" / "model"
+    ok(run([PYTHON, "-c", "import sys; open(sys.argv[1], 'rb').read(4096)", model], timeout=30))
+    assert reg.bytes_sent(reg.layer) < LAYER // 4, "the fetch is too far on to be stopped"
+
+
+def assert_fetch_stopped_and_nothing_kept(reg, store, m, before):
+    """BEFORE: what the registry had sent when the blob was dropped. What it sends
+    after must level off well short of the rest of the blob."""
+    stopped = settled(lambda: reg.bytes_sent(reg.layer))
+    print(f"the registry sent {before} bytes of the {LAYER} byte blob before it was dropped, "
+          f"{stopped} in all")
+    assert stopped is not None, \
+        f"the registry still sends the dropped blob ({reg.bytes_sent(reg.layer)} bytes)\n{m.log()}"
+    assert stopped - before < (LAYER - before) // 2, \
+        f"{stopped - before} more bytes were fetched after the blob was dropped"
+    # Long past the time the whole blob takes: still nothing in blobs/, nothing left over.
+    time.sleep(LAYER / (CONNECTIONS * TRICKLE) + 1)
+    assert not blob_path(store, reg.layer).exists(), "a blob no manifest names was committed"
+    assert wait_for(lambda: not partial_path(store, reg.layer).exists(), 10), \
+        "the removed blob's partial download was left behind"
+    assert reg.bytes_sent(reg.layer) <= stopped + 64 * 1024
+
+
+def test_rm_during_a_pull_commits_nothing(fault_registry, run_blobfs, blobfs_bin, store):
+    """No watcher in a pull: the commit itself checks, under the index lock,
+    that a manifest still names the blob."""
+    reg = slow_registry(fault_registry)
+    name = f"{reg.host}/{REPO}"
+    pull = subprocess.Popen([str(blobfs_bin), "--store", str(store), "--connections",
+                             str(CONNECTIONS), "pull", "--quiet", name],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: reg.bytes_sent(reg.layer) > 0, 15)
+        ok(run_blobfs(["rm", name]))
+        out, err = pull.communicate(timeout=60)
+    finally:
+        if pull.poll() is None:
+            pull.kill()
+            pull.wait()
+    print(err)
+    assert not blob_path(store, reg.layer).exists(), "the pull committed a blob no manifest names"
+    assert not partial_path(store, reg.layer).exists()
+    assert not partial_path(store, reg.layer, ".map").exists()
+    ok(run_blobfs(["gc"]))

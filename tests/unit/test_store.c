@@ -9,6 +9,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -971,6 +972,38 @@ static void test_index_lock_excludes_other_processes(void **state)
 	free(lock);
 }
 
+struct locker {
+	struct store *s;
+	int got;          /* set once the thread holds the lock */
+};
+
+static void *take_lock(void *arg)
+{
+	struct locker *l = arg;
+
+	if (store_lock(l->s) == 0) {
+		__atomic_store_n(&l->got, 1, __ATOMIC_RELEASE);
+		store_unlock(l->s);
+	}
+	return NULL;
+}
+
+/* flock() does not exclude the threads of one process; the index lock must. */
+static void test_index_lock_excludes_other_threads(void **state)
+{
+	struct fx *f = *state;
+	struct locker l = { f->s, 0 };
+	pthread_t t;
+
+	assert_int_equal(store_lock(f->s), 0);
+	assert_int_equal(pthread_create(&t, NULL, take_lock, &l), 0);
+	usleep(200 * 1000);
+	assert_int_equal(__atomic_load_n(&l.got, __ATOMIC_ACQUIRE), 0);
+	store_unlock(f->s);
+	assert_int_equal(pthread_join(t, NULL), 0);
+	assert_int_equal(l.got, 1);
+}
+
 /* ---- blobs in and out ---- */
 
 static void test_open_blob(void **state)
@@ -1057,6 +1090,15 @@ static void test_commit_blob(void **state)
 	struct digest d = dg('c');
 	int fd;
 
+	/* No manifest names it (its tag was removed while it was fetched): nothing is kept. */
+	put_partial(f->s, 'c', "");
+	put_partial(f->s, 'c', ".map");
+	assert_int_equal(store_commit_blob(f->s, &d), -ESTALE);
+	assert_false(has_blob(f->s, 'c'));
+	assert_false(has_partial(f->s, 'c', ""));
+	assert_false(has_partial(f->s, 'c', ".map"));
+	/* Named by a manifest: committed. */
+	write_mj(f->s, "a.example/ns/m:t", '1', "c");
 	put_partial(f->s, 'c', "");
 	put_partial(f->s, 'c', ".map");
 	assert_int_equal(store_commit_blob(f->s, &d), 0);
@@ -1067,6 +1109,7 @@ static void test_commit_blob(void **state)
 	close(fd);
 	/* Nothing to commit. */
 	d = dg('d');
+	write_mj(f->s, "a.example/ns/m:t2", '1', "d");
 	assert_int_equal(store_commit_blob(f->s, &d), -ENOENT);
 	assert_false(has_blob(f->s, 'd'));
 }
@@ -1667,6 +1710,7 @@ int main(void)
 		T(test_gc_spares_a_locked_partial),
 		T(test_blob_trylock_excludes_other_fds_and_processes),
 		T(test_index_lock_excludes_other_processes),
+		T(test_index_lock_excludes_other_threads),
 		T(test_open_blob),
 		T(test_open_blob_of_another_size_is_left_alone),
 		T(test_open_blob_of_another_size_read_only),
