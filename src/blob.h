@@ -124,6 +124,13 @@ int blob_fetch_all(struct blob *b, bool reserve_space);
  * delete its partial state once the last reference goes.
  */
 void blob_orphan(struct blob *b);
+/* A tag uses the blob again (it was removed and came back): commit it when done. */
+void blob_unorphan(struct blob *b);
+/*
+ * An orphan that no reader waits for: the network thread drops its requests,
+ * in flight and queued (fetch_range.c).
+ */
+bool blob_abandoned(struct blob *b);
 void blob_stats(struct blob *b, struct blob_stats *st);
 const struct digest *blob_digest(const struct blob *b);
 uint64_t blob_size(const struct blob *b);

@@ -297,6 +297,23 @@ void blob_orphan(struct blob *b)
 	pthread_mutex_unlock(&b->lock);
 }
 
+void blob_unorphan(struct blob *b)
+{
+	pthread_mutex_lock(&b->lock);
+	b->orphan = false;
+	pthread_mutex_unlock(&b->lock);
+}
+
+bool blob_abandoned(struct blob *b)
+{
+	bool yes;
+
+	pthread_mutex_lock(&b->lock);
+	yes = b->orphan && b->waiters.next == &b->waiters;
+	pthread_mutex_unlock(&b->lock);
+	return yes;
+}
+
 void blob_stats(struct blob *b, struct blob_stats *st)
 {
 	pthread_mutex_lock(&b->lock);

@@ -265,6 +265,11 @@ void source_add(struct fetcher *f, struct blob *b);
 void source_free(struct fetcher *f, struct source *s);
 /* Move a source to the next endpoint (see next_endpoint); false if none is left. */
 bool source_next_endpoint(struct fetcher *f, struct source *s, const char *why);
+/*
+ * Drop the requests, in flight and queued, of blobs that no tag uses and no
+ * reader waits for any more (blob_abandoned); their sources go when idle.
+ */
+void drop_abandoned(struct fetcher *f);
 void finish_range(struct fetcher *f, struct job *j, CURLcode res);
 
 /* fetch_sched.c: which request starts next; stalled and slow requests */

@@ -173,6 +173,7 @@ static void *fetcher_main(void *arg)
 			break;
 		drain_inbox(f);
 		run_pending(f);
+		drop_abandoned(f);
 		schedule(f);
 		curl_multi_poll(f->multi, NULL, 0, (int)next_timeout(f), NULL);
 		int running;

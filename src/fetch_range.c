@@ -238,6 +238,33 @@ void source_free(struct fetcher *f, struct source *s)
 	(void)f;
 }
 
+void drop_abandoned(struct fetcher *f)
+{
+	for (struct job *j = f->jobs, *next; j; j = next) {
+		next = j->next;
+		if (j->kind != JOB_RANGE || !blob_abandoned(j->src->blob))
+			continue;
+		job_remove(f, j);
+		job_sync(j);      /* what arrived is written; the rest goes back */
+		j->src->jobs--;
+		if (j->to_registry || !j->src->direct)
+			j->src->resolving = false;
+		__atomic_sub_fetch(&f->nrange, 1, __ATOMIC_RELAXED);
+		blob_unclaim(j->src->blob, j->pos, j->end, 0);
+		job_free(j);
+	}
+	for (struct source *s = f->sources; s; s = s->next) {
+		if (!s->retries || !blob_abandoned(s->blob))
+			continue;
+		while (s->retries) {
+			struct retry *r = s->retries;
+			s->retries = r->next;
+			blob_unclaim(s->blob, r->start, r->end, 0);
+			free(r);
+		}
+	}
+}
+
 /* Move a source to its next endpoint: a new blob URL, to be resolved afresh. */
 bool source_next_endpoint(struct fetcher *f, struct source *s, const char *why)
 {

@@ -1201,6 +1201,21 @@ static struct remote *tag_remote(void *arg, const struct model_name *n)
 	return session_remote(arg, n);
 }
 
+/* A blob of this process that no tag uses any more stops being fetched; one used again resumes. */
+static void sweep_orphan(struct blob *b, void *arg)
+{
+	struct fs *fs = arg;
+	bool used;
+
+	index_rdlock(fs->ix);
+	used = index_has_blob(fs->ix, blob_digest(b));
+	index_unlock(fs->ix);
+	if (used)
+		blob_unorphan(b);
+	else
+		blob_orphan(b);
+}
+
 static void on_store_change(void *arg)
 {
 	struct fs *fs = arg;
@@ -1208,8 +1223,11 @@ static void on_store_change(void *arg)
 
 	index_scan(fs->ix, &added, &removed);
 	tell_kernel(fs);
-	if (added || removed)
+	if (added || removed) {
 		log_info("store changed: %u tags added, %u removed", added, removed);
+		/* Another process removed tags or moved them to new content (blobfs rm, pull). */
+		blobcache_each(fs->sess->cache, sweep_orphan, fs);
+	}
 }
 
 int fs_mount(const struct session_opts *so, const struct fs_opts *fo, const char *mp)

@@ -472,7 +472,7 @@ def start_background_fetch(m, reg):
     then fetches the rest): the registry is sending it."""
     model = m.path / "models" / reg.host / REPO / "latest" / "model"
     ok(run([PYTHON, "-c", "import sys; open(sys.argv[1], 'rb').read(4096)", model], timeout=30))
-    assert reg.bytes_sent(reg.layer) < LAYER // 4, "the fetch is too far on to be stopped"
+    assert reg.bytes_sent(reg.layer) < LAYER // 2, "the fetch is too far on to be stopped"
 
 
 def assert_fetch_stopped_and_nothing_kept(reg, store, m, before):
@@ -491,6 +491,35 @@ def assert_fetch_stopped_and_nothing_kept(reg, store, m, before):
     assert wait_for(lambda: not partial_path(store, reg.layer).exists(), 10), \
         "the removed blob's partial download was left behind"
     assert reg.bytes_sent(reg.layer) <= stopped + 64 * 1024
+
+
+def test_cli_rm_stops_the_mounts_fetch(fault_registry, run_blobfs, mount, store):
+    reg = slow_registry(fault_registry)
+    name = f"{reg.host}/{REPO}"
+    ok(run_blobfs(["pull", "--lazy", "--quiet", name]))
+    m = mount("background=always", global_args=["--connections", CONNECTIONS])
+    start_background_fetch(m, reg)
+    before = reg.bytes_sent(reg.layer)
+    ok(run_blobfs(["rm", name]))
+    assert_fetch_stopped_and_nothing_kept(reg, store, m, before)
+    assert m.proc.poll() is None
+
+
+def test_tag_moved_to_new_content_stops_the_mounts_fetch_of_the_old(fault_registry, run_blobfs,
+                                                                    mount, store):
+    reg = slow_registry(fault_registry)
+    name = f"{reg.host}/{REPO}"
+    ok(run_blobfs(["pull", "--lazy", "--quiet", name]))
+    m = mount("background=always", global_args=["--connections", CONNECTIONS])
+    start_background_fetch(m, reg)
+    _, (new_layer,) = reg.add_model(REPO, "latest", [(OLLAMA_MODEL, b"new content " * 1000)])
+    before = reg.bytes_sent(reg.layer)
+    ok(run_blobfs(["pull", "--quiet", name]))
+    assert_blob_stored(store, new_layer)
+    assert_fetch_stopped_and_nothing_kept(reg, store, m, before)
+    new = m.path / "models" / reg.host / REPO / "latest" / "model"
+    assert wait_for(lambda: os.path.getsize(new) == 12000, 5)
+    assert read_all(new)["sha"] == new_layer
 
 
 def test_rm_during_a_pull_commits_nothing(fault_registry, run_blobfs, blobfs_bin, store):
