@@ -105,15 +105,15 @@ int auth_ready(struct fetcher *f, struct authent *a, uint64_t now)
 void auth_apply(struct fetcher *f, struct job *j, struct authent *a)
 {
 	if (a->scheme == AUTH_BEARER && a->token) {
-		curl_easy_setopt(j->easy, CURLOPT_HTTPAUTH, CURLAUTH_BEARER);
-		curl_easy_setopt(j->easy, CURLOPT_XOAUTH2_BEARER, a->token);
+		job_setopt(j, CURLOPT_HTTPAUTH, CURLAUTH_BEARER);
+		job_setopt(j, CURLOPT_XOAUTH2_BEARER, a->token);
 		j->token_sent = xstrdup(a->token);
 	} else if (a->scheme == AUTH_BASIC) {
 		struct credentials *c = auth_credentials(f, a);
 		if (c) {
-			curl_easy_setopt(j->easy, CURLOPT_HTTPAUTH, CURLAUTH_BASIC);
-			curl_easy_setopt(j->easy, CURLOPT_USERNAME, c->user);
-			curl_easy_setopt(j->easy, CURLOPT_PASSWORD, c->password);
+			job_setopt(j, CURLOPT_HTTPAUTH, CURLAUTH_BASIC);
+			job_setopt(j, CURLOPT_USERNAME, c->user);
+			job_setopt(j, CURLOPT_PASSWORD, c->password);
 			j->basic_sent = true;
 		}
 	}

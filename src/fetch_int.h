@@ -111,7 +111,8 @@ struct job {
 	char *content_type, *docker_digest, *content_location;
 	int64_t content_length;
 	bool checked;                /* the response was validated before its first byte */
-	char errbuf[CURL_ERROR_SIZE]; /* curl's detailed message */
+	char errbuf[CURL_ERROR_SIZE]; /* curl's detailed message, or ours (setopt_rc) */
+	CURLcode setopt_rc;          /* the first option curl refused: the request fails */
 	/* JOB_RANGE */
 	struct source *src;
 	int wfd;
@@ -230,8 +231,12 @@ int auth_challenged(struct fetcher *f, struct authent *a, struct job *j,
 		    bool already_retried, char *msg, size_t msglen);
 
 /* fetch_job.c: one request, its curl callbacks and the staging of its body */
-CURL *new_easy(struct fetcher *f, struct job *j, const char *url,
-	       const struct remote_opts *o);
+/* j->easy for url, with what every request sets. */
+void new_easy(struct fetcher *f, struct job *j, const char *url, const struct remote_opts *o);
+/* Set a curl option on j's handle; the first one refused fails the request (job_add). */
+#define job_setopt(j, opt, val) \
+	job_setopt_result((j), #opt, curl_easy_setopt((j)->easy, (opt), (val)))
+void job_setopt_result(struct job *j, const char *name, CURLcode rc);
 size_t on_mem_data(char *data, size_t size, size_t n, void *arg);
 size_t on_range_data(char *data, size_t size, size_t n, void *arg);
 /* Where the next body byte of a range request goes. */

@@ -351,37 +351,50 @@ void flush_stages(struct fetcher *f)
 			stage_flush(j, false);
 }
 
-/* ---- jobs: lifecycle ---- */
+/*
+ * ---- jobs: lifecycle ----
+ *
+ * Every curl_easy_setopt goes through job_setopt: an option libcurl refuses
+ * (too old a libcurl, no memory) fails the request with a message that
+ * names it, instead of sending a request that is not the one meant.
+ */
 
-CURL *new_easy(struct fetcher *f, struct job *j, const char *url,
-		      const struct remote_opts *o)
+void job_setopt_result(struct job *j, const char *name, CURLcode rc)
 {
-	CURL *e = curl_easy_init();
+	if (rc == CURLE_OK || j->setopt_rc != CURLE_OK)
+		return;
+	j->setopt_rc = rc;
+	snprintf(j->errbuf, sizeof(j->errbuf), "cannot set %s: %s%s", name,
+		 curl_easy_strerror(rc), rc == CURLE_UNKNOWN_OPTION || rc == CURLE_NOT_BUILT_IN
+		 ? " (is libcurl older than the one blobfs was built with?)" : "");
+}
 
-	if (!e) {
+void new_easy(struct fetcher *f, struct job *j, const char *url, const struct remote_opts *o)
+{
+	j->easy = curl_easy_init();
+	if (!j->easy) {
 		log_error("cannot create a curl handle");
 		abort();
 	}
-	curl_easy_setopt(e, CURLOPT_URL, url);
-	curl_easy_setopt(e, CURLOPT_PRIVATE, j);
-	curl_easy_setopt(e, CURLOPT_ERRORBUFFER, j->errbuf);
-	curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-	curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-	curl_easy_setopt(e, CURLOPT_HEADERDATA, j);
-	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT, (long)o->connect_timeout_s);
-	curl_easy_setopt(e, CURLOPT_USERAGENT, f->o.user_agent);
-	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-	curl_easy_setopt(e, CURLOPT_BUFFERSIZE, CURL_BUFFER);
+	job_setopt(j, CURLOPT_URL, url);
+	job_setopt(j, CURLOPT_PRIVATE, j);
+	job_setopt(j, CURLOPT_ERRORBUFFER, j->errbuf);
+	job_setopt(j, CURLOPT_NOSIGNAL, 1L);
+	job_setopt(j, CURLOPT_PROTOCOLS_STR, "http,https");
+	job_setopt(j, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+	job_setopt(j, CURLOPT_HEADERFUNCTION, on_header);
+	job_setopt(j, CURLOPT_HEADERDATA, j);
+	job_setopt(j, CURLOPT_CONNECTTIMEOUT, (long)o->connect_timeout_s);
+	job_setopt(j, CURLOPT_USERAGENT, f->o.user_agent);
+	job_setopt(j, CURLOPT_TCP_KEEPALIVE, 1L);
+	job_setopt(j, CURLOPT_BUFFERSIZE, CURL_BUFFER);
 	if (o->cacert)
-		curl_easy_setopt(e, CURLOPT_CAINFO, o->cacert);
+		job_setopt(j, CURLOPT_CAINFO, o->cacert);
 	j->url = xstrdup(url);
 	j->content_length = -1;
 	/* Stalls are ours to see (check_stalls): curl's low-speed test averages over
 	 * seconds, so a burst followed by silence would go unnoticed for too long. */
 	j->stall_ms = (uint64_t)o->stall_timeout_s * 1000;
-	return e;
 }
 
 void job_free(struct job *j)
@@ -401,9 +414,15 @@ void job_free(struct job *j)
 
 void job_add(struct fetcher *f, struct job *j)
 {
+	j->started_ms = j->last_io_ms = now_ms();
+	if (j->setopt_rc != CURLE_OK) {
+		/* Never sent: it fails as if curl had refused it (fetcher_main finishes it). */
+		j->next = f->finished;
+		f->finished = j;
+		return;
+	}
 	j->next = f->jobs;
 	f->jobs = j;
-	j->started_ms = j->last_io_ms = now_ms();
 	curl_multi_add_handle(f->multi, j->easy);
 	stat_add(f, &f->stats.requests, 1);
 }

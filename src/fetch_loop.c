@@ -195,7 +195,9 @@ static void *fetcher_main(void *arg)
 		while (f->finished) {
 			struct job *j = f->finished;
 			f->finished = j->next;
-			finish_job(f, j, j->stalled ? CURLE_OPERATION_TIMEDOUT : CURLE_ABORTED_BY_CALLBACK);
+			finish_job(f, j, j->setopt_rc != CURLE_OK ? j->setopt_rc
+					 : j->stalled ? CURLE_OPERATION_TIMEDOUT
+					 : CURLE_ABORTED_BY_CALLBACK);
 		}
 	}
 	shutdown_all(f);
@@ -220,8 +222,15 @@ int fetcher_start(const struct net_opts *o, struct fetcher **out)
 		log_error("cannot initialise libcurl");
 		return -ENOMEM;
 	}
-	curl_multi_setopt(f->multi, CURLMOPT_MAXCONNECTS,
-			  (long)(o->connections + o->demand_reserve + SPARE_CONNECTIONS));
+	/* Idle connections kept for reuse. */
+	CURLMcode mrc = curl_multi_setopt(f->multi, CURLMOPT_MAXCONNECTS,
+					  (long)(o->connections + o->demand_reserve + SPARE_CONNECTIONS));
+	if (mrc != CURLM_OK) {
+		log_error("cannot set up libcurl: %s", curl_multi_strerror(mrc));
+		curl_multi_cleanup(f->multi);
+		free(f);
+		return -EINVAL;
+	}
 	pthread_mutex_init(&f->lock, NULL);
 	if (pthread_create(&f->thread, NULL, fetcher_main, f) != 0) {
 		curl_multi_cleanup(f->multi);

@@ -70,22 +70,22 @@ void start_mem(struct fetcher *f, struct memreq *r)
 		r->url = remote_url(r->remote, r->ep, r->path);
 	}
 	j->ep = r->ep;
-	j->easy = new_easy(f, j, r->url, r->remote ? &r->remote->o : &r->token_for->origin->o);
-	curl_easy_setopt(j->easy, CURLOPT_WRITEFUNCTION, on_mem_data);
-	curl_easy_setopt(j->easy, CURLOPT_WRITEDATA, j);
-	curl_easy_setopt(j->easy, CURLOPT_FOLLOWLOCATION, 1L);
-	curl_easy_setopt(j->easy, CURLOPT_MAXREDIRS, MEM_MAX_REDIRS);
-	curl_easy_setopt(j->easy, CURLOPT_ACCEPT_ENCODING, "");
+	new_easy(f, j, r->url, r->remote ? &r->remote->o : &r->token_for->origin->o);
+	job_setopt(j, CURLOPT_WRITEFUNCTION, on_mem_data);
+	job_setopt(j, CURLOPT_WRITEDATA, j);
+	job_setopt(j, CURLOPT_FOLLOWLOCATION, 1L);
+	job_setopt(j, CURLOPT_MAXREDIRS, MEM_MAX_REDIRS);
+	job_setopt(j, CURLOPT_ACCEPT_ENCODING, "");
 	if (r->accept) {
 		char *h = xasprintf("Accept: %s", r->accept);
 		j->hdrs = curl_slist_append(j->hdrs, h);
 		free(h);
-		curl_easy_setopt(j->easy, CURLOPT_HTTPHEADER, j->hdrs);
+		job_setopt(j, CURLOPT_HTTPHEADER, j->hdrs);
 	}
 	if (r->basic) {
-		curl_easy_setopt(j->easy, CURLOPT_HTTPAUTH, CURLAUTH_BASIC);
-		curl_easy_setopt(j->easy, CURLOPT_USERNAME, r->basic->user);
-		curl_easy_setopt(j->easy, CURLOPT_PASSWORD, r->basic->password);
+		job_setopt(j, CURLOPT_HTTPAUTH, CURLAUTH_BASIC);
+		job_setopt(j, CURLOPT_USERNAME, r->basic->user);
+		job_setopt(j, CURLOPT_PASSWORD, r->basic->password);
 		j->basic_sent = true;
 	}
 	if (r->remote) {

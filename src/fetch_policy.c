@@ -74,9 +74,10 @@ const char *job_error(const struct job *j, CURLcode res)
 }
 
 /*
- * Is a transport failure worth another attempt? TLS errors, a malformed URL
- * and a redirect loop are not, nor a body we stopped reading (the caller
- * says when that was for an invalid response). An unsupported protocol is:
+ * Is a transport failure worth another attempt? TLS errors, a malformed URL,
+ * a redirect loop and an option libcurl refused (job_setopt) are not, nor a
+ * body we stopped reading (the caller says when that was for an invalid
+ * response). An unsupported protocol is:
  * curl also says so of a garbled response ("Received HTTP/0.9"), which a
  * server that sent bytes past its Content-Length leaves on a kept-alive
  * connection for the next request.
@@ -85,7 +86,9 @@ static bool transient_curl(CURLcode res)
 {
 	return res != CURLE_OK && res != CURLE_WRITE_ERROR &&
 	       res != CURLE_PEER_FAILED_VERIFICATION && res != CURLE_SSL_CACERT_BADFILE &&
-	       res != CURLE_URL_MALFORMAT && res != CURLE_TOO_MANY_REDIRECTS;
+	       res != CURLE_URL_MALFORMAT && res != CURLE_TOO_MANY_REDIRECTS &&
+	       res != CURLE_UNKNOWN_OPTION && res != CURLE_NOT_BUILT_IN &&
+	       res != CURLE_BAD_FUNCTION_ARGUMENT;
 }
 
 /* A mirror gets fewer attempts than the registry: the next endpoint is waiting. */

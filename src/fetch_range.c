@@ -84,14 +84,14 @@ void start_range(struct fetcher *f, struct source *s, struct retry *r)
 	j->demand = r->demand;
 	j->next_boundary = chunkmap_end(j->geo, chunkmap_index(j->geo, j->pos));
 	j->ep = s->ep;
-	j->easy = new_easy(f, j, url, &s->remote->o);
-	curl_easy_setopt(j->easy, CURLOPT_WRITEFUNCTION, on_range_data);
-	curl_easy_setopt(j->easy, CURLOPT_WRITEDATA, j);
+	new_easy(f, j, url, &s->remote->o);
+	job_setopt(j, CURLOPT_WRITEFUNCTION, on_range_data);
+	job_setopt(j, CURLOPT_WRITEDATA, j);
 	snprintf(range, sizeof(range), "%llu-%llu", (unsigned long long)r->start,
 		 (unsigned long long)r->end - 1);
-	curl_easy_setopt(j->easy, CURLOPT_RANGE, range);
+	job_setopt(j, CURLOPT_RANGE, range);
 	if (r->fresh)
-		curl_easy_setopt(j->easy, CURLOPT_FRESH_CONNECT, 1L);
+		job_setopt(j, CURLOPT_FRESH_CONNECT, 1L);
 	j->to_registry = url_same_origin(url, s->remote->ep[s->ep].base);
 	if (j->to_registry)
 		auth_apply(f, j, auth_get(f, s->remote, s->ep));
