@@ -8,6 +8,11 @@
  * credential files (bad syntax fails the lookup, with the line and the
  * reason), and token server replies. Everything here is hostile
  * input and is bounded and fuzzed.
+ *
+ * Which credentials a host gets is decided here too (credentials_find):
+ * its own machine entry, and netrc's "default" entry only when the caller
+ * says the host is one the user named. Where they may go at all (HTTPS, or
+ * loopback) is the caller's check (url_may_carry_credentials).
  */
 #include "config.h"
 
@@ -22,6 +27,7 @@
 #include <strings.h>
 
 #include "auth.h"
+#include "log.h"
 #include "util.h"
 
 #define PARAM_MAX 4096
@@ -302,17 +308,44 @@ int netrc_lookup(const char *path, const char *host, struct credentials *out,
 	if (ret < 0)
 		return ret == -ENOENT ? -ENOENT : ret;
 	ret = netrc_find(buf, len, host, out, err, errlen);
-	const char *colon = strrchr(host, ':');
+	const char *colon = host ? strrchr(host, ':') : NULL;
 	if (ret == -ENOENT && colon) {
 		bare = xstrndup(host, colon - host);
 		ret = netrc_find(buf, len, bare, out, err, errlen);
 	}
-	if (ret == -ENOENT)
-		ret = netrc_find(buf, len, NULL, out, err, errlen);
 	free(bare);
 	explicit_bzero(buf, len);
 	free(buf);
 	return ret;
+}
+
+/* One lookup; a file that is there but unusable is reported and skipped. */
+static int lookup_one(const char *path, const char *host, struct credentials *out)
+{
+	char err[160];
+	int ret;
+
+	if (!path)
+		return -ENOENT;
+	ret = netrc_lookup(path, host, out, err, sizeof(err));
+	if (ret < 0 && ret != -ENOENT) {
+		log_warn("cannot read credentials from '%s': %s", path,
+			 ret == -EINVAL ? err : strerror(-ret));
+		ret = -ENOENT;
+	}
+	return ret;
+}
+
+int credentials_find(const struct credential_files *cf, const char *host, bool use_default,
+		     struct credentials *out)
+{
+	memset(out, 0, sizeof(*out));
+	if (lookup_one(cf->file, host, out) == 0 || lookup_one(cf->netrc, host, out) == 0)
+		return 0;
+	if (use_default &&
+	    (lookup_one(cf->file, NULL, out) == 0 || lookup_one(cf->netrc, NULL, out) == 0))
+		return 0;
+	return -ENOENT;
 }
 
 int auth_parse_token(const char *body, size_t len, char **token, uint64_t *ttl_s)

@@ -2,10 +2,18 @@
  * fetch_auth.c - the network thread's auth cache.
  *
  * Authentication follows the registry's challenge: Bearer tokens from the
- * realm it names (anonymous, or with the credentials for the registry host),
- * cached per scope until they expire and refreshed once on a 401; Basic where
- * asked. Credentials and tokens only ever go to the registry's own origin —
- * redirects to a CDN are not followed by curl but by us, without them.
+ * realm it names (anonymous, or with the credentials configured for the
+ * realm's own host), cached per scope until they expire and refreshed once
+ * on a 401; Basic where asked. Tokens only ever go to the registry's own
+ * origin — redirects to a CDN are not followed by curl but by us, without
+ * them.
+ *
+ * Where credentials go (blobfs(1), TRUST MODEL):
+ * - never over plain HTTP, except to a loopback host (url_may_carry_credentials);
+ * - a host gets the entry configured for it: a realm on another host than
+ *   the registry never gets the registry's credentials;
+ * - netrc's "default" entry goes only to the registry or mirror host itself,
+ *   and not at all for remotes marked no_default_credentials (a mount's).
  * One entry per (endpoint, scope); network thread only.
  */
 #include "config.h"
@@ -37,6 +45,7 @@ struct authent *auth_get(struct fetcher *f, struct remote *r, size_t ep)
 			return a;
 	a = xcalloc(1, sizeof(*a));
 	a->authority = xstrdup(authority);
+	a->endpoint = xstrdup(r->ep[ep].base);
 	a->scope = xstrdup(r->scope);
 	a->origin = remote_ref(r);
 	a->next = f->auth;
@@ -44,31 +53,61 @@ struct authent *auth_get(struct fetcher *f, struct remote *r, size_t ep)
 	return a;
 }
 
-/* Credentials for a registry: the credentials file, then ~/.netrc. */
-static struct credentials *auth_credentials(struct fetcher *f, struct authent *a)
+void authent_free(struct authent *a)
+{
+	free(a->authority);
+	free(a->endpoint);
+	free(a->scope);
+	remote_unref(a->origin);
+	auth_challenge_release(&a->ch);
+	if (a->token)
+		explicit_bzero(a->token, strlen(a->token));
+	free(a->token);
+	credentials_release(&a->cred);
+	credentials_release(&a->realm_cred);
+	free(a);
+}
+
+/* The credentials configured for host, netrc's "default" entry only with use_default. */
+static int find_credentials(const struct remote_opts *o, const char *host, bool use_default,
+			    struct credentials *out)
+{
+	const char *home = getenv("HOME");
+	char *netrc = !o->no_netrc && home ? xasprintf("%s/.netrc", home) : NULL;
+	struct credential_files cf = { o->credentials, netrc };
+	int ret = credentials_find(&cf, host, use_default, out);
+
+	free(netrc);
+	return ret;
+}
+
+/* The registry's (or mirror's) own credentials, for Basic. */
+static struct credentials *auth_credentials(struct authent *a)
 {
 	if (!a->cred_loaded) {
-		const char *home = getenv("HOME");
-		int ret = -ENOENT;
-		const struct remote_opts *o = &a->origin->o;
-		char err[160];
 		a->cred_loaded = true;
-		if (o->credentials) {
-			ret = netrc_lookup(o->credentials, a->authority, &a->cred, err, sizeof(err));
-			if (ret < 0 && ret != -ENOENT)
-				log_warn("cannot read credentials file '%s': %s", o->credentials,
-					 ret == -EINVAL ? err : strerror(-ret));
-		}
-		if (ret < 0 && !o->no_netrc && home) {
-			char *netrc = xasprintf("%s/.netrc", home);
-			ret = netrc_lookup(netrc, a->authority, &a->cred, err, sizeof(err));
-			if (ret < 0 && ret != -ENOENT)
-				log_warn("cannot read '%s': %s", netrc,
-					 ret == -EINVAL ? err : strerror(-ret));
-			free(netrc);
-		}
+		find_credentials(&a->origin->o, a->authority,
+				 !a->origin->o.no_default_credentials, &a->cred);
 	}
 	return a->cred.user ? &a->cred : NULL;
+}
+
+/*
+ * What the token realm gets: the credentials configured for the realm's own
+ * host, "default" only if that is the registry's host; nothing over plain
+ * HTTP to a host that is not loopback. Kept in a->realm_cred while the
+ * request is in flight.
+ */
+static struct credentials *realm_credentials(struct authent *a, const char *realm)
+{
+	char *host = url_authority(realm);
+
+	credentials_release(&a->realm_cred);
+	if (host && url_may_carry_credentials(realm))
+		find_credentials(&a->origin->o, host, strcasecmp(host, a->authority) == 0 &&
+				 !a->origin->o.no_default_credentials, &a->realm_cred);
+	free(host);
+	return a->realm_cred.user ? &a->realm_cred : NULL;
 }
 
 /*
@@ -108,8 +147,8 @@ void auth_apply(struct fetcher *f, struct job *j, struct authent *a)
 		job_setopt(j, CURLOPT_HTTPAUTH, CURLAUTH_BEARER);
 		job_setopt(j, CURLOPT_XOAUTH2_BEARER, a->token);
 		j->token_sent = xstrdup(a->token);
-	} else if (a->scheme == AUTH_BASIC) {
-		struct credentials *c = auth_credentials(f, a);
+	} else if (a->scheme == AUTH_BASIC && url_may_carry_credentials(a->endpoint)) {
+		struct credentials *c = auth_credentials(a);
 		if (c) {
 			job_setopt(j, CURLOPT_HTTPAUTH, CURLAUTH_BASIC);
 			job_setopt(j, CURLOPT_USERNAME, c->user);
@@ -137,9 +176,16 @@ int auth_challenged(struct fetcher *f, struct authent *a, struct job *j,
 	}
 	if (ch.scheme == AUTH_BASIC) {
 		auth_challenge_release(&ch);
-		if (!auth_credentials(f, a)) {
-			snprintf(msg, msglen, "registry '%s' requires a login; add it to the "
-				 "credentials file or ~/.netrc", a->authority);
+		if (!url_may_carry_credentials(a->endpoint)) {
+			snprintf(msg, msglen, "registry '%s' asks for a login over plain HTTP; blobfs "
+				 "sends credentials only over HTTPS or to a loopback host",
+				 a->authority);
+			return -EACCES;
+		}
+		if (!auth_credentials(a)) {
+			snprintf(msg, msglen, "registry '%s' requires a login; add a 'machine %s' "
+				 "entry to the credentials file or ~/.netrc", a->authority,
+				 a->authority);
 			return -EACCES;
 		}
 		if (j->basic_sent) {
@@ -196,10 +242,29 @@ static void start_token_request(struct fetcher *f, struct authent *a)
 	r->done = token_done;
 	r->arg = a;
 	r->token_for = a;
-	r->basic = auth_credentials(f, a);
+	r->basic = realm_credentials(a, a->ch.realm);
 	a->pending = true;
 	a->err = 0;
 	start_mem(f, r);
+}
+
+/* The realm answered 401 or 403: say what would get in, and where it goes. */
+static void token_refused(struct authent *a, long status)
+{
+	char *realm = url_redact(a->ch.realm), *host = url_authority(a->ch.realm);
+
+	if (!url_may_carry_credentials(a->ch.realm))
+		snprintf(a->msg, sizeof(a->msg), "the token server '%s' of registry '%s' answered "
+			 "%ld: it wants a login, which blobfs sends only over HTTPS or to a loopback "
+			 "host, never over plain HTTP", realm, a->authority, status);
+	else if (a->realm_cred.user)
+		snprintf(a->msg, sizeof(a->msg), "the token server '%s' of registry '%s' refused "
+			 "the credentials for '%s'", realm, a->authority, host ? host : "?");
+	else
+		snprintf(a->msg, sizeof(a->msg), "registry '%s' requires a login; add a 'machine %s' "
+			 "entry to the credentials file or ~/.netrc", a->authority, host ? host : "?");
+	free(realm);
+	free(host);
 }
 
 static void token_done(struct http_result *res, void *arg)
@@ -217,22 +282,21 @@ static void token_done(struct http_result *res, void *arg)
 		a->err = 0;
 		log_debug("got a token for '%s' on '%s', valid %llus", a->scope, a->authority,
 			  (unsigned long long)ttl);
+		credentials_release(&a->realm_cred);
 		http_result_release(res);
 		return;
 	}
 	a->err = -EACCES;
 	if (res->status == 401 || res->status == 403)
-		snprintf(a->msg, sizeof(a->msg), a->cred.user
-			 ? "registry '%s' refused the credentials for it"
-			 : "registry '%s' requires a login; add it to the credentials file or ~/.netrc",
-			 a->authority);
+		token_refused(a, res->status);
 	else if (res->err)
 		snprintf(a->msg, sizeof(a->msg), "cannot get a token for '%s': %s",
 			 a->authority, res->msg[0] ? res->msg : strerror(-res->err));
 	else
 		snprintf(a->msg, sizeof(a->msg), "the token server for '%s' sent an invalid answer",
 			 a->authority);
-	log_error("%s", a->msg);
+	/* Not logged here: whoever waited for the token reports a->msg, once. */
+	credentials_release(&a->realm_cred);
 	http_result_release(res);
 }
 

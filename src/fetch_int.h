@@ -37,7 +37,9 @@ struct authent {                 /* auth for one (endpoint, scope) */
 	int err;                     /* the last token request failed with this */
 	char msg[1400];
 	bool cred_loaded;
-	struct credentials cred;
+	struct credentials cred;     /* the endpoint's own, for Basic */
+	struct credentials realm_cred; /* what the token request in flight carries */
+	char *endpoint;              /* the endpoint's base URL: is it HTTPS? */
 };
 
 struct hostinfo {                /* what we learned about an endpoint */
@@ -223,6 +225,7 @@ bool next_endpoint(struct fetcher *f, const struct remote *r, size_t *ep, const 
 
 /* fetch_auth.c: the auth cache */
 struct authent *auth_get(struct fetcher *f, struct remote *r, size_t ep);
+void authent_free(struct authent *a);
 /* 1: a request may go now; 0: wait for a token; negative: auth failed for good. */
 int auth_ready(struct fetcher *f, struct authent *a, uint64_t now);
 void auth_apply(struct fetcher *f, struct job *j, struct authent *a);

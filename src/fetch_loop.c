@@ -142,15 +142,7 @@ static void shutdown_all(struct fetcher *f)
 	while (f->auth) {
 		struct authent *a = f->auth;
 		f->auth = a->next;
-		free(a->authority);
-		free(a->scope);
-		remote_unref(a->origin);
-		auth_challenge_release(&a->ch);
-		if (a->token)
-			explicit_bzero(a->token, strlen(a->token));
-		free(a->token);
-		credentials_release(&a->cred);
-		free(a);
+		authent_free(a);
 	}
 	while (f->hosts) {
 		struct hostinfo *h = f->hosts;

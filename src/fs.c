@@ -338,6 +338,20 @@ static void remember_miss(struct fs *fs, const struct model_name *n)
 }
 
 /*
+ * The remote of a tag the mount reads or discovers. It never sends netrc's
+ * "default" entry: any user of the mount can make it contact a host of their
+ * choosing (blobfs(1), TRUST MODEL).
+ */
+static struct remote *mount_remote(struct session *s, const struct model_name *n)
+{
+	struct remote *r = session_remote(s, n);
+
+	if (r)
+		r->o.no_default_credentials = true;
+	return r;
+}
+
+/*
  * Look a tag up in its registry and, if it exists, store its manifest and
  * add it to the tree. This blocks one worker thread for the length of one
  * manifest request; it happens once per tag.
@@ -353,7 +367,7 @@ static int discover(struct fs *fs, const struct model_name *n)
 	if (recent_miss(fs, n))
 		return -ENOENT;
 	name_format(n, full, sizeof(full));
-	r = session_remote(fs->sess, n);
+	r = mount_remote(fs->sess, n);
 	if (!r)
 		return -ENOENT;
 	ret = registry_fetch_manifest(fs->sess->fetcher, r, n->tag, &buf, &len, &m,
@@ -1198,7 +1212,7 @@ static void on_blob_committed(void *arg, const struct digest *d)
 
 static struct remote *tag_remote(void *arg, const struct model_name *n)
 {
-	return session_remote(arg, n);
+	return mount_remote(arg, n);
 }
 
 /* A blob of this process that no tag uses any more stops being fetched; one used again resumes. */

@@ -30,6 +30,7 @@ struct remote_opts {
 	char *cacert;               /* CA bundle, or NULL for the system's */
 	char *credentials;          /* netrc-syntax file, or NULL */
 	bool no_netrc;
+	bool no_default_credentials; /* never send netrc's "default" entry (a mount's remotes) */
 	bool chunksums;             /* ask for Ollama's chunk checksums */
 };
 

@@ -4,7 +4,8 @@
  * comparing origins (credentials never follow a redirect to another host), and
  * stripping the query from URLs before they are logged — a CDN's presigned
  * URL carries its signature there. Whether a host is loopback (then plain
- * http is used) is decided by inet_pton(), never by scanning digits.
+ * http is used, and may carry credentials) is decided by inet_pton(), never
+ * by scanning digits.
  */
 #include "config.h"
 
@@ -171,4 +172,25 @@ bool url_same_origin(const char *a, const char *b)
 	curl_url_cleanup(ua);
 	curl_url_cleanup(ub);
 	return same;
+}
+
+bool url_may_carry_credentials(const char *url)
+{
+	CURLU *u = url ? parse(url) : NULL;
+	char *scheme, *authority;
+	bool ok = false;
+
+	if (!u)
+		return false;
+	scheme = get(u, CURLUPART_SCHEME, 0);
+	curl_url_cleanup(u);
+	if (scheme && strcasecmp(scheme, "https") == 0) {
+		ok = true;
+	} else if (scheme && strcasecmp(scheme, "http") == 0) {
+		authority = url_authority(url);
+		ok = authority && host_is_loopback(authority);
+		free(authority);
+	}
+	free(scheme);
+	return ok;
 }

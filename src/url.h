@@ -16,5 +16,11 @@ char *url_authority(const char *url);
 bool host_is_loopback(const char *authority);
 /* Do two absolute URLs have the same scheme, host and port? */
 bool url_same_origin(const char *a, const char *b);
+/*
+ * May a request to url carry credentials (Basic, netrc, the credentials
+ * file)? Only over https, or plain http to a loopback host. NULL or an
+ * invalid URL: no.
+ */
+bool url_may_carry_credentials(const char *url);
 
 #endif

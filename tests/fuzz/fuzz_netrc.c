@@ -3,8 +3,9 @@
  *
  * The file is a memfd rewritten for each input and opened by netrc_lookup as
  * /proc/self/fd/N, so nothing touches the disk.
- * Input: byte 0 picks the host looked up (0-6: a fixed list; 7: the bytes
- * after byte 0 up to the first newline, at most 300), the rest is the file.
+ * Input: byte 0 picks the host looked up (its value mod 8: 0-6, a fixed
+ * list; 7, the bytes after byte 0 up to the first newline, at most 300), or,
+ * with its high bit set, the "default" entry; the rest is the file.
  * Invariants:
  *   netrc_result  0 gives a non-NULL user and password, -ENOENT/-EINVAL leave
  *                 both NULL; nothing else is returned; -EINVAL says
@@ -80,7 +81,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
 	struct credentials c = { (char *)1, (char *)1 };
 	char err[256] = "";
-	int ret = netrc_lookup(path, host, &c, err, sizeof(err));
+	/* Every other input looks the "default" entry up instead. */
+	int ret = netrc_lookup(path, data[0] & 0x80 ? NULL : host, &c, err, sizeof(err));
 	if (ret < 0) {
 		FUZZ_CHECK("netrc_result", (ret == -ENOENT || ret == -EINVAL) && !c.user && !c.password,
 			   "ret %d", ret);

@@ -1046,3 +1046,16 @@ def test_a_curl_option_libcurl_refuses_fails_the_pull_clearly(freg, run_blobfs, 
     assert result.returncode == 1, result.stderr
     assert "CURLOPT_PROTOCOLS_STR" in error_lines(result.stderr), result.stderr
     assert freg.count() == 0, "a request went out without the option"
+
+
+# ---------------------------------------------------------------- error messages
+
+
+def test_a_token_error_is_printed_once(fault_registry, run_blobfs, store, tmp_path):
+    reg = fault_registry(auth="bearer", token_credentials=("u", "p"))
+    reg.add_model("library/f", "latest", [(OLLAMA_MODEL, SMALL_LAYER)])
+    result = run_blobfs(["--no-netrc", "pull", f"{reg.host}/library/f"], timeout=30)
+    assert result.returncode == 1, result.stderr
+    message = error_lines(result.stderr)
+    assert reg.host in message, message
+    assert message.count("\n") == 0, f"the error is printed more than once:\n{message}"

@@ -2,8 +2,9 @@
 (Debian's docker-registry behind an nginx TLS front, blobs redirected to an
 nginx CDN that speaks TLS too), secrets kept out of --debug logs (bearer
 tokens, Basic credentials, presigned CDN URLs from tests/lib/faultreg.py), the
-mode of the store's state directory, who may enter a mount, and when plain
-HTTP is used.
+mode of the store's state directory, who may enter a mount, when plain
+HTTP is used, and which credentials go where (a registry behind an nginx TLS
+front naming a token realm elsewhere, netrc's `default` entry).
 
 Certificates are made with the openssl CLI in a temp dir (dockerreg.make_ca,
 dockerreg.make_server_cert).  Names that must not count as loopback use the
@@ -43,9 +44,14 @@ MiB = 1 << 20
 REPO = "library/x"
 PYTHON = "/usr/bin/python3"
 REGISTRY_NAME = "registry.blobfs.test"  # not loopback by name; 127.0.0.1 in the test namespace
+REALM_NAME = "realm.blobfs.test"        # likewise: a token realm on another host
 NOBODY = 65534
 USER = "alice"
 PASSWORD = "s3cr3t-PASS"
+REALM_USER = "bob"
+REALM_PASSWORD = "r3alm-PASS"
+DEFAULT_USER = "carol"
+DEFAULT_PASSWORD = "d3fault-PASS"
 SIG_MARK = "TOPSECRET"
 MOUNT_TIMEOUT = 15.0
 CHILD_TIMEOUT = 40.0
@@ -175,7 +181,7 @@ def pki(tmp_path_factory):
 def hosts_file(tmp_path_factory):
     """An /etc/hosts for the test namespace; skips if such a namespace cannot be made."""
     path = tmp_path_factory.mktemp("hosts") / "hosts"
-    path.write_text(f"127.0.0.1 localhost\n127.0.0.1 {REGISTRY_NAME}\n")
+    path.write_text(f"127.0.0.1 localhost\n127.0.0.1 {REGISTRY_NAME}\n127.0.0.1 {REALM_NAME}\n")
     path.chmod(0o644)
     if not all(shutil.which(tool) for tool in ("unshare", "nsenter")):
         pytest.skip("unshare/nsenter (util-linux) are needed for the name tests")
@@ -790,3 +796,141 @@ def test_plain_http_to_non_loopback_name_when_asked(fault_registry, blobfs, stor
     assert reg.count(path_contains="/v2/library/f/manifests/latest", status=200) >= 1
     blob = Path(store) / "blobs" / ("sha256-" + reg.layer.split(":")[1])
     assert blob.is_file() and sha256_file(blob) == reg.layer
+
+
+# ================================================================ 6. where credentials go
+
+
+def basic_user(authorization):
+    """The user of a Basic Authorization header; None without one."""
+    if authorization is None:
+        return None
+    assert authorization.startswith("Basic "), authorization
+    return base64.b64decode(authorization[6:]).decode().split(":", 1)[0]
+
+
+def write_netrc(path, text):
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+@pytest.fixture
+def tls_front(pki):
+    """Factory: tls_front(reg, http2=False) -> dockerreg.TlsFront terminating TLS
+    (the test certificate) before the FaultRegistry REG."""
+    started = []
+
+    def start(reg, http2=False):
+        try:
+            front = dockerreg.TlsFront(int(reg.host.rsplit(":", 1)[1]), pki["cert"], pki["key"],
+                                       http2=http2)
+        except dockerreg.ToolMissing as missing:
+            pytest.skip(str(missing))
+        started.append(front)
+        return front
+
+    yield start
+    for front in started:
+        front.stop()
+
+
+def test_credentials_never_go_to_a_plain_http_token_realm(fault_registry, tls_front, pki, blobfs,
+                                                          store, home, tmp_path, hosts_file):
+    """A registry reached over verified HTTPS names a token realm on another,
+    non-loopback host over plain HTTP: neither the registry's credentials nor
+    the realm's own go there in cleartext, and the refusal says why."""
+    reg = fault_registry(auth="bearer", token_credentials=(REALM_USER, REALM_PASSWORD))
+    port = reg.host.rsplit(":", 1)[1]
+    reg.token_realm = f"http://{REALM_NAME}:{port}/token"
+    front = tls_front(reg)
+    host = f"{REGISTRY_NAME}:{front.host.rsplit(':', 1)[1]}"
+    creds = write_netrc(tmp_path / "creds",
+                        f"machine {host} login {USER} password {PASSWORD}\n"
+                        f"machine {REALM_NAME} login {REALM_USER} password {REALM_PASSWORD}\n")
+    write_netrc(home / ".netrc", f"default login {DEFAULT_USER} password {DEFAULT_PASSWORD}\n")
+    result = blobfs(["--cacert", pki["ca"], "--credentials", creds, "pull", f"{host}/library/f"],
+                    hosts=hosts_file, timeout=40)
+    tokens = reg.requests(path_contains="/token")
+    assert tokens, f"no token request reached the realm: the test proves nothing\n{result.stderr}"
+    assert reg.requests(path_contains="/manifests/", had_auth=False), \
+        "the registry was not reached through the TLS front"
+    sent = [r.authorization for r in tokens if r.authorization]
+    assert not sent, f"credentials went to http://{REALM_NAME} in cleartext: {sent}"
+    assert result.returncode == 1, result.stderr
+    message = error_lines(result.stderr)
+    assert REALM_NAME in message and "plain HTTP" in message, message
+    assert message.count("\n") == 0, f"the error is printed more than once:\n{message}"
+    assert_nothing_stored(store)
+
+
+@pytest.mark.parametrize("realm_entry", [True, False], ids=["realm-entry", "no-realm-entry"])
+def test_a_token_realm_on_another_host_gets_only_its_own_credentials(
+        fault_registry, tls_front, pki, blobfs, store, home, tmp_path, realm_entry):
+    """The realm (on loopback, where plain HTTP may carry credentials) is another
+    host than the registry: it gets the credentials configured for it, never
+    the registry's, and never netrc's `default` entry."""
+    reg = fault_registry(auth="bearer", token_credentials=(REALM_USER, REALM_PASSWORD))
+    port = reg.host.rsplit(":", 1)[1]
+    realm_host = f"localhost:{port}"
+    reg.token_realm = f"http://{realm_host}/token"
+    front = tls_front(reg)
+    text = f"machine {front.host} login {USER} password {PASSWORD}\n"
+    if realm_entry:
+        text += f"machine {realm_host} login {REALM_USER} password {REALM_PASSWORD}\n"
+    creds = write_netrc(tmp_path / "creds", text)
+    write_netrc(home / ".netrc", f"default login {DEFAULT_USER} password {DEFAULT_PASSWORD}\n")
+    result = blobfs(["--cacert", pki["ca"], "--credentials", creds, "pull",
+                     f"https://{front.host}/library/f"], timeout=40)
+    tokens = reg.requests(path_contains="/token")
+    assert tokens, f"no token request reached the realm: the test proves nothing\n{result.stderr}"
+    users = {basic_user(r.authorization) for r in tokens}
+    if realm_entry:
+        assert users == {REALM_USER}, f"the realm got the credentials of {users}"
+        assert result.returncode == 0, result.stderr
+        assert (Path(store) / "blobs" / ("sha256-" + reg.layer.split(":")[1])).is_file()
+    else:
+        assert users == {None}, f"the realm got the credentials of {users}"
+        assert result.returncode == 1, result.stderr
+        assert realm_host in error_lines(result.stderr), result.stderr
+
+
+def test_basic_credentials_never_go_over_plain_http_to_a_non_loopback_host(
+        fault_registry, blobfs, store, tmp_path, hosts_file):
+    reg = fault_registry(auth="basic", credentials=(USER, PASSWORD))
+    host = f"{REGISTRY_NAME}:{reg.host.rsplit(':', 1)[1]}"
+    creds = write_netrc(tmp_path / "creds", f"machine {REGISTRY_NAME} login {USER} "
+                                            f"password {PASSWORD}\n")
+    result = blobfs(["--credentials", creds, "pull", f"http://{host}/library/f"],
+                    hosts=hosts_file, timeout=30)
+    assert reg.count(path_contains="/manifests/"), "the registry was never asked"
+    sent = [r.authorization for r in reg.requests() if r.authorization]
+    assert not sent, f"credentials went to http://{host} in cleartext: {sent}"
+    assert result.returncode == 1, result.stderr
+    message = error_lines(result.stderr)
+    assert host in message and "plain HTTP" in message, message
+
+
+def test_netrc_default_is_used_by_pull_and_never_by_a_mount(fault_registry, blobfs, store, home,
+                                                            mount):
+    """netrc's `default` entry goes only to the registry named on pull's command
+    line. A mount never sends it: any user of the mount can make it discover,
+    and so contact, a host of their choosing."""
+    reg = fault_registry(auth="basic", credentials=(DEFAULT_USER, DEFAULT_PASSWORD))
+    write_netrc(home / ".netrc", f"default login {DEFAULT_USER} password {DEFAULT_PASSWORD}\n")
+    # Not vacuous: pull does send the default entry, and gets in with it.
+    pulled = blobfs(["pull", "--lazy", f"{reg.host}/library/f"], timeout=30)
+    assert pulled.returncode == 0, pulled.stderr
+    assert {basic_user(r.authorization) for r in reg.requests()} >= {DEFAULT_USER}
+    reg.add_model("library/g", "latest", [(OLLAMA_MODEL, os.urandom(1000))])
+    reg.reset_log()
+    m = mount()
+    # A cold read of the pulled model, and discovery of another one.
+    got = m.run([PYTHON, "-c", READ_ALL, m.path / "models" / reg.host / "library/f/latest/model"])
+    assert not json.loads(got.stdout)["ok"], "the mount read a blob that needs a login"
+    m.run(["ls", m.path / "models" / reg.host / "library/g/latest"])
+    asked = reg.requests()
+    assert any("/blobs/" in r.path for r in asked), "the mount never asked for the blob"
+    assert any("/library/g/manifests/" in r.path for r in asked), "discovery never asked"
+    sent = {basic_user(r.authorization) for r in asked}
+    assert sent == {None}, f"the mount sent the credentials of {sent}"

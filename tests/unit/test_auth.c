@@ -304,8 +304,62 @@ static void test_netrc_machine_port_default(void **state)
 	netrc_expect(f->path, "registry.example.com:5000", "bob", "pw2");
 	netrc_expect(f->path, "registry.example.com:6000", "alice", "s3cret");
 	netrc_expect(f->path, "REGISTRY.Example.com", "alice", "s3cret");
-	netrc_expect(f->path, "other.example", "anon", "anonpw");
-	netrc_expect(f->path, "other.example:5000", "anon", "anonpw");
+	/* A host lookup never falls back to "default"; host NULL asks for it. */
+	netrc_expect_err(f->path, "other.example", -ENOENT);
+	netrc_expect_err(f->path, "other.example:5000", -ENOENT);
+	netrc_expect(f->path, NULL, "anon", "anonpw");
+}
+
+static void find_expect(const struct credential_files *cf, const char *host, bool use_default,
+			const char *user)
+{
+	struct credentials c;
+	int ret = credentials_find(cf, host, use_default, &c);
+
+	if (!user) {
+		if (ret == 0)
+			fail_msg("'%s' got the credentials of '%s'", host, c.user);
+		assert_int_equal(ret, -ENOENT);
+		assert_null(c.user);
+		return;
+	}
+	if (ret != 0)
+		fail_msg("'%s': %d, want '%s'", host, ret, user);
+	assert_string_equal(c.user, user);
+	credentials_release(&c);
+}
+
+static void test_credentials_find_order_and_default(void **state)
+{
+	struct netrc_fixture *f = *state;
+	char *netrc = tu_path(f->dir, "dot-netrc");
+	struct credential_files cf = { f->path, netrc };
+
+	tu_write_str(f->path,
+		     "machine both.example login file-both password x\n"
+		     "machine file.example login file-only password x\n"
+		     "default login file-default password x\n");
+	tu_write_str(netrc,
+		     "machine both.example login netrc-both password x\n"
+		     "machine netrc.example login netrc-only password x\n"
+		     "default login netrc-default password x\n");
+	find_expect(&cf, "both.example", false, "file-both");    /* the file first */
+	find_expect(&cf, "netrc.example", false, "netrc-only");
+	/* A machine entry in ~/.netrc beats the default entry of the file. */
+	find_expect(&cf, "netrc.example", true, "netrc-only");
+	find_expect(&cf, "other.example", false, NULL);
+	find_expect(&cf, "other.example", true, "file-default");
+	cf.file = NULL;
+	find_expect(&cf, "other.example", true, "netrc-default");
+	find_expect(&cf, "file.example", true, "netrc-default");
+	cf.netrc = NULL;
+	find_expect(&cf, "other.example", true, NULL);
+	/* An unreadable or bad file is skipped, not fatal. */
+	cf.file = f->path;
+	cf.netrc = netrc;
+	tu_write_str(f->path, "machine \"broken login x\n");
+	find_expect(&cf, "netrc.example", false, "netrc-only");
+	free(netrc);
 }
 
 static void test_netrc_port_entry_before_bare_host(void **state)
@@ -525,6 +579,8 @@ int main(void)
 		cmocka_unit_test(test_challenge_nul_is_a_control_byte),
 		cmocka_unit_test_setup_teardown(test_netrc_machine_port_default, netrc_setup, netrc_teardown),
 		cmocka_unit_test_setup_teardown(test_netrc_port_entry_before_bare_host, netrc_setup, netrc_teardown),
+		cmocka_unit_test_setup_teardown(test_credentials_find_order_and_default, netrc_setup,
+						netrc_teardown),
 		cmocka_unit_test_setup_teardown(test_netrc_layouts, netrc_setup, netrc_teardown),
 		cmocka_unit_test_setup_teardown(test_netrc_quoted_tokens, netrc_setup, netrc_teardown),
 		cmocka_unit_test_setup_teardown(test_netrc_macdef_skipped, netrc_setup, netrc_teardown),

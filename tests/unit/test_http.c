@@ -458,6 +458,21 @@ static void test_url_same_origin(void **state)
 	assert_false(url_same_origin("https://r.example/", "not a url"));
 }
 
+static void test_url_may_carry_credentials(void **state)
+{
+	assert_true(url_may_carry_credentials("https://r.example/v2/token"));
+	assert_true(url_may_carry_credentials("HTTPS://r.example:8443/token?x=1"));
+	assert_true(url_may_carry_credentials("http://127.0.0.1:5000/token"));
+	assert_true(url_may_carry_credentials("http://localhost/token"));
+	assert_true(url_may_carry_credentials("http://[::1]:5000/token"));
+	assert_false(url_may_carry_credentials("http://r.example/token"));
+	assert_false(url_may_carry_credentials("http://127.0.0.1.evil.example/token"));
+	assert_false(url_may_carry_credentials("http://localhost.evil.example/token"));
+	assert_false(url_may_carry_credentials("ftp://127.0.0.1/token"));
+	assert_false(url_may_carry_credentials("not a url"));
+	assert_false(url_may_carry_credentials(NULL));
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -483,6 +498,7 @@ int main(void)
 		cmocka_unit_test(test_host_is_loopback),
 		cmocka_unit_test(test_host_is_loopback_is_strict),
 		cmocka_unit_test(test_url_same_origin),
+		cmocka_unit_test(test_url_may_carry_credentials),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
