@@ -12,7 +12,7 @@
 #define EXIT_OK 0
 #define EXIT_FAIL 1
 #define EXIT_USAGE 2
-#define EXIT_INTERRUPTED 130
+#define EXIT_SIGNAL 128     /* plus the signal: 130 after SIGINT, 143 after SIGTERM */
 
 struct pull_args {
 	bool lazy;       /* the manifest only; blobs arrive on first read */

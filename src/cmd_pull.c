@@ -2,10 +2,17 @@
  * cmd_pull.c - `blobfs pull`: fetch a manifest, store it, then fetch every
  * blob it names through the shared blob cache and network thread, showing
  * progress until each blob is verified and committed (or fails).
+ *
+ * SIGINT and SIGTERM end a pull within moments, whatever it waits for: they
+ * are blocked in every thread and taken by a thread of their own, which
+ * fails the small requests in flight (fetcher_interrupt) and flags the
+ * waits below; closing the session then makes what arrived durable. The
+ * exit status is 128 plus the signal.
  */
 #include "config.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -25,11 +32,35 @@
 #include "store.h"
 #include "util.h"
 
-static volatile sig_atomic_t interrupted;
+static int interrupted;      /* the signal that ended the pull; atomic */
 
-static void on_signal(int sig)
+static bool was_interrupted(void)
 {
-	interrupted = sig;
+	return __atomic_load_n(&interrupted, __ATOMIC_ACQUIRE) != 0;
+}
+
+/* The thread that takes SIGINT and SIGTERM for the whole process. */
+struct sigwatch {
+	pthread_t thread;
+	sigset_t set;
+	struct fetcher *fetcher;
+	bool done;                  /* atomic */
+};
+
+static void *watch_signals(void *arg)
+{
+	struct sigwatch *w = arg;
+	const struct timespec tick = { 0, 100 * 1000 * 1000 };
+
+	while (!__atomic_load_n(&w->done, __ATOMIC_ACQUIRE)) {
+		int sig = sigtimedwait(&w->set, NULL, &tick);
+		if (sig > 0) {
+			__atomic_store_n(&interrupted, sig, __ATOMIC_RELEASE);
+			fetcher_interrupt(w->fetcher);
+			break;
+		}
+	}
+	return NULL;
 }
 
 void cli_error(const char *fmt, ...)
@@ -103,10 +134,10 @@ static int wait_blobs(struct pull_ctx *c, const char *name)
 				progress_set(c->prog, c->items[i].bar, st.present, ps);
 		}
 		if (c->prog)
-			progress_draw(c->prog, all || ret || interrupted);
+			progress_draw(c->prog, all || ret || was_interrupted());
 		if (all || ret)
 			return ret;
-		if (interrupted)
+		if (was_interrupted())
 			return -EINTR;
 		usleep(100 * 1000);
 	}
@@ -133,7 +164,8 @@ static int pull_one(struct session *s, const struct pull_args *a, const char *ar
 		return -EINVAL;
 	ret = registry_fetch_manifest(s->fetcher, c.remote, n.tag, &buf, &len, &m, err, sizeof(err));
 	if (ret < 0) {
-		cli_error("cannot pull '%s': %s", full, err);
+		if (!was_interrupted())
+			cli_error("cannot pull '%s': %s", full, err);
 		goto out;
 	}
 	session_record_scheme(s, &n);
@@ -200,23 +232,38 @@ int cmd_pull(const struct session_opts *so, const struct pull_args *a,
 	     char *const *names, int n)
 {
 	struct session *s;
-	struct sigaction sa = { .sa_handler = on_signal };
+	struct sigwatch w = { 0 };
+	sigset_t old;
 	int ret = 0;
 
-	if (session_open(so, SESSION_WRITE | SESSION_NET, &s) < 0)
+	/* Blocked before the session starts its threads, so that they inherit it. */
+	sigemptyset(&w.set);
+	sigaddset(&w.set, SIGINT);
+	sigaddset(&w.set, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &w.set, &old);
+	if (session_open(so, SESSION_WRITE | SESSION_NET, &s) < 0) {
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
 		return EXIT_FAIL;
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGINT, &sa, NULL);
-	sigaction(SIGTERM, &sa, NULL);
-	for (int i = 0; i < n && !interrupted; i++) {
+	}
+	w.fetcher = s->fetcher;
+	if (pthread_create(&w.thread, NULL, watch_signals, &w) != 0) {
+		cli_error("cannot start a thread: %s", strerror(errno));
+		session_close(s);
+		pthread_sigmask(SIG_SETMASK, &old, NULL);
+		return EXIT_FAIL;
+	}
+	for (int i = 0; i < n && !was_interrupted(); i++) {
 		int r = pull_one(s, a, names[i]);
 		if (r < 0 && !ret)
 			ret = r;
 	}
+	__atomic_store_n(&w.done, true, __ATOMIC_RELEASE);
+	pthread_join(w.thread, NULL);
 	session_close(s);   /* makes the progress of an interrupted pull durable */
-	if (interrupted) {
+	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (was_interrupted()) {
 		fprintf(stderr, "blobfs: interrupted; 'blobfs pull' again resumes where it stopped\n");
-		return EXIT_INTERRUPTED;
+		return EXIT_SIGNAL + __atomic_load_n(&interrupted, __ATOMIC_ACQUIRE);
 	}
 	return ret < 0 ? EXIT_FAIL : EXIT_OK;
 }

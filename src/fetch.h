@@ -53,6 +53,12 @@ struct fetch_stats {
 int fetcher_start(const struct net_opts *o, struct fetcher **out);
 /* Stop the thread; later kicks and requests are refused. */
 void fetcher_stop(struct fetcher *f);
+/*
+ * Fail every small request (manifest, token, chunksums) in flight or waiting
+ * with -EINTR, and every later one; range requests go on until fetcher_stop.
+ * For a command that got a signal. Safe from any thread.
+ */
+void fetcher_interrupt(struct fetcher *f);
 void fetcher_free(struct fetcher *f);
 void fetcher_stats(struct fetcher *f, struct fetch_stats *st);
 

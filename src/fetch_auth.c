@@ -236,7 +236,7 @@ static void start_token_request(struct fetcher *f, struct authent *a)
 			 a->authority);
 		return;
 	}
-	r = xcalloc(1, sizeof(*r));
+	r = memreq_new(&a->origin->o);
 	r->url = u2;
 	r->max = TOKEN_MAX_BYTES;
 	r->done = token_done;

@@ -90,6 +90,9 @@ struct memreq {                  /* a small GET into memory */
 	void *arg;
 	unsigned attempt;
 	uint64_t due_ms;
+	uint64_t deadline_ms;        /* its time budget, every attempt included, ends here */
+	uint64_t attempt_end_ms;     /* the share of it the attempt in flight may use */
+	unsigned budget_s;
 	bool auth_retried;
 	struct authent *token_for;   /* this is a token request for that entry */
 	struct credentials *basic;   /* send these (token requests) */
@@ -149,13 +152,15 @@ struct fetcher {
 	pthread_t thread;
 	CURLM *multi;
 
-	pthread_mutex_t lock;        /* guards inbox, newreqs, stop */
+	pthread_mutex_t lock;        /* guards inbox, newreqs, stop, interrupted */
 	struct kick *inbox;
 	struct memreq *newreqs;
 	bool stop;
+	bool interrupted;            /* fetcher_interrupt: small requests end now */
 	struct fetch_stats stats;    /* atomics: added to here, read by fetcher_stats */
 
 	/* network thread only */
+	bool cancelling;             /* interrupted was seen: small requests fail at once */
 	struct source *sources;
 	struct job *jobs;
 	struct job *finished;        /* jobs taken off the multi early */
@@ -253,7 +258,11 @@ void job_add(struct fetcher *f, struct job *j);
 void job_remove(struct fetcher *f, struct job *j);
 
 /* fetch_mem.c: small GETs into memory */
+/* A new small request; its time budget (o->budget_s) starts now. */
+struct memreq *memreq_new(const struct remote_opts *o);
 void memreq_free(struct memreq *r);
+/* fetcher_interrupt: fail every small request, in flight or waiting. */
+void cancel_mem(struct fetcher *f);
 void memreq_fail(struct memreq *r, int err, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 void start_mem(struct fetcher *f, struct memreq *r);

@@ -102,8 +102,9 @@ static long next_timeout(struct fetcher *f)
 		if (s->pause_until > now)
 			next = MIN(next, s->pause_until);
 	}
+	/* Waiting for a retry time, or for a token (which wakes us) until its budget ends. */
 	for (struct memreq *r = f->pending; r; r = r->next)
-		next = MIN(next, r->due_ms);
+		next = MIN(next, r->due_ms > now ? r->due_ms : r->deadline_ms);
 	if (f->nrange)
 		next = MIN(next, f->last_slow_check + SLOW_CHECK_MS);
 	for (struct job *j = f->jobs; j; j = j->next)
@@ -159,10 +160,14 @@ static void *fetcher_main(void *arg)
 	f->last_slow_check = now_ms();
 	for (;;) {
 		pthread_mutex_lock(&f->lock);
-		bool stop = f->stop;
+		bool stop = f->stop, interrupted = f->interrupted;
 		pthread_mutex_unlock(&f->lock);
 		if (stop)
 			break;
+		if (interrupted && !f->cancelling) {
+			f->cancelling = true;
+			cancel_mem(f);
+		}
 		drain_inbox(f);
 		run_pending(f);
 		drop_abandoned(f);
@@ -256,6 +261,14 @@ void fetcher_stop(struct fetcher *f)
 		f->newreqs = r->next;
 		memreq_fail(r, -ECANCELED, "cancelled");
 	}
+}
+
+void fetcher_interrupt(struct fetcher *f)
+{
+	pthread_mutex_lock(&f->lock);
+	f->interrupted = true;
+	pthread_mutex_unlock(&f->lock);
+	curl_multi_wakeup(f->multi);
 }
 
 void fetcher_free(struct fetcher *f)

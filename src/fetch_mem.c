@@ -6,6 +6,13 @@
  * transient failures with backoff, follows redirects through curl (they carry
  * no credentials of ours: auth goes only to the registry's origin), moves to
  * the next endpoint when a mirror fails, and answers through the callback.
+ *
+ * Each request has a time budget (the read timeout) from the moment it is
+ * made: waiting for a token, every attempt and every backoff come out of it,
+ * and a server that accepts and never answers, or trickles, cannot hold it
+ * longer. An attempt may use the rest of the budget, shared with the
+ * endpoints still to try after it, so a silent mirror leaves the registry
+ * time. fetcher_interrupt fails every small request at once.
  */
 #include "config.h"
 
@@ -31,6 +38,15 @@
  * MAX_REDIRECTS (fetch_range.c) in a row without a byte in between.
  */
 #define MEM_MAX_REDIRS 5L
+
+struct memreq *memreq_new(const struct remote_opts *o)
+{
+	struct memreq *r = xcalloc(1, sizeof(*r));
+
+	r->budget_s = o->budget_s;
+	r->deadline_ms = now_ms() + (uint64_t)o->budget_s * 1000;
+	return r;
+}
 
 void memreq_free(struct memreq *r)
 {
@@ -71,6 +87,11 @@ void start_mem(struct fetcher *f, struct memreq *r)
 	}
 	j->ep = r->ep;
 	new_easy(f, j, r->url, r->remote ? &r->remote->o : &r->token_for->origin->o);
+	uint64_t now = now_ms(), left = r->deadline_ms > now ? r->deadline_ms - now : 1;
+	/* The rest of the budget, shared with the endpoints still to try after this one. */
+	uint64_t share = MAX(left / (r->remote ? r->remote->nep - r->ep : 1), 1);
+	r->attempt_end_ms = now + share;
+	job_setopt(j, CURLOPT_TIMEOUT_MS, (long)share);
 	job_setopt(j, CURLOPT_WRITEFUNCTION, on_mem_data);
 	job_setopt(j, CURLOPT_WRITEDATA, j);
 	job_setopt(j, CURLOPT_FOLLOWLOCATION, 1L);
@@ -100,11 +121,42 @@ void start_mem(struct fetcher *f, struct memreq *r)
 	job_add(f, j);
 }
 
+/* The budget is spent: fail, saying what the request was waiting for. */
+static void out_of_time(struct fetcher *f, struct memreq *r)
+{
+	char *where, *realm = NULL;
+
+	if (r->remote) {
+		struct authent *a = auth_get(f, r->remote, r->ep);
+		if (a->err) {           /* the token it waited for failed: say why */
+			memreq_fail(r, a->err, "%s", a->msg);
+			a->err = 0;
+			return;
+		}
+		if (a->pending)
+			realm = url_redact(a->ch.realm);
+	}
+	where = url_redact(r->url);
+	memreq_fail(r, -ETIMEDOUT, "no complete answer from '%s' within %u s%s%s%s", where,
+		    r->budget_s, realm ? " (waiting for a token from '" : "", realm ? realm : "",
+		    realm ? "')" : "");
+	free(where);
+	free(realm);
+}
+
 /* Start a request, or park it until its token arrives or its retry is due. */
 void submit_mem(struct fetcher *f, struct memreq *r)
 {
 	uint64_t now = now_ms();
 
+	if (f->cancelling) {
+		memreq_fail(r, -EINTR, "interrupted");
+		return;
+	}
+	if (now >= r->deadline_ms) {
+		out_of_time(f, r);
+		return;
+	}
 	if (r->due_ms <= now && r->remote) {
 		r->ep = healthy_endpoint(f, r->remote, r->ep);
 		struct authent *a = auth_get(f, r->remote, r->ep);
@@ -116,6 +168,7 @@ void submit_mem(struct fetcher *f, struct memreq *r)
 		}
 		if (ready < 0) {
 			memreq_fail(r, ready, "%s", a->msg);
+			a->err = 0;        /* reported; a later request may try again */
 			return;
 		}
 		if (ready > 0) {
@@ -128,6 +181,12 @@ void submit_mem(struct fetcher *f, struct memreq *r)
 	}
 	r->next = f->pending;
 	f->pending = r;
+}
+
+/* Did the attempt use up its share of the budget (start_mem), rather than stall? */
+static bool spent_share(const struct memreq *r, CURLcode res)
+{
+	return res == CURLE_OPERATION_TIMEDOUT && now_ms() >= r->attempt_end_ms;
 }
 
 /* The endpoint failed the request for good: the next one takes it over, if any. */
@@ -160,6 +219,8 @@ static bool act_on_failure(struct fetcher *f, struct job *j, CURLcode res)
 							      : rp->max_attempts, fetch_rnd());
 	char msg[1400];
 
+	if (spent_share(r, res))
+		return false;   /* no retry at this endpoint: its share of the budget is gone */
 	r->attempt = v.failed;
 	if (v.act == ACT_AUTHENTICATE) {
 		int ret = auth_challenged(f, auth_get(f, r->remote, r->ep), j, r->auth_retried,
@@ -172,7 +233,7 @@ static bool act_on_failure(struct fetcher *f, struct job *j, CURLcode res)
 		submit_mem(f, r);
 		return true;
 	}
-	if (v.act != ACT_RETRY)
+	if (v.act != ACT_RETRY || now_ms() + v.delay_ms >= r->deadline_ms)
 		return false;
 	if (log_get_level() >= LOG_LVL_DEBUG) {
 		char *u = url_redact(r->url);
@@ -183,6 +244,25 @@ static bool act_on_failure(struct fetcher *f, struct job *j, CURLcode res)
 	stat_add(f, &f->stats.retries, 1);
 	submit_mem(f, r);
 	return true;
+}
+
+void cancel_mem(struct fetcher *f)
+{
+	for (struct job *j = f->jobs, *next; j; j = next) {
+		next = j->next;
+		if (j->kind != JOB_MEM)
+			continue;
+		job_remove(f, j);
+		memreq_fail(j->req, -EINTR, "interrupted");
+		j->req = NULL;
+		job_free(j);
+	}
+	/* After the token requests above: their waiters are among these. */
+	while (f->pending) {
+		struct memreq *r = f->pending;
+		f->pending = r->next;
+		memreq_fail(r, -EINTR, "interrupted");
+	}
 }
 
 /* A finished small GET: retry, re-authenticate, try the next endpoint, or answer. */
@@ -198,7 +278,11 @@ void finish_mem(struct fetcher *f, struct job *j, CURLcode res)
 	}
 	j->req = NULL;
 	char *where = url_redact(r->url);
-	if (res == CURLE_WRITE_ERROR && j->too_big) {
+	if (spent_share(r, res)) {
+		out.err = -ETIMEDOUT;
+		snprintf(out.msg, sizeof(out.msg), "no complete answer from '%s' within %u s", where,
+			 r->budget_s);
+	} else if (res == CURLE_WRITE_ERROR && j->too_big) {
 		out.err = -EMSGSIZE;
 		snprintf(out.msg, sizeof(out.msg), "'%s' sent more than %zu bytes", where, r->max);
 	} else if (res != CURLE_OK) {
@@ -231,7 +315,7 @@ void fetcher_get_async(struct fetcher *f, struct remote *r, const char *path,
 		       const char *accept, size_t max,
 		       void (*done)(struct http_result *res, void *arg), void *arg)
 {
-	struct memreq *q = xcalloc(1, sizeof(*q));
+	struct memreq *q = memreq_new(&r->o);
 
 	q->remote = remote_ref(r);
 	q->path = xstrdup(path);
@@ -241,9 +325,11 @@ void fetcher_get_async(struct fetcher *f, struct remote *r, const char *path,
 	q->done = done;
 	q->arg = arg;
 	pthread_mutex_lock(&f->lock);
-	if (f->stop) {
+	if (f->stop || f->interrupted) {
+		bool interrupted = f->interrupted;
 		pthread_mutex_unlock(&f->lock);
-		memreq_fail(q, -ECANCELED, "cancelled");
+		memreq_fail(q, interrupted ? -EINTR : -ECANCELED,
+			    interrupted ? "interrupted" : "cancelled");
 		return;
 	}
 	q->next = f->newreqs;

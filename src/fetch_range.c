@@ -133,7 +133,7 @@ bool want_chunksums(struct fetcher *f, struct source *s)
 
 void request_chunksums(struct fetcher *f, struct source *s)
 {
-	struct memreq *r = xcalloc(1, sizeof(*r));
+	struct memreq *r = memreq_new(&s->remote->o);
 	struct cs_req *c = xcalloc(1, sizeof(*c));
 
 	c->f = f;

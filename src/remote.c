@@ -36,6 +36,7 @@ static void opts_init(struct remote_opts *o, const struct conf *c)
 	o->chunk_size = c->chunk_size;
 	o->stall_timeout_s = c->stall_timeout_s;
 	o->connect_timeout_s = c->connect_timeout_s;
+	o->budget_s = c->read_timeout_s;    /* what a reader or a pull waits at most */
 	o->retry.max_attempts = c->retries;
 	o->retry.base_ms = 250;
 	o->retry.max_ms = 8000;

@@ -26,6 +26,7 @@ struct remote_opts {
 	uint64_t chunk_size;        /* chunk map granularity; 0: by blob size */
 	unsigned stall_timeout_s;
 	unsigned connect_timeout_s;
+	unsigned budget_s;          /* a manifest, token or chunksums request, retries included */
 	struct retry_policy retry;
 	char *cacert;               /* CA bundle, or NULL for the system's */
 	char *credentials;          /* netrc-syntax file, or NULL */

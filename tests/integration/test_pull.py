@@ -848,17 +848,22 @@ def test_chunksums_catch_a_corrupt_chunk_and_refetch_only_it(chunked_reg, run_bl
 
 
 @pytest.mark.timing
-def test_sigint_exits_130_and_pull_resumes(freg, blobfs_bin, run_blobfs, store):
+@pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_a_signal_ends_a_pull_promptly_and_pull_resumes(freg, blobfs_bin, run_blobfs, store, sig,
+                                                        status):
     freg.fault("trickle", rate=1_000_000, digest=freg.layer)  # with 1 connection: ~4 s
     proc = popen_blobfs(blobfs_bin, store, ["pull", "--connections", "1", freg.model_name])
     partial = Path(store) / ".blobfs" / "partial"
     try:
         assert wait_for(lambda: list(partial.glob("*.map")) or proc.poll() is not None, timeout=5)
         time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
+        signalled = time.monotonic()
     finally:
         result = finish(proc, timeout=15)
-    assert result.returncode == 130, result.stderr
+    assert time.monotonic() - signalled < 3, "the pull did not end promptly"
+    assert result.returncode == status, result.stderr
     assert "interrupted" in result.stderr
     assert not blob_file(store, freg.layer).exists()
     [local] = ls_table(run_blobfs, store).values()
@@ -1059,3 +1064,73 @@ def test_a_token_error_is_printed_once(fault_registry, run_blobfs, store, tmp_pa
     message = error_lines(result.stderr)
     assert reg.host in message, message
     assert message.count("\n") == 0, f"the error is printed more than once:\n{message}"
+
+
+# ---------------------------------------------------------------- hostile registries, signals
+
+BUDGET = 3          # --read-timeout: the time budget of one metadata request
+BUDGET_SLACK = 4    # process start, sanitizers, a loaded machine
+
+
+@pytest.mark.timing
+@pytest.mark.parametrize("on,kind", [("manifest", "hang"), ("manifest", "trickle"),
+                                     ("token", "hang"), ("token", "trickle")])
+def test_a_registry_that_never_answers_fails_within_the_budget(fault_registry, run_blobfs, store,
+                                                               on, kind):
+    """A registry that accepts and never answers, or trickles a byte every 2 s,
+    fails a pull within its metadata budget (--read-timeout), not after minutes
+    of stall timeouts and retries."""
+    reg = fault_registry(auth="bearer" if on == "token" else None)
+    reg.add_model("library/f", "latest", [(OLLAMA_MODEL, SMALL_LAYER)])
+    params = {"rate": 0.5} if kind == "trickle" else {}
+    fault = reg.fault(kind, on=on, **params)
+    began = time.monotonic()
+    result = run_blobfs(["pull", "--read-timeout", BUDGET, f"{reg.host}/library/f"], timeout=60)
+    took = time.monotonic() - began
+    assert fault.hits >= 1, "the fault never struck: the test proves nothing"
+    assert result.returncode == 1, result.stderr
+    assert took < BUDGET + BUDGET_SLACK, f"the pull took {took:.1f}s to fail"
+    message = error_lines(result.stderr)
+    assert re.search(rf"within {BUDGET} s", message), message
+    assert message.count("\n") == 0, f"the error is printed more than once:\n{message}"
+    assert files_under(Path(store) / "manifests") == [] and blob_files(store) == []
+
+
+@pytest.mark.timing
+@pytest.mark.slow
+def test_chunksums_that_never_come_do_not_hold_the_blob_up(chunked_reg, run_blobfs, store):
+    reg = chunked_reg
+    reg.fault("hang", on="chunksums")
+    began = time.monotonic()
+    result = run_blobfs(["pull", "--read-timeout", BUDGET, f"{reg.host}/library/f"], timeout=60)
+    took = time.monotonic() - began
+    assert result.returncode == 0, result.stderr
+    assert_blob_ok(store, reg.layer, BIG)
+    assert reg.count(path_contains="/chunksums/") >= 1
+    assert took < BUDGET + 15, f"the pull took {took:.1f}s"
+
+
+@pytest.mark.timing
+@pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("on", ["manifest", "token"])
+def test_a_signal_ends_a_pull_waiting_on_a_silent_registry(fault_registry, blobfs_bin, store, sig,
+                                                           status, on):
+    reg = fault_registry(auth="bearer" if on == "token" else None)
+    reg.add_model("library/f", "latest", [(OLLAMA_MODEL, SMALL_LAYER)])
+    fault = reg.fault("hang", on=on)
+    proc = popen_blobfs(blobfs_bin, store, ["pull", f"{reg.host}/library/f"])
+    try:
+        assert wait_for(lambda: fault.hits >= 1 or proc.poll() is not None, timeout=10)
+        time.sleep(0.2)
+        proc.send_signal(sig)
+        signalled = time.monotonic()
+        result = finish(proc, timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    took = time.monotonic() - signalled
+    assert took < 3, f"the pull took {took:.1f}s to end after {sig.name}"
+    assert result.returncode == status, result.stderr
+    assert "interrupted" in result.stderr
+
