@@ -291,7 +291,12 @@ static int follow_redirect(struct job *j, struct retry *r, const char *where,
 	struct source *s = j->src;
 	char *u = url_resolve(j->url, j->location);
 
-	if (!u || ++s->redirects > MAX_REDIRECTS) {
+	if (!u) {
+		snprintf(msg, len, "'%s' answered %ld with a Location header that is not a URL",
+			 where, j->status);
+		return -EIO;
+	}
+	if (++s->redirects > MAX_REDIRECTS) {
 		free(u);
 		snprintf(msg, len, "too many redirects for '%s'", where);
 		return -EIO;
@@ -312,8 +317,11 @@ static int reresolve(struct job *j, struct retry *r, const char *where, char *ms
 	struct source *s = j->src;
 
 	if (s->direct && strcmp(j->url, s->direct) == 0) {
+		/* The redirect led to an answer: count re-resolutions, not redirects. */
+		s->redirects = 0;
 		if (++s->reresolves > MAX_RERESOLVES) {
-			snprintf(msg, len, "'%s' keeps answering %ld", where, j->status);
+			snprintf(msg, len, "'%s' answered %ld to each of %u URLs the registry "
+				 "redirected to", where, j->status, (unsigned)MAX_RERESOLVES);
 			return -EIO;
 		}
 		log_debug("'%s' answered %ld: resolving the blob URL again", where, j->status);

@@ -1134,3 +1134,25 @@ def test_a_signal_ends_a_pull_waiting_on_a_silent_registry(fault_registry, blobf
     assert result.returncode == status, result.stderr
     assert "interrupted" in result.stderr
 
+
+def test_an_unparsable_location_is_reported_as_such(freg, run_blobfs, store):
+    freg.fault("redirect", location="http://[::1", digest=freg.layer)
+    result = run_blobfs(["pull", "--retries", "2", freg.model_name], timeout=30)
+    assert result.returncode == 1, result.stderr
+    message = error_lines(result.stderr)
+    assert "too many redirects" not in message, message
+    assert re.search(r"Location", message), message
+
+
+def test_a_cdn_refusing_every_resolved_url_is_reported_with_its_answer(fault_registry, run_blobfs,
+                                                                       store):
+    reg = fault_registry(redirect=True, cdn_max_uses=0, cdn_expired_status=403)
+    reg.manifest, (reg.layer,) = reg.add_model("library/f", "latest", [(OLLAMA_MODEL, LAYER)])
+    began = time.monotonic()
+    result = run_blobfs(["pull", f"{reg.host}/library/f"], timeout=30)
+    assert time.monotonic() - began < 20
+    assert result.returncode == 1, result.stderr
+    assert reg.count(listener="cdn", status=403) >= 2
+    message = error_lines(result.stderr)
+    assert "too many redirects" not in message, message
+    assert "403" in message and reg.cdn_host in message, message
