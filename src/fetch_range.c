@@ -85,6 +85,13 @@ void start_range(struct fetcher *f, struct source *s, struct retry *r)
 	j->next_boundary = chunkmap_end(j->geo, chunkmap_index(j->geo, j->pos));
 	j->ep = s->ep;
 	new_easy(f, j, url, &s->remote->o);
+	/*
+	 * HTTP/1.1: one request per TCP connection, so --connections requests
+	 * are that many connections, each with its own window and its own share
+	 * of a per-connection cap, and a fresh connection is a new one. HTTP/2
+	 * would multiplex them all over one (blobfs(1), CONNECTIONS).
+	 */
+	job_setopt(j, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
 	job_setopt(j, CURLOPT_WRITEFUNCTION, on_range_data);
 	job_setopt(j, CURLOPT_WRITEDATA, j);
 	snprintf(range, sizeof(range), "%llu-%llu", (unsigned long long)r->start,

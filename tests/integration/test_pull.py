@@ -1021,6 +1021,12 @@ def test_a_range_far_slower_than_its_peers_is_restarted(fault_registry, run_blob
     assert range_span(restarted[0].range, len(data))[0] <= lo + slow.bytes_sent, \
         "bytes the slow range never delivered were skipped"
     assert restarted[0].conn != slow.conn, "the slow range was restarted on the same connection"
+    # A fresh connection: not one that carried any request before (faultreg numbers
+    # connections as it accepts them).
+    used = {r.conn for r in reg.requests(listener=restarted[0].listener)
+            if r.time < restarted[0].time}
+    assert restarted[0].conn not in used, \
+        "the slow range was restarted on an idle connection, not a fresh one"
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,174 @@
+"""How blobfs uses TCP connections, counted at the server.
+
+The registry (Debian's docker-registry behind an nginx TLS front) redirects
+blob GETs to an nginx CDN over TLS, as Ollama's registry does.  With
+``http2=True`` both offer HTTP/2 through ALPN, as real CDNs do; libcurl's
+default would then multiplex every range request of a blob over one TCP
+connection, and one connection's throughput is what a real path limits.
+blobfs's policy (blobfs(1), CONNECTIONS): range requests for blob bytes go over
+as many TCP connections as --connections says, one request at a time on each
+(HTTP/1.1); small requests may share a multiplexed connection.
+
+nginx logs each request with its connection's serial number ($connection) and
+protocol, so the tests check that no connection ever carried two range
+requests at once, and count the requests (hence connections) in flight at
+once, and for a pull the distinct connections.  The same runs against a
+CDN that speaks HTTP/1.1 only, through a CONNECT proxy (HTTPS_PROXY), and for
+a cold read through the mount.  The CDN caps each request (limit_rate) so that
+the ranges of a blob are in flight together.
+"""
+
+import hashlib
+import os
+import subprocess
+
+import pytest
+
+import dockerreg
+from connectproxy import ConnectProxy
+from models import OLLAMA_MODEL, OLLAMA_TEMPLATE, make_model, push_model
+
+MiB = 1 << 20
+REPO = "library/t"
+CONNECTIONS = 4
+DEMAND_RESERVE = 4          # extra range requests a blocked reader may start (blobfs(1))
+LAYER_SIZE = 24 * MiB
+REQUEST_SIZE = "2M"         # 12 ranges: three rounds over 4 connections
+CDN_RATE = "6m"             # per request: a 2 MiB range takes ~1/3 s
+
+
+@pytest.fixture
+def transport_registry(blob_cache, tmp_path):
+    """Factory: transport_registry(http2) -> DockerRegistry over TLS with a CDN,
+    holding REPO:latest (a LAYER_SIZE layer and a template); .layer is the
+    layer's Blob."""
+    started = []
+    model = make_model(tmp_path / "model", [(OLLAMA_MODEL, LAYER_SIZE, 18),
+                                            (OLLAMA_TEMPLATE, b"{{ .Prompt }}")],
+                       cache_dir=blob_cache)
+
+    def start(http2):
+        try:
+            reg = dockerreg.DockerRegistry(tls=True, cdn=True, cdn_rate=CDN_RATE, http2=http2)
+        except dockerreg.ToolMissing as missing:
+            pytest.skip(str(missing))
+        started.append(reg)
+        push_model(reg.backend_url, REPO, "latest", model)
+        reg.layer = model.layer(OLLAMA_MODEL)
+        # A name with https:// on a loopback host (which would get plain HTTP).
+        reg.name = f"{reg.url}/{REPO}:latest"
+        return reg
+
+    yield start
+    for reg in started:
+        reg.stop()
+
+
+def net_args(reg):
+    return ["--cacert", reg.ca_cert, "--connections", CONNECTIONS,
+            "--request-size", REQUEST_SIZE]
+
+
+def range_requests(reg, since):
+    """The CDN's log entries of the layer's range requests since offset SINCE."""
+    path = str(reg.blob_path(reg.layer.digest).relative_to(reg.rootdir))
+    return [e for e in reg.cdn_log_entries(since)
+            if e["uri"].endswith(path) and e["status"] in (200, 206)]
+
+
+def most_at_once(spans):
+    """The most of SPANS ([start, end) pairs) in progress at one moment.
+    Timestamps have millisecond resolution: a millisecond is shaved off
+    either end, and an end sorts before a start at the same time."""
+    events = sorted([(start + 0.001, 1) for start, end in spans if end - start > 0.002] +
+                    [(end - 0.001, -1) for start, end in spans if end - start > 0.002])
+    now = peak = 0
+    for _, step in events:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+def span(entry):
+    """An entry ends at its log time and started request_time before."""
+    return entry["time"] - entry["request_time"], entry["time"]
+
+
+def describe(entries):
+    rows = sorted((e["connection"], e["protocol"], e["range"], e["request_time"])
+                  for e in entries)
+    return "\n".join("conn %d %s %s %.3fs" % row for row in rows)
+
+
+def assert_connection_use(entries, low, high, distinct=None):
+    """One range request at a time on each TCP connection, HTTP/1.1, and from
+    LOW to HIGH of them in flight at once: that many connections at once.
+    DISTINCT: how many connections there must be in all. (A request cut
+    short, as the mount's scheduler does for a reader, ends its HTTP/1.1
+    connection, and a new one takes its place.)"""
+    info = describe(entries)
+    assert entries, "no range request reached the CDN"
+    by_connection = {}
+    for e in entries:
+        by_connection.setdefault(e["connection"], []).append(span(e))
+    assert max(most_at_once(spans) for spans in by_connection.values()) == 1, \
+        f"a connection carried more than one range request at a time:\n{info}"
+    assert {e["protocol"] for e in entries} == {"HTTP/1.1"}, \
+        f"range requests must use HTTP/1.1, one per connection:\n{info}"
+    peak = most_at_once([span(e) for e in entries])
+    assert low <= peak <= high, \
+        f"at most {peak} TCP connections carried ranges at once, want {low}..{high}:\n{info}"
+    if distinct is not None:
+        assert len(by_connection) == distinct, \
+            f"{len(by_connection)} TCP connections carried the ranges, want {distinct}:\n{info}"
+
+
+def sha256_file(path):
+    with open(path, "rb") as f:
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+
+
+@pytest.mark.parametrize("http2", [True, False], ids=["h2-cdn", "h1-cdn"])
+def test_pull_uses_as_many_connections_as_configured(http2, transport_registry, run_blobfs,
+                                                     store):
+    reg = transport_registry(http2)
+    mark = reg.cdn_log_mark()
+    result = run_blobfs([*net_args(reg), "pull", reg.name], timeout=90)
+    assert result.returncode == 0, result.stderr
+    assert sha256_file(store / "blobs" / ("sha256-" + reg.layer.hex)) == reg.layer.digest
+    assert_connection_use(range_requests(reg, mark), CONNECTIONS, CONNECTIONS, CONNECTIONS)
+
+
+@pytest.mark.parametrize("http2", [True, False], ids=["h2-cdn", "h1-cdn"])
+def test_cold_read_through_the_mount_uses_as_many_connections_as_configured(
+        http2, transport_registry, run_blobfs, store, mount):
+    reg = transport_registry(http2)
+    result = run_blobfs(["--cacert", reg.ca_cert, "pull", "--lazy", reg.name], timeout=30)
+    assert result.returncode == 0, result.stderr
+    m = mount(global_args=net_args(reg))
+    mark = reg.cdn_log_mark()
+    model = m.path / "models" / reg.host / REPO / "latest" / "model"
+    read = subprocess.run(["sha256sum", str(model)], capture_output=True, text=True, timeout=90)
+    assert read.returncode == 0, read.stderr + m.log()
+    assert read.stdout.split()[0] == reg.layer.hex
+    # A blocked reader may use the demand reserve on top of --connections.
+    assert_connection_use(range_requests(reg, mark), CONNECTIONS, CONNECTIONS + DEMAND_RESERVE)
+
+
+def test_pull_through_an_https_proxy_uses_as_many_connections_as_configured(
+        transport_registry, run_blobfs, store):
+    """Through HTTPS_PROXY the TLS session (and its ALPN) runs inside a CONNECT
+    tunnel, one per connection: the CDN still sees one HTTP/1.1 range request
+    at a time on each of --connections connections."""
+    reg = transport_registry(True)
+    env = {"HTTPS_PROXY": None, "https_proxy": None, "NO_PROXY": "", "no_proxy": ""}
+    with ConnectProxy() as proxy:
+        env["HTTPS_PROXY"] = env["https_proxy"] = proxy.url
+        mark = reg.cdn_log_mark()
+        result = run_blobfs([*net_args(reg), "pull", reg.name], timeout=90,
+                            env={k: v for k, v in env.items() if v is not None})
+        tunnels = list(proxy.tunnels)
+    assert result.returncode == 0, result.stderr
+    assert reg.cdn_host in tunnels and reg.host in tunnels, \
+        f"blobfs did not go through the proxy: tunnels {tunnels}"
+    assert_connection_use(range_requests(reg, mark), CONNECTIONS, CONNECTIONS, CONNECTIONS)
