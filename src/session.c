@@ -23,6 +23,7 @@
 #include "remote.h"
 #include "session.h"
 #include "store.h"
+#include "url.h"
 #include "util.h"
 
 void session_opts_init(struct session_opts *o)
@@ -131,10 +132,15 @@ void session_record_scheme(struct session *s, const struct model_name *n)
 		len = strlen(text);
 	}
 	char *more = xasprintf("%.*s[host %s]\nscheme = %s\n", (int)len, text, n->host, n->scheme);
-	if (config_load_text(&s->recorded, path, more, strlen(more), err, sizeof(err)) == 0 &&
-	    write_file_atomic_at(s->store->tmpfd, s->store->statefd, HOSTS_FILE, more,
-				 strlen(more), 0600) < 0)
-		log_warn("cannot record the scheme of '%s' in '%s'", n->host, path);
+	if (config_load_text(&s->recorded, path, more, strlen(more), err, sizeof(err)) == 0) {
+		if (write_file_atomic_at(s->store->tmpfd, s->store->statefd, HOSTS_FILE, more,
+					 strlen(more), 0600) < 0)
+			log_warn("cannot record the scheme of '%s' in '%s'", n->host, path);
+		else if (strcmp(n->scheme, "http") == 0 && !host_is_loopback(n->host))
+			log_warn("'%s' is reached over plain HTTP from now on: names without a "
+				 "scheme, and mounts, use http:// for it as recorded in '%s' (a pull "
+				 "with https:// switches it back)", n->host, path);
+	}
 	free(more);
 	free(text);
 	free(path);

@@ -798,6 +798,23 @@ def test_plain_http_to_non_loopback_name_when_asked(fault_registry, blobfs, stor
     assert blob.is_file() and sha256_file(blob) == reg.layer
 
 
+def test_http_pull_of_a_host_warns_that_it_stays_on_plain_http(fault_registry, blobfs, store,
+                                                              hosts_file):
+    """blobfs(1): a name written with http:// is recorded for its host, so later
+    names without a scheme (and mounts) reach it over plain HTTP too. That
+    switch is never silent."""
+    reg = fault_registry()
+    host = f"{REGISTRY_NAME}:{reg.host.rsplit(':', 1)[1]}"
+    first = blobfs(["--quiet", "pull", f"http://{host}/library/f"], hosts=hosts_file, timeout=30)
+    assert first.returncode == 0, first.stderr
+    warnings = [line for line in first.stderr.splitlines() if line.startswith("blobfs: warning: ")]
+    assert any(host in line and "plain HTTP" in line for line in warnings), \
+        f"no warning that {host} is now reached over plain HTTP:\n{first.stderr}"
+    again = blobfs(["--quiet", "pull", f"{host}/library/f"], hosts=hosts_file, timeout=30)
+    assert again.returncode == 0, again.stderr
+    assert reg.count(path_contains="/v2/library/f/manifests/latest", status=200) == 2
+
+
 # ================================================================ 6. where credentials go
 
 
