@@ -64,6 +64,12 @@ struct blob_opts {
 	 * or the whole blob to complete. Called without blob locks held; cheap. */
 	void (*want_fetch)(void *arg, struct blob *b);
 	void *fetch_arg;
+	/* A cache quota: before a blob's missing bytes are fetched, evict others to make
+	 * room for them; the blob then reserves its space. Called with the blob's lock
+	 * held, where the blob becomes ours to fetch: a reader's thread, the pull, or
+	 * the worker when another process lets the blob go. NULL: no quota. */
+	void (*make_room)(void *arg, uint64_t bytes);
+	void *room_arg;
 	uint64_t read_timeout_ms;  /* a parked read fails with EIO after this */
 	uint64_t sync_interval_ms; /* how often the chunk map is made durable */
 };

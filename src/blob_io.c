@@ -70,15 +70,34 @@ void remove_orphan(struct blob *b)
 	store_partial_remove(b->cache->store, &b->digest, NULL);
 }
 
-/* Set up a fresh or resumed partial blob; we hold the store's blob lock. */
+static int reserve(struct blob *b, uint64_t have);
+
+/*
+ * Set up a fresh or resumed partial blob; we hold the store's blob lock. With
+ * a quota, room is made for what is missing and reserved first, so a full
+ * disk with evictable blobs is no reason to fail, and a blob that cannot fit
+ * fails now (ENOSPC) instead of filling the disk.
+ */
 static int activate_partial(struct blob *b)
 {
+	const struct blob_opts *o = &b->cache->opts;
 	struct chunkmap *m;
 	bool resumed;
 	int ret = open_partial(b, &m, &resumed);
 
 	if (ret < 0)
 		return ret;
+	if (o->make_room) {
+		uint64_t have = resumed ? chunkmap_bytes(m) : 0;
+		o->make_room(o->room_arg, b->size - have);
+		if ((ret = reserve(b, have)) < 0) {
+			chunkmap_free(m);
+			close(b->wfd);
+			close(b->fd);
+			b->wfd = b->fd = -1;
+			return ret;
+		}
+	}
 	blob_begin_partial_locked(b, m, resumed);
 	b->hash = hasher_new();
 	b->hashed = 0;
@@ -239,8 +258,11 @@ void blob_served(struct blob *b, uint64_t off, uint64_t len)
 
 /* ---- whole blobs ---- */
 
-/* Reserve the blob's disk space now, so a full disk fails before the download. */
-static int reserve(struct blob *b)
+/*
+ * Reserve the blob's disk space now, so a full disk fails before the download;
+ * have bytes of it are already local.
+ */
+static int reserve(struct blob *b, uint64_t have)
 {
 	int ret = posix_fallocate(b->wfd, 0, (off_t)b->size);
 
@@ -248,12 +270,12 @@ static int reserve(struct blob *b)
 		return 0;   /* the filesystem cannot: find out while writing */
 	if (ret) {
 		char need[16];
-		format_size(b->size - b->present_bytes, need, sizeof(need));
+		format_size(b->size - have, need, sizeof(need));
 		log_error("cannot make room for '%s' (%s more) in the store: %s", b->name, need,
 			  strerror(ret));
 		/* A failed allocation may keep what it got; give it back if nothing is ours yet. */
-		if (b->present_bytes == 0 && (ftruncate(b->wfd, 0) < 0 ||
-					      ftruncate(b->wfd, (off_t)b->size) < 0))
+		if (have == 0 && (ftruncate(b->wfd, 0) < 0 ||
+				  ftruncate(b->wfd, (off_t)b->size) < 0))
 			log_warn("cannot release space reserved for '%s': %s", b->name, strerror(errno));
 	}
 	return -ret;
@@ -269,7 +291,8 @@ int blob_fetch_all(struct blob *b, bool reserve_space)
 		ret = activate_locked(b);
 	if (b->state == BLOB_FAILED) {
 		ret = b->err;
-	} else if (b->state == BLOB_PARTIAL && reserve_space && (ret = reserve(b)) < 0) {
+	} else if (b->state == BLOB_PARTIAL && reserve_space &&
+		   (ret = reserve(b, b->present_bytes)) < 0) {
 		/* nothing fetched: a pull stops here with the reason */
 	} else if (b->state == BLOB_PARTIAL) {
 		kick = blob_want_all_locked(b, true);

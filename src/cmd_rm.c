@@ -52,21 +52,23 @@ int cmd_rm(const struct session_opts *so, char *const *names, int n)
 int cmd_gc(const struct session_opts *so)
 {
 	struct session *s;
-	struct store_freed freed;
-	char size[16];
+	struct store_freed freed, evicted;
+	char size[16], also[64] = "";
 	int r;
 
 	if (session_open(so, SESSION_WRITE, &s) < 0)
 		return EXIT_FAIL;
 	r = store_gc(s->store, &freed);
-	session_evict(s);
+	session_make_room(s, 0, &evicted);   /* --max-cache */
 	session_close(s);
 	if (r < 0) {
 		cli_error("cannot collect garbage: %s", strerror(-r));
 		return EXIT_FAIL;
 	}
-	format_size(freed.bytes, size, sizeof(size));
-	printf("removed %u unreferenced blobs and %u partial downloads, %s freed\n",
-	       freed.blobs, freed.partials, size);
+	if (evicted.blobs)
+		snprintf(also, sizeof(also), ", evicted %u least recently used blobs", evicted.blobs);
+	format_size(freed.bytes + evicted.bytes, size, sizeof(size));
+	printf("removed %u unreferenced blobs and %u partial downloads%s, %s freed\n",
+	       freed.blobs, freed.partials, also, size);
 	return EXIT_OK;
 }

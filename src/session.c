@@ -80,18 +80,37 @@ struct remote *session_remote(const struct session *s, const struct model_name *
 	return r;
 }
 
+void session_make_room(struct session *s, uint64_t bytes, struct store_freed *freed)
+{
+	char size[16], need[16];
+
+	memset(freed, 0, sizeof(*freed));
+	if (!s->max_cache || !s->store->writable)
+		return;
+	if (store_evict(s->store, s->max_cache, bytes, s->cache ? blob_in_use : NULL, s->cache,
+			freed) < 0 || !freed->blobs)
+		return;
+	format_size(freed->bytes, size, sizeof(size));
+	format_size(bytes, need, sizeof(need));
+	if (bytes)
+		log_info("making room for %s: evicted %u blobs, %s", need, freed->blobs, size);
+	else
+		log_info("cache over its limit: evicted %u blobs, %s", freed->blobs, size);
+}
+
 void session_evict(struct session *s)
 {
 	struct store_freed freed;
-	char size[16];
 
-	if (!s->max_cache || !s->store->writable)
-		return;
-	if (store_evict(s->store, s->max_cache, s->cache ? blob_in_use : NULL, s->cache, &freed) == 0 &&
-	    freed.blobs) {
-		format_size(freed.bytes, size, sizeof(size));
-		log_info("cache over its limit: evicted %u blobs, %s", freed.blobs, size);
-	}
+	session_make_room(s, 0, &freed);
+}
+
+/* The blob cache's make_room hook: a blob is about to be fetched. */
+static void make_room_for_blob(void *arg, uint64_t bytes)
+{
+	struct store_freed freed;
+
+	session_make_room(arg, bytes, &freed);
 }
 
 static void evict_job(void *arg)
@@ -229,6 +248,10 @@ int session_start_net(struct session *s)
 		return ret;
 	s->blob.want_fetch = kick_fetcher;
 	s->blob.fetch_arg = s->fetcher;
+	if (s->max_cache) {
+		s->blob.make_room = make_room_for_blob;
+		s->blob.room_arg = s;
+	}
 	s->cache = blobcache_new(s->store, &s->blob);
 	s->background = background_start();
 	return 0;

@@ -10,6 +10,7 @@
 #include "name.h"
 
 struct background;
+struct store_freed;
 
 /*
  * Settings come in layers, each overriding the one before: defaults, the
@@ -54,7 +55,13 @@ void session_close(struct session *s);
 void session_conf(const struct session *s, const char *host, struct conf *out);
 /* Where and how to reach a model's repository. */
 struct remote *session_remote(const struct session *s, const struct model_name *n);
-/* Keep the cache within --max-cache, sparing what this process uses. */
+/*
+ * Keep the cache within --max-cache, with room for bytes more (a blob about to
+ * be fetched), sparing what this process uses; what was evicted in *freed.
+ * Nothing without a quota.
+ */
+void session_make_room(struct session *s, uint64_t bytes, struct store_freed *freed);
+/* session_make_room() for nothing more: after a blob arrived, or for gc. */
 void session_evict(struct session *s);
 /* The same, soon, on the background thread (from threads that must not wait). */
 void session_evict_soon(struct session *s);

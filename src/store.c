@@ -1034,7 +1034,7 @@ static size_t list_cached(const struct store *s, struct cached **out, uint64_t *
 	return n;
 }
 
-int store_evict(struct store *s, uint64_t max,
+int store_evict(struct store *s, uint64_t max, uint64_t reserve,
 		bool (*in_use)(void *arg, const struct digest *d), void *arg,
 		struct store_freed *freed)
 {
@@ -1050,7 +1050,8 @@ int store_evict(struct store *s, uint64_t max,
 	limit = cache_limit(s, max, used);
 	if (n > 1)
 		qsort(v, n, sizeof(*v), cmp_atime);
-	for (size_t i = 0; i < n && used > limit; i++) {
+	/* Deleting moves bytes from used to free: the limit stays where it is. */
+	for (size_t i = 0; i < n && (used > limit || limit - used < reserve); i++) {
 		char name[ENTRY_MAX];
 		if (in_use && in_use(arg, &v[i].d))
 			continue;

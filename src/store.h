@@ -157,11 +157,12 @@ void store_touch_blob(const struct store *s, const struct digest *d);
 
 /*
  * Keep complete blobs within max bytes, and leave headroom free on the
- * store's filesystem: delete the least recently used blobs first, skipping
- * those in_use() says are open or being fetched (it may be NULL). Takes the
- * index lock. Returns what was deleted in *freed.
+ * store's filesystem, with room for reserve more bytes (a blob about to be
+ * fetched): delete the least recently used blobs first, skipping those
+ * in_use() says are open or being fetched (it may be NULL). Takes the index
+ * lock. Returns what was deleted in *freed.
  */
-int store_evict(struct store *s, uint64_t max,
+int store_evict(struct store *s, uint64_t max, uint64_t reserve,
 		bool (*in_use)(void *arg, const struct digest *d), void *arg,
 		struct store_freed *freed);
 

@@ -152,3 +152,44 @@ def mount(blobfs_bin, store, request):
     wait=True, env=None) -> Mount (see tests/lib/blobfsmount.py). test_ecosystem and
     test_security have their own, for detached mounts."""
     yield from blobfsmount.mounts(blobfs_bin, store, request)
+
+
+def _run_checked(argv, check=False):
+    result = subprocess.run([str(a) for a in argv], stdin=subprocess.DEVNULL,
+                            capture_output=True, text=True, timeout=60)
+    if check:
+        assert result.returncode == 0, \
+            f"{' '.join(map(str, argv))} exited {result.returncode}: {result.stderr}"
+    return result
+
+
+@pytest.fixture
+def tmpfs():
+    """Factory: tmpfs(size) -> a fresh tmpfs of that size (bytes), for a store on a
+    small disk; tmpfs.resize(path, size) grows or shrinks it. Unmounted after the test."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    made = []
+
+    def make(size):
+        path = Path(tempfile.mkdtemp(prefix="blobfs-tmpfs-"))
+        result = _run_checked(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755",
+                               "blobfs-test", path])
+        if result.returncode != 0:
+            path.rmdir()
+            pytest.skip(f"cannot mount a tmpfs: {result.stderr}")
+        made.append(path)
+        return path
+
+    def resize(path, size):
+        _run_checked(["mount", "-o", f"remount,size={size}", path], check=True)
+
+    make.resize = resize
+    yield make
+    for path in made:
+        if _run_checked(["umount", path]).returncode != 0:
+            _run_checked(["umount", "-l", path])
+        try:
+            path.rmdir()
+        except OSError:
+            pass

@@ -957,36 +957,6 @@ DISK_SIZE = 32 * MiB
 BIG_LAYER = 64 * MiB
 
 
-@pytest.fixture
-def tmpfs():
-    """Factory: tmpfs(size) -> a fresh tmpfs of that size (bytes); unmounted after the test."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    made = []
-
-    def make(size):
-        path = Path(tempfile.mkdtemp(prefix="blobfs-tmpfs-"))
-        result = run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "blobfs-test", path])
-        if result.returncode != 0:
-            path.rmdir()
-            pytest.skip(f"cannot mount a tmpfs: {result.stderr}")
-        made.append(path)
-        return path
-
-    def resize(path, size):
-        run(["mount", "-o", f"remount,size={size}", path], check=True)
-
-    make.resize = resize
-    yield make
-    for path in made:
-        if run(["umount", path]).returncode != 0:
-            run(["umount", "-l", path])
-        try:
-            path.rmdir()
-        except OSError:
-            pass
-
-
 def _disk_free(path):
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize

@@ -2,15 +2,22 @@
 can do to a store that a root blobfs uses, through the real paths - a root
 `pull` and a root mount with allow_other against tests/lib/faultreg.py, with
 a real second uid (nobody, through setpriv) planting links in a store it
-owns.
+owns, a real `blobfs rm` in a second process while a mount fetches, and a
+real small tmpfs for the quota.
 
 1. Nothing under the store is followed as a link, and only regular files
    count; a store others may write to is refused unless trusted.
+4. A manifest that gives a verified blob another size never costs that blob.
+5. `blobfs rm` stops a mount's fetch of what it removed, and nothing that no
+   manifest names is committed.
+6. The cache quota makes room before a fetch needs it, and gc says what it
+   evicted.
 """
 
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import stat
@@ -543,3 +550,83 @@ def test_rm_during_a_pull_commits_nothing(fault_registry, run_blobfs, blobfs_bin
     assert not partial_path(store, reg.layer).exists()
     assert not partial_path(store, reg.layer, ".map").exists()
     ok(run_blobfs(["gc"]))
+
+
+# ================================================================ 6. the quota makes room
+
+
+DISK = 32 * MiB
+MODEL = 12 * MiB        # two fit on the disk, a third only if one goes
+
+
+def patterned(name, size):
+    return (hashlib.sha256(name.encode()).digest() * (size // 32 + 1))[:size]
+
+
+@pytest.fixture
+def full_disk(fault_registry, run_blobfs, tmpfs):
+    """A 32 MiB disk holding a store with models one and two (12 MiB each, one the
+    least recently used) and the manifest of three: no room for three's 12 MiB."""
+    disk = tmpfs(DISK)
+    store = disk / "store"
+    reg = fault_registry()
+    reg.layers = {}
+    for k in ("one", "two", "three"):
+        _, (reg.layers[k],) = reg.add_model(f"library/{k}", "latest",
+                                            [(OLLAMA_MODEL, patterned(k, MODEL))])
+    for k in ("one", "two"):
+        ok(run_blobfs(["pull", "--quiet", f"{reg.host}/library/{k}"], store=store))
+    ok(run_blobfs(["pull", "--lazy", "--quiet", f"{reg.host}/library/three"], store=store))
+    long_ago = time.time() - 3600
+    os.utime(blob_path(store, reg.layers["one"]), (long_ago, long_ago))
+    free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+    assert free < MODEL, f"{free} bytes free: the disk is not full enough for the test"
+    return reg, disk, store
+
+
+def assert_made_room(reg, disk, store):
+    assert_blob_stored(store, reg.layers["three"])
+    assert not blob_path(store, reg.layers["one"]).exists(), \
+        "the least recently used blob was not evicted"
+    assert_blob_stored(store, reg.layers["two"])
+    st = os.statvfs(disk)
+    assert st.f_bavail * st.f_frsize > 0, "the disk was left full"
+
+
+def test_pull_with_a_quota_makes_room_on_a_full_disk(full_disk, run_blobfs):
+    reg, disk, store = full_disk
+    result = run_blobfs(["--max-cache", "1G", "pull", f"{reg.host}/library/three"], store=store)
+    assert result.returncode == 0, f"exit {result.returncode}:\n{result.stderr}"
+    assert_made_room(reg, disk, store)
+
+
+def test_mount_with_a_quota_makes_room_on_a_full_disk(full_disk, mount):
+    reg, disk, store = full_disk
+    m = mount("max_cache=1G", store=store)
+    got = read_all(m.path / "models" / reg.host / "library" / "three" / "latest" / "model")
+    assert got["ok"] and got["sha"] == reg.layers["three"], f"{got}\n{m.log()}"
+    m.cleanup()
+    assert_made_room(reg, disk, store)
+
+
+def blob_usage(store):
+    return sum(p.stat().st_blocks * 512 for p in (store / "blobs").iterdir())
+
+
+def test_gc_with_a_quota_reports_what_it_evicted(fault_registry, run_blobfs, store):
+    reg = fault_registry()
+    layers = {}
+    for k in ("one", "two"):
+        _, (layers[k],) = reg.add_model(f"library/{k}", "latest",
+                                        [(OLLAMA_MODEL, patterned(k, 3 * MiB))])
+        ok(run_blobfs(["pull", "--quiet", f"{reg.host}/library/{k}"]))
+    long_ago = time.time() - 3600
+    os.utime(blob_path(store, layers["one"]), (long_ago, long_ago))
+    before = blob_usage(store)
+    out = ok(run_blobfs(["--max-cache", "4M", "gc"])).stdout
+    freed = before - blob_usage(store)
+    assert not blob_path(store, layers["one"]).exists() and freed >= 3 * MiB
+    m = re.fullmatch(r"removed 0 unreferenced blobs and 0 partial downloads, evicted 1 least "
+                     r"recently used blobs, ([\d.]+) MB freed\n", out)
+    assert m, f"gc's report: {out!r} ({freed} bytes were freed)"
+    assert abs(float(m[1]) * 1e6 - freed) < 0.01 * freed, f"gc said {m[1]} MB, freed {freed} B"

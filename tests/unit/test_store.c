@@ -9,6 +9,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -18,6 +19,7 @@
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -1373,6 +1375,51 @@ static void test_open_refuses_a_linked_directory(void **state)
 	free(elsewhere);
 }
 
+/* ---- the quota ---- */
+
+static void set_atime(const struct store *s, char c, time_t t)
+{
+	struct digest d = dg(c);
+	char *p = store_blob_path(s, &d);
+	struct timespec ts[2] = { { .tv_sec = t }, { .tv_nsec = UTIME_OMIT } };
+
+	assert_int_equal(utimensat(AT_FDCWD, p, ts, 0), 0);
+	free(p);
+}
+
+static void test_evict_makes_room_for_what_comes(void **state)
+{
+	struct fx *f = *state;
+	struct store_freed freed;
+	struct stat st;
+	char *p;
+	struct digest a = dg('a');
+
+	put_blob(f->s, 'a');
+	put_blob(f->s, 'b');
+	put_blob(f->s, 'c');
+	set_atime(f->s, 'a', 1000);       /* the least recently used */
+	set_atime(f->s, 'b', 2000);
+	set_atime(f->s, 'c', 3000);
+	p = store_blob_path(f->s, &a);
+	assert_int_equal(stat(p, &st), 0);
+	free(p);
+	uint64_t one = (uint64_t)st.st_blocks * 512;
+	/* All three fit the quota: nothing goes. */
+	assert_int_equal(store_evict(f->s, 3 * one, 0, NULL, NULL, &freed), 0);
+	assert_int_equal(freed.blobs, 0);
+	/* One more is coming: the least recently used makes room for it. */
+	assert_int_equal(store_evict(f->s, 3 * one, one, NULL, NULL, &freed), 0);
+	assert_int_equal(freed.blobs, 1);
+	assert_int_equal(freed.bytes, one);
+	assert_false(has_blob(f->s, 'a'));
+	assert_true(has_blob(f->s, 'b') && has_blob(f->s, 'c'));
+	/* More than the quota itself: all that may go, goes. */
+	assert_int_equal(store_evict(f->s, 3 * one, 4 * one, NULL, NULL, &freed), 0);
+	assert_int_equal(freed.blobs, 2);
+	assert_false(has_blob(f->s, 'b') || has_blob(f->s, 'c'));
+}
+
 /* ---- strmap ---- */
 
 static void test_strmap_many_keys(void **state)
@@ -1717,6 +1764,7 @@ int main(void)
 		T(test_manifest_with_another_size_for_a_verified_blob),
 		T(test_commit_blob),
 		T(test_quarantine_partial_and_complete),
+		T(test_evict_makes_room_for_what_comes),
 		T(test_open_blob_through_a_link_is_quarantined),
 		T(test_open_blob_fifo_does_not_hang),
 		T(test_trylock_replaces_a_planted_link),
