@@ -196,24 +196,30 @@ static void tell_kernel(struct fs *fs)
 
 /*
  * Bytes of a blob that are local, cheaply: the live blob if this process has
- * it, else what the store holds (a stat, perhaps a chunk map), remembered in
- * the inode for a second so a listing of thousands of files stays cheap.
+ * it, else what the store holds. A complete blob is one stat away, and is
+ * what a reader has just fetched, so it is always asked for; only the count
+ * of a partial one (a chunk map to read) is remembered in the inode, for a
+ * second, so that a listing of thousands of files stays cheap. What the live
+ * blob said is remembered too, for when it is gone.
  */
 static uint64_t local_bytes(struct fs *fs, struct inode *in)
 {
 	struct blob *b = fs->sess->cache ? blob_find(fs->sess->cache, &in->digest) : NULL;
 	struct store *s = fs->sess->store;
-	uint64_t local = 0, now = now_ms();
+	uint64_t local, now = now_ms();
 
 	if (b) {
 		struct blob_stats st;
 		blob_stats(b, &st);
 		blob_put(b);
-		return st.present;
-	}
-	if (now - __atomic_load_n(&in->local_ms, __ATOMIC_ACQUIRE) < LOCAL_CACHE_MS)
+		local = st.present;
+	} else if (store_has_blob(s, &in->digest, in->size)) {
+		return in->size;
+	} else if (now - __atomic_load_n(&in->local_ms, __ATOMIC_ACQUIRE) < LOCAL_CACHE_MS) {
 		return __atomic_load_n(&in->local, __ATOMIC_RELAXED);
-	local = store_local_bytes(s, &in->digest, in->size);
+	} else {
+		local = store_local_bytes(s, &in->digest, in->size);
+	}
 	__atomic_store_n(&in->local, local, __ATOMIC_RELAXED);
 	__atomic_store_n(&in->local_ms, now, __ATOMIC_RELEASE);
 	return local;

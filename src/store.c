@@ -1101,16 +1101,22 @@ int store_open_complete(const struct store *s, const struct digest *d)
 	return open_regular_at(s->blobsfd, name, O_RDONLY, 0);
 }
 
-uint64_t store_local_bytes(const struct store *s, const struct digest *d, uint64_t size)
+bool store_has_blob(const struct store *s, const struct digest *d, uint64_t size)
 {
 	char name[ENTRY_MAX];
 	struct stat st;
+
+	entry_name(d, "", name, sizeof(name));
+	return s->blobsfd >= 0 && fstatat(s->blobsfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
+	       S_ISREG(st.st_mode) && (uint64_t)st.st_size == size;
+}
+
+uint64_t store_local_bytes(const struct store *s, const struct digest *d, uint64_t size)
+{
 	struct chunkmap *m;
 	uint64_t local = 0;
 
-	entry_name(d, "", name, sizeof(name));
-	if (s->blobsfd >= 0 && fstatat(s->blobsfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 &&
-	    S_ISREG(st.st_mode) && (uint64_t)st.st_size == size)
+	if (store_has_blob(s, d, size))
 		return size;
 	if (s->partialfd >= 0 && store_partial_load_map(s, d, size, &m) == 0) {
 		local = chunkmap_bytes(m);

@@ -142,6 +142,8 @@ int store_open_complete(const struct store *s, const struct digest *d);
  * what its partial download's chunk map says is durable.
  */
 uint64_t store_local_bytes(const struct store *s, const struct digest *d, uint64_t size);
+/* Is the blob complete in blobs/, with that size? One fstatat: cheap. */
+bool store_has_blob(const struct store *s, const struct digest *d, uint64_t size);
 
 /*
  * Per-blob lock between processes: only its holder writes the partial file.

@@ -630,3 +630,23 @@ def test_gc_with_a_quota_reports_what_it_evicted(fault_registry, run_blobfs, sto
                      r"recently used blobs, ([\d.]+) MB freed\n", out)
     assert m, f"gc's report: {out!r} ({freed} bytes were freed)"
     assert abs(float(m[1]) * 1e6 - freed) < 0.01 * freed, f"gc said {m[1]} MB, freed {freed} B"
+
+
+# ================================================================ du right after a read
+
+
+def test_du_and_cached_right_after_a_full_read(fault_registry, run_blobfs, mount):
+    """As the README's demo does: du (nothing local), read the whole file, du
+    again at once: the bytes that are local now, not the count from before."""
+    reg = one_layer_registry(fault_registry, size=3 * MiB)
+    ok(run_blobfs(["pull", "--lazy", "--quiet", f"{reg.host}/{REPO}"]))
+    m = mount()
+    model = m.path / "models" / reg.host / REPO / "latest" / "model"
+    du = ["du", "--block-size=1", model]
+    assert ok(run(du)).stdout.split()[0] == "0"
+    assert os.getxattr(model, "user.blobfs.cached") == b"0"
+    assert read_all(model)["sha"] == reg.layer
+    cached = int(os.getxattr(model, "user.blobfs.cached"))
+    used = int(ok(run(du)).stdout.split()[0])
+    assert cached == len(reg.data), f"user.blobfs.cached is {cached} right after a full read"
+    assert used >= len(reg.data), f"du says {used} right after a full read"
