@@ -41,7 +41,4 @@ int cmd_umount(const char *mountpoint);
  */
 void cmd_mount_describe_options(FILE *out);
 
-/* Report a failure on stderr as "blobfs: error: ..." */
-void cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-
 #endif

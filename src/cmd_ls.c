@@ -11,9 +11,9 @@
 #include <string.h>
 
 #include "cli.h"
+#include "log.h"
 #include "manifest.h"
 #include "name.h"
-#include "status.h"
 #include "store.h"
 #include "util.h"
 
@@ -40,19 +40,6 @@ static bool wanted(const struct model_name *tag, const struct model_name *want, 
 	return false;
 }
 
-int cmd_status(const struct session_opts *so, const struct status_args *a)
-{
-	struct session *s;
-	int ret;
-
-	/* Read-only: status never creates a store (stale files are dropped if we may). */
-	if (session_open(so, 0, &s) < 0)
-		return EXIT_FAIL;
-	ret = status_print(s, a->format);
-	session_close(s);
-	return ret;
-}
-
 int cmd_ls(const struct session_opts *so, char *const *names, int n)
 {
 	struct session *s;
@@ -64,7 +51,7 @@ int cmd_ls(const struct session_opts *so, char *const *names, int n)
 
 	for (int i = 0; i < n; i++) {
 		if (name_parse(names[i], &want[i], err, sizeof(err)) < 0) {
-			cli_error("%s", err);
+			log_error("%s", err);
 			free(want);
 			return EXIT_USAGE;
 		}
@@ -105,7 +92,7 @@ int cmd_ls(const struct session_opts *so, char *const *names, int n)
 		for (size_t k = 0; k < ntags && !found; k++)
 			found = name_equal(&tags[k].name, &want[i]);
 		if (!found) {
-			cli_error("no model '%s' in the store", names[i]);
+			log_error("no model '%s' in the store", names[i]);
 			ret = EXIT_FAIL;
 		}
 	}

@@ -154,7 +154,7 @@ static bool apply_own(const struct mount_opts *mo, struct fs_opts *fo)
 			continue;
 		if (m->kind == MO_NUMBER) {
 			if (!parse_u64(v, strlen(v), &n) || n < m->lo || n > m->hi) {
-				cli_error("-o %s wants a number from %u to %u, not '%s'", m->name, m->lo,
+				log_error("-o %s wants a number from %u to %u, not '%s'", m->name, m->lo,
 					  m->hi, v);
 				return false;
 			}
@@ -168,7 +168,7 @@ static bool apply_own(const struct mount_opts *mo, struct fs_opts *fo)
 				if (!p) {
 					char words[96];
 					choice_words(m->values, words, sizeof(words));
-					cli_error("-o %s wants %s, not '%s'", m->name, words, v);
+					log_error("-o %s wants %s, not '%s'", m->name, words, v);
 					return false;
 				}
 				p++;
@@ -211,13 +211,13 @@ static bool apply_settings(const struct mount_opts *mo, struct conf *cli)
 		if (!v)
 			continue;
 		if (s->bit == CF_STORE && stores_differ(cli, v)) {
-			cli_error("--store '%s' and -o store='%s' name two stores; give one", cli->store,
+			log_error("--store '%s' and -o store='%s' name two stores; give one", cli->store,
 				  v);
 			return false;
 		}
 		snprintf(label, sizeof(label), "-o %s", setting_option(s, true, name, sizeof(name)));
 		if (conf_set(cli, s->key, v, label, err, sizeof(err)) < 0) {
-			cli_error("%s", err);
+			log_error("%s", err);
 			return false;
 		}
 	}
@@ -240,7 +240,7 @@ static bool fuse_knows(const struct fuse_args *args)
 	probe = fuse_session_new(&copy, &none, sizeof(none), NULL);
 	fuse_opt_free_args(&copy);
 	if (!probe) {
-		cli_error("%s", "bad mount options (blobfs's are in blobfs(1), FUSE's in fuse(8))");
+		log_error("%s", "bad mount options (blobfs's are in blobfs(1), FUSE's in fuse(8))");
 		return false;
 	}
 	fuse_session_destroy(probe);
@@ -304,10 +304,10 @@ static bool store_exists(const struct session_opts *so)
 	bool ok = stat(root, &st) == 0;
 
 	if (!ok && errno == ENOENT)
-		cli_error("store '%s' does not exist; is the disk it is on mounted? (blobfs pull "
+		log_error("store '%s' does not exist; is the disk it is on mounted? (blobfs pull "
 			  "creates a store, and so does mount -o create_store)", root);
 	else if (!ok)
-		cli_error("cannot use store '%s': %s", root, strerror(errno));
+		log_error("cannot use store '%s': %s", root, strerror(errno));
 	free(root);
 	return ok;
 }
@@ -368,7 +368,7 @@ int cmd_mount(struct session_opts *so, struct fs_opts *fo, const char *mountpoin
 	clear_dead_mount(mountpoint);
 	char *there = blobfs_mounted_at(mountpoint);
 	if (there) {
-		cli_error("'%s' is already a blobfs mount (of '%s'); unmount it first", mountpoint,
+		log_error("'%s' is already a blobfs mount (of '%s'); unmount it first", mountpoint,
 			  there);
 		free(there);
 		ret = EXIT_FAIL;
@@ -394,9 +394,9 @@ int cmd_umount(const char *mountpoint)
 	if (status == 127 && geteuid() == 0) {
 		if (umount2(mountpoint, 0) == 0)
 			return EXIT_OK;
-		cli_error("cannot unmount '%s': %s", mountpoint, strerror(errno));
+		log_error("cannot unmount '%s': %s", mountpoint, strerror(errno));
 	} else if (status == 127) {
-		cli_error("cannot unmount '%s': fusermount3 is not installed (Debian package 'fuse3')",
+		log_error("cannot unmount '%s': fusermount3 is not installed (Debian package 'fuse3')",
 			  mountpoint);
 	}
 	return EXIT_FAIL;

@@ -63,17 +63,6 @@ static void *watch_signals(void *arg)
 	return NULL;
 }
 
-void cli_error(const char *fmt, ...)
-{
-	char buf[1024];
-	va_list ap;
-
-	va_start(ap, fmt);
-	vsnprintf(buf, sizeof(buf), fmt, ap);
-	va_end(ap);
-	fprintf(stderr, "blobfs: error: %s\n", buf);
-}
-
 struct pull_item {
 	struct blob *blob;
 	const struct layer *layer;
@@ -119,7 +108,7 @@ static int wait_blobs(struct pull_ctx *c, const char *name)
 				if (!ret) {
 					char d[DIGEST_STR_LEN];
 					digest_format(&c->items[i].layer->digest, d);
-					cli_error("cannot pull '%s': %s ('%s'): %s", name,
+					log_error("cannot pull '%s': %s ('%s'): %s", name,
 						  c->items[i].layer->file, d, strerror(-st.err));
 					ret = st.err;
 				}
@@ -155,7 +144,7 @@ static int pull_one(struct session *s, const struct pull_args *a, const char *ar
 	int ret;
 
 	if (name_parse(arg, &n, err, sizeof(err)) < 0) {
-		cli_error("%s", err);
+		log_error("%s", err);
 		return -EINVAL;
 	}
 	name_format(&n, full, sizeof(full));
@@ -165,7 +154,7 @@ static int pull_one(struct session *s, const struct pull_args *a, const char *ar
 	ret = registry_fetch_manifest(s->fetcher, c.remote, n.tag, &buf, &len, &m, err, sizeof(err));
 	if (ret < 0) {
 		if (!was_interrupted())
-			cli_error("cannot pull '%s': %s", full, err);
+			log_error("cannot pull '%s': %s", full, err);
 		goto out;
 	}
 	session_record_scheme(s, &n);
@@ -174,7 +163,7 @@ static int pull_one(struct session *s, const struct pull_args *a, const char *ar
 		stored = n;
 	ret = store_write_manifest(s->store, &stored, buf, len);
 	if (ret < 0) {
-		cli_error("cannot pull '%s': cannot store its manifest: %s", full, strerror(-ret));
+		log_error("cannot pull '%s': cannot store its manifest: %s", full, strerror(-ret));
 		goto out;
 	}
 	manifest_for_each_blob(m, add_item, &c);
@@ -195,7 +184,7 @@ static int pull_one(struct session *s, const struct pull_args *a, const char *ar
 	for (int i = 0; i < c.n && ret == 0; i++) {
 		ret = blob_fetch_all(c.items[i].blob, true);
 		if (ret < 0)
-			cli_error("cannot pull '%s': %s: %s", full, c.items[i].layer->file,
+			log_error("cannot pull '%s': %s: %s", full, c.items[i].layer->file,
 				  strerror(-ret));
 	}
 	if (ret == 0)
@@ -247,7 +236,7 @@ int cmd_pull(const struct session_opts *so, const struct pull_args *a,
 	}
 	w.fetcher = s->fetcher;
 	if (pthread_create(&w.thread, NULL, watch_signals, &w) != 0) {
-		cli_error("cannot start a thread: %s", strerror(errno));
+		log_error("cannot start a thread: %s", strerror(errno));
 		session_close(s);
 		pthread_sigmask(SIG_SETMASK, &old, NULL);
 		return EXIT_FAIL;
@@ -262,7 +251,7 @@ int cmd_pull(const struct session_opts *so, const struct pull_args *a,
 	session_close(s);   /* makes the progress of an interrupted pull durable */
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
 	if (was_interrupted()) {
-		fprintf(stderr, "blobfs: interrupted; 'blobfs pull' again resumes where it stopped\n");
+		log_warn("interrupted; 'blobfs pull' again resumes where it stopped");
 		return EXIT_SIGNAL + __atomic_load_n(&interrupted, __ATOMIC_ACQUIRE);
 	}
 	return ret < 0 ? EXIT_FAIL : EXIT_OK;

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "log.h"
 #include "name.h"
 #include "store.h"
 #include "util.h"
@@ -26,19 +27,19 @@ int cmd_rm(const struct session_opts *so, char *const *names, int n)
 		char err[512], full[NAME_FORMAT_MAX], size[16];
 
 		if (name_parse(names[i], &name, err, sizeof(err)) < 0) {
-			cli_error("%s", err);
+			log_error("%s", err);
 			ret = EXIT_FAIL;
 			continue;
 		}
 		name_format(&name, full, sizeof(full));
 		int r = store_remove_tag(s->store, &name, &freed);
 		if (r == -ENOENT) {
-			cli_error("no model '%s' in the store", full);
+			log_error("no model '%s' in the store", full);
 			ret = EXIT_FAIL;
 			continue;
 		}
 		if (r < 0) {
-			cli_error("cannot remove '%s': %s", full, strerror(-r));
+			log_error("cannot remove '%s': %s", full, strerror(-r));
 			ret = EXIT_FAIL;
 			continue;
 		}
@@ -62,7 +63,7 @@ int cmd_gc(const struct session_opts *so)
 	session_make_room(s, 0, &evicted);   /* --max-cache */
 	session_close(s);
 	if (r < 0) {
-		cli_error("cannot collect garbage: %s", strerror(-r));
+		log_error("cannot collect garbage: %s", strerror(-r));
 		return EXIT_FAIL;
 	}
 	if (evicted.blobs)

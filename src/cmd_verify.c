@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "log.h"
 #include "digest.h"
 #include "manifest.h"
 #include "name.h"
@@ -99,19 +100,19 @@ static int verify_names(struct verify_ctx *c, char *const *names, int n)
 		size_t len;
 
 		if (name_parse(names[i], &want, err, sizeof(err)) < 0) {
-			cli_error("%s", err);
+			log_error("%s", err);
 			ret = -EINVAL;
 			continue;
 		}
 		if (store_find_tag(c->store, &want, &found) < 0 ||
 		    store_read_manifest(c->store, &found, &buf, &len, NULL) < 0) {
-			cli_error("no model '%s' in the store", names[i]);
+			log_error("no model '%s' in the store", names[i]);
 			ret = -ENOENT;
 			continue;
 		}
 		name_format_short(&found, full, sizeof(full));
 		if (manifest_parse(buf, len, &m, err, sizeof(err)) < 0) {
-			cli_error("the manifest of '%s' is invalid: %s", full, err);
+			log_error("the manifest of '%s' is invalid: %s", full, err);
 			free(buf);
 			ret = -EINVAL;
 			continue;
@@ -154,7 +155,7 @@ int cmd_verify(const struct session_opts *so, char *const *names, int n)
 		verify_all(&c);
 	printf("%u ok, %u corrupt, %u partial, %u not local\n", c.ok, c.bad, c.partial, c.missing);
 	if (c.bad_manifest)
-		cli_error("%u blobs are named with the wrong size by a manifest; the manifest is "
+		log_error("%u blobs are named with the wrong size by a manifest; the manifest is "
 			  "wrong, the blobs are kept", c.bad_manifest);
 	session_close(s);
 	return ret < 0 || c.bad || c.bad_manifest ? EXIT_FAIL : EXIT_OK;

@@ -1256,7 +1256,7 @@ int fs_mount(const struct session_opts *so, const struct fs_opts *fo, const char
 	char *mountpoint = realpath(mp, NULL);
 
 	if (!mountpoint) {
-		fprintf(stderr, "blobfs: error: cannot mount on '%s': %s\n", mp, strerror(errno));
+		log_error("cannot mount on '%s': %s", mp, strerror(errno));
 		return 1;
 	}
 	struct fuse_args args = FUSE_ARGS_INIT(fo->fuse_argc, fo->fuse_argv);
@@ -1286,7 +1286,7 @@ int fs_mount(const struct session_opts *so, const struct fs_opts *fo, const char
 	if (fuse_set_signal_handlers(fs->se) != 0)
 		goto out;
 	if (fuse_session_mount(fs->se, mountpoint) != 0) {
-		fprintf(stderr, "blobfs: error: cannot mount on '%s'\n", mountpoint);
+		log_error("cannot mount on '%s'", mountpoint);
 		goto out_signals;
 	}
 	/* Before INIT is answered: the kernel keeps the smaller window. */

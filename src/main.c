@@ -478,7 +478,7 @@ int main(int argc, char **argv)
 	int ret = parse(argc, argv, &so, &p, &cmd);
 	if (ret == PARSED) {
 		if (session_opts_load(&so, err, sizeof(err)) < 0) {
-			fprintf(stderr, "blobfs: error: bad configuration: %s\n", err);
+			log_error("bad configuration: %s", err);
 			ret = EXIT_FAIL;
 		} else {
 			ret = dispatch(argv[cmd], argv + cmd + 1, argc - cmd - 1, &so, &p);
