@@ -158,7 +158,7 @@ static void test_byte_order_mark_is_skipped(void **state)
 	assert_int_equal(load(&cfg, "\xef\xbb\xbfretries = 3\n", err, sizeof(err)), 0);
 	assert_int_equal(cfg.global.retries, 3);
 	/* only at the very start: elsewhere it is part of a key, and named */
-	assert_int_equal(load(&cfg, "retries = 3\n\xef\xbb\xbfconnections = 2\n", err,
+	assert_int_equal(load(&cfg, "retries = 3\n\xef\xbb\xbf" "connections = 2\n", err,
 			      sizeof(err)), -EINVAL);
 	assert_contains(err, "test.conf:2: unknown setting");
 	config_release(&cfg);
