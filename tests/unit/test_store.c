@@ -3,8 +3,8 @@
  * layout and its modes, the default root, manifests found case-insensitively
  * with the stored casing winning, tag listing, tag removal and garbage
  * collection with their reference counting, per-blob and index locks across
- * processes, and moving blobs in and out of quarantine. Also the small
- * helpers blobfs builds on: strmap.h and util.h.
+ * processes, and moving blobs in and out of quarantine. strmap.h and util.h
+ * have their own file, test_util.c.
  */
 #include "config.h"
 
@@ -162,31 +162,12 @@ static void write_mj(struct store *s, const char *name, char cfg, const char *la
 }
 
 /* Pseudo-random (incompressible, so st_blocks is honest) but fixed contents. */
-static uint8_t pattern(size_t i)
-{
-	uint32_t x = (uint32_t)i * 2654435761u + 12345u;
-
-	x ^= x >> 13;
-	x *= 0x5bd1e995u;
-	return (uint8_t)(x >> 24);
-}
-
-static void put_file(const char *path, size_t size)
-{
-	uint8_t *buf = malloc(size ? size : 1);
-
-	for (size_t i = 0; i < size; i++)
-		buf[i] = pattern(i);
-	tu_write(path, buf, size);
-	free(buf);
-}
-
 static void put_blob(const struct store *s, char c)
 {
 	struct digest d = dg(c);
 	char *p = store_blob_path(s, &d);
 
-	put_file(p, BLOB_SIZE);
+	tu_put_pattern(p, BLOB_SIZE);
 	free(p);
 }
 
@@ -205,7 +186,7 @@ static void put_partial(const struct store *s, char c, const char *suffix)
 	struct digest d = dg(c);
 	char *p = store_partial_path(s, &d, suffix);
 
-	put_file(p, *suffix ? 100 : BLOB_SIZE);
+	tu_put_pattern(p, *suffix ? 100 : BLOB_SIZE);
 	free(p);
 }
 
@@ -217,22 +198,6 @@ static bool has_partial(const struct store *s, char c, const char *suffix)
 
 	free(p);
 	return ok;
-}
-
-static int mode_of(const char *path)
-{
-	struct stat st;
-
-	if (stat(path, &st) < 0)
-		return -1;
-	return (int)(st.st_mode & 07777);
-}
-
-static bool is_dir(const char *path)
-{
-	struct stat st;
-
-	return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
 
 static int wait_child(pid_t pid)
@@ -255,13 +220,13 @@ static void test_open_creates_layout(void **state)
 	assert_true(s->writable);
 	assert_true(s->lockfd >= 0);
 	assert_string_equal(s->root, f->root);
-	assert_true(is_dir(f->blobs));
-	assert_true(is_dir(f->manifests));
-	assert_true(is_dir(f->partial));
-	assert_true(is_dir(f->tmp));
-	assert_true(is_dir(f->quarantine));
+	assert_true(tu_is_dir(f->blobs));
+	assert_true(tu_is_dir(f->manifests));
+	assert_true(tu_is_dir(f->partial));
+	assert_true(tu_is_dir(f->tmp));
+	assert_true(tu_is_dir(f->quarantine));
 	assert_true(tu_exists(lock));
-	assert_int_equal(mode_of(f->state), 0700);
+	assert_int_equal(tu_mode_of(f->state), 0700);
 	assert_true(s->blobsfd >= 0 && s->manifestsfd >= 0 && s->statefd >= 0 &&
 		    s->partialfd >= 0 && s->tmpfd >= 0 && s->quarantinefd >= 0);
 	free(lock);
@@ -276,10 +241,10 @@ static void test_open_state_is_private_whatever_the_umask(void **state)
 
 	umask(old);
 	assert_int_equal(ret, 0);
-	assert_int_equal(mode_of(f->state), 0700);
-	assert_int_equal(mode_of(f->partial) & 077, 0);
-	assert_int_equal(mode_of(f->tmp) & 077, 0);
-	assert_int_equal(mode_of(f->quarantine) & 077, 0);
+	assert_int_equal(tu_mode_of(f->state), 0700);
+	assert_int_equal(tu_mode_of(f->partial) & 077, 0);
+	assert_int_equal(tu_mode_of(f->tmp) & 077, 0);
+	assert_int_equal(tu_mode_of(f->quarantine) & 077, 0);
 	store_close(s);
 }
 
@@ -293,7 +258,7 @@ static void test_open_fixes_existing_state_mode(void **state)
 	assert_int_equal(mkdir(st, 0755), 0);
 	assert_int_equal(chmod(st, 0755), 0);
 	assert_int_equal(store_open(f->root, STORE_CREATE, &s), 0);
-	assert_int_equal(mode_of(st), 0700);
+	assert_int_equal(tu_mode_of(st), 0700);
 	store_close(s);
 	free(st);
 }
@@ -447,7 +412,7 @@ static void test_write_read_find_exact(void **state)
 	write_manifest(f->s, "llama3:8b", "{\"hello\":1}");
 	path = tu_path(f->root, "manifests/registry.ollama.ai/library/llama3/8b");
 	assert_true(tu_exists(path));
-	assert_int_equal(mode_of(path), 0644);
+	assert_int_equal(tu_mode_of(path), 0644);
 	assert_int_equal(tu_count_entries(f->tmp), 0);
 	free(path);
 	assert_int_equal(store_find_tag(f->s, &n, &found), 0);
@@ -687,7 +652,7 @@ static void test_remove_last_tag_prunes_all_levels(void **state)
 	assert_true(tu_exists(p)); /* m:b is still there */
 	assert_int_equal(store_remove_tag(f->s, &b, &freed), 0);
 	assert_false(tu_exists(p));
-	assert_true(is_dir(f->manifests));
+	assert_true(tu_is_dir(f->manifests));
 	assert_int_equal(tu_count_entries(f->manifests), 0);
 	free(p);
 }
@@ -847,7 +812,7 @@ static void test_gc(void **state)
 	tu_write_str(fresh_tmp, "fresh");
 	tu_write_str(old_tmp, "old");
 	assert_int_equal(utimensat(AT_FDCWD, old_tmp, old, 0), 0);
-	put_file(q, BLOB_SIZE);
+	tu_put_pattern(q, BLOB_SIZE);
 
 	assert_int_equal(store_gc(f->s, &freed), 0);
 	assert_int_equal(freed.blobs, 2);
@@ -1020,7 +985,7 @@ static void test_open_blob(void **state)
 	assert_true(fd >= 0);
 	assert_int_equal(pread(fd, buf, sizeof(buf), 100), (ssize_t)sizeof(buf));
 	for (size_t i = 0; i < sizeof(buf); i++)
-		assert_int_equal(buf[i], pattern(100 + i));
+		assert_int_equal(buf[i], tu_pattern(100 + i));
 	close(fd);
 	assert_int_equal(store_open_blob(f->s, &e, BLOB_SIZE, &fd), -ENOENT);
 }
@@ -1066,7 +1031,7 @@ static void test_manifest_with_another_size_for_a_verified_blob(void **state)
 	char *path = store_blob_path(f->s, &b), *text = mj('c', "b"), err[512];
 	struct manifest *m;
 
-	put_file(path, BLOB_SIZE - 1);
+	tu_put_pattern(path, BLOB_SIZE - 1);
 	assert_int_equal(manifest_parse(text, strlen(text), &m, err, sizeof(err)), 0);
 	assert_int_equal(store_check_manifest(f->s, m, err, sizeof(err)), -EBADMSG);
 	assert_non_null(strstr(err, "sha256:bbbbbbbb"));
@@ -1077,7 +1042,7 @@ static void test_manifest_with_another_size_for_a_verified_blob(void **state)
 	assert_int_equal(tu_count_entries(f->manifests), 0);
 	/* The right size, or a blob not in the store, is fine. */
 	manifest_free(m);
-	put_file(path, BLOB_SIZE);
+	tu_put_pattern(path, BLOB_SIZE);
 	assert_int_equal(manifest_parse(text, strlen(text), &m, err, sizeof(err)), 0);
 	assert_int_equal(store_check_manifest(f->s, m, err, sizeof(err)), 0);
 	write_manifest(f->s, "h.example/ns/bad:t", text);
@@ -1175,7 +1140,7 @@ static void test_open_blob_through_a_link_is_quarantined(void **state)
 	char *v = tu_path(f->dir, "victim"), *p = store_blob_path(f->s, &d), *q;
 	int fd = -1;
 
-	put_file(v, BLOB_SIZE);        /* the right size: only the link is wrong */
+	tu_put_pattern(v, BLOB_SIZE);        /* the right size: only the link is wrong */
 	assert_int_equal(symlink(v, p), 0);
 	assert_int_equal(store_open_blob(f->s, &d, BLOB_SIZE, &fd), -ENOENT);
 	assert_int_equal(fd, -1);
@@ -1331,7 +1296,7 @@ static void test_open_refuses_a_store_others_may_write(void **state)
 	const char *dirs[] = { f->blobs, f->manifests, f->state, f->partial, f->tmp,
 			       f->quarantine };
 	for (size_t i = 0; i < sizeof(dirs) / sizeof(dirs[0]); i++) {
-		int mode = mode_of(dirs[i]);
+		int mode = tu_mode_of(dirs[i]);
 		assert_int_equal(chmod(dirs[i], 01770), 0);
 		if (store_open(f->root, 0, &s) != -EPERM)
 			fail_msg("'%s' mode 1770 was accepted", dirs[i]);
@@ -1420,310 +1385,6 @@ static void test_evict_makes_room_for_what_comes(void **state)
 	assert_false(has_blob(f->s, 'b') || has_blob(f->s, 'c'));
 }
 
-/* ---- strmap ---- */
-
-static void test_strmap_many_keys(void **state)
-{
-	struct strmap *m = strmap_new();
-	char key[32];
-	uint64_t v;
-
-	assert_int_equal(strmap_count(m), 0);
-	assert_false(strmap_get(m, "absent", &v));
-	for (unsigned i = 0; i < 10000; i++) {
-		snprintf(key, sizeof(key), "key-%u", i);
-		strmap_put(m, key, (uint64_t)i * 3 + 1);
-	}
-	assert_int_equal(strmap_count(m), 10000);
-	for (unsigned i = 0; i < 10000; i++) {
-		snprintf(key, sizeof(key), "key-%u", i);
-		v = 0;
-		if (!strmap_get(m, key, &v))
-			fail_msg("'%s' missing", key);
-		assert_int_equal(v, (uint64_t)i * 3 + 1);
-	}
-	assert_false(strmap_get(m, "key-10000", &v));
-	assert_false(strmap_get(m, "key-", &v));
-	assert_false(strmap_get(m, "", &v));
-	/* Overwrite keeps the count. */
-	strmap_put(m, "key-42", 7);
-	assert_int_equal(strmap_count(m), 10000);
-	assert_true(strmap_get(m, "key-42", &v));
-	assert_int_equal(v, 7);
-	assert_true(strmap_get(m, "key-43", NULL));
-	strmap_put(m, "", 99);
-	assert_true(strmap_get(m, "", &v));
-	assert_int_equal(v, 99);
-	assert_int_equal(strmap_count(m), 10001);
-	strmap_free(m);
-	strmap_free(NULL);
-}
-
-static void test_strmap_copies_keys(void **state)
-{
-	struct strmap *m = strmap_new();
-	char key[8] = "abc";
-	uint64_t v;
-
-	strmap_put(m, key, 1);
-	strcpy(key, "xyz");
-	assert_true(strmap_get(m, "abc", &v));
-	assert_int_equal(v, 1);
-	assert_false(strmap_get(m, "xyz", &v));
-	strmap_free(m);
-}
-
-/* ---- util ---- */
-
-static void test_parse_size(void **state)
-{
-	static const struct { const char *s; uint64_t v; } ok[] = {
-		{ "16M", 16ull << 20 }, { "1GiB", 1ull << 30 }, { "4096", 4096 },
-		{ "1.5K", 1536 }, { "2.5G", 5ull << 29 }, { "1k", 1024 }, { "1KB", 1024 },
-		{ "1kib", 1024 }, { "1MiB", 1ull << 20 }, { "0", 0 }, { "1T", 1ull << 40 },
-		{ ".5K", 512 }, { "64m", 64ull << 20 },
-	};
-	static const char *const bad[] = {
-		"", "-1", "abc", "1X", "nan", "inf", "NaN", "-inf", "1 M", " 1", "1KBx", "1iB",
-		"1MM", "16777216T", "1e30", "K", "1.5.K",
-	};
-	uint64_t v;
-
-	for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
-		v = 12345;
-		if (parse_size(ok[i].s, &v) != 0)
-			fail_msg("'%s' refused", ok[i].s);
-		assert_int_equal(v, ok[i].v);
-	}
-	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		v = 12345;
-		if (parse_size(bad[i], &v) != -EINVAL)
-			fail_msg("'%s' accepted as %llu", bad[i], (unsigned long long)v);
-		assert_int_equal(v, 12345);
-	}
-	assert_int_equal(parse_size(NULL, &v), -EINVAL);
-}
-
-static void test_format_size(void **state)
-{
-	static const struct { uint64_t b; const char *s; } cases[] = {
-		{ 0, "0 B" }, { 999, "999 B" }, { 1000, "1.00 KB" }, { 1500, "1.50 KB" },
-		{ 12345678, "12.3 MB" }, { 123456789, "123 MB" }, { 4661211424ull, "4.66 GB" },
-		{ 1000000000000ull, "1.00 TB" }, { 1000000000000000ull, "1.00 PB" },
-	};
-	char buf[32];
-
-	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		format_size(cases[i].b, buf, sizeof(buf));
-		assert_string_equal(buf, cases[i].s);
-	}
-	format_size(4661211424ull, buf, 4);
-	assert_string_equal(buf, "4.6");
-}
-
-static void test_format_size_never_shows_1000_of_a_unit(void **state)
-{
-	/* util.h: "123.4 MB" with SI units; 999999 bytes is not "1000 KB". */
-	static const uint64_t sizes[] = { 999499, 999500, 999999, 999999999, 999999999999ull };
-	char buf[32], wrong[256] = "";
-
-	for (size_t i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
-		format_size(sizes[i], buf, sizeof(buf));
-		if (strtod(buf, NULL) >= 1000)
-			snprintf(wrong + strlen(wrong), sizeof(wrong) - strlen(wrong), " %llu->'%s'",
-				 (unsigned long long)sizes[i], buf);
-	}
-	if (wrong[0])
-		fail_msg("shown as 1000 of a unit:%s", wrong);
-}
-
-static void test_format_duration(void **state)
-{
-	static const struct { uint64_t s; const char *out; } cases[] = {
-		{ 0, "0s" }, { 59, "59s" }, { 60, "1m00s" }, { 245, "4m05s" }, { 3599, "59m59s" },
-		{ 3600, "1h00m" }, { 3720, "1h02m" }, { 90061, "25h01m" },
-	};
-	char buf[32];
-
-	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
-		format_duration(cases[i].s, buf, sizeof(buf));
-		assert_string_equal(buf, cases[i].out);
-	}
-}
-
-static void test_parse_u64(void **state)
-{
-	uint64_t v = 0;
-
-	assert_true(parse_u64("0", 1, &v));
-	assert_int_equal(v, 0);
-	assert_true(parse_u64("18446744073709551615", 20, &v));
-	assert_int_equal(v, UINT64_MAX);
-	assert_true(parse_u64("12345", 2, &v));
-	assert_int_equal(v, 12);
-	assert_true(parse_u64("007", 3, &v));
-	assert_int_equal(v, 7);
-	v = 5;
-	assert_false(parse_u64("18446744073709551616", 20, &v));
-	assert_false(parse_u64("99999999999999999999", 20, &v));
-	assert_false(parse_u64("184467440737095516150", 21, &v));
-	assert_false(parse_u64("", 0, &v));
-	assert_false(parse_u64("12a", 3, &v));
-	assert_false(parse_u64("+1", 2, &v));
-	assert_false(parse_u64("-1", 2, &v));
-	assert_false(parse_u64(" 1", 2, &v));
-	assert_false(parse_u64("1 ", 2, &v));
-	assert_int_equal(v, 5);
-}
-
-static void test_mkdir_p(void **state)
-{
-	struct fx *f = *state;
-	char *deep = tu_path(f->dir, "a/b/c"), *file = tu_path(f->dir, "file");
-	char *under = tu_path(file, "x/y"), *slash = tu_path(f->dir, "s/t/");
-	mode_t old = umask(022);
-
-	assert_int_equal(mkdir_p(deep, 0750), 0);
-	assert_true(is_dir(deep));
-	assert_int_equal(mode_of(deep), 0750);
-	assert_int_equal(mkdir_p(deep, 0750), 0);           /* exists: fine */
-	assert_int_equal(mkdir_p(f->dir, 0755), 0);
-	tu_write_str(file, "x");
-	assert_int_equal(mkdir_p(file, 0755), -ENOTDIR);
-	assert_int_equal(mkdir_p(under, 0755), -ENOTDIR);
-	assert_int_equal(mkdir_p(slash, 0755), 0);
-	assert_true(is_dir(slash));
-	umask(old);
-	free(deep);
-	free(file);
-	free(under);
-	free(slash);
-}
-
-/*
- * An empty path is an error, not a walk past the end of the buffer. In a
- * plain build this only fails by luck; valgrind and ASan catch the overrun.
- */
-static void test_mkdir_p_empty_path(void **state)
-{
-	assert_int_equal(mkdir_p("", 0755), -ENOENT);
-}
-
-static void test_write_file_atomic_and_read_file(void **state)
-{
-	struct fx *f = *state;
-	char *tmp = tu_path(f->dir, "tmp"), *path = tu_path(f->dir, "out");
-	char *link = tu_path(f->dir, "link"), *fifo = tu_path(f->dir, "fifo");
-	char *buf;
-	size_t len;
-	int dirfd = open(f->dir, O_RDONLY | O_DIRECTORY), tmpfd;
-
-	assert_int_equal(mkdir(tmp, 0700), 0);
-	tmpfd = open(tmp, O_RDONLY | O_DIRECTORY);
-	assert_true(dirfd >= 0 && tmpfd >= 0);
-	assert_int_equal(write_file_atomic_at(tmpfd, dirfd, "out", "hello", 5, 0640), 0);
-	assert_int_equal(mode_of(path), 0640);
-	assert_int_equal(tu_count_entries(tmp), 0);
-	assert_int_equal(read_file_at(dirfd, "out", 100, &buf, &len), 0);
-	assert_int_equal(len, 5);
-	assert_string_equal(buf, "hello");
-	free(buf);
-	/* Replace. */
-	assert_int_equal(write_file_atomic_at(tmpfd, dirfd, "out", "bye", 3, 0600), 0);
-	assert_int_equal(mode_of(path), 0600);
-	assert_int_equal(read_file(path, 100, &buf, &len), 0);
-	assert_int_equal(len, 3);
-	assert_string_equal(buf, "bye");
-	free(buf);
-	/* Failures leave nothing behind and the old file intact. */
-	assert_int_equal(write_file_atomic_at(tmpfd, dirfd, "nodir/out", "x", 1, 0600), -ENOENT);
-	assert_int_equal(tu_count_entries(tmp), 0);
-	assert_int_equal(write_file_atomic_at(-1, dirfd, "out", "x", 1, 0600), -EBADF);
-	assert_int_equal(read_file_at(dirfd, "out", 100, &buf, &len), 0);
-	assert_string_equal(buf, "bye");
-	free(buf);
-	/* Empty contents. */
-	assert_int_equal(write_file_atomic_at(tmpfd, dirfd, "out", "", 0, 0600), 0);
-	assert_int_equal(read_file_at(dirfd, "out", 0, &buf, &len), 0);
-	assert_int_equal(len, 0);
-	assert_string_equal(buf, "");
-	free(buf);
-	/* Never through a link, never anything but a regular file, never hanging on a FIFO. */
-	assert_int_equal(symlink(path, link), 0);
-	assert_int_equal(read_file_at(dirfd, "link", 100, &buf, &len), -ELOOP);
-	assert_int_equal(open_regular_at(dirfd, "link", O_RDWR | O_CREAT, 0600), -ELOOP);
-	assert_int_equal(mkfifo(fifo, 0600), 0);
-	assert_int_equal(read_file_at(dirfd, "fifo", 100, &buf, &len), -EFTYPE);
-	assert_int_equal(read_file_at(dirfd, "tmp", 100, &buf, &len), -EFTYPE);
-	assert_int_equal(open_dir_at(dirfd, "link", false, 0), -ELOOP);
-	assert_int_equal(open_dir_at(dirfd, "out", false, 0), -ENOTDIR);
-	assert_int_equal(unlink(link), 0);
-	assert_int_equal(symlink(tmp, link), 0);
-	assert_int_equal(open_dir_at(dirfd, "link", false, 0), -ELOOP);
-	assert_int_equal(open_dir_at(dirfd, "link", true, 0700), -ELOOP);
-	assert_string_equal(file_strerror(-ELOOP), "it is a symbolic link");
-	assert_string_equal(file_strerror(EFTYPE), "it is not a regular file");
-	close(dirfd);
-	close(tmpfd);
-	free(tmp);
-	free(path);
-	free(link);
-	free(fifo);
-}
-
-static void test_read_file_max(void **state)
-{
-	struct fx *f = *state;
-	char *path = tu_path(f->dir, "f");
-	char *buf = (char *)(uintptr_t)1;
-	size_t len;
-
-	put_file(path, 10);
-	assert_int_equal(read_file(path, 10, &buf, &len), 0);
-	assert_int_equal(len, 10);
-	assert_int_equal(buf[10], '\0');
-	free(buf);
-	assert_int_equal(read_file(path, 9, &buf, &len), -EFBIG);
-	assert_int_equal(read_file(path, 0, &buf, &len), -EFBIG);
-	put_file(path, 4096);
-	assert_int_equal(read_file(path, 4096, &buf, &len), 0);
-	assert_int_equal(len, 4096);
-	free(buf);
-	assert_int_equal(read_file(path, 4095, &buf, &len), -EFBIG);
-	put_file(path, 4097);
-	assert_int_equal(read_file(path, 4096, &buf, &len), -EFBIG);
-	put_file(path, 100000);
-	assert_int_equal(read_file(path, 1u << 20, &buf, &len), 0);
-	assert_int_equal(len, 100000);
-	assert_int_equal((uint8_t)buf[99999], pattern(99999));
-	assert_int_equal(buf[100000], '\0');
-	free(buf);
-	assert_int_equal(read_file(path, 99999, &buf, &len), -EFBIG);
-	free(path);
-	path = tu_path(f->dir, "absent");
-	assert_int_equal(read_file(path, 100, &buf, &len), -ENOENT);
-	assert_int_equal(read_file(f->dir, 100, &buf, &len), -EISDIR);
-	free(path);
-}
-
-static void test_pread_pwrite_all(void **state)
-{
-	struct fx *f = *state;
-	char *path = tu_path(f->dir, "rw"), buf[8];
-	int fd = open(path, O_RDWR | O_CREAT, 0600);
-
-	assert_true(fd >= 0);
-	assert_int_equal(pwrite_all(fd, "abcdef", 6, 10), 0);
-	assert_int_equal(pread_all(fd, buf, 6, 10), 0);
-	assert_memory_equal(buf, "abcdef", 6);
-	assert_int_equal(pread_all(fd, buf, 2, 0), 0);
-	assert_int_equal(buf[0], '\0');                    /* the hole reads as zeros */
-	assert_int_equal(pread_all(fd, buf, 7, 10), -EIO);  /* short file */
-	close(fd);
-	assert_int_equal(pread_all(fd, buf, 1, 0), -EBADF);
-	free(path);
-}
-
 #define T(fn) cmocka_unit_test_setup_teardown(fn, fx_setup, fx_teardown)
 #define TB(fn) cmocka_unit_test_setup_teardown(fn, fx_setup_bare, fx_teardown)
 
@@ -1774,19 +1435,6 @@ int main(void)
 		T(test_open_refuses_a_store_others_may_write),
 		T(test_open_refuses_a_directory_of_a_third_user),
 		T(test_open_refuses_a_linked_directory),
-		cmocka_unit_test(test_strmap_many_keys),
-		cmocka_unit_test(test_strmap_copies_keys),
-		cmocka_unit_test(test_parse_size),
-		cmocka_unit_test(test_format_size),
-		cmocka_unit_test(test_format_size_never_shows_1000_of_a_unit),
-		cmocka_unit_test(test_format_duration),
-		cmocka_unit_test(test_parse_u64),
-		TB(test_mkdir_p),
-		TB(test_write_file_atomic_and_read_file),
-		TB(test_read_file_max),
-		TB(test_pread_pwrite_all),
-		/* Last: under ASan this one aborts the program (see the report). */
-		cmocka_unit_test(test_mkdir_p_empty_path),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -119,6 +119,44 @@ static inline char *tu_read(const char *path, size_t *lenp)
 	return buf;
 }
 
+/* A byte of a fixed pseudo-random pattern, by offset. */
+static inline unsigned char tu_pattern(size_t i)
+{
+	unsigned x = (unsigned)i * 2654435761u + 12345u;
+
+	x ^= x >> 13;
+	x *= 0x5bd1e995u;
+	return (unsigned char)(x >> 24);
+}
+
+/* A file of size bytes of tu_pattern(). */
+static inline void tu_put_pattern(const char *path, size_t size)
+{
+	unsigned char *buf = malloc(size ? size : 1);
+
+	for (size_t i = 0; i < size; i++)
+		buf[i] = tu_pattern(i);
+	tu_write(path, buf, size);
+	free(buf);
+}
+
+/* The permission bits of path, or -1 if it cannot be stat'ed. */
+static inline int tu_mode_of(const char *path)
+{
+	struct stat st;
+
+	if (stat(path, &st) < 0)
+		return -1;
+	return (int)(st.st_mode & 07777);
+}
+
+static inline int tu_is_dir(const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
 static inline int tu_exists(const char *path)
 {
 	struct stat st;
