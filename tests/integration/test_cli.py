@@ -11,13 +11,9 @@ from pathlib import Path
 import pytest
 
 from faultreg import OLLAMA_MODEL, FaultRegistry
+from storefiles import entries_under
 
 LAYER = random.Random(5).randbytes(300_000)
-
-
-def files_under(path):
-    path = Path(path)
-    return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
 
 
 def test_help_and_version(run_blobfs):
@@ -63,7 +59,7 @@ def test_usage_errors_exit_2_and_touch_nothing(run_blobfs, tmp_path, args, patte
     assert "Try 'blobfs --help'." in result.stderr
     flag = next((arg for arg in args if arg.startswith("--")), None)
     assert flag is None or flag in result.stderr, f"the message does not name {flag}"
-    assert not store.exists(), f"a usage error created the store: {files_under(store)}"
+    assert not store.exists(), f"a usage error created the store: {entries_under(store)}"
 
 
 @pytest.mark.parametrize("command", ["rm", "ls", "verify"])
@@ -73,7 +69,7 @@ def test_absent_model_is_reported(run_blobfs, store, command):
     errors = [line for line in result.stderr.splitlines() if line.startswith("blobfs: error: ")]
     assert len(errors) == 1 and re.search(r"no model '[^']*nosuchmodel:v1' in the store", errors[0]), \
         result.stderr
-    assert files_under(Path(store) / "manifests") == [] and files_under(Path(store) / "blobs") == []
+    assert entries_under(Path(store) / "manifests") == [] and entries_under(Path(store) / "blobs") == []
 
 
 def test_empty_store(run_blobfs, store):
@@ -151,4 +147,4 @@ def test_bad_mount_options_exit_2_and_mount_nothing(run_blobfs, tmp_path, option
     assert result.returncode == 2, (result.returncode, result.stderr)
     assert re.search(pattern, result.stderr), result.stderr
     assert not os.path.ismount(mnt)
-    assert not store.exists(), f"a refused mount created the store: {files_under(store)}"
+    assert not store.exists(), f"a refused mount created the store: {entries_under(store)}"

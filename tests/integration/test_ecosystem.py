@@ -44,6 +44,7 @@ from models import (
     DOCKER_CONFIG, DOCKER_MANIFEST_V2, OLLAMA_LICENSE, OLLAMA_MODEL, OLLAMA_PARAMS,
     OLLAMA_TEMPLATE, make_model, push_model,
 )
+from storefiles import hex_of, sha256_file, store_blob, wait_for
 
 MiB = 1 << 20
 REPO_DIR = Path(__file__).resolve().parents[2]
@@ -60,28 +61,6 @@ WATCHDOG = 120.0         # seconds a test may keep its mounts before the daemons
 
 
 # ================================================================ helpers
-
-
-def sha256_file(path):
-    with open(path, "rb") as f:
-        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def hex_of(digest):
-    return digest.split(":", 1)[1]
-
-
-def blob_path(root, digest):
-    return Path(root) / "blobs" / ("sha256-" + hex_of(digest))
-
-
-def wait_for(predicate, timeout, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def unescape_mount_field(text):
@@ -229,7 +208,7 @@ def lay_ollama_model(root, host, ns, name, tag, layers):
 
     def put(data):
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        blob_path(root, digest).write_bytes(data)
+        store_blob(root, digest).write_bytes(data)
         blobs[digest] = data
         return digest
 
@@ -530,7 +509,7 @@ def test_pull_through_a_mirror_then_fall_back_when_it_is_down(
     assert blob_gets(upstream.registry_log_entries(since=up_mark)) >= {alpha.layers[0].digest}, \
         "the upstream never saw the mirror fetch alpha's model (is it really a pull-through cache?)"
     for blob in alpha.blobs:
-        assert sha256_file(blob_path(store, blob.digest)) == blob.digest
+        assert sha256_file(store_blob(store, blob.digest)) == blob.digest
     manifest = store / "manifests" / upstream.host / "library" / "alpha" / "latest"
     assert manifest.read_bytes() == alpha.manifest_bytes, \
         "the manifest is stored under the registry's name, byte for byte"
@@ -546,7 +525,7 @@ def test_pull_through_a_mirror_then_fall_back_when_it_is_down(
     direct = blobfs_requests(upstream, up_mark)
     assert blob_gets(direct) == {b.digest for b in beta.blobs}, direct
     for blob in beta.blobs:
-        assert sha256_file(blob_path(store, blob.digest)) == blob.digest
+        assert sha256_file(store_blob(store, blob.digest)) == blob.digest
     ok(blobfs("--store", store, "verify"))
 
 
@@ -593,7 +572,7 @@ def test_a_broken_mirror_is_left_out_after_it_failed(fault_registry, blobfs, sto
             "then left out)"
         for digest in digests:
             assert reg.count(digest=digest, listener="registry") >= 1
-            assert sha256_file(blob_path(store, digest)) == digest
+            assert sha256_file(store_blob(store, digest)) == digest
     finally:
         broken.stop()
 
@@ -865,7 +844,7 @@ def test_http_proxy_is_used_and_no_proxy_bypasses_it(registry, blobfs, mount, fo
     assert f"{prefix}manifests/latest" in seen, seen
     for blob in model.blobs:
         assert f"{prefix}blobs/{blob.digest}" in seen, f"{blob.digest} did not go through the proxy"
-        assert sha256_file(blob_path(store1, blob.digest)) == blob.digest
+        assert sha256_file(store_blob(store1, blob.digest)) == blob.digest
 
     before = len(forward_proxy.requests())
     store2 = tmp_path / "s2"
@@ -873,7 +852,7 @@ def test_http_proxy_is_used_and_no_proxy_bypasses_it(registry, blobfs, mount, fo
               env={"http_proxy": forward_proxy.url, "NO_PROXY": "127.0.0.1"}))
     assert forward_proxy.requests()[before:] == [], "NO_PROXY=127.0.0.1 did not bypass the proxy"
     for blob in model.blobs:
-        assert sha256_file(blob_path(store2, blob.digest)) == blob.digest
+        assert sha256_file(store_blob(store2, blob.digest)) == blob.digest
 
     # The mount's daemon honours them as well.
     store3 = tmp_path / "s3"
@@ -911,35 +890,35 @@ def test_pull_with_max_cache_evicts_the_least_recently_used(registry, blobfs, st
     name = {k: f"{registry.host}/library/{k}:latest" for k in models}
     ok(blobfs("--store", store, "pull", "--quiet", name["one"]))
     for blob in one.blobs:
-        set_atime(blob_path(store, blob.digest), 60)
+        set_atime(store_blob(store, blob.digest), 60)
     # one + two (6 MiB) do not fit in 4M: one, the least recently used, goes.
     # (The quota from the configuration file; the command line's comes next.)
     quota = write_config(tmp_path / "quota.conf", "max-cache = 4M\n")
     ok(blobfs("--store", store, "pull", "--quiet", name["two"], config=quota))
-    assert not blob_path(store, one.layers[0].digest).exists(), "one's model was not evicted"
+    assert not store_blob(store, one.layers[0].digest).exists(), "one's model was not evicted"
     for blob in two.blobs:
-        assert sha256_file(blob_path(store, blob.digest)) == blob.digest, \
+        assert sha256_file(store_blob(store, blob.digest)) == blob.digest, \
             "the model being pulled lost a blob"
     local = ls_local(ok(blobfs("--store", store, "ls")).stdout)
     assert local[name["two"]] == "100%", local
     assert local[name["one"]] != "100%", local
     # Pull one again under the same quota: now two is the least recently used.
     ok(blobfs("--store", store, "--max-cache", "4M", "pull", "--quiet", name["one"]))
-    assert not blob_path(store, two.layers[0].digest).exists(), "two's model was not evicted"
-    assert sha256_file(blob_path(store, one.layers[0].digest)) == one.layers[0].digest
+    assert not store_blob(store, two.layers[0].digest).exists(), "two's model was not evicted"
+    assert sha256_file(store_blob(store, one.layers[0].digest)) == one.layers[0].digest
     # gc --max-cache goes by atime: make one look unused for long, two recently used.
     ok(blobfs("--store", store, "pull", "--quiet", name["two"]))
-    set_atime(blob_path(store, one.layers[0].digest), 3600)
-    set_atime(blob_path(store, two.layers[0].digest), 5)
+    set_atime(store_blob(store, one.layers[0].digest), 3600)
+    set_atime(store_blob(store, two.layers[0].digest), 5)
     ok(blobfs("--store", store, "--max-cache", "4M", "gc"))
-    assert not blob_path(store, one.layers[0].digest).exists(), \
+    assert not store_blob(store, one.layers[0].digest).exists(), \
         "gc --max-cache evicted by something other than atime"
-    assert blob_path(store, two.layers[0].digest).exists()
+    assert store_blob(store, two.layers[0].digest).exists()
     # Nothing evicted is lost for good: the manifests stay, and the blobs come back.
     verify = blobfs("--store", store, "verify")
     assert "CORRUPT" not in verify.stdout
     ok(blobfs("--store", store, "pull", "--quiet", name["one"]))
-    assert sha256_file(blob_path(store, one.layers[0].digest)) == one.layers[0].digest
+    assert sha256_file(store_blob(store, one.layers[0].digest)) == one.layers[0].digest
 
 
 HOLD_OPEN = r"""
@@ -968,22 +947,22 @@ def test_mount_max_cache_evicts_lru_but_never_an_open_blob(registry, blobfs, sto
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "open"
-        set_atime(blob_path(store, one.layers[0].digest), 3600)   # the oldest, but open
-        set_atime(blob_path(store, two.layers[0].digest), 1800)
+        set_atime(store_blob(store, one.layers[0].digest), 3600)   # the oldest, but open
+        set_atime(store_blob(store, two.layers[0].digest), 1800)
         mark = registry.registry_log_mark()
         # Reading three (3 MiB) takes the store to 9 MiB: over 7M.
         read_through(tag["three"] / "model", three.layers[0].digest)
-        assert wait_for(lambda: not blob_path(store, two.layers[0].digest).exists(), 10), \
+        assert wait_for(lambda: not store_blob(store, two.layers[0].digest).exists(), 10), \
             "two's model, the least recently used blob not in use, was not evicted"
-        assert blob_path(store, one.layers[0].digest).exists(), \
+        assert store_blob(store, one.layers[0].digest).exists(), \
             "one's model was evicted while the mount had it open"
-        assert blob_path(store, three.layers[0].digest).exists()
+        assert store_blob(store, three.layers[0].digest).exists()
         # Evicted, still listed, with its size; fetched again on read.
         assert os.stat(tag["two"] / "model").st_size == two.layers[0].size
         read_through(tag["two"] / "model", two.layers[0].digest)
         assert two.layers[0].digest in blob_gets(registry.registry_log_entries(since=mark)), \
             "two's model was not fetched again"
-        assert blob_path(store, one.layers[0].digest).exists(), \
+        assert store_blob(store, one.layers[0].digest).exists(), \
             "one's model was evicted while the mount had it open"
     finally:
         holder.stdin.close()
@@ -1227,8 +1206,8 @@ def test_nothing_in_blobs_that_ollama_would_prune(registry, fault_registry, blob
              if p.is_file() and len(p.relative_to(store / "manifests").parts) != 4]
     assert stray == [], stray
     # What p alone used is gone; what q uses (the shared template too) stays.
-    assert not blob_path(store, p.layers[0].digest).exists()
-    assert blob_path(store, q.layers[1].digest).exists()
+    assert not store_blob(store, p.layers[0].digest).exists()
+    assert store_blob(store, q.layers[1].digest).exists()
 
 
 # ================================================================ g. logging

@@ -39,6 +39,17 @@ import pytest
 from faultreg import DOCKER_CONFIG, DOCKER_MANIFEST, OCI_MANIFEST
 from blobfsmount import is_blobfs_mount
 from models import OLLAMA_MODEL, random_blob
+from storefiles import (
+    blob_name,
+    error_lines,
+    files_under,
+    hex_of,
+    partial_files,
+    quarantine_files,
+    sha256_file,
+    store_blob,
+    wait_for,
+)
 
 pytestmark = pytest.mark.faults
 
@@ -62,38 +73,6 @@ FAIL_SLACK = 2.5
 # ---------------------------------------------------------------- small helpers
 
 
-def sha256_file(path):
-    with open(path, "rb") as f:
-        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def hex_of(digest):
-    return digest.split(":", 1)[1]
-
-
-def blob_name(digest):
-    return "sha256-" + hex_of(digest)
-
-
-def store_blob(store, digest):
-    return Path(store) / "blobs" / blob_name(digest)
-
-
-def files_under(path):
-    path = Path(path)
-    if not path.exists():
-        return []
-    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
-
-
-def partial_files(store):
-    return files_under(Path(store) / ".blobfs" / "partial")
-
-
-def quarantine_files(store):
-    return files_under(Path(store) / ".blobfs" / "quarantine")
-
-
 def manifest_files(store):
     return files_under(Path(store) / "manifests")
 
@@ -110,15 +89,6 @@ def tree_snapshot(root, skip=None):
             st = p.lstat()
             snap[str(p.relative_to(root))] = ("d" if p.is_dir() else "f", 0 if p.is_dir() else st.st_size)
     return snap
-
-
-def wait_for(predicate, timeout, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def mounted_at(path):
@@ -170,13 +140,6 @@ def finish(proc, timeout, what=None):
 
 def blobfs(blobfs_bin, store, args, timeout=60):
     return finish(popen_blobfs(blobfs_bin, store, args), timeout)
-
-
-def error_lines(stderr):
-    """The `blobfs: error: ...` lines of stderr; fails if there are none."""
-    errors = [line for line in stderr.splitlines() if line.startswith("blobfs: error: ")]
-    assert errors, f"no 'blobfs: error: ...' line on stderr:\n{stderr}"
-    return "\n".join(errors)
 
 
 def lazy_pull(blobfs_bin, store, name, args=()):

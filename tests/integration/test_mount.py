@@ -34,6 +34,7 @@ from models import (
     OLLAMA_LICENSE, OLLAMA_MODEL, OLLAMA_PARAMS, OLLAMA_SYSTEM, OLLAMA_TEMPLATE,
     make_model, push_model,
 )
+from storefiles import blob_name, partial_files, quarantine_files, sha256_file, store_blob, wait_for
 
 MiB = 1 << 20
 BIG = 256 * MiB          # "a big model": many chunks, many requests
@@ -49,40 +50,8 @@ OLLAMA_PROJECTOR = "application/vnd.ollama.image.projector"
 # ---------------------------------------------------------------- small helpers
 
 
-def sha256_file(path):
-    with open(path, "rb") as f:
-        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def hex_of(digest):
-    return digest.split(":", 1)[1]
-
-
-def blob_name(digest):
-    return "sha256-" + hex_of(digest)
-
-
-def store_blob(store, digest):
-    return Path(store) / "blobs" / blob_name(digest)
-
-
 def store_manifest(store, host, repo=REPO, tag="latest"):
     return Path(store) / "manifests" / host / repo / tag
-
-
-def files_under(path):
-    path = Path(path)
-    if not path.exists():
-        return []
-    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
-
-
-def partial_files(store):
-    return files_under(Path(store) / ".blobfs" / "partial")
-
-
-def quarantine_files(store):
-    return files_under(Path(store) / ".blobfs" / "quarantine")
 
 
 def store_snapshot(store):
@@ -97,15 +66,6 @@ def store_snapshot(store):
             st = p.stat()
             snap[str(rel)] = (st.st_size, st.st_mtime_ns)
     return snap
-
-
-def wait_for(predicate, timeout, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def model_name(reg, repo=REPO, tag="latest"):

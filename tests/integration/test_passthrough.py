@@ -27,9 +27,10 @@ import blobfsmount
 from models import OLLAMA_MODEL, push_model
 from test_mount import (  # noqa: F401 (mmap_probe is a fixture)
     MiB, PY_MMAP, READ_ALL, big_model, child, mmap_probe, model_name, pull, run,
-    source_bytes, store_blob, tag_dir, wait_for,
+    source_bytes, tag_dir,
 )
 from test_ecosystem import blob_gets
+from storefiles import store_blob, wait_for
 
 STATUS_TIMEOUT = 5.0   # the status file is rewritten about once a second
 

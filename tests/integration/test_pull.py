@@ -24,6 +24,15 @@ from faultreg import DOCKER_CONFIG, DOCKER_MANIFEST
 from models import (
     OLLAMA_MODEL, OLLAMA_PARAMS, OLLAMA_TEMPLATE, make_model, push_model, random_blob,
 )
+from storefiles import (
+    error_lines,
+    files_under,
+    hex_of,
+    partial_files,
+    quarantine_files,
+    sha256_file,
+    wait_for,
+)
 
 MiB = 1 << 20
 BIG = 64 * MiB
@@ -41,17 +50,8 @@ _VERIFY_LINE = re.compile(r"^sha256:(?P<hex>[0-9a-f]{64})  (?P<status>.+?)  (?P<
 # ---------------------------------------------------------------- helpers
 
 
-def sha256_file(path):
-    with open(path, "rb") as f:
-        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def sha256(data):
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def hex_of(digest):
-    return digest.split(":", 1)[1]
 
 
 def blob_file(store, digest):
@@ -62,14 +62,6 @@ def blob_files(store):
     """Names of the files in blobs/."""
     blobs = Path(store) / "blobs"
     return sorted(p.name for p in blobs.iterdir()) if blobs.is_dir() else []
-
-
-def files_under(path):
-    """Every regular file below PATH (relative paths), for 'nothing was created' checks."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
 
 
 def manifest_file(store, host, repo, tag="latest"):
@@ -91,14 +83,6 @@ def assert_all_blobs_verify(store):
         assert re.fullmatch(r"sha256-[0-9a-f]{64}", name), f"unexpected file {name} in blobs/"
         assert sha256_file(Path(store) / "blobs" / name) == "sha256:" + name[7:], \
             f"blobs/{name} holds bytes of another digest"
-
-
-def partial_files(store):
-    return files_under(Path(store) / ".blobfs" / "partial")
-
-
-def quarantine_files(store):
-    return files_under(Path(store) / ".blobfs" / "quarantine")
 
 
 def ls_table(run_blobfs, store, *names):
@@ -126,22 +110,6 @@ def verify_lines(stdout):
         statuses[match["hex"]] = match["status"]
     assert re.fullmatch(r"\d+ ok, \d+ corrupt, \d+ partial, \d+ not local", lines[-1]), lines[-1]
     return statuses, lines[-1]
-
-
-def error_lines(stderr):
-    """The `blobfs: error: ...` lines of stderr; fails if there are none."""
-    errors = [line for line in stderr.splitlines() if line.startswith("blobfs: error: ")]
-    assert errors, f"no 'blobfs: error: ...' line on stderr:\n{stderr}"
-    return "\n".join(errors)
-
-
-def wait_for(predicate, timeout, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def popen_blobfs(blobfs_bin, store, args, env=None):

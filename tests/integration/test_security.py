@@ -19,7 +19,6 @@ its test, and a failing test prints the daemon's log.
 
 import base64
 import errno
-import hashlib
 import json
 import os
 import re
@@ -39,6 +38,7 @@ import pytest
 import dockerreg
 from faultreg import FaultRegistry, _Grant
 from models import OLLAMA_MODEL, OLLAMA_TEMPLATE, make_model, push_model
+from storefiles import error_lines, files_under, sha256_file
 
 MiB = 1 << 20
 REPO = "library/x"
@@ -62,21 +62,9 @@ CERT_PROBLEM = re.compile(r"certificate|\bCA\b|\bSSL\b|\bTLS\b", re.I)
 # ---------------------------------------------------------------- small helpers
 
 
-def sha256_file(path):
-    with open(path, "rb") as f:
-        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
-
-
 def blob_files(store):
     blobs = Path(store) / "blobs"
     return sorted(p.name for p in blobs.iterdir()) if blobs.is_dir() else []
-
-
-def files_under(path):
-    path = Path(path)
-    if not path.exists():
-        return []
-    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
 
 
 def assert_store_holds(store, host, model, repo=REPO):
@@ -93,12 +81,6 @@ def assert_nothing_stored(store):
     assert blob_files(store) == [], f"blobs/ holds {blob_files(store)} after a refused pull"
     assert files_under(Path(store) / "manifests") == [], \
         f"manifests/ holds {files_under(Path(store) / 'manifests')} after a refused pull"
-
-
-def error_lines(stderr):
-    errors = [line for line in stderr.splitlines() if line.startswith("blobfs: error: ")]
-    assert errors, f"no 'blobfs: error: ...' line on stderr:\n{stderr}"
-    return "\n".join(errors)
 
 
 def debug_lines(text):

@@ -24,6 +24,7 @@ import pytest
 
 import systemdns
 from faultreg import OLLAMA_MODEL, FaultRegistry
+from storefiles import wait_for
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 CONTRIB = REPO_DIR / "contrib"
@@ -154,15 +155,6 @@ def namespace(tmp_path):
     yield make
     for ns in made:
         ns.close()
-
-
-def wait_for(predicate, timeout, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def registry_with(model_name, payload):

@@ -18,8 +18,6 @@ a cold read through the mount.  The CDN caps each request (limit_rate) so that
 the ranges of a blob are in flight together.
 """
 
-import hashlib
-import os
 import subprocess
 
 import pytest
@@ -27,6 +25,7 @@ import pytest
 import dockerreg
 from connectproxy import ConnectProxy
 from models import OLLAMA_MODEL, OLLAMA_TEMPLATE, make_model, push_model
+from storefiles import sha256_file
 
 MiB = 1 << 20
 REPO = "library/t"
@@ -121,11 +120,6 @@ def assert_connection_use(entries, low, high, distinct=None):
     if distinct is not None:
         assert len(by_connection) == distinct, \
             f"{len(by_connection)} TCP connections carried the ranges, want {distinct}:\n{info}"
-
-
-def sha256_file(path):
-    with open(path, "rb") as f:
-        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @pytest.mark.parametrize("http2", [True, False], ids=["h2-cdn", "h1-cdn"])

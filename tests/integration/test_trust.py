@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from faultreg import OLLAMA_MODEL
+from storefiles import hex_of, sha256_file, store_blob, wait_for
 
 MiB = 1 << 20
 REPO = "library/f"
@@ -42,19 +43,6 @@ CHILD_TIMEOUT = 60
 
 def sha256_bytes(data):
     return "sha256:" + hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path):
-    with open(path, "rb") as f:
-        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def hex_of(digest):
-    return digest.split(":", 1)[1]
-
-
-def blob_path(store, digest):
-    return Path(store) / "blobs" / ("sha256-" + hex_of(digest))
 
 
 def partial_path(store, digest, suffix=""):
@@ -167,7 +155,7 @@ def one_layer_registry(fault_registry, size=600_000, seed=b"x"):
 
 
 def assert_blob_stored(store, digest):
-    path = blob_path(store, digest)
+    path = store_blob(store, digest)
     st = os.lstat(path)
     assert stat.S_ISREG(st.st_mode), f"{path} is not a regular file ({stat.filemode(st.st_mode)})"
     assert sha256_file(path) == digest
@@ -201,7 +189,7 @@ def test_pull_does_not_take_a_linked_blob_as_complete(fault_registry, run_blobfs
     secret = b"S" * len(reg.data)          # the size the manifest says: only the link is wrong
     target = victim(secret)
     nobody("mkdir", "-p", owned_store / "blobs")
-    nobody("ln", "-s", target, blob_path(owned_store, reg.layer))
+    nobody("ln", "-s", target, store_blob(owned_store, reg.layer))
 
     ok(run_blobfs(["pull", "--quiet", f"{reg.host}/{REPO}"], store=owned_store))
     assert_untouched(target, secret)
@@ -217,7 +205,7 @@ def test_allow_other_mount_never_serves_a_linked_file(fault_registry, run_blobfs
     reg = one_layer_registry(fault_registry)
     secret = b"S" * len(reg.data)
     target = victim(secret)
-    link = blob_path(owned_store, reg.layer) if where == "blobs" else \
+    link = store_blob(owned_store, reg.layer) if where == "blobs" else \
         partial_path(owned_store, reg.layer)
     nobody("mkdir", "-m", "0700", "-p", owned_store / ".blobfs" / "partial")
     nobody("mkdir", "-p", owned_store / "blobs")
@@ -451,15 +439,6 @@ def slow_registry(fault_registry):
     return reg
 
 
-def wait_for(predicate, timeout, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
 def settled(read, timeout=8.0, quiet=1.0):
     """Wait until read() stays the same for QUIET seconds; its value then, or None."""
     deadline = time.monotonic() + timeout
@@ -494,7 +473,7 @@ def assert_fetch_stopped_and_nothing_kept(reg, store, m, before):
         f"{stopped - before} more bytes were fetched after the blob was dropped"
     # Long past the time the whole blob takes: still nothing in blobs/, nothing left over.
     time.sleep(LAYER / (CONNECTIONS * TRICKLE) + 1)
-    assert not blob_path(store, reg.layer).exists(), "a blob no manifest names was committed"
+    assert not store_blob(store, reg.layer).exists(), "a blob no manifest names was committed"
     assert wait_for(lambda: not partial_path(store, reg.layer).exists(), 10), \
         "the removed blob's partial download was left behind"
     assert reg.bytes_sent(reg.layer) <= stopped + 64 * 1024
@@ -546,7 +525,7 @@ def test_rm_during_a_pull_commits_nothing(fault_registry, run_blobfs, blobfs_bin
             pull.kill()
             pull.wait()
     print(err)
-    assert not blob_path(store, reg.layer).exists(), "the pull committed a blob no manifest names"
+    assert not store_blob(store, reg.layer).exists(), "the pull committed a blob no manifest names"
     assert not partial_path(store, reg.layer).exists()
     assert not partial_path(store, reg.layer, ".map").exists()
     ok(run_blobfs(["gc"]))
@@ -578,7 +557,7 @@ def full_disk(fault_registry, run_blobfs, tmpfs):
         ok(run_blobfs(["pull", "--quiet", f"{reg.host}/library/{k}"], store=store))
     ok(run_blobfs(["pull", "--lazy", "--quiet", f"{reg.host}/library/three"], store=store))
     long_ago = time.time() - 3600
-    os.utime(blob_path(store, reg.layers["one"]), (long_ago, long_ago))
+    os.utime(store_blob(store, reg.layers["one"]), (long_ago, long_ago))
     free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
     assert free < MODEL, f"{free} bytes free: the disk is not full enough for the test"
     return reg, disk, store
@@ -586,7 +565,7 @@ def full_disk(fault_registry, run_blobfs, tmpfs):
 
 def assert_made_room(reg, disk, store):
     assert_blob_stored(store, reg.layers["three"])
-    assert not blob_path(store, reg.layers["one"]).exists(), \
+    assert not store_blob(store, reg.layers["one"]).exists(), \
         "the least recently used blob was not evicted"
     assert_blob_stored(store, reg.layers["two"])
     st = os.statvfs(disk)
@@ -621,11 +600,11 @@ def test_gc_with_a_quota_reports_what_it_evicted(fault_registry, run_blobfs, sto
                                         [(OLLAMA_MODEL, patterned(k, 3 * MiB))])
         ok(run_blobfs(["pull", "--quiet", f"{reg.host}/library/{k}"]))
     long_ago = time.time() - 3600
-    os.utime(blob_path(store, layers["one"]), (long_ago, long_ago))
+    os.utime(store_blob(store, layers["one"]), (long_ago, long_ago))
     before = blob_usage(store)
     out = ok(run_blobfs(["--max-cache", "4M", "gc"])).stdout
     freed = before - blob_usage(store)
-    assert not blob_path(store, layers["one"]).exists() and freed >= 3 * MiB
+    assert not store_blob(store, layers["one"]).exists() and freed >= 3 * MiB
     m = re.fullmatch(r"removed 0 unreferenced blobs and 0 partial downloads, evicted 1 least "
                      r"recently used blobs, ([\d.]+) MB freed\n", out)
     assert m, f"gc's report: {out!r} ({freed} bytes were freed)"
