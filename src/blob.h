@@ -100,8 +100,12 @@ void blobcache_each(struct blobcache *c, void (*fn)(struct blob *b, void *arg), 
 bool blob_in_use(void *cache, const struct digest *d);
 struct blob *blob_ref(struct blob *b);
 void blob_put(struct blob *b);
-/* Where to fetch it from, if it must be fetched; the first remote set wins. */
-void blob_set_remote(struct blob *b, struct remote *r);
+/*
+ * A place to fetch it from, if it must be fetched: every remote that names
+ * the digest is one (at most SOURCES_MAX), tried in the order added; one
+ * that remote_same_source() as one it has is not added again. r may be NULL.
+ */
+void blob_add_remote(struct blob *b, struct remote *r);
 
 /*
  * Ask for bytes [off, off + len). Returns 1 when they are readable now from
@@ -145,8 +149,8 @@ uint64_t blob_size(const struct blob *b);
 
 /* The file the network thread writes into (PARTIAL only). */
 int blob_wfd(struct blob *b);
-/* The remote to fetch from (referenced by the blob; NULL if none set). */
-struct remote *blob_remote(struct blob *b);
+/* Its i-th remote, with a reference; NULL past the last. */
+struct remote *blob_remote(struct blob *b, unsigned i);
 /*
  * Chunk geometry, set when the blob becomes PARTIAL. Only blob_adopt_chunks
  * replaces it, on the network thread and while no chunk is present or in

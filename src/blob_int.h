@@ -17,6 +17,7 @@
 #include "blob.h"
 #include "digest.h"
 #include "ranges.h"
+#include "remote.h"
 
 struct chunkmap;
 struct hasher;
@@ -48,7 +49,8 @@ struct blob {
 	/* the state machine: changed by blob_state.c only */
 	enum blob_state state;
 	int err;                       /* FAILED: why; otherwise the last fetch error */
-	struct remote *remote;
+	struct remote *remotes[SOURCES_MAX];  /* where to fetch it, in order */
+	unsigned nremotes;
 	struct chunkmap *map;          /* geometry, and the bits last made durable */
 	uint8_t *cs;                   /* chunk states */
 	uint32_t npresent, nmissing, ninflight, nwritten;

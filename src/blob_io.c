@@ -52,8 +52,8 @@ static int open_partial(struct blob *b, struct chunkmap **map, bool *resumed)
 	*resumed = store_partial_load_map(c->store, &b->digest, b->size, &m) == 0;
 	if (!*resumed) {
 		/* A map that does not fit is replaced at the first save. */
-		uint64_t chunk = b->remote && b->remote->o.chunk_size ? b->remote->o.chunk_size
-								       : c->opts.chunk_size;
+		const struct remote *r = b->nremotes ? b->remotes[0] : NULL;
+		uint64_t chunk = r && r->o.chunk_size ? r->o.chunk_size : c->opts.chunk_size;
 		m = chunkmap_new_fixed(b->size, chunk);
 	}
 	*map = m;

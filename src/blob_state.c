@@ -327,22 +327,26 @@ void blob_stats(struct blob *b, struct blob_stats *st)
 	pthread_mutex_unlock(&b->lock);
 }
 
-void blob_set_remote(struct blob *b, struct remote *r)
+void blob_add_remote(struct blob *b, struct remote *r)
 {
 	pthread_mutex_lock(&b->lock);
-	if (!b->remote && r)
-		b->remote = remote_ref(r);
+	bool known = !r || b->nremotes == SOURCES_MAX;
+	for (unsigned i = 0; i < b->nremotes && !known; i++)
+		known = remote_same_source(b->remotes[i], r);
+	if (!known)
+		b->remotes[b->nremotes++] = remote_ref(r);
 	pthread_mutex_unlock(&b->lock);
 }
 
 /* ---- the network thread's side ---- */
 
-struct remote *blob_remote(struct blob *b)
+struct remote *blob_remote(struct blob *b, unsigned i)
 {
-	struct remote *r;
+	struct remote *r = NULL;
 
 	pthread_mutex_lock(&b->lock);
-	r = b->remote;
+	if (i < b->nremotes)
+		r = remote_ref(b->remotes[i]);
 	pthread_mutex_unlock(&b->lock);
 	return r;
 }
@@ -659,7 +663,7 @@ bool blob_next_written_locked(struct blob *b, uint32_t *i, uint64_t *off, uint64
 bool blob_chunk_checked_locked(struct blob *b, uint32_t i, const struct digest *got,
 			       struct blob_waiter **ready)
 {
-	unsigned attempts = b->remote ? b->remote->o.retry.max_attempts : DEFAULT_RETRIES;
+	unsigned attempts = b->nremotes ? b->remotes[0]->o.retry.max_attempts : DEFAULT_RETRIES;
 	uint64_t s = chunkmap_start(b->map, i), len = chunkmap_end(b->map, i) - s;
 
 	if (!b->bad)
@@ -737,5 +741,6 @@ void blob_state_release(struct blob *b)
 	chunkmap_free(b->map);
 	free(b->cs);
 	free(b->bad);
-	remote_unref(b->remote);
+	for (unsigned i = 0; i < b->nremotes; i++)
+		remote_unref(b->remotes[i]);
 }

@@ -86,7 +86,7 @@ static int add_item(const struct layer *l, void *arg)
 	it = &c->items[c->n++];
 	it->layer = l;
 	it->blob = blob_get(c->s->cache, &l->digest, l->size);
-	blob_set_remote(it->blob, c->remote);
+	blob_add_remote(it->blob, c->remote);
 	return 0;
 }
 

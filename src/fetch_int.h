@@ -63,8 +63,10 @@ struct retry {                   /* a claimed range waiting to be fetched again 
 struct source {                  /* a blob being fetched */
 	struct source *next;
 	struct blob *blob;           /* referenced */
-	struct remote *remote;       /* referenced */
+	struct remote *remote;       /* referenced: the blob's ri-th remote (blob_remote) */
+	unsigned ri;
 	size_t ep;                   /* the endpoint in use (mirrors first) */
+	unsigned hop;                /* how often it moved on to another endpoint or remote */
 	char *start_url;             /* the endpoint's blob URL (or chunksums' Content-Location) */
 	char *direct;                /* where ranges go once resolved */
 	bool resolving;
@@ -129,7 +131,7 @@ struct job {
 	uint64_t asked_end;          /* the end in the Range header (end may be cut later) */
 	unsigned attempt, slow_restarts;
 	bool auth_retried, demand, cut, slow, bad, done_early;
-	size_t ep;                   /* the endpoint this request went to */
+	unsigned hop;                /* the source's hop when this request started */
 	int werr;
 	uint64_t started_ms, first_byte_ms, win_bytes;
 	uint64_t last_io_ms;         /* when the last byte (header or body) arrived */
@@ -185,10 +187,17 @@ uint32_t fetch_rnd(void);
 struct hostinfo *hostinfo_get(struct fetcher *f, const char *authority);
 /* The first endpoint from ep on that is not a mirror known to be down. */
 size_t healthy_endpoint(struct fetcher *f, const struct remote *r, size_t ep);
+/* Has endpoint ep of r failed lately (every request skips it for a while)? */
+bool endpoint_down(struct fetcher *f, const struct remote *r, size_t ep);
+/* Endpoint ep of r failed: requests skip it for a while. */
+void endpoint_failed(struct fetcher *f, const struct remote *r, size_t ep);
 /* What curl said went wrong: its detailed message if it left one. */
 const char *job_error(const struct job *j, CURLcode res);
-/* A mirror gets fewer attempts than the registry: the next endpoint is waiting. */
-unsigned attempts_for(const struct remote *r, size_t ep);
+/*
+ * Attempts at endpoint ep of r: fewer when another place waits behind it
+ * (a mirror's registry; with more, another remote that has the blob).
+ */
+unsigned attempts_for(const struct remote *r, size_t ep, bool more);
 
 /* What one failed attempt of a request got, for classify_failure(). */
 struct attempt {
@@ -280,7 +289,10 @@ void request_chunksums(struct fetcher *f, struct source *s);
 /* Take a kicked blob on (the kick's reference becomes the source's). */
 void source_add(struct fetcher *f, struct blob *b);
 void source_free(struct fetcher *f, struct source *s);
-/* Move a source to the next endpoint (see next_endpoint); false if none is left. */
+/*
+ * Move a source to its next endpoint (see next_endpoint), or past its
+ * remote's last to the next remote that names the blob; false if none is left.
+ */
 bool source_next_endpoint(struct fetcher *f, struct source *s, const char *why);
 /*
  * Drop the requests, in flight and queued, of blobs that no tag uses and no

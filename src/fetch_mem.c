@@ -85,7 +85,6 @@ void start_mem(struct fetcher *f, struct memreq *r)
 		free(r->url);
 		r->url = remote_url(r->remote, r->ep, r->path);
 	}
-	j->ep = r->ep;
 	new_easy(f, j, r->url, r->remote ? &r->remote->o : &r->token_for->origin->o);
 	uint64_t now = now_ms(), left = r->deadline_ms > now ? r->deadline_ms - now : 1;
 	/* The rest of the budget, shared with the endpoints still to try after this one. */
@@ -215,7 +214,7 @@ static bool act_on_failure(struct fetcher *f, struct job *j, CURLcode res)
 		.res = res, .status = j->status, .to_registry = j->to_registry, .retry_after = j->retry_after,
 		.failed = r->attempt,
 	};
-	struct verdict v = classify_failure(&a, rp, r->remote ? attempts_for(r->remote, r->ep)
+	struct verdict v = classify_failure(&a, rp, r->remote ? attempts_for(r->remote, r->ep, false)
 							      : rp->max_attempts, fetch_rnd());
 	char msg[1400];
 

@@ -8,12 +8,14 @@
  * cap), answer a 401's challenge, follow a redirect, ask the registry again
  * for an expired CDN URL, or give the endpoint up. next_endpoint() chooses
  * where a request goes when an endpoint is given up: the next mirror, at
- * last the registry; healthy_endpoint() where a new request starts.
+ * last the registry; healthy_endpoint() where a new request starts. A blob
+ * named by several repositories (tags of other registries) moves on to the
+ * next one's endpoints after that (fetch_range.c, source_next_endpoint).
  *
- * A mirror that fails is skipped for MIRROR_DOWN_MS by every later request,
- * and gets fewer attempts than the registry, which waits behind it. What a
- * failure means for the request (its message, its readers) is the caller's.
- * Network thread only.
+ * An endpoint that fails is skipped for ENDPOINT_DOWN_MS by every later
+ * request, and gets fewer attempts when another place waits behind it (a
+ * mirror always: its registry). What a failure means for the request (its
+ * message, its readers) is the caller's. Network thread only.
  */
 #include "config.h"
 
@@ -30,7 +32,8 @@
 #include "url.h"
 #include "util.h"
 
-#define MIRROR_DOWN_MS 30000     /* a mirror that failed is skipped this long */
+#define ENDPOINT_DOWN_MS 30000   /* a mirror (or a registry) that failed is skipped this long */
+#define FAILOVER_ATTEMPTS 2      /* attempts at an endpoint another one waits behind */
 
 uint32_t fetch_rnd(void)
 {
@@ -58,12 +61,20 @@ struct hostinfo *hostinfo_get(struct fetcher *f, const char *authority)
 }
 
 
+bool endpoint_down(struct fetcher *f, const struct remote *r, size_t ep)
+{
+	return hostinfo_get(f, r->ep[ep].authority)->down_until > now_ms();
+}
+
+void endpoint_failed(struct fetcher *f, const struct remote *r, size_t ep)
+{
+	hostinfo_get(f, r->ep[ep].authority)->down_until = now_ms() + ENDPOINT_DOWN_MS;
+}
+
 /* The first endpoint from ep on that is not a mirror known to be down. */
 size_t healthy_endpoint(struct fetcher *f, const struct remote *r, size_t ep)
 {
-	uint64_t now = now_ms();
-
-	while (ep + 1 < r->nep && hostinfo_get(f, r->ep[ep].authority)->down_until > now)
+	while (ep + 1 < r->nep && endpoint_down(f, r, ep))
 		ep++;
 	return ep;
 }
@@ -91,12 +102,11 @@ static bool transient_curl(CURLcode res)
 	       res != CURLE_BAD_FUNCTION_ARGUMENT;
 }
 
-/* A mirror gets fewer attempts than the registry: the next endpoint is waiting. */
-unsigned attempts_for(const struct remote *r, size_t ep)
+unsigned attempts_for(const struct remote *r, size_t ep, bool more)
 {
 	unsigned max = r->o.retry.max_attempts;
 
-	return r->ep[ep].mirror ? MIN(max, 2u) : max;
+	return r->ep[ep].mirror || more ? MIN(max, (unsigned)FAILOVER_ATTEMPTS) : max;
 }
 
 /* ---- failures ---- */
@@ -150,7 +160,7 @@ bool next_endpoint(struct fetcher *f, const struct remote *r, size_t *ep, const 
 		return false;
 	if (why) {
 		char *u = url_redact(r->ep[*ep].base), *next = url_redact(r->ep[*ep + 1].base);
-		hostinfo_get(f, r->ep[*ep].authority)->down_until = now_ms() + MIRROR_DOWN_MS;
+		endpoint_failed(f, r, *ep);
 		log_warn("mirror '%s' failed (%s); trying '%s'", u, why, next);
 		free(u);
 		free(next);

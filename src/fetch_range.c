@@ -83,7 +83,7 @@ void start_range(struct fetcher *f, struct source *s, struct retry *r)
 	j->auth_retried = r->auth_retried;
 	j->demand = r->demand;
 	j->next_boundary = chunkmap_end(j->geo, chunkmap_index(j->geo, j->pos));
-	j->ep = s->ep;
+	j->hop = s->hop;
 	new_easy(f, j, url, &s->remote->o);
 	/*
 	 * HTTP/1.1: one request per TCP connection, so --connections requests
@@ -194,6 +194,21 @@ static struct source *source_find(struct fetcher *f, struct blob *b)
 	return NULL;
 }
 
+/* The blob URL at the source's endpoint, to be resolved afresh. */
+static void source_set_url(struct source *s)
+{
+	char *path = remote_blob_path(blob_digest(s->blob));
+
+	free(s->start_url);
+	s->start_url = remote_url(s->remote, s->ep, path);
+	free(path);
+	free(s->direct);
+	s->direct = NULL;
+	s->resolving = false;
+	s->redirects = s->reresolves = 0;
+	s->no_ranges = false;
+}
+
 /* Take a kicked blob on (the kick's reference becomes the source's). */
 void source_add(struct fetcher *f, struct blob *b)
 {
@@ -206,10 +221,11 @@ void source_add(struct fetcher *f, struct blob *b)
 		blob_put(b);
 		return;
 	}
-	r = blob_remote(b);
+	r = blob_remote(b, 0);
 	ret = blob_activate(b);
 	if (ret < 0 && ret != -EBUSY) {
 		blob_fail(b, ret, strerror(-ret));
+		remote_unref(r);
 		blob_put(b);
 		return;
 	}
@@ -220,11 +236,16 @@ void source_add(struct fetcher *f, struct blob *b)
 	}
 	s = xcalloc(1, sizeof(*s));
 	s->blob = b;
-	s->remote = remote_ref(r);
+	s->remote = r;
 	s->ep = healthy_endpoint(f, r, 0);
-	char *path = remote_blob_path(blob_digest(b));
-	s->start_url = remote_url(r, s->ep, path);
-	free(path);
+	/* Start at the first remote that is not known to be down, if another is. */
+	while (endpoint_down(f, s->remote, s->ep) && (r = blob_remote(b, s->ri + 1)) != NULL) {
+		remote_unref(s->remote);
+		s->remote = r;
+		s->ri++;
+		s->ep = healthy_endpoint(f, r, 0);
+	}
+	source_set_url(s);
 	s->next = f->sources;
 	f->sources = s;
 }
@@ -272,23 +293,44 @@ void drop_abandoned(struct fetcher *f)
 	}
 }
 
-/* Move a source to its next endpoint: a new blob URL, to be resolved afresh. */
+/*
+ * Move a source to its next endpoint: a mirror's registry, or past a
+ * remote's registry to the next remote that names the blob (a tag of
+ * another repository or registry). The endpoint left is skipped for a while
+ * by later requests, and (unless why is NULL) a warning says why.
+ */
 bool source_next_endpoint(struct fetcher *f, struct source *s, const char *why)
 {
-	char *path;
+	struct remote *r;
 
-	if (!next_endpoint(f, s->remote, &s->ep, why))
-		return false;
-	path = remote_blob_path(blob_digest(s->blob));
-	free(s->start_url);
-	s->start_url = remote_url(s->remote, s->ep, path);
-	free(path);
-	free(s->direct);
-	s->direct = NULL;
-	s->resolving = false;
-	s->redirects = s->reresolves = 0;
-	s->no_ranges = false;
+	if (!next_endpoint(f, s->remote, &s->ep, why)) {
+		if (!(r = blob_remote(s->blob, s->ri + 1)))
+			return false;
+		if (why) {
+			char *u = url_redact(s->remote->ep[s->ep].base);
+			char *next = url_redact(r->ep[healthy_endpoint(f, r, 0)].base);
+			endpoint_failed(f, s->remote, s->ep);
+			log_warn("'%s' failed (%s); trying '%s', which has the blob too", u, why, next);
+			free(u);
+			free(next);
+		}
+		remote_unref(s->remote);
+		s->remote = r;
+		s->ri++;
+		s->ep = healthy_endpoint(f, r, 0);
+	}
+	s->hop++;
+	source_set_url(s);
 	return true;
+}
+
+/* Attempts at the source's endpoint: fewer while another place has the blob. */
+static unsigned source_attempts(struct source *s)
+{
+	struct remote *next = blob_remote(s->blob, s->ri + 1);
+
+	remote_unref(next);
+	return attempts_for(s->remote, s->ep, next != NULL);
 }
 
 /* A 3xx with a Location: later ranges go there. */
@@ -403,7 +445,7 @@ static int act_on_failure(struct fetcher *f, struct job *j, CURLcode res, struct
 		.retry_after = j->retry_after, .failed = r->attempt,
 	};
 	struct verdict v = classify_failure(&a, &s->remote->o.retry,
-					    attempts_for(s->remote, s->ep), fetch_rnd());
+					    source_attempts(s), fetch_rnd());
 	int err;
 
 	if (v.act == ACT_RETRY || v.exhausted)
@@ -456,8 +498,8 @@ static void range_failed(struct fetcher *f, struct job *j, CURLcode res)
 		blob_fail(s->blob, err, msg);
 		free(r);
 		drop_range(s, j->pos, j->end, err);
-	} else if (j->ep < s->ep) {
-		/* It went to a mirror the source has left since: go where it is now. */
+	} else if (j->hop < s->hop) {
+		/* It went to an endpoint the source has left since: go where it is now. */
 		r->attempt = 0;
 		r->auth_retried = false;
 		queue_retry(s, r, true);

@@ -883,7 +883,10 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	pthread_mutex_init(&of->lock, NULL);
 	struct digest d = in->digest;
 	uint64_t size = in->size;
-	struct remote *r = in->remote ? remote_ref(in->remote) : NULL;
+	struct remote *rs[SOURCES_MAX];
+	unsigned nr = 0;
+	for (; nr < in->nremotes; nr++)
+		rs[nr] = remote_ref(in->remotes[nr]);
 	if (in->kind == INODE_MANIFEST) {
 		of->len = in->tag->len;
 		of->data = xmalloc(of->len + 1);
@@ -892,10 +895,12 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 	index_unlock(fs->ix);
 	if (of->kind == INODE_BLOB) {
 		of->blob = blob_get(fs->sess->cache, &d, size);
-		blob_set_remote(of->blob, r);
+		for (unsigned i = 0; i < nr; i++)
+			blob_add_remote(of->blob, rs[i]);
 		store_touch_blob(fs->sess->store, &d);   /* most recently used */
 	}
-	remote_unref(r);
+	for (unsigned i = 0; i < nr; i++)
+		remote_unref(rs[i]);
 	handle_add(fs, &of->h, ofile_free);
 	fi->fh = (uint64_t)(uintptr_t)of;
 	fi->keep_cache = 1;   /* immutable content: keep the page cache across opens */

@@ -374,7 +374,9 @@ static void inode_release(struct inode *in)
 		free(in->ents[i].name);
 	free(in->ents);
 	free(in->name);
-	remote_unref(in->remote);
+	for (unsigned i = 0; i < in->nremotes; i++)
+		remote_unref(in->remotes[i]);
+	free(in->remotes);
 	free(in);
 }
 
@@ -428,18 +430,32 @@ static void itag_free(struct itag *t)
 	free(t);
 }
 
+/* Every tag that names a blob names a place to fetch it from (blob_add_remote dedups). */
+static void blob_inode_add_remote(struct inode *in, struct remote *r)
+{
+	if (!r || in->nremotes == SOURCES_MAX)
+		return;
+	for (unsigned i = 0; i < in->nremotes; i++)
+		if (remote_same_source(in->remotes[i], r))
+			return;
+	in->remotes = xrealloc(in->remotes, (in->nremotes + 1) * sizeof(*in->remotes));
+	in->remotes[in->nremotes++] = remote_ref(r);
+}
+
 /* The blob inode for a descriptor, shared by every tag that uses the digest. */
 static struct inode *blob_inode(struct index *ix, const struct layer *l, struct itag *t)
 {
 	struct inode *in = find_blob(ix, &l->digest);
 
-	if (!in) {
+	if (in) {
+		blob_inode_add_remote(in, t->remote);
+	} else {
 		char name[DIGEST_STR_LEN];
 		in = new_inode(ix, INODE_BLOB);
 		in->digest = l->digest;
 		in->size = l->size;
 		in->mtime_ns = t->mtime_ns;
-		in->remote = remote_ref(t->remote);
+		blob_inode_add_remote(in, t->remote);
 		in->linked = true;
 		table_insert(ix->blobs, blob_hash(ix, &l->digest), in);
 		digest_filename(&l->digest, name);

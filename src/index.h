@@ -51,7 +51,9 @@ struct inode {
 	struct itag *tag;     /* DIR_TAG, and the manifest file */
 	/* INODE_BLOB */
 	struct digest digest;
-	struct remote *remote;   /* where to fetch it */
+	/* where to fetch it: a remote of each source that names it (SOURCES_MAX at most) */
+	struct remote **remotes;
+	unsigned nremotes;
 	unsigned tags;           /* how many tags use this blob */
 	uint64_t local, local_ms; /* bytes local as last found on disk, and when; atomics */
 };

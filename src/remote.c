@@ -114,6 +114,11 @@ void remote_unref(struct remote *r)
 	free(r);
 }
 
+bool remote_same_source(const struct remote *a, const struct remote *b)
+{
+	return a == b || strcmp(remote_upstream(a)->base, remote_upstream(b)->base) == 0;
+}
+
 char *remote_url(const struct remote *r, size_t ep, const char *path)
 {
 	return xasprintf("%s/%s", r->ep[ep].base, path);

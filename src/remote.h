@@ -60,6 +60,14 @@ static inline const struct endpoint *remote_upstream(const struct remote *r)
 	return &r->ep[r->nep - 1];
 }
 
+/*
+ * Do two remotes name one repository of one registry? Every tag gets a
+ * remote of its own; tags of one repository are one source of its blobs.
+ */
+bool remote_same_source(const struct remote *a, const struct remote *b);
+/* A blob is fetched from at most this many sources (the tags that name it). */
+#define SOURCES_MAX 8
+
 /* URLs under an endpoint's repository; caller frees. */
 char *remote_url(const struct remote *r, size_t ep, const char *path);
 /* "blobs/sha256:<hex>" and "chunksums/sha256:<hex>"; caller frees. */

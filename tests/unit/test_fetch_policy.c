@@ -203,8 +203,10 @@ static void test_failover_goes_through_the_mirrors_to_the_registry(void **state)
 	size_t ep = 0;
 
 	(void)state;
-	assert_int_equal(attempts_for(&r, 0), 2);
-	assert_int_equal(attempts_for(&r, 2), 6);
+	assert_int_equal(attempts_for(&r, 0, false), 2);
+	assert_int_equal(attempts_for(&r, 2, false), 6);
+	/* Another registry that has the blob waits behind this one. */
+	assert_int_equal(attempts_for(&r, 2, true), 2);
 	assert_int_equal(healthy_endpoint(f, &r, 0), 0);
 	/* Without a reason (it was given already) the mirror is left but not marked down. */
 	assert_true(next_endpoint(f, &r, &ep, NULL));
@@ -223,6 +225,10 @@ static void test_failover_goes_through_the_mirrors_to_the_registry(void **state)
 	assert_false(next_endpoint(f, &r, &ep, "HTTP 500"));
 	assert_int_equal(ep, 2);
 	assert_false(next_endpoint(f, NULL, &ep, "a token request"));
+	/* A registry that failed is known down too (the next remote is tried first). */
+	assert_false(endpoint_down(f, &r, 2));
+	endpoint_failed(f, &r, 2);
+	assert_true(endpoint_down(f, &r, 2));
 	while (f->hosts) {
 		struct hostinfo *h = f->hosts;
 		f->hosts = h->next;
