@@ -96,6 +96,7 @@ struct memreq {                  /* a small GET into memory */
 	uint64_t attempt_end_ms;     /* the share of it the attempt in flight may use */
 	unsigned budget_s;
 	bool auth_retried;
+	bool absent_ok;              /* 400/404/405 mean "no such thing", not a failed endpoint */
 	struct authent *token_for;   /* this is a token request for that entry */
 	struct credentials *basic;   /* send these (token requests) */
 };

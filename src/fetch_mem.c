@@ -297,7 +297,9 @@ void finish_mem(struct fetcher *f, struct job *j, CURLcode res)
 		}
 	}
 	free(where);
-	if (out.err && fail_over(f, r, out.msg))
+	/* A mirror that says it has no such thing (chunk checksums) has not failed. */
+	bool absent = r->absent_ok && (out.status == 400 || out.status == 404 || out.status == 405);
+	if (out.err && !absent && fail_over(f, r, out.msg))
 		return;
 	out.url = xstrdup(r->url);
 	out.body = j->body;

@@ -149,6 +149,7 @@ void request_chunksums(struct fetcher *f, struct source *s)
 	r->path = remote_chunksums_path(blob_digest(s->blob));
 	r->ep = s->ep;
 	r->max = CHUNKSUMS_MAX_BYTES;
+	r->absent_ok = true;         /* most registries have none: not a reason to leave a mirror */
 	r->done = chunksums_done;
 	r->arg = c;
 	s->chunksums_pending = true;

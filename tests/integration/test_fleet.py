@@ -417,6 +417,22 @@ def test_the_cache_down_nodes_fall_back_to_the_registry(
         "the nodes did not fetch the blob from the registry's CDN themselves"
 
 
+def test_a_registry_without_chunk_checksums_does_not_fail_the_cache(
+        origin, fleet_cache, stores, blobfs_bin, mount, tmp_path, blob_cache):
+    """For a blob of 64 MiB or more blobfs asks for Ollama's chunk checksums,
+    which docker-registry does not have: its 404, passed on by the cache, says
+    so, and is no reason to leave the cache for the registry."""
+    reg = origin(cdn_rate=None)
+    layer = push_blob(reg, tmp_path, blob_cache, size=64 * MiB, seed=23)
+    cache = fleet_cache(reg.url)
+    [node] = fleet_of(1, reg, cache, tmp_path, blobfs_bin, mount, stores)
+    meter = OriginMeter(reg)
+    assert_every_node_has(read_on_nodes([node.model_file(reg.host)], [0.0]), layer)
+    assert node.mount.log_lines(r"/chunksums/"), "blobfs did not ask for chunk checksums"
+    assert_through_the_cache([node])
+    assert not from_blobfs(meter.cdn_entries()), "the node went to the CDN itself"
+
+
 def corrupt_one_slice(cache):
     """Flip the last byte of one cached slice (a body byte: the file ends with it)."""
     files = cache.cached_files()
