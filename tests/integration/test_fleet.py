@@ -257,6 +257,7 @@ def check_cold_read(reg, nodes, layer, delays):
           f"requests; read times {seconds} s")
     assert_through_the_cache(nodes)
     assert not from_blobfs(entries), "a node went to the CDN itself"
+    assert {e["host"] for e in entries} == {reg.cdn_host}, "the cache named the CDN wrongly"
     assert sent <= MAX_ORIGIN_RATIO * layer.size, \
         f"the origin sent {sent / layer.size:.2f}x the blob to {len(nodes)} nodes " \
         f"({len(entries)} CDN requests: {[(e['range'], e['body_bytes_sent']) for e in entries]})"
@@ -305,7 +306,11 @@ def test_an_https_registry_that_serves_blobs_itself(
         results = read_on_nodes([node.model_file(reg.host) for node in nodes], [0.0] * NODES)
         assert_every_node_has(results, layer)
         assert_through_the_cache(nodes)
-        sent = sum(e["bytes_sent"] for e in reg.tls_log_entries(since=mark))
+        entries = reg.tls_log_entries(since=mark)
+        sent = sum(e["bytes_sent"] for e in entries)
+        hosts = {e["host"] for e in entries}
+        assert hosts == {f"localhost:{reg.host.rsplit(':', 1)[1]}"}, \
+            f"the cache named the registry {hosts} in its requests"
         print(f"the registry sent {sent / layer.size:.3f}x the blob to {NODES} nodes")
         assert sent <= MAX_ORIGIN_RATIO * layer.size
     finally:
@@ -320,8 +325,8 @@ def slice_ranges(size):
 
 
 def slice_file_name(digest, byte_range):
-    """The name of the cache's file for a slice: the md5 of its key ($uri$slice_range)."""
-    return hashlib.md5(f"/blob/{digest}{byte_range}".encode()).hexdigest()
+    """The name of the cache's file for a slice: the md5 of its key ($blob_digest$slice_range)."""
+    return hashlib.md5(f"{digest}{byte_range}".encode()).hexdigest()
 
 
 def whole_fetches(entries, size, since=0.0):
@@ -390,6 +395,7 @@ def test_a_cache_restart_mid_transfer(origin, fleet_cache, stores, blobfs_bin, m
     assert_every_node_has(read_on_nodes([later[0].model_file(reg.host)], [0.0]), layer)
     assert_through_the_cache(later)
     held = {r for r in slice_ranges(layer.size) if slice_file_name(layer.digest, r) in before}
+    assert len(held) == len(before), "cache files that are no slice of the blob"
     after = whole_fetches(meter.cdn_entries(), layer.size, since=restarted)
     print(f"held before the restart: {sorted(held)}; fetched whole after it: {after}")
     assert not held & set(after), f"the cache fetched slices it held again: {after}"
@@ -517,8 +523,9 @@ def test_a_registry_with_bearer_tokens_and_chunk_checksums_behind_the_cache(
 
 def test_a_client_cannot_choose_where_the_cache_fetches_from(origin, fleet_cache, tmp_path,
                                                              blob_cache):
-    """The cache's inner headers (the origin URL, its credentials) are its own:
-    a client that sends them is not listened to."""
+    """Where the cache fetches a blob from is the registry's word alone: headers
+    a client adds (such as those an older design passed between its servers)
+    change nothing."""
     reg = origin(cdn_rate=None)
     layer = push_blob(reg, tmp_path, blob_cache, size=MiB, seed=22)
     cache = fleet_cache(reg.url)

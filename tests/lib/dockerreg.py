@@ -71,6 +71,7 @@ _CDN_LOG_FORMAT = (
     '"bytes_sent":$bytes_sent,'
     '"body_bytes_sent":$body_bytes_sent,'
     '"range":"$http_range",'
+    '"host":"$http_host",'
     '"user_agent":"$http_user_agent",'
     '"connection":$connection,'
     '"connection_requests":$connection_requests,'
@@ -668,7 +669,8 @@ class DockerRegistry(_Nginxes):
         harness's readiness probe is not logged).
 
         Each a dict: time, request, method, uri, status, bytes_sent (headers +
-        body), body_bytes_sent, range (the Range header or ""), user_agent, connection
+        body), body_bytes_sent, range (the Range header or ""), host (the Host
+        header), user_agent, connection
         (nginx connection serial number), connection_requests, request_time.
         """
         self._require_cdn()
@@ -713,3 +715,4 @@ class DockerRegistry(_Nginxes):
     def _require_cdn(self):
         if not self.cdn_url:
             raise RuntimeError("this DockerRegistry was started without a CDN (cdn=True)")
+
