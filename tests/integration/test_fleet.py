@@ -508,11 +508,18 @@ def test_a_registry_with_bearer_tokens_and_chunk_checksums_behind_the_cache(
     assert reg.count(listener="registry", path=f"/v2/{REPO}/chunksums/{digest}") >= 1, \
         "no node asked for the chunk checksums"
     assert not reg.cdn_saw_authorization, "a token went to the CDN"
+    asked = reg.count(listener="registry", path=f"/v2/{REPO}/blobs/{digest}")
+    served = sum(1 for line in cache.access_log.read_text().splitlines()
+                 if f"GET /v2/{REPO}/blobs/{digest} " in line)
+    print(f"the nodes made {served} blob requests; the cache asked the registry {asked} times")
+    # Its yes is kept for a while per token: about once per node, not per range.
+    assert NODES <= asked <= 3 * NODES < served, (asked, served)
     for i, node in enumerate(nodes):
         assert not node.mount.log_lines(reg.cdn_url), \
             f"node {i} fetched from the CDN itself, not through the cache"
 
-    # The blob is cached now: still, no token, no blob.
+    # The blob is cached, and so is the registry's yes to each node's token:
+    # still, no token (or another one), no blob.
     path = f"/v2/{REPO}/blobs/{digest}"
     status, headers, body = cache_get(cache, path)
     assert status == 401 and "Bearer" in headers.get("WWW-Authenticate", ""), (status, headers)
@@ -552,6 +559,7 @@ def test_a_client_cannot_choose_where_the_cache_fetches_from(origin, fleet_cache
     (["--upstream", "http://r", "--listen", "host", "--dir", "D"], "HOST:PORT"),
     (["--upstream", "http://r", "--listen", "1", "--dir", "D", "--slice", "8q"], "not a size"),
     (["--upstream", "http://r;x", "--listen", "1", "--dir", "D"], "cannot go into nginx.conf"),
+    (["--upstream", "http://r", "--listen", "1", "--dir", "D", "--ask-ttl", "0"], "not a time"),
 ])
 def test_start_refuses_bad_arguments(args, message):
     result = subprocess.run([str(START), *args], capture_output=True, text=True, timeout=30)
