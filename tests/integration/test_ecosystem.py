@@ -39,7 +39,7 @@ from pathlib import Path
 
 import pytest
 
-from dockerreg import DockerRegistry, ToolMissing
+from dockerreg import DockerRegistry, PullThroughCache, ToolMissing
 from models import (
     DOCKER_CONFIG, DOCKER_MANIFEST_V2, OLLAMA_LICENSE, OLLAMA_MODEL, OLLAMA_PARAMS,
     OLLAMA_TEMPLATE, make_model, push_model,
@@ -429,20 +429,6 @@ def docker_registries():
     yield start
     for reg in started:
         reg.stop()
-
-
-class PullThroughCache(DockerRegistry):
-    """Debian's docker-registry in proxy mode: a pull-through cache of UPSTREAM_URL,
-    the way a site runs one near its machines (distribution's `proxy: remoteurl`)."""
-
-    def __init__(self, upstream_url, **options):
-        self.upstream_url = upstream_url
-        super().__init__(**options)
-
-    def _registry_config(self, port):
-        config = super()._registry_config(port)
-        config["proxy"] = {"remoteurl": self.upstream_url}
-        return config
 
 
 def blobfs_requests(reg, since):

@@ -716,3 +716,16 @@ class DockerRegistry(_Nginxes):
         if not self.cdn_url:
             raise RuntimeError("this DockerRegistry was started without a CDN (cdn=True)")
 
+
+class PullThroughCache(DockerRegistry):
+    """Debian's docker-registry in proxy mode: a pull-through cache of UPSTREAM_URL,
+    the way a site runs one near its machines (distribution's `proxy: remoteurl`)."""
+
+    def __init__(self, upstream_url, **options):
+        self.upstream_url = upstream_url
+        super().__init__(**options)
+
+    def _registry_config(self, port):
+        config = super()._registry_config(port)
+        config["proxy"] = {"remoteurl": self.upstream_url}
+        return config

@@ -121,6 +121,11 @@ class FleetCache:
         proc = self._state["proc"]
         return proc.pid if proc is not None and proc.poll() is None else None
 
+    @property
+    def pids(self):
+        """[the nginx master's pid] while it runs: it leads the process group of its workers."""
+        return [self.pid] if self.alive() else []
+
     def alive(self):
         return self.pid is not None
 
