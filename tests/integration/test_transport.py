@@ -24,7 +24,7 @@ import pytest
 
 import dockerreg
 from connectproxy import ConnectProxy
-from models import OLLAMA_MODEL, OLLAMA_TEMPLATE, make_model, push_model
+from models import OLLAMA_MODEL, OLLAMA_TEMPLATE, make_model, push_model, random_blob
 from storefiles import sha256_file
 
 MiB = 1 << 20
@@ -38,21 +38,24 @@ CDN_RATE = "6m"             # per request: a 2 MiB range takes ~1/3 s
 
 @pytest.fixture
 def transport_registry(blob_cache, tmp_path):
-    """Factory: transport_registry(http2) -> DockerRegistry over TLS with a CDN,
-    holding REPO:latest (a LAYER_SIZE layer and a template); .layer is the
-    layer's Blob."""
+    """Factory: transport_registry(http2, push=True, **DockerRegistry arguments)
+    -> DockerRegistry over TLS with a CDN, holding REPO:latest (a LAYER_SIZE
+    layer and a template) unless push is false; .layer is the layer's Blob."""
     started = []
     model = make_model(tmp_path / "model", [(OLLAMA_MODEL, LAYER_SIZE, 18),
                                             (OLLAMA_TEMPLATE, b"{{ .Prompt }}")],
                        cache_dir=blob_cache)
 
-    def start(http2):
+    def start(http2, push=True, **kw):
+        """kw: DockerRegistry's (a certificate, no CDN)."""
+        kw = {"cdn": True, "cdn_rate": CDN_RATE, **kw}
         try:
-            reg = dockerreg.DockerRegistry(tls=True, cdn=True, cdn_rate=CDN_RATE, http2=http2)
+            reg = dockerreg.DockerRegistry(tls=True, http2=http2, **kw)
         except dockerreg.ToolMissing as missing:
             pytest.skip(str(missing))
         started.append(reg)
-        push_model(reg.backend_url, REPO, "latest", model)
+        if push:
+            push_model(reg.backend_url, REPO, "latest", model)
         reg.layer = model.layer(OLLAMA_MODEL)
         # A name with https:// on a loopback host (which would get plain HTTP).
         reg.name = f"{reg.url}/{REPO}:latest"
@@ -166,3 +169,83 @@ def test_pull_through_an_https_proxy_uses_as_many_connections_as_configured(
     assert reg.cdn_host in tunnels and reg.host in tunnels, \
         f"blobfs did not go through the proxy: tunnels {tunnels}"
     assert_connection_use(range_requests(reg, mark), CONNECTIONS, CONNECTIONS, CONNECTIONS)
+
+
+def test_pull_through_a_mirror_uses_as_many_connections_as_configured(
+        transport_registry, run_blobfs, store, tmp_path):
+    """A mirror (a registry holding copies, its blobs on an HTTP/2 CDN) gets the
+    same policy as the registry: the model comes from the mirror alone, since
+    the registry lacks it, over --connections HTTP/1.1 connections."""
+    ca = dockerreg.make_ca(tmp_path / "pki")
+    cert = dict(zip(("tls_cert", "tls_key"), dockerreg.make_server_cert(ca, tmp_path / "pki")))
+    registry = transport_registry(True, push=False, cdn=False, cdn_rate=None, **cert)
+    mirror = transport_registry(True, **cert)
+    config = tmp_path / "blobfs.conf"
+    config.write_text(f"[host {registry.host}]\nmirror = {mirror.url}\n")
+    mark = mirror.cdn_log_mark()
+    result = run_blobfs(["--cacert", ca.cert, "--connections", CONNECTIONS, "--request-size",
+                         REQUEST_SIZE, "pull", f"{registry.url}/{REPO}:latest"],
+                        env={"BLOBFS_CONFIG": str(config)}, timeout=90)
+    assert result.returncode == 0, result.stderr
+    assert sha256_file(store / "blobs" / ("sha256-" + mirror.layer.hex)) == mirror.layer.digest
+    assert_connection_use(range_requests(mirror, mark), CONNECTIONS, CONNECTIONS, CONNECTIONS)
+
+
+def test_small_requests_share_http2_and_range_requests_do_not(transport_registry, run_blobfs,
+                                                              store):
+    """At a registry that offers HTTP/2, the manifest goes over HTTP/2; the
+    blob GETs that the registry redirects to its CDN are range requests, so
+    they go over HTTP/1.1."""
+    reg = transport_registry(True)
+    mark = reg.tls_log_mark()
+    result = run_blobfs([*net_args(reg), "pull", reg.name], timeout=90)
+    assert result.returncode == 0, result.stderr
+    entries = reg.tls_log_entries(mark)
+    info = "\n".join("conn %d %s %s %s" % (e["connection"], e["protocol"], e["method"],
+                                           e["uri"]) for e in entries)
+    manifests = [e for e in entries if "/manifests/" in e["uri"]]
+    blobs = [e for e in entries if "/blobs/" in e["uri"]]
+    assert manifests and blobs, f"no manifest or blob request reached the registry:\n{info}"
+    assert {e["protocol"] for e in manifests} == {"HTTP/2.0"}, \
+        f"the manifest did not go over HTTP/2:\n{info}"
+    assert {e["protocol"] for e in blobs} == {"HTTP/1.1"}, \
+        f"a blob's range request went over HTTP/2:\n{info}"
+
+
+@pytest.mark.timing
+def test_a_slow_range_is_restarted_on_a_new_connection_at_an_http2_server(
+        fault_registry, run_blobfs, store, blob_cache, tmp_path):
+    """The registry serves blobs itself behind a TLS front that offers HTTP/2
+    (as a pull-through cache would). One range trickles; blobfs restarts the
+    rest of it "on a fresh connection", and the front's log shows that this is
+    a TCP connection that carried nothing before, speaking HTTP/1.1, not a
+    stream of a connection already open. (test_pull's straggler test checks
+    the same at a plain HTTP server; the thresholds are explained there.)"""
+    reg = fault_registry()
+    path, _ = random_blob(blob_cache, 64 * MiB, seed=7)
+    data = path.read_bytes()
+    _, (digest,) = reg.add_model("library/f", "latest", [(OLLAMA_MODEL, data)])
+    fault = reg.fault("trickle", rate=30_000, digest=digest, covers=40 * MiB, times=1)
+    ca = dockerreg.make_ca(tmp_path / "pki")
+    cert, key = dockerreg.make_server_cert(ca, tmp_path / "pki")
+    with dockerreg.TlsFront(int(reg.host.rsplit(":", 1)[1]), cert, key, http2=True) as front:
+        result = run_blobfs(["--cacert", ca.cert, "--request-size", "8M", "pull",
+                             f"{front.url}/library/f:latest"], timeout=60)
+        entries = front.log_entries()
+    assert result.returncode == 0, result.stderr
+    assert fault.hits == 1
+    [slow] = reg.requests(fault="trickle")
+    info = "\n".join("conn %d %s %s %s %s" % (e["connection"], e["protocol"], e["method"],
+                                              e["uri"], e["range"]) for e in entries)
+    ranges = [e for e in entries if "/blobs/" in e["uri"] and e["range"]]
+    [slow_entry] = [e for e in ranges if e["range"] == slow.range]
+    lo, hi = (int(x) for x in slow.range.removeprefix("bytes=").split("-"))
+    restarted = [e for e in ranges if e is not slow_entry and lo < int(
+        e["range"].removeprefix("bytes=").split("-")[0]) <= hi and span(e)[0] > span(slow_entry)[0]]
+    assert restarted, f"the rest of the slow range {slow.range} was never asked for again:\n{info}"
+    first = min(restarted, key=lambda e: span(e)[0])
+    earlier = {e["connection"] for e in entries if span(e)[0] < span(first)[0] - 0.001}
+    assert first["connection"] not in earlier, \
+        f"the slow range was restarted on a connection already open:\n{info}"
+    assert {e["protocol"] for e in ranges} == {"HTTP/1.1"}, \
+        f"range requests must use HTTP/1.1, one per connection:\n{info}"
