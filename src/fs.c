@@ -15,7 +15,9 @@
  * file inside a tag directory hides it from that directory for the life of
  * the mount and changes nothing on disk, so `rm -r` of a tag works without
  * removing a blob that other tags share; the directory can be removed once
- * nothing is left in it. Everything else that would write answers EROFS.
+ * nothing is left in it. A directory inside a tag directory (a layer named
+ * by a path) is hidden the same way once nothing in it is left, so `rm -r`
+ * works at any depth. Everything else that would write answers EROFS.
  *
  * Listings: opendir answers ENOSYS where the kernel allows it, which then
  * caches directory listings itself (FOPEN_CACHE_DIR); entries come with
@@ -658,7 +660,11 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 	de = real ? index_dentry(real, name) : NULL;
 	if (!de || de->hidden) {
 		err = ENOENT;
-	} else if (real->role == DIR_TAG) {
+	} else if ((real->role == DIR_TAG || real->role == DIR_TAG_SUB) &&
+		   de->inode->kind == INODE_DIR) {
+		err = EISDIR;
+	} else if ((real->role == DIR_TAG || real->role == DIR_TAG_SUB) &&
+		   de->inode->kind != INODE_DIR) {
 		de->hidden = true;     /* see the top of this file */
 		index_touch_dir(fs->ix, real);
 	} else if (real->role == DIR_MANIFESTS_MODEL && de->inode->kind == INODE_MANIFEST &&
@@ -697,19 +703,24 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 	bool remove = false;
 	int err = 0;
 
-	index_rdlock(fs->ix);
+	index_wrlock(fs->ix);
 	dir = index_get(fs->ix, parent);
 	real = dir ? index_real(fs->ix, dir) : NULL;
 	de = real ? index_dentry(real, name) : NULL;
-	child = de ? de->inode : NULL;
+	child = de && !de->hidden ? de->inode : NULL;
 	if (!dir) {
 		err = ENOENT;
 	} else if (dir->role == DIR_ROOT) {
 		err = EROFS;
+	} else if (de && de->hidden) {
+		err = ENOENT;
 	} else if (child && child->kind != INODE_DIR) {
 		err = ENOTDIR;
 	} else if (child && visible_entries(child) > 0) {
 		err = ENOTEMPTY;
+	} else if (child && child->role == DIR_TAG_SUB) {
+		de->hidden = true;     /* like a file in it: hidden for the mount's life */
+		index_touch_dir(fs->ix, real);
 	} else if (child && child->role == DIR_TAG && child->tag) {
 		n = child->tag->name;
 		manifest_for_each_blob(child->tag->m, collect_digest, &used);

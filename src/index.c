@@ -1,7 +1,8 @@
 /*
  * index.c - the tree the mount shows.
  *
- *   models/<host>/<ns>/<model>/<tag>/<file>   one directory per tag
+ *   models/<host>/<ns>/<model>/<tag>/<file>   one directory per tag; a file
+ *                                             name may be a path (a/b/file)
  *   blobs/sha256-<hex>                        every blob a tag uses
  *   manifests/<host>/<ns>/<model>/<tag>       the manifest files
  *
@@ -253,6 +254,7 @@ static enum dir_role child_role(enum dir_role r)
 	case DIR_MODELS_HOST: return DIR_MODELS_NS;
 	case DIR_MODELS_NS: return DIR_MODELS_MODEL;
 	case DIR_MODELS_MODEL: return DIR_TAG;
+	case DIR_TAG: return DIR_TAG_SUB;
 	case DIR_MANIFESTS: return DIR_MANIFESTS_HOST;
 	case DIR_MANIFESTS_HOST: return DIR_MANIFESTS_NS;
 	case DIR_MANIFESTS_NS: return DIR_MANIFESTS_MODEL;
@@ -473,6 +475,35 @@ static int add_blob_layer(const struct layer *l, void *arg)
 	return 0;
 }
 
+/*
+ * A layer's file in the tag directory; a path ("a/b/file") gets its
+ * directories, made once (manifest.c has refused a name that is both a
+ * file and a directory). Write lock held.
+ */
+static void add_tag_file(struct index *ix, struct itag *t, struct inode *tagdir,
+			 const char *path, struct inode *blob)
+{
+	struct inode *dir = tagdir;
+	const char *p = path, *slash;
+
+	while ((slash = strchr(p, '/')) != NULL) {
+		char *name = xstrndup(p, (size_t)(slash - p));
+		struct dentry *de = index_dentry(dir, name);
+		struct inode *sub = de ? de->inode : NULL;
+
+		if (!sub) {
+			sub = new_dir(ix, dir, name, DIR_TAG_SUB, t->mtime_ns);
+			sub->linked = true;
+			sub->tag = t;
+			dir_add(ix, dir, name, sub, t->mtime_ns);
+		}
+		free(name);
+		dir = sub;
+		p = slash + 1;
+	}
+	dir_add(ix, dir, p, blob, t->mtime_ns);
+}
+
 /* Put a parsed tag into the tree. Write lock held. */
 static void link_tag(struct index *ix, struct itag *t)
 {
@@ -496,11 +527,11 @@ static void link_tag(struct index *ix, struct itag *t)
 	tagdir->linked = true;
 	tagdir->tag = t;
 	dir_add(ix, m, n->tag, tagdir, t->mtime_ns);
-	dir_add(ix, tagdir, "config.json", find_blob(ix, &t->m->config.digest), t->mtime_ns);
+	dir_add(ix, tagdir, t->m->config.file, find_blob(ix, &t->m->config.digest), t->mtime_ns);
 	dir_add(ix, tagdir, "manifest.json", mfile, t->mtime_ns);
 	for (size_t i = 0; i < t->m->nlayers; i++)
-		dir_add(ix, tagdir, t->m->layers[i].file,
-			find_blob(ix, &t->m->layers[i].digest), t->mtime_ns);
+		add_tag_file(ix, t, tagdir, t->m->layers[i].file,
+			     find_blob(ix, &t->m->layers[i].digest));
 
 	h = ensure_dir(ix, ix->manifests, n->host, t->mtime_ns);
 	ns = ensure_dir(ix, h, n->ns, t->mtime_ns);
@@ -546,6 +577,29 @@ static int drop_blob_layer(const struct layer *l, void *arg)
 	return 0;
 }
 
+/*
+ * Unlink everything under a tag directory, its own directories first, deepest
+ * first; each goes when the kernel forgets it. Write lock held. The depth is
+ * bounded by LAYER_DEPTH_MAX.
+ */
+static void empty_tag_dir(struct index *ix, struct inode *dir)
+{
+	while (dir->nents) {
+		struct dentry *de = &dir->ents[dir->nents - 1];
+		struct inode *in = de->inode;
+
+		if (in->kind == INODE_DIR && in->role == DIR_TAG_SUB) {
+			empty_tag_dir(ix, in);
+			dir_del(ix, dir, de->name);
+			in->linked = false;
+			in->tag = NULL;
+			maybe_free(ix, in);
+		} else {
+			dir_del(ix, dir, de->name);
+		}
+	}
+}
+
 /* Remove a tag from the tree. scan_lock and the write lock held. */
 static void index_remove_tag(struct index *ix, struct itag *t)
 {
@@ -554,8 +608,7 @@ static void index_remove_tag(struct index *ix, struct itag *t)
 	char *key = tag_key(&t->name);
 
 	/* Files in the tag directory lose this name; the directory stays a path. */
-	while (tagdir->nents)
-		dir_del(ix, tagdir, tagdir->ents[tagdir->nents - 1].name);
+	empty_tag_dir(ix, tagdir);
 	dir_del(ix, mdir, t->name.tag);
 	tagdir->linked = false;
 	tagdir->tag = NULL;

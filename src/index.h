@@ -20,6 +20,7 @@ enum inode_kind { INODE_DIR, INODE_BLOB, INODE_MANIFEST };
 enum dir_role {
 	DIR_ROOT,
 	DIR_MODELS, DIR_MODELS_HOST, DIR_MODELS_NS, DIR_MODELS_MODEL, DIR_TAG,
+	DIR_TAG_SUB,          /* a directory inside a tag's (layer names are paths) */
 	DIR_BLOBS,
 	DIR_MANIFESTS, DIR_MANIFESTS_HOST, DIR_MANIFESTS_NS, DIR_MANIFESTS_MODEL,
 };
@@ -48,7 +49,7 @@ struct inode {
 	struct dentry *ents;  /* sorted by name */
 	size_t nents, cap;
 	bool phantom;         /* made up by a lookup so discovery can walk a path */
-	struct itag *tag;     /* DIR_TAG, and the manifest file */
+	struct itag *tag;     /* DIR_TAG, DIR_TAG_SUB, and the manifest file */
 	/* INODE_BLOB */
 	struct digest digest;
 	/* where to fetch it: a remote of each source that names it (SOURCES_MAX at most) */

@@ -4,13 +4,19 @@
  * A manifest is parsed once with cJSON into a plain struct and validated as a
  * whole before anything else sees it: a manifest is hostile input, and the
  * mount turns its fields into file names and file sizes. Sizes must be whole
- * numbers in [0, BLOB_SIZE_MAX]; digests must be sha256; a layer's "name" (or
- * the OCI title annotation) must be a single safe path component. File names
- * inside a tag directory are assigned here, once, so every view agrees:
- * the "name" if present, else the last dot-part of the media type, with
- * ".1", ".2" added to repeats and "config.json"/"manifest.json" reserved. A
- * name too long to take the number is cut first, so that every file name
- * still fits in NAME_MAX.
+ * numbers in [0, BLOB_SIZE_MAX]; digests must be sha256; a layer's name must
+ * be a safe relative path (layer_name.c says which field names a layer, by
+ * the conventions of the tools that made it). File names inside a tag
+ * directory are assigned here, once, so every view agrees: the layer's name
+ * if it has one, else its convention's default, with ".1", ".2" added to
+ * repeats and "manifest.json" reserved. The manifest's config is "config.json"
+ * unless a layer is named so (Ollama's tensor models, ModelPack and Docker
+ * Model Runner ship the model's own config.json): then the layer keeps the
+ * name its tools give it and the config takes the next free "config.json.k".
+ * A name is a path: its
+ * directories become directories of the tag, and a name that is both a file
+ * and a directory is refused. A name too long to take the number is cut
+ * first, so that every component still fits in NAME_MAX.
  */
 #include "config.h"
 
@@ -23,11 +29,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "layer_name.h"
 #include "manifest.h"
 #include "strmap.h"
 #include "util.h"
-
-#define OCI_TITLE "org.opencontainers.image.title"
 
 static int fail(char *err, size_t errlen, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -62,25 +67,10 @@ void manifest_free(struct manifest *m)
 	free(m);
 }
 
-/* A file name inside a tag directory: one component, printable, not . or .. */
-static bool safe_component(const char *s)
+static int parse_descriptor(const cJSON *obj, const char *what, bool dmr_bundle,
+			    struct layer *l, char *err, size_t errlen)
 {
-	size_t n = strlen(s);
-
-	if (n == 0 || n > NAME_MAX || strcmp(s, ".") == 0 || strcmp(s, "..") == 0)
-		return false;
-	for (size_t i = 0; i < n; i++) {
-		unsigned char c = s[i];
-		if (c == '/' || c < 0x20 || c == 0x7f)
-			return false;
-	}
-	return true;
-}
-
-static int parse_descriptor(const cJSON *obj, const char *what, struct layer *l,
-			    char *err, size_t errlen)
-{
-	const cJSON *mt, *dg, *sz, *nm;
+	const cJSON *mt, *dg, *sz;
 	char d[120];
 
 	if (!cJSON_IsObject(obj))
@@ -111,44 +101,10 @@ static int parse_descriptor(const cJSON *obj, const char *what, struct layer *l,
 			    what, v, (unsigned long long)BLOB_SIZE_MAX);
 	l->size = (uint64_t)v;
 
-	nm = cJSON_GetObjectItemCaseSensitive(obj, "name");
-	if (!nm) {
-		const cJSON *ann = cJSON_GetObjectItemCaseSensitive(obj, "annotations");
-		nm = cJSON_GetObjectItemCaseSensitive(ann, OCI_TITLE);
-	}
-	if (nm) {
-		if (!cJSON_IsString(nm))
-			return fail(err, errlen, "%s has a name that is not a string", what);
-		if (!safe_component(nm->valuestring)) {
-			snprintf(d, sizeof(d), "%.100s", nm->valuestring);
-			return fail(err, errlen, "%s has an unsafe name '%s' (it must be one "
-				    "path component, not '.' or '..', without '/' or control characters)",
-				    what, d);
-		}
-		l->name = xstrdup(nm->valuestring);
-	}
+	if (layer_name_of(obj, mt->valuestring, dmr_bundle, what, &l->name, err, errlen) < 0)
+		return -EINVAL;
 	l->media_type = xstrdup(mt->valuestring);
 	return 0;
-}
-
-/* The last dot- or slash-separated part of a media type, made file-name safe. */
-static char *media_type_file(const char *mt)
-{
-	const char *p = mt + strlen(mt);
-	char *s;
-
-	while (p > mt && p[-1] != '.' && p[-1] != '/')
-		p--;
-	if (!*p)
-		return xstrdup("layer");
-	s = xstrdup(p);
-	for (char *q = s; *q; q++) {
-		char c = *q;
-		if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
-		      (c >= '0' && c <= '9') || c == '-' || c == '_' || c == '+'))
-			*q = '_';
-	}
-	return s;
 }
 
 /*
@@ -159,52 +115,137 @@ static char *media_type_file(const char *mt)
 #define SUFFIX_ROOM 6
 _Static_assert(MANIFEST_MAX_LAYERS + 2 < 100000, "\".k\" may need more than SUFFIX_ROOM bytes");
 
-/* base, cut if need be to leave room for ".k" (at a UTF-8 character boundary). */
-static char *file_stem(const char *base)
+/*
+ * path, its last component cut if need be to leave room for ".k" (at a UTF-8
+ * character boundary).
+ */
+static char *file_stem(const char *path)
 {
-	size_t n = strlen(base);
+	const char *slash = strrchr(path, '/');
+	size_t dir = slash ? (size_t)(slash + 1 - path) : 0, n = strlen(path) - dir;
 
 	if (n <= NAME_MAX - SUFFIX_ROOM)
-		return xstrdup(base);
+		return xstrdup(path);
 	n = NAME_MAX - SUFFIX_ROOM;
-	for (int i = 0; i < 3 && ((unsigned char)base[n] & 0xc0) == 0x80; i++)
+	for (int i = 0; i < 3 && ((unsigned char)path[dir + n] & 0xc0) == 0x80; i++)
 		n--;
-	return xstrndup(base, n);
+	return xstrndup(path, dir + n);
 }
 
 /*
- * Give every layer its file name: its base name if free, else "<stem>.k" with
- * the next free k. A map remembers the names taken and, for each stem, the
- * last k used, so repeats cost O(1) each.
+ * Note every directory a layer's path needs ("a" and "a/b" for "a/b/c") with
+ * the layer's index + 1, deepest first, stopping at one already noted (its
+ * parents are then noted too).
  */
-static void assign_files(struct manifest *m)
+static void note_dirs(struct strmap *dirs, const char *path, size_t i)
 {
-	struct strmap *taken = strmap_new(), *next = strmap_new();
+	char *p = xstrdup(path);
 
-	m->config.file = xstrdup("config.json");
-	strmap_put(taken, "config.json", 0);
+	for (char *s = strrchr(p, '/'); s; s = strrchr(p, '/')) {
+		*s = '\0';
+		if (strmap_get(dirs, p, NULL))
+			break;
+		strmap_put(dirs, p, i + 1);
+	}
+	free(p);
+}
+
+/* A layer's path needs a reserved file (config.json, manifest.json) as a directory. */
+static int check_reserved_dirs(const struct strmap *dirs, const struct manifest *m,
+			       char *err, size_t errlen)
+{
+	static const char *const reserved[] = { "config.json", "manifest.json" };
+	uint64_t v;
+
+	for (size_t i = 0; i < 2; i++)
+		if (strmap_get(dirs, reserved[i], &v))
+			return fail(err, errlen, "layer %llu has the name '%.100s', which needs "
+				    "'%s' as a directory, but that is the tag's own file",
+				    (unsigned long long)v - 1, m->layers[v - 1].name, reserved[i]);
+	return 0;
+}
+
+/* f if free, else "<stem>.k" with the next free k; taken (f is consumed). */
+static char *take_free(struct strmap *taken, struct strmap *next, const struct strmap *dirs,
+		       char *f)
+{
+	if (strmap_get(taken, f, NULL) || strmap_get(dirs, f, NULL)) {
+		char *stem = file_stem(f);
+		uint64_t k = 0;
+
+		strmap_get(next, stem, &k);
+		do {
+			free(f);
+			f = xasprintf("%s.%llu", stem, (unsigned long long)++k);
+		} while (strmap_get(taken, f, NULL) || strmap_get(dirs, f, NULL));
+		strmap_put(next, stem, k);
+		free(stem);
+	}
+	strmap_put(taken, f, 0);
+	return f;
+}
+
+/* The file of layer i before repeats are resolved; counts: unnamed layers of each kind. */
+static char *base_file(const struct manifest *m, size_t i, size_t *nth, const size_t *counts)
+{
+	const struct layer *l = &m->layers[i];
+	enum layer_kind k;
+
+	if (l->name)
+		return xstrdup(l->name);
+	k = layer_kind_of(l->media_type);
+	return layer_default_file(l->media_type, ++nth[k], counts[k]);
+}
+
+/*
+ * Give every layer its file name: its name, or the default its convention
+ * gives, if free, else "<stem>.k" with the next free k. A map remembers the
+ * names taken and, for each stem, the last k used, so repeats cost O(1)
+ * each. A path is a file in directories of the tag directory: a layer named
+ * as a directory another layer's path needs is refused; a default name or
+ * a repeat skips past directories.
+ */
+static int assign_files(struct manifest *m, char *err, size_t errlen)
+{
+	struct strmap *taken = strmap_new(), *next = strmap_new(), *dirs = strmap_new();
+	size_t counts[KIND_COUNT] = { 0 }, nth[KIND_COUNT] = { 0 };
+	int ret = 0;
+	uint64_t v;
+
+	bool layer_config = false;    /* a layer is named config.json */
+
 	strmap_put(taken, "manifest.json", 0);
 	for (size_t i = 0; i < m->nlayers; i++) {
-		struct layer *l = &m->layers[i];
-		char *f = l->name ? xstrdup(l->name) : media_type_file(l->media_type);
-
-		if (strmap_get(taken, f, NULL)) {
-			char *stem = file_stem(f);
-			uint64_t k = 0;
-
-			strmap_get(next, stem, &k);
-			do {
-				free(f);
-				f = xasprintf("%s.%llu", stem, (unsigned long long)++k);
-			} while (strmap_get(taken, f, NULL));
-			strmap_put(next, stem, k);
-			free(stem);
-		}
-		strmap_put(taken, f, 0);
-		l->file = f;
+		if (m->layers[i].name)
+			note_dirs(dirs, m->layers[i].name, i);
+		else
+			counts[layer_kind_of(m->layers[i].media_type)]++;
+		layer_config |= m->layers[i].name && strcmp(m->layers[i].name, "config.json") == 0;
 	}
+	if (!layer_config) {
+		m->config.file = xstrdup("config.json");
+		strmap_put(taken, "config.json", 0);
+	}
+	ret = check_reserved_dirs(dirs, m, err, errlen);
+	for (size_t i = 0; i < m->nlayers && ret == 0; i++) {
+		struct layer *l = &m->layers[i];
+		char *f = base_file(m, i, nth, counts);
+
+		if (l->name && strmap_get(dirs, f, &v)) {
+			ret = fail(err, errlen, "layer %zu has the name '%.100s', which is both a file "
+				   "and a directory (layer %llu is '%.100s')", i, f,
+				   (unsigned long long)v - 1, m->layers[v - 1].name);
+			free(f);
+			break;
+		}
+		l->file = take_free(taken, next, dirs, f);
+	}
+	if (ret == 0 && layer_config)   /* the layer keeps the name its tools give it */
+		m->config.file = take_free(taken, next, dirs, xstrdup("config.json"));
 	strmap_free(taken);
 	strmap_free(next);
+	strmap_free(dirs);
+	return ret;
 }
 
 static const struct layer *desc_at(const struct manifest *m, size_t i)
@@ -331,7 +372,7 @@ int manifest_parse(const char *buf, size_t len, struct manifest **out,
 		ret = fail(err, errlen, "manifest has no config");
 		goto out;
 	}
-	ret = parse_descriptor(cfg, "config", &m->config, err, errlen);
+	ret = parse_descriptor(cfg, "config", false, &m->config, err, errlen);
 	if (ret < 0)
 		goto out;
 	layers = cJSON_GetObjectItemCaseSensitive(root, "layers");
@@ -353,7 +394,8 @@ int manifest_parse(const char *buf, size_t len, struct manifest **out,
 	cJSON_ArrayForEach(it, layers) {
 		char what[32];
 		snprintf(what, sizeof(what), "layer %zu", m->nlayers);
-		ret = parse_descriptor(it, what, &m->layers[m->nlayers], err, errlen);
+		ret = parse_descriptor(it, what, layer_dmr_bundle(m->config.media_type),
+				       &m->layers[m->nlayers], err, errlen);
 		m->nlayers++;
 		if (ret < 0)
 			goto out;
@@ -361,7 +403,9 @@ int manifest_parse(const char *buf, size_t len, struct manifest **out,
 	ret = check_duplicates(m, err, errlen);
 	if (ret < 0)
 		goto out;
-	assign_files(m);
+	ret = assign_files(m, err, errlen);
+	if (ret < 0)
+		goto out;
 
 	m->total_size = m->config.size;
 	for (size_t i = 0; i < m->nlayers; i++)

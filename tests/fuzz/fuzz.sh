@@ -37,7 +37,7 @@ ALL_HARNESSES="name digest manifest chunkmap chunksums content_range retry_after
 http_header auth_challenge auth_token netrc url"
 # The parts of src/ the harnesses need (compiled here with the fuzzing flags,
 # not taken from libblobfs.a, which the configured compiler builds).
-SOURCES="util log digest name manifest strmap chunkmap http auth url"
+SOURCES="util log digest name layer_name manifest strmap chunkmap http auth url"
 SANFLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer"
 CFLAGS_FUZZ="-g -O1 $SANFLAGS"
 

@@ -8,12 +8,18 @@
  * Invariants on a parsed manifest:
  *   manifest_err       failure is -EINVAL/-EMSGSIZE with a message; *out NULL
  *   manifest_fields    1..MANIFEST_MAX_LAYERS layers, sizes ≤ BLOB_SIZE_MAX,
- *                      media types 1..255 bytes, names safe components
- *   manifest_files     config.json for the config; every file name unique
- *                      (and not manifest.json), non-empty, not "." or "..",
- *                      no '/', no control bytes, at most 255 bytes (NAME_MAX),
- *                      and a layer's starts with the layer's name if it has one
- *                      (or is a shorter part of a long name and ".<number>")
+ *                      media types 1..255 bytes, names safe relative paths
+ *   manifest_files     config.json for the config, or config.json.<k> when a
+ *                      layer is named config.json; every file name unique (and
+ *                      not manifest.json), a relative path of components that
+ *                      are non-empty, not "." or "..", without control bytes,
+ *                      at most 255 bytes (NAME_MAX), at most LAYER_DEPTH_MAX
+ *                      directories deep; a layer's starts with the layer's name
+ *                      if it has one (or is a shorter part of a long name and
+ *                      ".<number>")
+ *   manifest_files_len the last component of a file, which ".k" grows, fits NAME_MAX
+ *   manifest_tree      no file is also a directory of another file's path, and
+ *                      none is under config.json or manifest.json
  *   manifest_repeat    repeat is set exactly on descriptors whose digest an
  *                      earlier one (config first) has; total_size sums
  *                      distinct blobs
@@ -31,6 +37,7 @@
 #include <errno.h>
 
 #include "fuzz_common.h"
+#include "layer_name.h"
 #include "manifest.h"
 
 struct scan {
@@ -124,16 +131,47 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* A relative path of safe components, its own reference for layer_path_check. */
 static bool safe_file(const char *f)
 {
-	size_t n = strlen(f);
+	size_t n = strlen(f), comp = 0, depth = 0;
 
-	if (n == 0 || !strcmp(f, ".") || !strcmp(f, ".."))
+	if (n == 0 || f[0] == '/' || f[n - 1] == '/')
 		return false;
-	for (size_t i = 0; i < n; i++)
-		if (f[i] == '/' || (unsigned char)f[i] < 0x20 || f[i] == 0x7f)
+	for (size_t i = 0; i <= n; i++) {
+		if (i == n || f[i] == '/') {
+			const char *c = f + i - comp;
+			if (comp == 0 || comp > 255 || (comp == 1 && c[0] == '.') ||
+			    (comp == 2 && c[0] == '.' && c[1] == '.'))
+				return false;
+			depth += i < n;
+			comp = 0;
+			continue;
+		}
+		if ((unsigned char)f[i] < 0x20 || f[i] == 0x7f)
 			return false;
-	return true;
+		comp++;
+	}
+	return depth <= LAYER_DEPTH_MAX;
+}
+
+/* files sorted: is any a directory of another ("a" and "a/b"), or under a reserved name? */
+static void check_tree(char **files, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		char *dir = strdup(files[i]), *key = dir;
+
+		FUZZ_CHECK("manifest_tree", strncmp(files[i], "config.json/", 12) &&
+			   strncmp(files[i], "manifest.json/", 14),
+			   "'%s' is under a file of the tag", fuzz_esc(files[i], strlen(files[i])));
+		for (char *s = strrchr(dir, '/'); s; s = strrchr(dir, '/')) {
+			*s = '\0';
+			FUZZ_CHECK("manifest_tree", !bsearch(&key, files, n, sizeof(*files), cmp_str),
+				   "'%s' is a file and a directory ('%s')", fuzz_esc(dir, strlen(dir)),
+				   fuzz_esc(files[i], strlen(files[i])));
+		}
+		free(dir);
+	}
 }
 
 /*
@@ -161,14 +199,17 @@ static void check_layer(const struct layer *l, const struct layer *config, const
 		   strlen(l->media_type) <= 255, "%s media type", what);
 	FUZZ_CHECK("manifest_fields", l->size <= BLOB_SIZE_MAX, "%s size %llu", what,
 		   (unsigned long long)l->size);
-	FUZZ_CHECK("manifest_fields", !l->name || (safe_file(l->name) && strlen(l->name) <= 255),
+	FUZZ_CHECK("manifest_fields", !l->name || (safe_file(l->name) &&
+		   strlen(l->name) <= LAYER_PATH_MAX),
 		   "%s name '%s'", what, fuzz_esc(l->name, strlen(l->name)));
-	FUZZ_CHECK("manifest_files", l->file && safe_file(l->file),
-		   "%s file name '%s' is not a safe path component", what,
-		   l->file ? fuzz_esc(l->file, strlen(l->file)) : "(null)");
-	FUZZ_CHECK("manifest_files_len", strlen(l->file) <= 255,
+	FUZZ_CHECK("manifest_files", l->file != NULL, "%s has no file", what);
+	const char *base = strrchr(l->file, '/') ? strrchr(l->file, '/') + 1 : l->file;
+	FUZZ_CHECK("manifest_files_len", strlen(base) <= 255,
 		   "%s file name is %zu bytes, longer than NAME_MAX (255): '%s'", what,
-		   strlen(l->file), fuzz_esc(l->file, strlen(l->file)));
+		   strlen(base), fuzz_esc(l->file, strlen(l->file)));
+	FUZZ_CHECK("manifest_files", safe_file(l->file),
+		   "%s file name '%s' is not a safe relative path", what,
+		   fuzz_esc(l->file, strlen(l->file)));
 	FUZZ_CHECK("manifest_files", l == config || !l->name || from_name(l->file, l->name),
 		   "%s file '%s' does not come from its name", what, l->file);
 }
@@ -185,8 +226,11 @@ static void check_manifest(const struct manifest *m)
 	FUZZ_CHECK("manifest_fields", !m->media_type || !strcmp(m->media_type, MEDIA_DOCKER_MANIFEST) ||
 		   !strcmp(m->media_type, MEDIA_OCI_MANIFEST), "media type '%s'", m->media_type);
 	check_layer(&m->config, &m->config, "config");
-	FUZZ_CHECK("manifest_files", !strcmp(m->config.file, "config.json"), "config file '%s'",
-		   m->config.file);
+	bool layer_config = false;
+	for (size_t i = 0; i < m->nlayers; i++)
+		layer_config |= m->layers[i].name && !strcmp(m->layers[i].name, "config.json");
+	FUZZ_CHECK("manifest_files", layer_config ? !strncmp(m->config.file, "config.json.", 12)
+		   : !strcmp(m->config.file, "config.json"), "config file '%s'", m->config.file);
 	FUZZ_CHECK("manifest_repeat", !m->config.repeat, "config marked as a repeat");
 	files[0] = m->config.file;
 	files[1] = "manifest.json";
@@ -224,6 +268,7 @@ static void check_manifest(const struct manifest *m)
 	for (size_t i = 1; i < n + 1; i++)
 		FUZZ_CHECK("manifest_files", strcmp(files[i - 1], files[i]) != 0,
 			   "file name '%s' is used twice", fuzz_esc(files[i], strlen(files[i])));
+	check_tree(files, n + 1);
 
 	FUZZ_CHECK("manifest_each", manifest_for_each_blob(m, on_blob, &v) == 0, "non-zero");
 	FUZZ_CHECK("manifest_each", v.bytes == m->total_size, "visited %llu bytes of %llu",

@@ -129,6 +129,66 @@ rep = {
 }
 put("manifest", "repeats", json.dumps(rep))
 
+# Ollama's tensor format: names are paths; a layer named config.json.
+tensor = {
+    "schemaVersion": 2, "mediaType": DOCKER,
+    "config": desc("application/vnd.docker.container.image.v1+json", b'{"model_format":"safetensors"}'),
+    "layers": [desc("application/vnd.ollama.image.tensor", b"t%d" % i,
+                    name="text_encoder/model.layers.%d.mlp.down_proj.weight" % i, dtype="BF16",
+                    shape=[2560, 9728]) for i in range(4)] + [
+        desc("application/vnd.ollama.image.json", b"c1", name="text_encoder/config.json"),
+        desc("application/vnd.ollama.image.json", b"c2", name="tokenizer/vocab.json"),
+        desc("application/vnd.ollama.image.json", b"c3", name="model_index.json"),
+        desc("application/vnd.ollama.image.json", b"c4", name="config.json"),
+        desc("application/vnd.ollama.image.model", b"m"),
+    ],
+}
+put("manifest", "ollama-tensor", json.dumps(tensor))
+collide = json.loads(json.dumps(tensor))
+collide["layers"].append(desc("application/vnd.ollama.image.json", b"c5", name="text_encoder"))
+put("manifest", "file-and-directory", json.dumps(collide))
+
+# CNCF ModelPack, ORAS, Docker Model Runner.
+modelpack = {
+    "schemaVersion": 2, "mediaType": OCI, "artifactType": "application/vnd.cncf.model.manifest.v1+json",
+    "config": desc("application/vnd.cncf.model.config.v1+json", b'{"descriptor":{}}'),
+    "layers": [
+        desc("application/vnd.cncf.model.weight.v1.raw", b"w1",
+             annotations={"org.cncf.model.filepath": "model-00001-of-00002.safetensors"}),
+        desc("application/vnd.cncf.model.weight.config.v1.raw", b"c",
+             annotations={"org.cncf.model.filepath": "config.json"}),
+        desc("application/vnd.cncf.model.doc.v1.tar+gzip", b"d",
+             annotations={"org.cncf.model.filepath": "docs/README.md"}),
+        desc("application/vnd.cnai.model.weight.v1.tar", b"o",
+             annotations={"org.cnai.model.filepath": "old/w.bin"}),
+    ],
+}
+put("manifest", "modelpack", json.dumps(modelpack))
+oras = {
+    "schemaVersion": 2, "mediaType": OCI, "artifactType": "application/vnd.unknown.artifact.v1",
+    "config": {"mediaType": "application/vnd.oci.empty.v1+json", "digest": sha(b"{}"), "size": 2,
+               "data": "e30="},
+    "layers": [
+        desc("application/vnd.oci.image.layer.v1.tar", b"f",
+             annotations={"org.opencontainers.image.title": "sub/file.txt"}),
+        desc("application/vnd.oci.image.layer.v1.tar+gzip", b"dir",
+             annotations={"org.opencontainers.image.title": "dir",
+                          "io.deis.oras.content.digest": sha(b"dir-tar"),
+                          "io.deis.oras.content.unpack": "true"}),
+    ],
+}
+put("manifest", "oras", json.dumps(oras))
+dmr = {
+    "schemaVersion": 2, "mediaType": OCI,
+    "config": desc("application/vnd.docker.ai.model.config.v0.1+json", b'{"config":{"format":"gguf"}}'),
+    "layers": [desc("application/vnd.docker.ai.gguf.v3", b"g%d" % i) for i in range(3)] + [
+        desc("application/vnd.docker.ai.license", b"l"),
+        desc("application/vnd.docker.ai.mmproj", b"p"),
+        desc("application/vnd.docker.ai.chat.template.jinja", b"t"),
+    ],
+}
+put("manifest", "docker-model-runner", json.dumps(dmr))
+
 for i, (mt, key) in enumerate([("application/vnd.docker.distribution.manifest.list.v2+json", "manifests"),
                                ("application/vnd.oci.image.index.v1+json", "manifests")]):
     put("manifest", "list-%d" % i, json.dumps({

@@ -228,10 +228,20 @@ static void test_reserved_names_renamed(void **state)
 		OLX("model", "1", "1", "'name':'config.json'") ","
 		OLX("model", "2", "2", "'name':'manifest.json'") "]}");
 
-	assert_string_equal(m->config.file, "config.json");
+	/* A layer named config.json is the model's own: it keeps the name. */
+	assert_string_equal(m->config.file, "config.json.1");
 	assert_string_equal(m->layers[0].name, "config.json");
-	assert_string_equal(m->layers[0].file, "config.json.1");
+	assert_string_equal(m->layers[0].file, "config.json");
 	assert_string_equal(m->layers[1].file, "manifest.json.1");
+	manifest_free(m);
+
+	/* The config steps past names that are taken. */
+	m = parse_ok(HDR CFG ",'layers':["
+		OLX("model", "1", "1", "'name':'config.json.1'") ","
+		OLX("model", "2", "2", "'name':'config.json'") "]}");
+	assert_string_equal(m->layers[0].file, "config.json.1");
+	assert_string_equal(m->layers[1].file, "config.json");
+	assert_string_equal(m->config.file, "config.json.2");
 	manifest_free(m);
 }
 
@@ -421,7 +431,8 @@ static void test_refuses_lists_and_indexes(void **state)
 static void test_refuses_unsafe_layer_names(void **state)
 {
 	static const char *const names[] = {
-		"'..'", "'.'", "'a/b'", "'/etc/passwd'", "'../../x'", "''",
+		"'..'", "'.'", "'/etc/passwd'", "'../../x'", "''", "'a//b'", "'a/./b'",
+		"'a/../b'", "'a/..'", "'./a'", "'//a'", "'a/b\\u001f/c'", "'d\\n/x'",
 		"'a\\nb'", "'a\\u0001b'", "'tab\\there'", "'del\\u007f'", "'x/'",
 	};
 	char tmpl[512];
@@ -448,6 +459,250 @@ static void test_refuses_overlong_name(void **state)
 	name[255] = '\0';
 	snprintf(tmpl, sizeof(tmpl), ONE(OLX("model", "1", "1", "'name':'%s'")), name);
 	manifest_free(parse_ok(tmpl));
+}
+
+/* Each hostile path is refused with the reason, naming the layer. */
+static void test_unsafe_path_reasons(void **state)
+{
+	static const struct { const char *name, *why; } cases[] = {
+		{ "'/abs/x'", "absolute" },
+		{ "'a//b'", "empty component" },
+		{ "'a/'", "empty component" },
+		{ "'a/./b'", "'.' component" },
+		{ "'a/../../b'", "'..' component" },
+		{ "'a/b\\u0007'", "control character 0x07" },
+		{ "'a\\u007f/b'", "control character 0x7f" },
+	};
+	char tmpl[512];
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		snprintf(tmpl, sizeof(tmpl), HDR CFG ",'layers':[" OL("model", "1", "1") ","
+			 OLX("model", "2", "1", "'name':%s") "]}", cases[i].name);
+		parse_bad(tmpl, cases[i].why);
+		parse_bad(tmpl, "layer 1 has an unsafe name");
+	}
+}
+
+static void test_refuses_long_and_deep_paths(void **state)
+{
+	char name[2048], tmpl[4096];
+
+	/* A component over NAME_MAX, anywhere in the path. */
+	snprintf(name, sizeof(name), "dir/%0256d/x", 0);
+	snprintf(tmpl, sizeof(tmpl), ONE(OLX("model", "1", "1", "'name':'%s'")), name);
+	parse_bad(tmpl, "over NAME_MAX");
+	snprintf(name, sizeof(name), "dir/%0255d/x", 0);
+	snprintf(tmpl, sizeof(tmpl), ONE(OLX("model", "1", "1", "'name':'%s'")), name);
+	manifest_free(parse_ok(tmpl));
+	/* 32 directories deep is fine, 33 is not. */
+	name[0] = '\0';
+	for (int i = 0; i < 32; i++)
+		strcat(name, "d/");
+	strcat(name, "f");
+	snprintf(tmpl, sizeof(tmpl), ONE(OLX("model", "1", "1", "'name':'%s'")), name);
+	manifest_free(parse_ok(tmpl));
+	snprintf(tmpl, sizeof(tmpl), ONE(OLX("model", "1", "1", "'name':'d/%s'")), name);
+	parse_bad(tmpl, "nested more than 32");
+	/* The whole path is at most 1024 bytes. */
+	snprintf(name, sizeof(name), "%0200d/%0200d/%0200d/%0200d/%0200d/%019d", 0, 0, 0, 0, 0, 0);
+	assert_int_equal(strlen(name), 1024);
+	snprintf(tmpl, sizeof(tmpl), ONE(OLX("model", "1", "1", "'name':'%s'")), name);
+	manifest_free(parse_ok(tmpl));
+	snprintf(tmpl, sizeof(tmpl), ONE(OLX("model", "1", "1", "'name':'%sx'")), name);
+	parse_bad(tmpl, "over the limit of 1024");
+}
+
+/* Ollama's tensor format: a blob per tensor, config files under paths. */
+static void test_tensor_model_paths_become_files(void **state)
+{
+	struct manifest *m = parse_ok(HDR CFG ",'layers':["
+		"{'mediaType':'application/vnd.ollama.image.tensor','digest':'@1','size':10,"
+		"'name':'text_encoder/model.layers.0.mlp.down_proj.weight','dtype':'BF16',"
+		"'shape':[2560,9728]},"
+		"{'mediaType':'application/vnd.ollama.image.tensor','digest':'@2','size':10,"
+		"'name':'transformer/blocks.0.attn.weight'},"
+		"{'mediaType':'application/vnd.ollama.image.json','digest':'@3','size':10,"
+		"'name':'text_encoder/config.json'},"
+		"{'mediaType':'application/vnd.ollama.image.json','digest':'@4','size':10,"
+		"'name':'tokenizer/vocab.json'},"
+		"{'mediaType':'application/vnd.ollama.image.json','digest':'@5','size':10,"
+		"'name':'model_index.json'},"
+		"{'mediaType':'application/vnd.ollama.image.json','digest':'@6','size':10,"
+		"'name':'config.json'}]}");
+
+	assert_string_equal(m->layers[0].file, "text_encoder/model.layers.0.mlp.down_proj.weight");
+	assert_string_equal(m->layers[1].file, "transformer/blocks.0.attn.weight");
+	assert_string_equal(m->layers[2].file, "text_encoder/config.json");
+	assert_string_equal(m->layers[3].file, "tokenizer/vocab.json");
+	assert_string_equal(m->layers[4].file, "model_index.json");
+	assert_string_equal(m->layers[5].file, "config.json");
+	assert_string_equal(m->config.file, "config.json.1");
+	manifest_free(m);
+}
+
+static void test_refuses_file_that_is_a_directory(void **state)
+{
+	parse_bad(HDR CFG ",'layers':[" OLX("model", "1", "1", "'name':'a/b'") ","
+		  OLX("model", "2", "1", "'name':'a'") "]}", "both a file and a directory");
+	parse_bad(HDR CFG ",'layers':[" OLX("model", "1", "1", "'name':'a'") ","
+		  OLX("model", "2", "1", "'name':'a/b/c'") "]}",
+		  "layer 0 has the name 'a', which is both a file and a directory (layer 1 is 'a/b/c')");
+	parse_bad(HDR CFG ",'layers':[" OLX("model", "1", "1", "'name':'x/a/b'") ","
+		  OLX("model", "2", "1", "'name':'x/a'") "]}", "both a file and a directory");
+	parse_bad(ONE(OLX("model", "1", "1", "'name':'config.json/x'")),
+		  "layer 0 has the name 'config.json/x', which needs 'config.json' as a directory");
+	parse_bad(ONE(OLX("model", "1", "1", "'name':'manifest.json/x/y'")), "'manifest.json'");
+}
+
+static void test_paths_share_directories_and_defaults_step_aside(void **state)
+{
+	/* An unnamed layer whose default is a directory, a repeated path. */
+	struct manifest *m = parse_ok(HDR CFG ",'layers':["
+		OLX("model", "1", "1", "'name':'model/weights'") ","
+		OL("model", "2", "1") ","
+		OLX("model", "3", "1", "'name':'model/extra/a'") ","
+		OLX("model", "4", "1", "'name':'model/extra/a'") "]}");
+
+	assert_string_equal(m->layers[0].file, "model/weights");
+	assert_string_equal(m->layers[1].file, "model.1");
+	assert_string_equal(m->layers[2].file, "model/extra/a");
+	assert_string_equal(m->layers[3].file, "model/extra/a.1");
+	manifest_free(m);
+}
+
+static void test_long_repeated_path_fits(void **state)
+{
+	char name[300], tmpl[1024];
+	struct manifest *m;
+
+	snprintf(name, sizeof(name), "d/%0255d", 0);
+	snprintf(tmpl, sizeof(tmpl), HDR CFG ",'layers':[" OLX("model", "1", "1", "'name':'%s'") ","
+		 OLX("model", "2", "1", "'name':'%s'") "]}", name, name);
+	m = parse_ok(tmpl);
+	assert_string_equal(m->layers[0].file, name);
+	assert_int_equal(strlen(m->layers[1].file), 2 + 249 + 2);
+	assert_memory_equal(m->layers[1].file, name, 2 + 249);
+	assert_string_equal(m->layers[1].file + 2 + 249, ".1");
+	manifest_free(m);
+}
+
+#define OCI_HDR "{'schemaVersion':2,'mediaType':'" MEDIA_OCI_MANIFEST "',"
+#define MP(mt, d, extra) \
+	"{'mediaType':'application/vnd.cncf.model." mt "','digest':'@" d "','size':1" extra "}"
+
+/* CNCF ModelPack: org.cncf.model.filepath; archives keep a suffix. */
+static void test_modelpack_file_paths(void **state)
+{
+	struct manifest *m = parse_ok(OCI_HDR "'artifactType':'application/vnd.cncf.model.manifest.v1+json',"
+		"'config':{'mediaType':'application/vnd.cncf.model.config.v1+json','digest':'@0','size':9},"
+		"'layers':["
+		MP("weight.v1.raw", "1", ",'annotations':{'org.cncf.model.filepath':'model-00001-of-00002.safetensors'}") ","
+		MP("weight.config.v1.raw", "2", ",'annotations':{'org.cncf.model.filepath':'config.json'}") ","
+		MP("doc.v1.raw", "3", ",'annotations':{'org.cncf.model.filepath':'docs/README.md'}") ","
+		MP("weight.v1.tar", "4", ",'annotations':{'org.cncf.model.filepath':'w.bin'}") ","
+		MP("code.v1.tar+gzip", "5", ",'annotations':{'org.cncf.model.filepath':'src'}") ","
+		MP("dataset.v1.tar+zstd", "6", ",'annotations':{'org.cncf.model.filepath':'data'}") ","
+		"{'mediaType':'application/vnd.cnai.model.weight.v1.raw','digest':'@7','size':1,"
+		"'annotations':{'org.cnai.model.filepath':'old/tokenizer.json'}}]}");
+
+	assert_string_equal(m->layers[0].file, "model-00001-of-00002.safetensors");
+	/* The model's config.json is the layer's; the manifest's config steps aside. */
+	assert_string_equal(m->layers[1].file, "config.json");
+	assert_string_equal(m->config.file, "config.json.1");
+	assert_string_equal(m->layers[2].file, "docs/README.md");
+	assert_string_equal(m->layers[3].file, "w.bin.tar");
+	assert_string_equal(m->layers[4].file, "src.tar.gz");
+	assert_string_equal(m->layers[5].file, "data.tar.zst");
+	assert_string_equal(m->layers[6].file, "old/tokenizer.json");
+	manifest_free(m);
+	parse_bad(ONE(OLX("model", "1", "1", "'annotations':{'org.cncf.model.filepath':'../x'}")),
+		  "unsafe name '../x' (org.cncf.model.filepath): it has a '..' component");
+	parse_bad(ONE(OLX("model", "1", "1", "'annotations':{'org.cncf.model.filepath':5}")),
+		  "name that is not a string");
+}
+
+/* ORAS: the title; a directory ORAS would unpack stays its .tar.gz. */
+static void test_oras_titles(void **state)
+{
+	struct manifest *m = parse_ok(OCI_HDR "'artifactType':'application/vnd.unknown.artifact.v1',"
+		"'config':{'mediaType':'application/vnd.oci.empty.v1+json','digest':'@0','size':2,'data':'e30='},"
+		"'layers':["
+		"{'mediaType':'application/vnd.oci.image.layer.v1.tar','digest':'@1','size':1,"
+		"'annotations':{'org.opencontainers.image.title':'sub/dir/file.txt'}},"
+		"{'mediaType':'application/vnd.oci.image.layer.v1.tar+gzip','digest':'@2','size':1,"
+		"'annotations':{'org.opencontainers.image.title':'tree','io.deis.oras.content.digest':"
+		"'sha256:@3','io.deis.oras.content.unpack':'true'}},"
+		"{'mediaType':'application/vnd.oci.image.layer.v1.tar','digest':'@4','size':1,"
+		"'annotations':{'org.opencontainers.image.title':'t','org.cncf.model.filepath':'fp'}}]}");
+
+	assert_string_equal(m->layers[0].file, "sub/dir/file.txt");
+	assert_string_equal(m->layers[1].file, "tree.tar.gz");
+	/* The title wins over the ModelPack path. */
+	assert_string_equal(m->layers[2].file, "t");
+	manifest_free(m);
+}
+
+#define DMR(mt, d) "{'mediaType':'application/vnd.docker.ai." mt "','digest':'@" d "','size':1}"
+
+/* Docker Model Runner: the names its bundles give each media type. */
+static void test_docker_model_runner_names(void **state)
+{
+	struct manifest *m = parse_ok(OCI_HDR
+		"'config':{'mediaType':'application/vnd.docker.ai.model.config.v0.1+json','digest':'@0','size':9},"
+		"'layers':[" DMR("gguf.v3", "1") "," DMR("license", "2") "," DMR("license", "3") ","
+		DMR("mmproj", "4") "," DMR("chat.template.jinja", "5") "]}");
+
+	assert_string_equal(m->layers[0].file, "model.gguf");
+	assert_string_equal(m->layers[1].file, "license");
+	assert_string_equal(m->layers[2].file, "license.1");
+	assert_string_equal(m->layers[3].file, "model.mmproj");
+	assert_string_equal(m->layers[4].file, "template.jinja");
+	manifest_free(m);
+
+	/* Shards are numbered as Docker Model Runner unpacks them. */
+	m = parse_ok(OCI_HDR
+		"'config':{'mediaType':'application/vnd.docker.ai.model.config.v0.1+json','digest':'@0','size':9},"
+		"'layers':[" DMR("gguf.v3", "1") "," DMR("gguf.v3", "2") "," DMR("gguf.v3", "3") ","
+		DMR("safetensors", "4") "]}");
+	assert_string_equal(m->layers[0].file, "model-00001-of-00003.gguf");
+	assert_string_equal(m->layers[1].file, "model-00002-of-00003.gguf");
+	assert_string_equal(m->layers[2].file, "model-00003-of-00003.gguf");
+	assert_string_equal(m->layers[3].file, "model.safetensors");
+	manifest_free(m);
+
+	/*
+	 * Its packager annotates every layer with the file's own name, which
+	 * Docker Model Runner ignores for v0.1 configs: its bundle names win.
+	 */
+	m = parse_ok(OCI_HDR
+		"'config':{'mediaType':'application/vnd.docker.ai.model.config.v0.1+json','digest':'@0','size':9},"
+		"'layers':[{'mediaType':'application/vnd.docker.ai.gguf.v3','digest':'@1','size':1,"
+		"'annotations':{'org.cncf.model.filepath':'Llama-3.2-1B-Q4_K_M.gguf'}},"
+		"{'mediaType':'application/vnd.docker.ai.license','digest':'@2','size':1,"
+		"'annotations':{'org.cncf.model.filepath':'LICENSE'}}]}");
+	assert_string_equal(m->layers[0].file, "model.gguf");
+	assert_string_equal(m->layers[1].file, "LICENSE");
+	manifest_free(m);
+
+	/* v0.2 layers carry the ModelPack path, which wins. */
+	m = parse_ok(OCI_HDR
+		"'config':{'mediaType':'application/vnd.docker.ai.model.config.v0.2+json','digest':'@0','size':9},"
+		"'layers':[{'mediaType':'application/vnd.docker.ai.safetensors','digest':'@1','size':1,"
+		"'annotations':{'org.cncf.model.filepath':'text_encoder/model.safetensors'}},"
+		"{'mediaType':'application/vnd.docker.ai.model.file','digest':'@2','size':1,"
+		"'annotations':{'org.cncf.model.filepath':'text_encoder/config.json'}}]}");
+	assert_string_equal(m->layers[0].file, "text_encoder/model.safetensors");
+	assert_string_equal(m->layers[1].file, "text_encoder/config.json");
+	manifest_free(m);
+}
+
+static void test_media_type_parameters_are_not_names(void **state)
+{
+	struct manifest *m = parse_ok(HDR CFG ",'layers':["
+		"{'mediaType':'application/vnd.ollama.image.template; name=chat','digest':'@1','size':1}]}");
+
+	assert_string_equal(m->layers[0].file, "template");
+	manifest_free(m);
 }
 
 static void assert_files_fit_and_differ(const struct manifest *m)
@@ -885,6 +1140,16 @@ int main(void)
 		cmocka_unit_test(test_refuses_lists_and_indexes),
 		cmocka_unit_test(test_refuses_unsafe_layer_names),
 		cmocka_unit_test(test_refuses_overlong_name),
+		cmocka_unit_test(test_unsafe_path_reasons),
+		cmocka_unit_test(test_refuses_long_and_deep_paths),
+		cmocka_unit_test(test_tensor_model_paths_become_files),
+		cmocka_unit_test(test_refuses_file_that_is_a_directory),
+		cmocka_unit_test(test_paths_share_directories_and_defaults_step_aside),
+		cmocka_unit_test(test_long_repeated_path_fits),
+		cmocka_unit_test(test_modelpack_file_paths),
+		cmocka_unit_test(test_oras_titles),
+		cmocka_unit_test(test_docker_model_runner_names),
+		cmocka_unit_test(test_media_type_parameters_are_not_names),
 		cmocka_unit_test(test_long_repeated_names_fit),
 		cmocka_unit_test(test_refuses_nul),
 		cmocka_unit_test(test_refuses_same_digest_different_sizes),
