@@ -406,6 +406,7 @@ class FaultRegistry:
         cdn: bool = False,
         cdn_port: int = 0,
         redirect: bool = False,
+        redirect_status: int = 307,
         auth: str | None = None,
         credentials: tuple[str, str] = ("user", "pass"),
         token_credentials: tuple[str, str] | None = None,
@@ -418,6 +419,9 @@ class FaultRegistry:
             raise ValueError(f"auth must be None, 'bearer' or 'basic', not {auth!r}")
         # Plain attributes: tests may change them at any time.
         self.redirect = redirect
+        if redirect_status not in (301, 302, 303, 307, 308):
+            raise ValueError(f"redirect_status must be a redirect (301, 302, 303, 307, 308), not {redirect_status}")
+        self.redirect_status = redirect_status  # what blob GETs (and redirect faults) answer
         self.auth = auth
         self.credentials = credentials
         self.token_credentials = token_credentials
@@ -924,7 +928,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         raise _Shutdown
 
     def _redirect(self, location: str) -> None:
-        self._respond(_Response(307, [("Location", location)]))
+        self._respond(_Response(self.reg.redirect_status, [("Location", location)]))
 
     # ------------------------------------------------------------ the wire
 
