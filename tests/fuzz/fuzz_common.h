@@ -2,7 +2,8 @@
  * fuzz_common.h - what every harness shares: invariant checks that abort with
  * "INVARIANT <name> violated (...)" (unless $FUZZ_IGNORE names them), input
  * copies (a C string; bytes that end exactly at a PROT_NONE page, so a read
- * past the end is a SEGV even in uninstrumented cJSON), printable escapes for
+ * past the end is a SEGV even in uninstrumented cJSON), little-endian
+ * integers, printable escapes for
  * messages, and a reference answer to "is this host a loopback address".
  */
 #ifndef BLOBFS_FUZZ_COMMON_H
@@ -64,6 +65,21 @@ static inline const char *fuzz_esc(const char *s, size_t n)
 		o += sprintf(o, "...");
 	*o = '\0';
 	return out;
+}
+
+/* Little-endian integers from the input (the caller checked there are enough bytes). */
+static inline uint64_t fuzz_le64(const uint8_t *p)
+{
+	uint64_t v = 0;
+
+	for (int i = 7; i >= 0; i--)
+		v = v << 8 | p[i];
+	return v;
+}
+
+static inline uint32_t fuzz_le32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
 }
 
 /* The bytes up to the first NUL (or all of them), as a C string to free. */
