@@ -128,6 +128,19 @@ static void test_uppercase_is_kept(void **state)
 	assert_name(&n, "", "Registry.Example.COM", "MyNS", "Llama3", "Q4_K_M");
 }
 
+/* Hugging Face's Ollama-compatible endpoint: hf.co/<user>/<repo>:<quant>, as given. */
+static void test_hugging_face_names(void **state)
+{
+	struct model_name n = parse_ok("hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M");
+	char buf[NAME_FORMAT_MAX];
+
+	assert_name(&n, "", "hf.co", "bartowski", "Llama-3.2-1B-Instruct-GGUF", "Q4_K_M");
+	name_format_short(&n, buf, sizeof(buf));
+	assert_string_equal(buf, "hf.co/bartowski/Llama-3.2-1B-Instruct-GGUF:Q4_K_M");
+	n = parse_ok("huggingface.co/unsloth/gemma-3-4b-it-GGUF");
+	assert_name(&n, "", "huggingface.co", "unsloth", "gemma-3-4b-it-GGUF", "latest");
+}
+
 static void test_allowed_punctuation(void **state)
 {
 	struct model_name n = parse_ok("my-host_1.example:8080/my_ns-2/model.v2_x-y:tag.1-2_b");
@@ -396,6 +409,7 @@ int main(void)
 		cmocka_unit_test(test_scheme_host_port),
 		cmocka_unit_test(test_https_scheme_is_lowercased),
 		cmocka_unit_test(test_uppercase_is_kept),
+		cmocka_unit_test(test_hugging_face_names),
 		cmocka_unit_test(test_allowed_punctuation),
 		cmocka_unit_test(test_maximum_lengths_are_accepted),
 		cmocka_unit_test(test_empty_and_null_refused),
