@@ -405,6 +405,38 @@ def test_a_cache_restart_mid_transfer(origin, fleet_cache, stores, blobfs_bin, m
         <= {p.name for p in cache.cached_files()}, "the cache does not hold every slice"
 
 
+@pytest.mark.slow
+def test_the_registry_is_asked_about_once_per_ask_ttl_however_many_ranges_wait(
+        origin, fleet_cache, stores, blobfs_bin, mount, tmp_path, blob_cache):
+    """The cache keeps the registry's yes for --ask-ttl (1 s here). When it
+    runs out, every range the nodes have in flight needs it again at once; one
+    of them asks, the others wait for its answer: for the same credentials
+    (here none) the registry hears about one question per TTL, however many
+    ranges and nodes there are. The nodes read a blob the cache holds, so
+    their ranges come fast."""
+    reg = origin(cdn_rate=None)
+    layer = push_blob(reg, tmp_path, blob_cache, size=256 * MiB, seed=24)
+    ttl = 1.0
+    cache = fleet_cache(reg.url, ["--ask-ttl", f"{ttl:g}s"])
+    [first] = fleet_of(1, reg, cache, tmp_path, blobfs_bin, mount, stores)
+    assert_every_node_has(read_on_nodes([first.model_file(reg.host)], [0.0]), layer)
+    nodes = fleet_of(2 * NODES, reg, cache, tmp_path, blobfs_bin, mount, stores)
+    mark = reg.registry_log_mark()
+    t0 = time.monotonic()
+    assert_every_node_has(read_on_nodes([n.model_file(reg.host) for n in nodes],
+                                        [0.0] * len(nodes)), layer)
+    seconds = time.monotonic() - t0
+    assert_through_the_cache(nodes)
+    asked = sum(1 for e in reg.registry_log_entries(since=mark)
+                if e["uri"] == f"/v2/{REPO}/blobs/{layer.digest}")
+    served = sum(1 for line in cache.access_log.read_text().splitlines()
+                 if f"GET /v2/{REPO}/blobs/{layer.digest} " in line)
+    windows = int(seconds / ttl) + 2
+    print(f"{len(nodes)} nodes made {served} blob requests in {seconds:.1f} s; the cache "
+          f"asked the registry {asked} times ({windows} windows of {ttl:g} s)")
+    assert asked <= 2 * windows < served, (asked, windows, served)
+
+
 def test_the_cache_down_nodes_fall_back_to_the_registry(
         origin, fleet_cache, stores, blobfs_bin, mount, tmp_path, blob_cache):
     reg = origin(cdn_rate=None)
@@ -526,6 +558,50 @@ def test_a_registry_with_bearer_tokens_and_chunk_checksums_behind_the_cache(
     assert len(body) < 4096
     status, _, body = cache_get(cache, path, token="not-a-token")
     assert status == 401 and len(body) < 4096, status
+
+
+def test_a_token_the_registry_refuses_gets_no_blob_once_the_ask_ttl_is_over(
+        fault_registry, fleet_cache):
+    """The registry's yes to a token is kept --ask-ttl (1 s here; nginx counts
+    whole seconds, so up to 2 s), and renewed by one request while the others
+    in flight take the old answer. Once the registry refuses the token (here
+    all tokens are revoked), its no is what is kept: within the TTL and one
+    renewal, no request with that token gets a byte, however many keep asking."""
+    reg = fault_registry(auth="bearer", redirect=True)
+    _, [digest] = reg.add_model(REPO, "latest", [(FAULTREG_MODEL, os.urandom(MiB))])
+    cache = fleet_cache(reg.url, ["--ask-ttl", "1s"])
+    conn = http.client.HTTPConnection(reg.host, timeout=30)
+    try:
+        conn.request("GET", f"/token?scope=repository:{REPO}:pull&service=x")
+        token = json.loads(conn.getresponse().read())["token"]
+    finally:
+        conn.close()
+    path = f"/v2/{REPO}/blobs/{digest}"
+    assert cache_get(cache, path, token)[0] == 200
+
+    answers, stop = [], threading.Event()
+
+    def keep_asking():
+        while not stop.is_set():
+            started = time.monotonic()
+            answers.append((started, cache_get(cache, path, token)[0]))
+
+    askers = [threading.Thread(target=keep_asking) for _ in range(4)]
+    for t in askers:
+        t.start()
+    time.sleep(1.5)
+    reg.expire_tokens()
+    revoked = time.monotonic()
+    time.sleep(5)
+    stop.set()
+    for t in askers:
+        t.join(30)
+    before = [status for started, status in answers if started < revoked]
+    late = [status for started, status in answers if started > revoked + 3]
+    print(f"{len(answers)} requests; before the revocation {set(before)}, "
+          f"from 3 s after it {len(late)} answered {set(late)}")
+    assert before and set(before) == {200}, set(before)
+    assert late and set(late) == {401}, f"a refused token still got the blob: {set(late)}"
 
 
 def test_a_client_cannot_choose_where_the_cache_fetches_from(origin, fleet_cache, tmp_path,
