@@ -2,23 +2,34 @@
 
 1. A blob named by tags from two registries is fetched from either: one of
    two Debian docker-registry instances is stopped.
+2. Two processes on one partial blob: a mount and `blobfs pull` processes
+   against tests/lib/faultreg.py. The chunk map on disk is the shared truth:
+   whichever process holds the fetch, the others read what it made durable,
+   wait only for what is missing, and take the fetch over when the holder
+   stops or dies.
 
 Every reader runs in a child process with a time limit, and every mount
 under the watchdog of the mount fixture, so a hang fails the test.
 """
 
+import hashlib
 import json
+import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 import dockerreg
 from models import OLLAMA_MODEL, make_model, push_model
+from storefiles import sha256_file, store_blob, wait_for
 
 MiB = 1 << 20
 REPO = "library/x"
 PYTHON = "/usr/bin/python3"
+READER_TIMEOUT = 90
 
 
 # ---------------------------------------------------------------- helpers
@@ -93,3 +104,188 @@ def test_a_blob_comes_from_any_registry_that_names_it(registry, second_registry,
     assert got["elapsed"] < 15, f"the read took {got['elapsed']:.1f}s"
 
 
+# ================================================================ 2. two processes on one partial blob
+
+
+def sha256_bytes(data):
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def ok(result):
+    assert result.returncode == 0, f"{' '.join(map(str, result.args))} exited " \
+                                   f"{result.returncode}:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+def start_reader(path):
+    return subprocess.Popen([PYTHON, "-c", READ_ALL, str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def reader_result(proc, timeout=READER_TIMEOUT):
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate(timeout=10)
+        pytest.fail(f"the reader did not finish within {timeout}s")
+    assert proc.returncode == 0, err
+    return json.loads(out)
+
+
+class Pull:
+    """A `blobfs pull` process of its own."""
+
+    def __init__(self, blobfs_bin, store, name, *args):
+        self.argv = [str(blobfs_bin), "--store", str(store), *map(str, args), "pull",
+                     "--quiet", name]
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True, start_new_session=True)
+
+    def finish(self, timeout=READER_TIMEOUT):
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            out, err = self.proc.communicate(timeout=10)
+            pytest.fail(f"{' '.join(self.argv)} did not finish within {timeout}s\n{err}")
+        return subprocess.CompletedProcess(self.argv, self.proc.returncode, out, err)
+
+    def kill(self):
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.communicate(timeout=10)
+
+
+@pytest.fixture
+def pulls(blobfs_bin, store):
+    """Factory: pulls(name, *global_args) -> Pull; every one is killed after the test."""
+    started = []
+
+    def start(name, *args):
+        p = Pull(blobfs_bin, store, name, *args)
+        started.append(p)
+        return p
+
+    yield start
+    for p in started:
+        if p.proc.poll() is None:
+            p.kill()
+
+
+SHARED_REPO = "library/live"
+TRICKLE = 1 * MiB           # bytes/s per response
+CONNECTIONS = 4             # so the whole blob takes LAYER / (4 * TRICKLE) = 6 s at best
+LAYER = 24 * MiB
+READ_TIMEOUT = 3            # the mount's: shorter than the pull takes
+
+
+def layer_data(seed, size=LAYER):
+    block = hashlib.sha256(seed).digest()
+    return b"".join(hashlib.sha256(block + i.to_bytes(4, "little")).digest()
+                    for i in range(size // 32 + 1))[:size]
+
+
+def model_registry(fault_registry, seed, trickle=True, size=LAYER):
+    reg = fault_registry()
+    reg.data = layer_data(seed, size)
+    reg.manifest, (reg.layer,) = reg.add_model(SHARED_REPO, "latest",
+                                               [(OLLAMA_MODEL, reg.data)])
+    if trickle:
+        reg.fault("trickle", rate=TRICKLE, digest=reg.layer)
+    reg.name = f"{reg.host}/{SHARED_REPO}"
+    return reg
+
+
+def test_mount_reads_what_a_pull_has_made_durable(fault_registry, run_blobfs, mount, store, pulls):
+    """(a) A read through a mount while another process pulls the same blob
+    returns the right bytes as the pull brings them, however long the whole
+    blob takes: it is never failed for waiting on the other process, and the
+    blob is fetched once."""
+    reg = model_registry(fault_registry, b"a")
+    ok(run_blobfs(["pull", "--lazy", "--quiet", reg.name]))
+    m = mount("background=never", f"read_timeout={READ_TIMEOUT}")
+    pull = pulls(reg.name, "--connections", CONNECTIONS)
+    assert wait_for(lambda: reg.bytes_sent(reg.layer) > 0, 15), pull.finish().stderr
+    t0 = time.monotonic()
+    got = reader_result(start_reader(model_file(m.path, reg.host, SHARED_REPO)))
+    took = time.monotonic() - t0
+    result = ok(pull.finish())
+    print(f"the read took {took:.1f}s; the registry sent {reg.bytes_sent(reg.layer)} bytes "
+          f"of a {LAYER} byte blob")
+    assert got["ok"], f"the read through the mount failed: {got}\n{m.log()}\n{result.stderr}"
+    assert got["digest"] == reg.layer
+    assert sha256_file(store_blob(store, reg.layer)) == reg.layer
+    # The mount read what the pull fetched: the blob crossed the network once
+    # (and a little: requests cut by a takeover are fetched again).
+    assert reg.bytes_sent(reg.layer) < LAYER * 5 // 4, m.log()
+
+
+def test_pull_finishes_while_a_mount_holds_the_partial_blob_open(fault_registry, run_blobfs,
+                                                                  mount, store, pulls):
+    """(b) A mount that read a few bytes of a blob and keeps it open, fetching
+    nothing more, does not keep a pull of the same blob waiting."""
+    reg = model_registry(fault_registry, b"b", trickle=False, size=8 * MiB)
+    ok(run_blobfs(["pull", "--lazy", "--quiet", reg.name]))
+    m = mount("background=never")
+    with open(model_file(m.path, reg.host, SHARED_REPO), "rb", buffering=0) as f:
+        assert f.read(4096) == reg.data[:4096]
+        # The mount fetched its chunk and read-ahead and has nothing in flight;
+        # after a while it lets the blob go, and takes it back for a read.
+        time.sleep(2)
+        f.seek(4 * MiB)
+        assert f.read(4096) == reg.data[4 * MiB:4 * MiB + 4096]
+        before = reg.bytes_sent(reg.layer)
+        assert 0 < before < 8 * MiB
+        result = ok(pulls(reg.name).finish(timeout=45))
+        print(result.stderr)
+        assert sha256_file(store_blob(store, reg.layer)) == reg.layer
+        # The open file reads on, whole and right, from the committed blob.
+        f.seek(0)
+        assert sha256_bytes(f.read()) == reg.layer
+    assert reg.bytes_sent(reg.layer) < 8 * MiB + before + MiB
+
+
+def test_mount_takes_over_from_a_killed_pull(fault_registry, run_blobfs, mount, store, pulls):
+    """(c) The pull that holds the fetch is killed (SIGKILL) while a mount reads
+    the blob: the mount takes the fetch over, from what the pull made durable,
+    and its read completes with the right bytes."""
+    reg = model_registry(fault_registry, b"c")
+    ok(run_blobfs(["pull", "--lazy", "--quiet", reg.name]))
+    m = mount("background=always", f"read_timeout={READ_TIMEOUT}",
+              global_args=["--connections", CONNECTIONS])
+    pull = pulls(reg.name, "--connections", CONNECTIONS)
+    assert wait_for(lambda: reg.bytes_sent(reg.layer) > 0, 15), pull.finish().stderr
+    reader = start_reader(model_file(m.path, reg.host, SHARED_REPO))
+    assert wait_for(lambda: reg.bytes_sent(reg.layer) >= 6 * MiB, 30)
+    pull.kill()
+    killed_at = reg.bytes_sent(reg.layer)
+    got = reader_result(reader)
+    print(f"the pull was killed after {killed_at} bytes; the registry sent "
+          f"{reg.bytes_sent(reg.layer)} in all")
+    assert got["ok"], f"the read through the mount failed: {got}\n{m.log()}"
+    assert got["digest"] == reg.layer
+    assert m.log_lines("taking over|resuming"), m.log()
+    assert wait_for(lambda: store_blob(store, reg.layer).exists(), 30), m.log()
+    assert sha256_file(store_blob(store, reg.layer)) == reg.layer
+
+
+def test_pull_takes_over_from_a_killed_pull(fault_registry, run_blobfs, store, pulls):
+    """(c) Two pulls of one blob: the first holds the fetch and is killed
+    (SIGKILL); the second, waiting on it, takes it over from the chunks the
+    first made durable and commits the verified blob."""
+    reg = model_registry(fault_registry, b"d")
+    first = pulls(reg.name, "--connections", CONNECTIONS)
+    assert wait_for(lambda: reg.bytes_sent(reg.layer) > 0, 15), first.finish().stderr
+    second = pulls(reg.name, "--connections", CONNECTIONS)
+    assert wait_for(lambda: reg.bytes_sent(reg.layer) >= LAYER // 2, 30)
+    first.kill()
+    killed_at = reg.bytes_sent(reg.layer)
+    result = ok(second.finish())
+    print(f"the first pull was killed after {killed_at} bytes; the registry sent "
+          f"{reg.bytes_sent(reg.layer)} in all\n{result.stderr}")
+    assert sha256_file(store_blob(store, reg.layer)) == reg.layer
+    # What the first pull made durable was not fetched again: only what
+    # arrived after its last map save (about a second's worth) was lost.
+    assert reg.bytes_sent(reg.layer) < LAYER + killed_at * 3 // 4
