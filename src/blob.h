@@ -34,7 +34,8 @@ struct store;
 
 enum blob_state {
 	BLOB_IDLE,      /* not complete; nobody has asked for its bytes yet */
-	BLOB_BUSY,      /* another process holds the blob's lock and is fetching it */
+	BLOB_BUSY,      /* not ours to fetch: another process holds the blob's lock,
+			 * or we let it go; reads what the holder made durable */
 	BLOB_PARTIAL,   /* ours to fetch: partial file and chunk map open */
 	BLOB_COMPLETE,  /* verified, in blobs/ */
 	BLOB_FAILED,    /* verification failed or the fetch gave up; see err */

@@ -18,10 +18,10 @@
 #include "digest.h"
 #include "ranges.h"
 #include "remote.h"
+#include "store.h"
 
 struct chunkmap;
 struct hasher;
-struct store;
 struct strmap;
 
 enum { CH_MISSING, CH_INFLIGHT, CH_WRITTEN, CH_PRESENT };
@@ -52,6 +52,8 @@ struct blob {
 	struct remote *remotes[SOURCES_MAX];  /* where to fetch it, in order */
 	unsigned nremotes;
 	struct chunkmap *map;          /* geometry, and the bits last made durable */
+	struct chunkmap **retired;     /* geometries replaced (a request may hold one) */
+	unsigned nretired;
 	uint8_t *cs;                   /* chunk states */
 	uint32_t npresent, nmissing, ninflight, nwritten;
 	uint64_t missing_bytes;        /* bytes of MISSING chunks */
@@ -59,6 +61,7 @@ struct blob {
 	struct blob_waiter waiters;    /* circular list head */
 	uint64_t ra_start, ra_end;     /* read-ahead window */
 	bool want_all;
+	bool let_go;                   /* BUSY because we let it go (blob_io.c) */
 	uint32_t cursor;               /* where background claims look first */
 	bool chunksums_decided;
 	bool map_dirty;                /* chunks became present since the last map save */
@@ -73,6 +76,7 @@ struct blob {
 
 	/* the worker's progress (blob_worker.c) */
 	uint64_t last_sync_ms;
+	uint64_t busy_ms;              /* PARTIAL: when it last had something to fetch */
 	uint64_t hashed;               /* [0, hashed) has gone into hash */
 	struct hasher *hash;
 	bool fail_reported;            /* on_fail was called */
@@ -82,6 +86,7 @@ struct blob {
 	int fd;                        /* readers: O_RDONLY, -1 until known */
 	int wfd;                       /* the network thread's writes (PARTIAL) */
 	int lockfd;                    /* the store's per-blob lock while we own it */
+	struct store_stamp stamp;      /* BUSY: the holder's map we read last */
 	struct ranges served;          /* what readers have had from the store file */
 	uint64_t drop_upto;            /* served, and durable at the last map save */
 	uint64_t dropped;              /* [0, dropped) advised out of the page cache */
@@ -114,8 +119,16 @@ static inline void want_fetch(struct blob *b)
 
 /* ---- blob_state.c: chunk states, waiters, claims, failures ---- */
 
-/* A blob becomes ours to fetch, with geometry m (taken); resumed: m came from disk. */
-void blob_begin_partial_locked(struct blob *b, struct chunkmap *m, bool resumed);
+/*
+ * A blob becomes ours to fetch, with geometry m (taken); resumed: m came
+ * from disk; same_file: the partial file is the one the blob read before.
+ */
+void blob_begin_partial_locked(struct blob *b, struct chunkmap *m, bool resumed,
+			       bool same_file);
+/* BUSY: the holder made the chunks of m (taken) durable; same_file as above. */
+void blob_view_locked(struct blob *b, struct chunkmap *m, bool same_file);
+/* PARTIAL, and nothing to fetch or check: nobody waits, nothing is in flight. */
+bool blob_idle_locked(const struct blob *b);
 /*
  * Activation's outcomes: IDLE (it failed), BUSY (another process holds the
  * blob's lock) or COMPLETE (verified in blobs/); PARTIAL is begin_partial.
@@ -159,6 +172,8 @@ void blob_state_release(struct blob *b);
 
 /* Move an IDLE or BUSY blob on: 0, -EBUSY (BUSY), or a negative errno. */
 int activate_locked(struct blob *b);
+/* Give the store's blob lock back: an idle PARTIAL blob becomes BUSY. */
+void let_go_locked(struct blob *b);
 /* Advise the store's pages readers have had out of the page cache (drops the lock). */
 void drop_behind(struct blob *b, uint64_t upto, uint64_t min_step);
 /* Write the encoded chunk map of a partial blob; 0 or a negative errno. */

@@ -13,6 +13,25 @@
  * The public calls here (blob_read, blob_fetch_all, blob_activate,
  * blob_served) activate the blob if they must, then leave the rest to the
  * state machine (blob_state.c).
+ *
+ * Sharing a partial blob between processes. The chunk map on disk is the
+ * shared truth, and the blob's lock file names who fetches: the holder of
+ * its flock is the only writer of the partial file and its map, and the
+ * kernel releases the flock when the holder dies. Every other process keeps
+ * the blob BUSY with a view: the partial file opened read-only and the map
+ * the holder last saved (store_partial_peek), re-read when it changes. Reads
+ * of chunks the map marks durable are answered from the file at once; reads
+ * of the rest park, and the worker re-reads the map each tick (its save is
+ * atomic and follows the data's fdatasync, so what it marks is there) and
+ * answers them. A process that waits on a BUSY blob (parked reads, or a
+ * pull) tries the lock each tick, and takes the fetch over, resumed from the
+ * map, as soon as the holder lets go: when the holder dies, commits, or has
+ * had nothing to fetch for LET_GO_MS (the worker saves its map and calls
+ * let_go_locked), so that a mount that keeps a blob open never holds up a
+ * pull. The holder fetches what it needs; a process that waits for chunks
+ * the holder does not fetch gets them when the holder lets go.
+ * Descriptors are replaced in place (replace_fd), so a thread that took one
+ * a moment ago reads the new file, never a closed or reused descriptor.
  */
 #include "config.h"
 
@@ -34,21 +53,46 @@
 #include "util.h"
 
 /*
+ * Put fd in *slot, over the descriptor number already there if there is one:
+ * a thread that read *slot a moment ago (a reply being spliced, a request's
+ * writes) then reaches the new file, never a closed or reused descriptor.
+ */
+static void replace_fd(int *slot, int fd)
+{
+	if (*slot >= 0 && dup2(fd, *slot) >= 0) {
+		close(fd);
+		return;
+	}
+	if (*slot >= 0)
+		close(*slot);
+	*slot = fd;
+}
+
+static bool same_inode(int a, int b)
+{
+	struct stat sa, sb;
+
+	return fstat(a, &sa) == 0 && fstat(b, &sb) == 0 && sa.st_ino == sb.st_ino &&
+	       sa.st_dev == sb.st_dev;
+}
+
+/*
  * Open a fresh or resumed partial file, sized, for writing (b->wfd) and
  * reading (b->fd), and its geometry: the chunk map on disk (*resumed), or
- * fixed-size chunks. We hold the store's blob lock.
+ * fixed-size chunks. *same_file: b->fd read that file already. We hold the
+ * store's blob lock.
  */
-static int open_partial(struct blob *b, struct chunkmap **map, bool *resumed)
+static int open_partial(struct blob *b, struct chunkmap **map, bool *resumed, bool *same_file)
 {
 	struct blobcache *c = b->cache;
 	struct chunkmap *m = NULL;
-	int fd, ret = store_partial_open(c->store, &b->digest, b->size, &b->wfd, &fd);
+	int wfd, fd, ret = store_partial_open(c->store, &b->digest, b->size, &wfd, &fd);
 
 	if (ret < 0)
 		return ret;
-	if (b->fd >= 0)
-		close(b->fd);
-	b->fd = fd;
+	*same_file = b->fd >= 0 && same_inode(b->fd, fd);
+	replace_fd(&b->wfd, wfd);
+	replace_fd(&b->fd, fd);
 	*resumed = store_partial_load_map(c->store, &b->digest, b->size, &m) == 0;
 	if (!*resumed) {
 		/* A map that does not fit is replaced at the first save. */
@@ -76,14 +120,15 @@ static int reserve(struct blob *b, uint64_t have);
  * Set up a fresh or resumed partial blob; we hold the store's blob lock. With
  * a quota, room is made for what is missing and reserved first, so a full
  * disk with evictable blobs is no reason to fail, and a blob that cannot fit
- * fails now (ENOSPC) instead of filling the disk.
+ * fails now (ENOSPC) instead of filling the disk. The hash of the prefix
+ * goes on where it was if the file is the one we read (we let it go).
  */
 static int activate_partial(struct blob *b)
 {
 	const struct blob_opts *o = &b->cache->opts;
 	struct chunkmap *m;
-	bool resumed;
-	int ret = open_partial(b, &m, &resumed);
+	bool resumed, same;
+	int ret = open_partial(b, &m, &resumed, &same);
 
 	if (ret < 0)
 		return ret;
@@ -98,12 +143,41 @@ static int activate_partial(struct blob *b)
 			return ret;
 		}
 	}
-	blob_begin_partial_locked(b, m, resumed);
-	b->hash = hasher_new();
-	b->hashed = 0;
-	memset(&b->served, 0, sizeof(b->served));
-	b->drop_upto = b->dropped = 0;
+	blob_begin_partial_locked(b, m, resumed, same);
+	if (!same || !b->hash) {
+		hasher_free(b->hash);
+		b->hash = hasher_new();
+		b->hashed = 0;
+		memset(&b->served, 0, sizeof(b->served));
+		b->drop_upto = b->dropped = 0;
+	}
+	b->busy_ms = now_ms();
 	return 0;
+}
+
+/*
+ * BUSY: look at what the holder has made durable. The map is read under
+ * b->lock, but only when the holder saved a new one (about once a second).
+ */
+static void refresh_view(struct blob *b)
+{
+	struct chunkmap *m;
+	int newfd, ret = store_partial_peek(b->cache->store, &b->digest, b->size, &b->stamp,
+					    &b->fd, &newfd, &m);
+
+	if (ret <= 0)
+		return;
+	if (newfd >= 0)
+		replace_fd(&b->fd, newfd);
+	blob_view_locked(b, m, newfd < 0);
+}
+
+void let_go_locked(struct blob *b)
+{
+	store_blob_unlock(b->cache->store, &b->digest, b->lockfd, false);
+	b->lockfd = -1;
+	memset(&b->stamp, 0, sizeof(b->stamp));   /* re-read whatever is saved next */
+	blob_mark_locked(b, BLOB_BUSY);
 }
 
 /*
@@ -122,8 +196,12 @@ int activate_locked(struct blob *b)
 		return -EROFS;
 	ret = store_blob_trylock(c->store, &b->digest);
 	if (ret == -EBUSY) {
+		bool first = b->state != BLOB_BUSY;
 		blob_mark_locked(b, BLOB_BUSY);
-		want_work(b);
+		b->let_go = false;       /* someone else holds it now */
+		refresh_view(b);
+		if (first)
+			want_work(b);   /* later, the worker itself calls here */
 		return -EBUSY;
 	}
 	if (ret < 0) {
@@ -133,10 +211,8 @@ int activate_locked(struct blob *b)
 	b->lockfd = ret;
 	ret = store_open_blob(c->store, &b->digest, b->size, &fd);
 	if (ret == 0 || ret == -EBADMSG) {
-		if (ret == 0 && b->fd >= 0)
-			close(b->fd);
 		if (ret == 0)
-			b->fd = fd;
+			replace_fd(&b->fd, fd);
 		/* Complete; or complete with another size, which blames the manifest. */
 		blob_mark_locked(b, ret == 0 ? BLOB_COMPLETE : BLOB_FAILED);
 		b->err = ret;
@@ -248,7 +324,8 @@ void drop_behind(struct blob *b, uint64_t upto, uint64_t min_step)
 void blob_served(struct blob *b, uint64_t off, uint64_t len)
 {
 	pthread_mutex_lock(&b->lock);
-	if (b->state == BLOB_PARTIAL || b->state == BLOB_COMPLETE)
+	/* BUSY too: the file is the one it will be again when we take it back. */
+	if (b->state != BLOB_IDLE && b->state != BLOB_FAILED)
 		ranges_add(&b->served, off, off + len);
 	/* A partial blob's pages go once durable (blob_work); these already are. */
 	if (b->state == BLOB_COMPLETE)
@@ -299,6 +376,7 @@ int blob_fetch_all(struct blob *b, bool reserve_space)
 		ret = 0;
 	} else if (ret == -EBUSY) {
 		blob_want_all_locked(b, false);   /* taken up when the other process lets go */
+		want_work(b);
 		ret = 0;
 	}
 	pthread_mutex_unlock(&b->lock);

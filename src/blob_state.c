@@ -5,8 +5,12 @@
  * record what it changed; that keeps this file testable on its own
  * (tests/unit/test_blob.c).
  *
- * A blob is IDLE until someone needs its bytes, BUSY while another process
- * fetches it, PARTIAL while it is ours to fetch, then COMPLETE or FAILED.
+ * A blob is IDLE until someone needs its bytes, PARTIAL while it is ours to
+ * fetch, BUSY while it is not (another process holds it, or we let it go
+ * when we had nothing to fetch), then COMPLETE or FAILED. A BUSY blob keeps
+ * a view of the chunks the holder has made durable (blob_view_locked), and
+ * its reads of those are answered like a partial blob's (see blob_io.c for
+ * how processes share a partial blob).
  * While PARTIAL each chunk is MISSING, INFLIGHT (claimed by exactly one
  * request), WRITTEN (awaiting its chunk checksum) or PRESENT, and only
  * MISSING chunks can be claimed: that makes a range single-flight. A read
@@ -57,6 +61,7 @@ static void record_failure(struct blob *b, uint64_t start, uint64_t end, int err
 }
 
 static bool chunk_readable(const struct blob *b, uint32_t i);
+static bool window_has_missing(const struct blob *b, uint64_t start, uint64_t end);
 
 /* The error of a recent failure of bytes in [off, off + len) not yet readable, or 0. */
 static int recent_failure(const struct blob *b, uint64_t off, uint64_t len)
@@ -108,6 +113,12 @@ static void waiter_chunks(const struct blob *b, struct blob_waiter *w)
 	w->last = chunkmap_index(b->map, w->off + w->len - 1);
 }
 
+/* Does the blob know its chunks: ours to fetch, or a view of another's? */
+static bool has_chunks(const struct blob *b)
+{
+	return b->state == BLOB_PARTIAL || (b->state == BLOB_BUSY && b->map);
+}
+
 /* Advance w->first past present chunks; true when all of w is present. */
 static bool waiter_ready(const struct blob *b, struct blob_waiter *w)
 {
@@ -132,8 +143,7 @@ void collect_waiters(struct blob *b, struct blob_waiter **out, int err,
 		if (err)
 			take = b->state != BLOB_PARTIAL || (w->first <= hi && w->last >= lo);
 		else
-			take = b->state == BLOB_COMPLETE ||
-			       (b->state == BLOB_PARTIAL && waiter_ready(b, w));
+			take = b->state == BLOB_COMPLETE || (has_chunks(b) && waiter_ready(b, w));
 		if (!take)
 			continue;
 		waiter_unlink(w);
@@ -179,34 +189,96 @@ static void set_chunk_present(struct blob *b, uint32_t i)
 	b->present_bytes += chunkmap_end(b->map, i) - chunkmap_start(b->map, i);
 }
 
-void blob_begin_partial_locked(struct blob *b, struct chunkmap *m, bool resumed)
+/* Keep an old geometry until the blob goes: a request begun under it may hold it. */
+static void retire_map(struct blob *b, struct chunkmap *m)
 {
-	if (resumed)
-		b->chunksums_decided = true;
-	b->map = m;
+	b->retired = xrealloc(b->retired, (b->nretired + 1) * sizeof(*b->retired));
+	b->retired[b->nretired++] = m;
+}
+
+/*
+ * Make m (taken) the blob's geometry and its durable chunks; nothing may be
+ * in flight. A map of the geometry the blob has is copied into the one it
+ * has, which the network thread may read without a lock; another geometry
+ * replaces it. With same_file, chunks present now stay present: they are in
+ * the same file, where chunks only ever arrive.
+ */
+static void install_map_locked(struct blob *b, struct chunkmap *m, bool same_file)
+{
+	uint8_t *old = b->cs;
+
+	if (b->map && chunkmap_same_geometry(b->map, m)) {
+		memcpy(b->map->bits, m->bits, (m->n + 7) / 8);
+		chunkmap_free(m);
+		m = b->map;
+	} else {
+		if (b->map)
+			retire_map(b, b->map);
+		b->map = m;
+		same_file = false;
+		free(b->bad);
+		b->bad = NULL;
+	}
 	b->cs = xcalloc(m->n + 1, 1);
+	b->npresent = b->ninflight = b->nwritten = 0;
+	b->present_bytes = 0;
 	b->nmissing = m->n;
 	b->missing_bytes = b->size;
+	b->cursor = 0;
 	for (uint32_t i = 0; i < m->n; i++) {
-		if (chunkmap_has(m, i)) {
+		if (chunkmap_has(m, i) || (same_file && old && old[i] == CH_PRESENT)) {
 			set_chunk_present(b, i);
 			b->nmissing--;
 			b->missing_bytes -= chunkmap_end(m, i) - chunkmap_start(m, i);
 		}
 	}
-	if (b->npresent)
-		log_info("resuming '%s': %u of %u chunks already local", b->name,
-			 b->npresent, m->n);
-	b->state = BLOB_PARTIAL;
-	/* Reads parked while another process held the blob know their chunks now. */
+	free(old);
+	/* Parked reads know their chunks now, or know them anew. */
 	for (struct blob_waiter *w = b->waiters.next; w != &b->waiters; w = w->next)
 		waiter_chunks(b, w);
 }
 
+void blob_begin_partial_locked(struct blob *b, struct chunkmap *m, bool resumed,
+			       bool same_file)
+{
+	bool other = b->state == BLOB_BUSY && !b->let_go;
+
+	if (resumed)
+		b->chunksums_decided = true;
+	install_map_locked(b, m, same_file);
+	if (b->let_go)
+		log_debug("taking '%s' back: %u of %u chunks local", b->name, b->npresent,
+			  b->map->n);
+	else if (other)
+		log_info("taking over the fetch of '%s': %u of %u chunks already local", b->name,
+			 b->npresent, b->map->n);
+	else if (b->npresent)
+		log_info("resuming '%s': %u of %u chunks already local", b->name,
+			 b->npresent, b->map->n);
+	b->state = BLOB_PARTIAL;
+	b->let_go = false;
+}
+
+void blob_view_locked(struct blob *b, struct chunkmap *m, bool same_file)
+{
+	install_map_locked(b, m, same_file);
+}
+
+bool blob_idle_locked(const struct blob *b)
+{
+	return b->state == BLOB_PARTIAL && b->waiters.next == &b->waiters && !b->want_all &&
+	       !b->ninflight && !b->nwritten && !b->orphan && b->npresent < b->map->n &&
+	       !window_has_missing(b, b->ra_start, b->ra_end);
+}
+
 void blob_mark_locked(struct blob *b, enum blob_state st)
 {
-	if (st == BLOB_BUSY && b->state != BLOB_BUSY)
-		log_info("'%s' is being fetched by another blobfs process; waiting", b->name);
+	if (st == BLOB_BUSY && b->state == BLOB_IDLE)
+		log_info("'%s' is being fetched by another blobfs process; "
+			 "reading what it has made durable", b->name);
+	else if (st == BLOB_BUSY && b->state == BLOB_PARTIAL)
+		log_debug("letting go of '%s': nothing to fetch", b->name);
+	b->let_go = st == BLOB_BUSY && (b->let_go || b->state == BLOB_PARTIAL);
 	if (st == BLOB_COMPLETE)
 		b->present_bytes = b->size;
 	b->state = st;
@@ -237,7 +309,12 @@ int blob_read_locked(struct blob *b, uint64_t off, uint64_t len, uint64_t ra,
 	w->off = off;
 	w->len = len;
 	w->deadline_ms = now_ms() + b->cache->opts.read_timeout_ms;
-	if (b->state == BLOB_PARTIAL) {
+	if (b->state == BLOB_BUSY && b->map) {
+		/* Another process fetches: read what it made durable, wait for the rest. */
+		waiter_chunks(b, w);
+		if (waiter_ready(b, w))
+			return 1;
+	} else if (b->state == BLOB_PARTIAL) {
 		waiter_chunks(b, w);
 		if (ra) {
 			uint64_t ra_start = off + len, ra_end = MIN(b->size, ra_start + ra);
@@ -732,12 +809,24 @@ void blob_finish_locked(struct blob *b, int err, struct blob_waiter **ready)
 
 bool blob_needs_worker_locked(const struct blob *b)
 {
-	return b->waiters.next != &b->waiters || b->state == BLOB_BUSY ||
-	       (b->state == BLOB_PARTIAL && (b->map_dirty || b->nwritten));
+	bool waiting = b->waiters.next != &b->waiters;
+
+	/*
+	 * A partial blob is visited while ours, so that the worker lets it go
+	 * when idle; but not an orphan, which goes with its last reference (the
+	 * worker's list holds one).
+	 */
+	if (b->state == BLOB_BUSY)
+		return waiting || b->want_all;
+	return waiting || (b->state == BLOB_PARTIAL &&
+			   (!b->orphan || b->map_dirty || b->nwritten));
 }
 
 void blob_state_release(struct blob *b)
 {
+	for (unsigned i = 0; i < b->nretired; i++)
+		chunkmap_free(b->retired[i]);
+	free(b->retired);
 	chunkmap_free(b->map);
 	free(b->cs);
 	free(b->bad);

@@ -5,8 +5,9 @@
  * thread's writes: hashing the contiguous prefix as it grows, checking chunk
  * checksums, making the chunk map durable (fdatasync, then an atomic map
  * write), dropping the store's copy of what readers have had from the page
- * cache, the final verification and commit, parked-read deadlines, and
- * polling blobs another process holds.
+ * cache, the final verification and commit, parked-read deadlines,
+ * polling blobs another process holds, and letting go of blobs it holds but
+ * has had nothing to fetch for (blob_io.c: how processes share a blob).
  *
  * It sleeps until a blob is scheduled (want_work) or a tick passes
  * (WORKER_TICK_MS). It drops blob->lock around all file I/O and records
@@ -32,6 +33,12 @@
 /* The worker wakes at least this often (deadlines, busy polls). */
 #define WORKER_TICK_MS 100
 #define HASH_BUF (1u << 20)      /* bytes read back per step of the hash */
+/*
+ * A partial blob with nothing to fetch for this long is let go, so that
+ * another process that needs it can take it over (a pull behind a mount
+ * that keeps the blob open). Taking it back costs an open and a map read.
+ */
+#define LET_GO_MS 1000
 
 /* ---- the work list ---- */
 
@@ -186,6 +193,24 @@ static void finish_blob(struct blob *b, struct blob_waiter **ready)
 }
 
 /*
+ * Let go of a partial blob that has had nothing to fetch for LET_GO_MS,
+ * once its map is durable. Lock held.
+ */
+static void maybe_let_go(struct blob *b, uint64_t now)
+{
+	if (!blob_idle_locked(b)) {
+		b->busy_ms = now;
+		return;
+	}
+	if (now - b->busy_ms < LET_GO_MS)
+		return;
+	if (b->map_dirty)
+		sync_map(b);
+	if (!b->map_dirty && blob_idle_locked(b))
+		let_go_locked(b);
+}
+
+/*
  * Do what the blob needs; returns true while it still needs the worker
  * (parked reads to time out, a map to sync, another process to wait for).
  * With final, make progress durable now: the cache is shutting down.
@@ -197,7 +222,9 @@ static bool blob_work(struct blob *b, uint64_t now, bool final)
 	bool more, kick = false;
 
 	pthread_mutex_lock(&b->lock);
-	if (b->state == BLOB_BUSY && !final && activate_locked(b) == 0 &&
+	/* Take over from another process only when something here waits for it. */
+	bool demand = b->waiters.next != &b->waiters || b->want_all;
+	if (b->state == BLOB_BUSY && !final && demand && activate_locked(b) == 0 &&
 	    b->state == BLOB_PARTIAL)
 		kick = true;
 	if (b->state == BLOB_FAILED)   /* activation failed it: readers parked meanwhile learn why */
@@ -216,6 +243,8 @@ static bool blob_work(struct blob *b, uint64_t now, bool final)
 		drop_behind(b, MIN(b->drop_upto, b->hashed), DROP_MIN);  /* hashing reads them */
 		if (all && b->hashed == b->size)
 			finish_blob(b, &done);
+		else if (!final)
+			maybe_let_go(b, now);
 	}
 	more = blob_needs_worker_locked(b);
 	bool failed_now = b->state == BLOB_FAILED && !b->fail_reported;

@@ -193,6 +193,16 @@ void chunkmap_free(struct chunkmap *m)
 	free(m);
 }
 
+bool chunkmap_same_geometry(const struct chunkmap *a, const struct chunkmap *b)
+{
+	if (a->size != b->size || a->chunk != b->chunk || a->n != b->n ||
+	    !a->bounds != !b->bounds || !a->sums != !b->sums)
+		return false;
+	if (a->bounds && memcmp(a->bounds, b->bounds, (a->n + 1) * sizeof(*a->bounds)))
+		return false;
+	return !a->sums || !memcmp(a->sums, b->sums, a->n * sizeof(*a->sums));
+}
+
 uint32_t chunkmap_index(const struct chunkmap *m, uint64_t off)
 {
 	uint32_t lo = 0, hi = m->n;

@@ -80,6 +80,9 @@ static inline void chunkmap_clear(struct chunkmap *m, uint32_t i)
 	m->bits[i >> 3] &= (uint8_t)~(1u << (i & 7));
 }
 
+/* Do a and b cut the blob into the same chunks, with the same checksums? */
+bool chunkmap_same_geometry(const struct chunkmap *a, const struct chunkmap *b);
+
 uint32_t chunkmap_count(const struct chunkmap *m);
 uint64_t chunkmap_bytes(const struct chunkmap *m);
 

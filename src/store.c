@@ -1238,14 +1238,15 @@ static int open_partial_w(const struct store *s, const struct digest *d)
 		free(path);
 		store_partial_remove(s, d, NULL);
 	}
-	fd = open_regular_at(s->partialfd, name, O_RDWR | O_CREAT | O_EXCL, 0644);
-	if (fd >= 0) {
-		/* A map without its data says nothing about the new file. */
-		char map[ENTRY_MAX];
-		entry_name(d, ".map", map, sizeof(map));
-		unlinkat(s->partialfd, map, 0);
-	}
-	return fd;
+	/*
+	 * A map without its data says nothing about the new file. It goes before
+	 * the file is made, so that no process that reads the map while the file
+	 * is new (store_partial_peek) can take its bits for the new file's.
+	 */
+	char map[ENTRY_MAX];
+	entry_name(d, ".map", map, sizeof(map));
+	unlinkat(s->partialfd, map, 0);
+	return open_regular_at(s->partialfd, name, O_RDWR | O_CREAT | O_EXCL, 0644);
 }
 
 int store_partial_open(const struct store *s, const struct digest *d, uint64_t size,
@@ -1296,6 +1297,60 @@ int store_partial_load_map(const struct store *s, const struct digest *d, uint64
 
 	entry_name(d, ".map", name, sizeof(name));
 	return chunkmap_load_at(s->partialfd, name, d, size, out);
+}
+
+static bool same_file(const struct stat *a, const struct stat *b)
+{
+	return a->st_ino == b->st_ino && a->st_dev == b->st_dev;
+}
+
+/*
+ * The map is read between two looks at the data file's name: when both name
+ * the file *fd reads, the map describes that file, because a holder writes
+ * only the map of the file it holds, and removes an old map before it makes
+ * a new file (open_partial_w). A file renamed away (committed) or replaced
+ * in between fails the second look: -EAGAIN, try again later.
+ */
+int store_partial_peek(const struct store *s, const struct digest *d, uint64_t size,
+		       struct store_stamp *stamp, int *fdp, int *newfd, struct chunkmap **out)
+{
+	char name[ENTRY_MAX], map[ENTRY_MAX];
+	struct stat ms, fs, ns;
+	int fd = -1, ret;
+
+	*newfd = -1;
+	*out = NULL;
+	entry_name(d, "", name, sizeof(name));
+	entry_name(d, ".map", map, sizeof(map));
+	if (fstatat(s->partialfd, map, &ms, AT_SYMLINK_NOFOLLOW) < 0)
+		return -errno;
+	if (*fdp >= 0 && stamp->ino == (uint64_t)ms.st_ino &&
+	    stamp->sec == (int64_t)ms.st_ctim.tv_sec && stamp->nsec == (int64_t)ms.st_ctim.tv_nsec)
+		return 0;
+	if ((fd = open_regular_at(s->partialfd, name, O_RDONLY, 0)) < 0)
+		return fd;
+	if (fstat(fd, &fs) < 0 || (uint64_t)fs.st_size != size) {
+		close(fd);
+		return -EAGAIN;
+	}
+	ret = chunkmap_load_at(s->partialfd, map, d, size, out);
+	if (ret == 0 && (fstatat(s->partialfd, name, &ns, AT_SYMLINK_NOFOLLOW) < 0 ||
+			 !same_file(&fs, &ns)))
+		ret = -EAGAIN;
+	if (ret < 0) {
+		chunkmap_free(*out);
+		*out = NULL;
+		close(fd);
+		return ret;
+	}
+	stamp->ino = (uint64_t)ms.st_ino;
+	stamp->sec = (int64_t)ms.st_ctim.tv_sec;
+	stamp->nsec = (int64_t)ms.st_ctim.tv_nsec;
+	if (*fdp >= 0 && fstat(*fdp, &ns) == 0 && same_file(&fs, &ns))
+		close(fd);      /* the file we read already */
+	else
+		*newfd = fd;
+	return 1;
 }
 
 int store_partial_save_map(const struct store *s, const struct digest *d,

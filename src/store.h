@@ -171,7 +171,7 @@ int store_evict(struct store *s, uint64_t max, uint64_t reserve,
 /* Disk space the blobs take, complete (blobs/) and partial (with their maps). */
 uint64_t store_usage(const struct store *s);
 
-/* ---- partial blobs: only the holder of the blob's lock calls these ---- */
+/* ---- partial blobs: only the holder of the blob's lock writes them ---- */
 
 /*
  * Open the blob's partial file for writing, creating it if need be, sized to
@@ -184,6 +184,22 @@ int store_partial_open(const struct store *s, const struct digest *d, uint64_t s
 /* The partial blob's durable chunk map; -ENOENT, or -EINVAL if it does not fit. */
 int store_partial_load_map(const struct store *s, const struct digest *d, uint64_t size,
 			   struct chunkmap **out);
+/* Which version of a chunk map a process last read (store_partial_peek). */
+struct store_stamp {
+	uint64_t ino;
+	int64_t sec, nsec;   /* its ctime */
+};
+
+/*
+ * For a process that does not hold the blob's lock: another process's partial
+ * blob, read-only. If the map on disk is the one stamp names and *fd is open,
+ * 0: nothing changed. Else 1 with the durable map in *map, the stamp updated,
+ * and in *newfd the partial file the map describes, opened read-only, or -1
+ * when that is the file *fd reads already. -ENOENT: no map (nothing durable
+ * yet, or the blob was committed); -EAGAIN: the file changed while looking.
+ */
+int store_partial_peek(const struct store *s, const struct digest *d, uint64_t size,
+		       struct store_stamp *stamp, int *fd, int *newfd, struct chunkmap **map);
 /* Replace its chunk map (encoded) atomically. */
 int store_partial_save_map(const struct store *s, const struct digest *d,
 			   const void *buf, size_t len);

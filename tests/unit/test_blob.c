@@ -5,7 +5,9 @@
  * network thread and the worker drive it: parked reads and their answers
  * (ready, deadline, cancel), claims (single flight, who goes first, the
  * read-ahead window, background shares), and failures (unclaim with an
- * error, the memory of recent failures, chunk checksums).
+ * error, the memory of recent failures, chunk checksums), and a blob that
+ * another process fetches: reads of what its map says is durable, taking
+ * it over, and when a blob of ours is idle enough to let go.
  */
 #include "config.h"
 
@@ -97,7 +99,7 @@ static struct blob *partial_blob(struct fx *f, struct chunkmap *m)
 	assert_non_null(b);
 	assert_int_equal(b->state, BLOB_IDLE);
 	pthread_mutex_lock(&b->lock);
-	blob_begin_partial_locked(b, m, false);
+	blob_begin_partial_locked(b, m, false, false);
 	pthread_mutex_unlock(&b->lock);
 	assert_int_equal(b->state, BLOB_PARTIAL);
 	return b;
@@ -624,6 +626,129 @@ static void test_chunk_checksums_are_adopted_only_before_any_fetch(void **state)
 	blob_put(c);
 }
 
+/* ---- another process holds the blob ---- */
+
+/* A map of NCH chunks of CH bytes with chunks [lo, hi) durable. */
+static struct chunkmap *durable(uint32_t lo, uint32_t hi)
+{
+	struct chunkmap *m = chunkmap_new_fixed(SIZE, CH);
+
+	for (uint32_t i = lo; i < hi; i++)
+		chunkmap_set(m, i);
+	return m;
+}
+
+/* A blob another process fetches, seen through its map: chunks [lo, hi) durable. */
+static struct blob *busy_blob(struct fx *f, uint32_t lo, uint32_t hi)
+{
+	struct digest d;
+	struct blob *b;
+
+	memset(&d, ++f->next_digest, sizeof(d));
+	b = blob_get(f->c, &d, SIZE);
+	pthread_mutex_lock(&b->lock);
+	blob_mark_locked(b, BLOB_BUSY);
+	blob_view_locked(b, durable(lo, hi), false);
+	pthread_mutex_unlock(&b->lock);
+	return b;
+}
+
+static void test_a_busy_blob_reads_what_the_holder_made_durable(void **state)
+{
+	struct fx *f = *state;
+	struct blob *b = busy_blob(f, 0, 3);
+	struct rd r;
+	uint64_t s, e;
+
+	assert_int_equal(rd_start(b, &r, 100, 2 * CH, 0), 1);
+	assert_int_equal(rd_start(b, &r, 2 * CH + 10, CH, 0), 0);   /* spans missing chunk 3 */
+	assert_int_equal(f->kicks, 0);          /* not ours to fetch */
+	assert_int_equal(claim_n(b, false, NCH, &s, &e), -1);
+	/* The holder saved a map with chunk 3: the parked read is answered. */
+	struct blob_waiter *ready = NULL;
+	pthread_mutex_lock(&b->lock);
+	blob_view_locked(b, durable(3, 4), true);
+	collect_waiters(b, &ready, 0, 0, 0);
+	pthread_mutex_unlock(&b->lock);
+	finish_waiters(ready);
+	assert_int_equal(r.calls, 1);
+	assert_int_equal(r.err, 0);
+	struct blob_stats st;
+	blob_stats(b, &st);
+	assert_int_equal(st.present, 4 * CH);   /* the same file: chunks only arrive */
+	blob_put(b);
+}
+
+static void test_a_view_of_another_file_forgets_the_old_chunks(void **state)
+{
+	struct fx *f = *state;
+	struct blob *b = busy_blob(f, 0, 4);
+	struct rd r;
+
+	struct rd r2;
+
+	pthread_mutex_lock(&b->lock);
+	blob_view_locked(b, durable(6, 7), false);
+	pthread_mutex_unlock(&b->lock);
+	assert_int_equal(rd_start(b, &r, 0, 10, 0), 0);
+	assert_int_equal(rd_start(b, &r2, 6 * CH, 10, 0), 1);
+	assert_true(blob_cancel(b, &r.w));
+	blob_put(b);
+}
+
+static void test_taking_over_keeps_the_chunks_of_the_same_file(void **state)
+{
+	struct fx *f = *state;
+	struct blob *b = busy_blob(f, 0, 2);
+	struct rd r;
+	uint64_t s, e;
+
+	assert_int_equal(rd_start(b, &r, 5 * CH, 10, 0), 0);
+	pthread_mutex_lock(&b->lock);
+	blob_begin_partial_locked(b, durable(2, 3), true, true);
+	pthread_mutex_unlock(&b->lock);
+	assert_int_equal(b->state, BLOB_PARTIAL);
+	/* The parked read is claimed first; chunks 0-2 are not fetched again. */
+	assert_int_equal(claim_n(b, false, 1, &s, &e), PRIO_DEMAND);
+	assert_int_equal(s, 5 * CH);
+	pthread_mutex_lock(&b->lock);
+	assert_true(blob_want_all_locked(b, false));
+	pthread_mutex_unlock(&b->lock);
+	assert_int_equal(claim_n(b, false, NCH, &s, &e), PRIO_BACKGROUND);
+	assert_int_equal(s, 3 * CH);
+	write_range(b, 5 * CH, 6 * CH);
+	assert_int_equal(r.calls, 1);
+	blob_put(b);
+}
+
+static void test_a_partial_blob_is_idle_only_with_nothing_to_fetch(void **state)
+{
+	struct fx *f = *state;
+	struct blob *b = partial_blob(f, NULL);
+	struct rd r;
+	uint64_t s, e;
+
+	pthread_mutex_lock(&b->lock);
+	assert_true(blob_idle_locked(b));
+	pthread_mutex_unlock(&b->lock);
+	assert_int_equal(rd_start(b, &r, 0, 10, CH), 0);   /* a reader, and read-ahead */
+	pthread_mutex_lock(&b->lock);
+	assert_false(blob_idle_locked(b));
+	pthread_mutex_unlock(&b->lock);
+	assert_int_equal(claim_n(b, false, 2, &s, &e), PRIO_DEMAND);
+	write_range(b, s, CH);
+	pthread_mutex_lock(&b->lock);
+	assert_false(blob_idle_locked(b));      /* chunk 1 in flight */
+	pthread_mutex_unlock(&b->lock);
+	write_range(b, CH, e);
+	pthread_mutex_lock(&b->lock);
+	assert_true(blob_idle_locked(b));
+	b->want_all = true;
+	assert_false(blob_idle_locked(b));
+	pthread_mutex_unlock(&b->lock);
+	blob_put(b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -649,6 +774,10 @@ int main(void)
 		T(test_a_chunk_is_handed_out_after_its_checksum),
 		T(test_a_bad_chunk_is_fetched_again_then_fails),
 		T(test_chunk_checksums_are_adopted_only_before_any_fetch),
+		T(test_a_busy_blob_reads_what_the_holder_made_durable),
+		T(test_a_view_of_another_file_forgets_the_old_chunks),
+		T(test_taking_over_keeps_the_chunks_of_the_same_file),
+		T(test_a_partial_blob_is_idle_only_with_nothing_to_fetch),
 #undef T
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1242,6 +1242,75 @@ static void test_partial_open_never_writes_into_a_second_link(void **state)
 	free(v);
 }
 
+/* Save a map of blob d, in chunks of 1 KiB, with chunks [0, n) durable. */
+static void save_chunks(const struct store *s, const struct digest *d, uint32_t n)
+{
+	uint64_t bounds[BLOB_SIZE / 1024 + 1];
+	uint8_t *buf;
+	size_t len;
+
+	for (uint32_t i = 0; i <= BLOB_SIZE / 1024; i++)
+		bounds[i] = i * 1024;
+	struct chunkmap *m = chunkmap_new_table(BLOB_SIZE, BLOB_SIZE / 1024, bounds, NULL);
+
+	for (uint32_t i = 0; i < n; i++)
+		chunkmap_set(m, i);
+	chunkmap_encode(m, d, &buf, &len);
+	assert_int_equal(store_partial_save_map(s, d, buf, len), 0);
+	free(buf);
+	chunkmap_free(m);
+}
+
+static void test_partial_peek_sees_what_the_holder_made_durable(void **state)
+{
+	struct fx *f = *state;
+	struct digest d = dg('f');
+	struct store_stamp stamp = { 0 };
+	struct chunkmap *m;
+	int wfd, rfd, fd = -1, newfd;
+
+	assert_int_equal(store_partial_open(f->s, &d, BLOB_SIZE, &wfd, &rfd), 0);
+	/* Nothing durable yet. */
+	assert_int_equal(store_partial_peek(f->s, &d, BLOB_SIZE, &stamp, &fd, &newfd, &m),
+			 -ENOENT);
+	assert_int_equal(pwrite(wfd, "y", 1, 0), 1);
+	save_chunks(f->s, &d, 1);
+	assert_int_equal(store_partial_peek(f->s, &d, BLOB_SIZE, &stamp, &fd, &newfd, &m), 1);
+	assert_true(newfd >= 0);
+	fd = newfd;
+	assert_int_equal(chunkmap_count(m), 1);
+	chunkmap_free(m);
+	char c = 0;
+	assert_int_equal(pread(fd, &c, 1, 0), 1);
+	assert_int_equal(c, 'y');
+	/* The same map again: nothing to read. */
+	assert_int_equal(store_partial_peek(f->s, &d, BLOB_SIZE, &stamp, &fd, &newfd, &m), 0);
+	/* A new map of the same file: no new descriptor. */
+	save_chunks(f->s, &d, 3);
+	assert_int_equal(store_partial_peek(f->s, &d, BLOB_SIZE, &stamp, &fd, &newfd, &m), 1);
+	assert_int_equal(newfd, -1);
+	assert_int_equal(chunkmap_count(m), 3);
+	chunkmap_free(m);
+	close(wfd);
+	close(rfd);
+
+	/* The download starts over in a new file: its old map goes before it is made. */
+	store_partial_remove(f->s, &d, NULL);
+	save_chunks(f->s, &d, 5);      /* a map whose file is gone */
+	assert_int_equal(store_partial_open(f->s, &d, BLOB_SIZE, &wfd, &rfd), 0);
+	assert_int_equal(store_partial_peek(f->s, &d, BLOB_SIZE, &stamp, &fd, &newfd, &m),
+			 -ENOENT);
+	save_chunks(f->s, &d, 2);
+	assert_int_equal(store_partial_peek(f->s, &d, BLOB_SIZE, &stamp, &fd, &newfd, &m), 1);
+	assert_true(newfd >= 0);       /* another file than the one fd reads */
+	assert_int_equal(chunkmap_count(m), 2);
+	chunkmap_free(m);
+	close(newfd);
+	close(fd);
+	close(wfd);
+	close(rfd);
+}
+
 static void test_manifests_are_never_read_through_links(void **state)
 {
 	struct fx *f = *state;
@@ -1431,6 +1500,7 @@ int main(void)
 		T(test_trylock_replaces_a_planted_link),
 		T(test_partial_open_never_writes_through_a_link),
 		T(test_partial_open_never_writes_into_a_second_link),
+		T(test_partial_peek_sees_what_the_holder_made_durable),
 		T(test_manifests_are_never_read_through_links),
 		T(test_open_refuses_a_store_others_may_write),
 		T(test_open_refuses_a_directory_of_a_third_user),
