@@ -53,6 +53,7 @@ struct blob_waiter {
 	uint64_t deadline_ms;              /* monotonic; EIO when passed */
 	void (*done)(struct blob_waiter *w, int err);
 	int result;                        /* internal: what done() will get */
+	bool told;                         /* internal: the holder was told (blob_io.c) */
 };
 
 struct blob_opts {

@@ -87,6 +87,8 @@ struct blob {
 	int wfd;                       /* the network thread's writes (PARTIAL) */
 	int lockfd;                    /* the store's per-blob lock while we own it */
 	struct store_stamp stamp;      /* BUSY: the holder's map we read last */
+	uint64_t wants_pos;            /* PARTIAL: how far the wants file was read */
+	uint64_t others_until_ms;      /* PARTIAL: others wait on our map until then */
 	struct ranges served;          /* what readers have had from the store file */
 	uint64_t drop_upto;            /* served, and durable at the last map save */
 	uint64_t dropped;              /* [0, dropped) advised out of the page cache */
@@ -129,6 +131,13 @@ void blob_begin_partial_locked(struct blob *b, struct chunkmap *m, bool resumed,
 void blob_view_locked(struct blob *b, struct chunkmap *m, bool same_file);
 /* PARTIAL, and nothing to fetch or check: nobody waits, nothing is in flight. */
 bool blob_idle_locked(const struct blob *b);
+/*
+ * PARTIAL: another process waits for [off, off + len): park a read of ours
+ * for it, answered by nobody. True when some of it must be fetched.
+ */
+bool blob_want_locked(struct blob *b, uint64_t off, uint64_t len);
+/* BUSY: up to max ranges of parked reads the holder was not told of; now it is. */
+size_t blob_untold_locked(struct blob *b, uint64_t (*out)[2], size_t max);
 /*
  * Activation's outcomes: IDLE (it failed), BUSY (another process holds the
  * blob's lock) or COMPLETE (verified in blobs/); PARTIAL is begin_partial.

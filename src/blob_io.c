@@ -28,8 +28,11 @@
  * map, as soon as the holder lets go: when the holder dies, commits, or has
  * had nothing to fetch for LET_GO_MS (the worker saves its map and calls
  * let_go_locked), so that a mount that keeps a blob open never holds up a
- * pull. The holder fetches what it needs; a process that waits for chunks
- * the holder does not fetch gets them when the holder lets go.
+ * pull. So that the others wait only for what they need, they append the
+ * ranges of their parked reads to the blob's wants file, and the holder's
+ * worker parks a read of its own for each (blob_want_locked): those go
+ * first, like its own readers', and a request in flight is split to reach
+ * them. Nothing here waits for another process: the worker polls.
  * Descriptors are replaced in place (replace_fd), so a thread that took one
  * a moment ago reads the new file, never a closed or reused descriptor.
  */

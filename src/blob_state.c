@@ -163,6 +163,13 @@ void finish_waiters(struct blob_waiter *list)
 	}
 }
 
+/* A read parked for another process (blob_want_locked): nobody to answer. */
+static void proxy_done(struct blob_waiter *w, int err)
+{
+	(void)err;
+	free(w);
+}
+
 void blob_expire_locked(struct blob *b, uint64_t now, struct blob_waiter **out)
 {
 	struct blob_waiter *w = b->waiters.next, *next;
@@ -172,7 +179,8 @@ void blob_expire_locked(struct blob *b, uint64_t now, struct blob_waiter **out)
 		if (w->deadline_ms > now)
 			continue;
 		waiter_unlink(w);
-		if (b->state == BLOB_PARTIAL)
+		/* Another process's read failing here says nothing of ours. */
+		if (b->state == BLOB_PARTIAL && w->done != proxy_done)
 			record_failure(b, w->off, w->off + w->len, -EIO);
 		w->result = -EIO;
 		w->next = *out;
@@ -257,11 +265,53 @@ void blob_begin_partial_locked(struct blob *b, struct chunkmap *m, bool resumed,
 			 b->npresent, b->map->n);
 	b->state = BLOB_PARTIAL;
 	b->let_go = false;
+	b->wants_pos = 0;    /* what others still wait for, told to the one before us */
 }
 
 void blob_view_locked(struct blob *b, struct chunkmap *m, bool same_file)
 {
 	install_map_locked(b, m, same_file);
+}
+
+static void park(struct blob *b, struct blob_waiter *w)
+{
+	w->prev = b->waiters.prev;
+	w->next = &b->waiters;
+	b->waiters.prev->next = w;
+	b->waiters.prev = w;
+}
+
+bool blob_want_locked(struct blob *b, uint64_t off, uint64_t len)
+{
+	if (b->state != BLOB_PARTIAL || off >= b->size || len == 0)
+		return false;
+	struct blob_waiter *w = xcalloc(1, sizeof(*w));
+	w->off = off;
+	w->len = MIN(len, b->size - off);
+	w->done = proxy_done;
+	w->deadline_ms = now_ms() + b->cache->opts.read_timeout_ms;
+	waiter_chunks(b, w);
+	if (waiter_ready(b, w)) {
+		free(w);
+		return false;
+	}
+	park(b, w);
+	return true;
+}
+
+size_t blob_untold_locked(struct blob *b, uint64_t (*out)[2], size_t max)
+{
+	size_t n = 0;
+
+	for (struct blob_waiter *w = b->waiters.next; w != &b->waiters && n < max; w = w->next) {
+		if (w->told)
+			continue;
+		w->told = true;
+		out[n][0] = w->off;
+		out[n][1] = w->len;
+		n++;
+	}
+	return n;
 }
 
 bool blob_idle_locked(const struct blob *b)
@@ -333,10 +383,8 @@ int blob_read_locked(struct blob *b, uint64_t off, uint64_t len, uint64_t ra,
 		w->first = 0;
 		w->last = UINT32_MAX;   /* recomputed when the blob becomes ours */
 	}
-	w->prev = b->waiters.prev;
-	w->next = &b->waiters;
-	b->waiters.prev->next = w;
-	b->waiters.prev = w;
+	w->told = false;
+	park(b, w);
 	want_work(b);               /* the worker enforces the deadline */
 	return 0;
 }
@@ -822,6 +870,11 @@ bool blob_needs_worker_locked(const struct blob *b)
 			   (!b->orphan || b->map_dirty || b->nwritten));
 }
 
+/*
+ * No read is parked now: a parked read holds a reference, and reads parked
+ * for other processes keep the blob on the worker's list (with a reference)
+ * until they are answered or expire, as all do in the worker's last pass.
+ */
 void blob_state_release(struct blob *b)
 {
 	for (unsigned i = 0; i < b->nretired; i++)

@@ -193,6 +193,50 @@ static void finish_blob(struct blob *b, struct blob_waiter **ready)
 }
 
 /*
+ * BUSY: tell the holder what our parked reads wait for, so that it fetches
+ * that first. Lock held; dropped around the write.
+ */
+static void tell_holder(struct blob *b)
+{
+	uint64_t ranges[STORE_WANTS_MAX][2];
+	size_t n = blob_untold_locked(b, ranges, STORE_WANTS_MAX);
+
+	if (!n)
+		return;
+	pthread_mutex_unlock(&b->lock);
+	int ret = store_partial_want(b->cache->store, &b->digest, ranges, n);
+	if (ret < 0)
+		log_debug("cannot tell the holder of '%s' what we wait for: %s", b->name,
+			  strerror(-ret));
+	pthread_mutex_lock(&b->lock);
+}
+
+/*
+ * PARTIAL: park reads for what other processes wait for (tell_holder);
+ * true when some of it must be fetched. Lock held; dropped around the read.
+ */
+static bool take_wants(struct blob *b)
+{
+	uint64_t ranges[STORE_WANTS_MAX][2], pos = b->wants_pos;
+	bool fetch = false;
+
+	pthread_mutex_unlock(&b->lock);
+	int n = store_partial_wants(b->cache->store, &b->digest, &pos,
+				    b->cache->opts.read_timeout_ms, ranges, STORE_WANTS_MAX);
+	pthread_mutex_lock(&b->lock);
+	if (b->state != BLOB_PARTIAL)
+		return false;
+	b->wants_pos = pos;
+	for (int i = 0; i < n; i++)
+		if (blob_want_locked(b, ranges[i][0], ranges[i][1]))
+			fetch = true;
+	/* They see only what the map says: while they wait, save it every tick. */
+	if (n > 0)
+		b->others_until_ms = now_ms() + b->cache->opts.read_timeout_ms;
+	return fetch;
+}
+
+/*
  * Let go of a partial blob that has had nothing to fetch for LET_GO_MS,
  * once its map is durable. Lock held.
  */
@@ -227,6 +271,10 @@ static bool blob_work(struct blob *b, uint64_t now, bool final)
 	if (b->state == BLOB_BUSY && !final && demand && activate_locked(b) == 0 &&
 	    b->state == BLOB_PARTIAL)
 		kick = true;
+	if (b->state == BLOB_BUSY && !final)
+		tell_holder(b);
+	if (b->state == BLOB_PARTIAL && !final && take_wants(b))
+		kick = true;
 	if (b->state == BLOB_FAILED)   /* activation failed it: readers parked meanwhile learn why */
 		collect_waiters(b, &done, b->err, 0, UINT32_MAX);
 	bool was_partial = b->state == BLOB_PARTIAL;
@@ -238,7 +286,8 @@ static bool blob_work(struct blob *b, uint64_t now, bool final)
 		hash_prefix(b);
 		bool all = b->npresent == b->map->n;
 		if (b->map_dirty && !all &&
-		    (final || now - b->last_sync_ms >= c->opts.sync_interval_ms))
+		    (final || now < b->others_until_ms ||
+		     now - b->last_sync_ms >= c->opts.sync_interval_ms))
 			sync_map(b);
 		drop_behind(b, MIN(b->drop_upto, b->hashed), DROP_MIN);  /* hashing reads them */
 		if (all && b->hashed == b->size)

@@ -13,7 +13,9 @@
  * and the deletions that follow from them; a per-blob lock file
  * (.blobfs/partial/sha256-<hex>.lock) gives one process the right to write a
  * blob's partial file. Both are flock()s, released by the kernel if the
- * holder dies.
+ * holder dies. Other processes read a partial blob through its map
+ * (store_partial_peek) and tell the holder what they wait for by appending
+ * to its wants file (sha256-<hex>.want).
  *
  * The store is shared ground: other users, other processes and Ollama write
  * to it, and blobfs often runs as root. So the store's directories are opened
@@ -26,6 +28,7 @@
 #include "config.h"
 
 #include <dirent.h>
+#include <endian.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -748,15 +751,17 @@ void store_partial_remove(const struct store *s, const struct digest *d,
 			  struct store_freed *freed)
 {
 	struct store_freed ignored;
-	char data[ENTRY_MAX], map[ENTRY_MAX];
+	char data[ENTRY_MAX], map[ENTRY_MAX], want[ENTRY_MAX];
 
 	if (!freed)
 		freed = &ignored;
 	entry_name(d, "", data, sizeof(data));
 	entry_name(d, ".map", map, sizeof(map));
+	entry_name(d, ".want", want, sizeof(want));
 	if (unlink_counted(s->partialfd, data, &freed->bytes))
 		freed->partials++;
 	unlink_counted(s->partialfd, map, &freed->bytes);
+	unlink_counted(s->partialfd, want, &freed->bytes);
 }
 
 /* Delete a blob's partial state unless another process is fetching it. */
@@ -861,7 +866,8 @@ static bool partial_digest(const char *name, struct digest *d)
 	memcpy(buf, name, DIGEST_STR_LEN - 1);
 	buf[DIGEST_STR_LEN - 1] = '\0';
 	const char *rest = name + DIGEST_STR_LEN - 1;
-	if (*rest && strcmp(rest, ".map") != 0 && strcmp(rest, ".lock") != 0)
+	if (*rest && strcmp(rest, ".map") != 0 && strcmp(rest, ".lock") != 0 &&
+	    strcmp(rest, ".want") != 0)
 		return false;
 	return digest_parse_filename(buf, d) == 0;
 }
@@ -1362,6 +1368,70 @@ int store_partial_save_map(const struct store *s, const struct digest *d,
 	return write_file_atomic_at(s->tmpfd, s->partialfd, name, buf, len, 0600);
 }
 
+/*
+ * Wants: one record per range, appended with O_APPEND in one write (so
+ * records of several processes never interleave): u64 offset, u64 length,
+ * u64 the wall-clock ms it was written, little-endian.
+ */
+#define WANT_LEN 24
+
+int store_partial_want(const struct store *s, const struct digest *d,
+		       const uint64_t (*ranges)[2], size_t n)
+{
+	char name[ENTRY_MAX];
+	uint64_t rec[STORE_WANTS_MAX * 3], ms = wall_ms();
+	int fd, ret = 0;
+
+	n = MIN(n, (size_t)STORE_WANTS_MAX);
+	for (size_t i = 0; i < n; i++) {
+		rec[3 * i] = htole64(ranges[i][0]);
+		rec[3 * i + 1] = htole64(ranges[i][1]);
+		rec[3 * i + 2] = htole64(ms);
+	}
+	entry_name(d, ".want", name, sizeof(name));
+	fd = open_regular_at(s->partialfd, name, O_WRONLY | O_APPEND | O_CREAT, 0600);
+	if (fd < 0)
+		return fd;
+	if (write(fd, rec, n * WANT_LEN) != (ssize_t)(n * WANT_LEN))
+		ret = -EIO;
+	close(fd);
+	return ret;
+}
+
+int store_partial_wants(const struct store *s, const struct digest *d, uint64_t *pos,
+			uint64_t max_age_ms, uint64_t (*out)[2], size_t max)
+{
+	char name[ENTRY_MAX];
+	uint64_t rec[STORE_WANTS_MAX * 3], now = wall_ms();
+	struct stat st;
+	size_t n = 0;
+	ssize_t got;
+	int fd;
+
+	entry_name(d, ".want", name, sizeof(name));
+	if (fstatat(s->partialfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
+	    (uint64_t)st.st_size == *pos)
+		return 0;
+	if ((uint64_t)st.st_size < *pos)
+		*pos = 0;          /* a new file */
+	if ((fd = open_regular_at(s->partialfd, name, O_RDONLY, 0)) < 0)
+		return 0;
+	max = MIN(max, (size_t)STORE_WANTS_MAX);
+	got = pread(fd, rec, max * WANT_LEN, (off_t)*pos);
+	close(fd);
+	for (ssize_t i = 0; got > 0 && i < got / WANT_LEN; i++) {
+		uint64_t ms = le64toh(rec[3 * i + 2]);
+		if (ms + max_age_ms < now)
+			continue;   /* its reader has given up */
+		out[n][0] = le64toh(rec[3 * i]);
+		out[n][1] = le64toh(rec[3 * i + 1]);
+		n++;
+	}
+	if (got > 0)
+		*pos += (uint64_t)(got / WANT_LEN) * WANT_LEN;
+	return (int)n;
+}
+
 /* Is d named by a manifest? gc's rule: when one cannot be read, what it names is unknown. */
 static bool still_referenced(const struct store *s, const struct digest *d)
 {
@@ -1394,6 +1464,8 @@ int store_commit_blob(struct store *s, const struct digest *d)
 	} else {
 		fsync(s->blobsfd);
 		unlinkat(s->partialfd, map, 0);
+		entry_name(d, ".want", map, sizeof(map));
+		unlinkat(s->partialfd, map, 0);
 	}
 	store_unlock(s);
 	return ret;
@@ -1407,6 +1479,8 @@ int store_quarantine_blob(const struct store *s, const struct digest *d)
 	entry_name(d, "", name, sizeof(name));
 	entry_name(d, ".map", map, sizeof(map));
 	ret = move_to_quarantine(s, s->partialfd, name, d, "mismatch");
+	unlinkat(s->partialfd, map, 0);
+	entry_name(d, ".want", map, sizeof(map));
 	unlinkat(s->partialfd, map, 0);
 	return ret;
 }

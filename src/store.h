@@ -200,10 +200,22 @@ struct store_stamp {
  */
 int store_partial_peek(const struct store *s, const struct digest *d, uint64_t size,
 		       struct store_stamp *stamp, int *fd, int *newfd, struct chunkmap **map);
+/*
+ * What processes that do not hold a partial blob wait for, so that its
+ * holder fetches that first (blob_io.c): a reader appends the ranges its
+ * parked reads need (at most STORE_WANTS_MAX at a time); the holder reads
+ * the ranges appended since *pos (at most max), skipping those older than
+ * max_age_ms. Both return a negative errno or, for the holder, how many.
+ */
+#define STORE_WANTS_MAX 64
+int store_partial_want(const struct store *s, const struct digest *d,
+		       const uint64_t (*ranges)[2], size_t n);
+int store_partial_wants(const struct store *s, const struct digest *d, uint64_t *pos,
+			uint64_t max_age_ms, uint64_t (*out)[2], size_t max);
 /* Replace its chunk map (encoded) atomically. */
 int store_partial_save_map(const struct store *s, const struct digest *d,
 			   const void *buf, size_t len);
-/* Delete its partial file and map, counting what that frees (freed may be NULL). */
+/* Delete its partial file, map and wants, counting what that frees (freed may be NULL). */
 void store_partial_remove(const struct store *s, const struct digest *d,
 			  struct store_freed *freed);
 

@@ -222,6 +222,45 @@ def test_mount_reads_what_a_pull_has_made_durable(fault_registry, run_blobfs, mo
     assert reg.bytes_sent(reg.layer) < LAYER * 5 // 4, m.log()
 
 
+# Reads LEN bytes at OFF; their sha256, or the errno.
+READ_AT = r"""
+import hashlib, json, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+off, left, sha = int(sys.argv[2]), int(sys.argv[3]), hashlib.sha256()
+try:
+    while left and (piece := os.pread(fd, min(left, 1 << 20), off)):
+        sha.update(piece)
+        off += len(piece)
+        left -= len(piece)
+    print(json.dumps({"ok": True, "digest": "sha256:" + sha.hexdigest()}))
+except OSError as e:
+    print(json.dumps({"ok": False, "errno": e.errno, "offset": off}))
+"""
+
+
+def test_pull_fetches_first_what_a_mount_waits_for(fault_registry, run_blobfs, mount, store,
+                                                     pulls):
+    """(a) The mount reads the end of the blob while the pull fetches it from
+    the front, two ranges at 1 MiB/s each, so the pull would get there after
+    about 12 s: the mount tells the pull what it waits for, the pull fetches
+    that first, and the read returns long before the pull is done."""
+    reg = model_registry(fault_registry, b"e")
+    ok(run_blobfs(["pull", "--lazy", "--quiet", reg.name]))
+    m = mount("background=never", "read_timeout=5")
+    pull = pulls(reg.name, "--connections", 2)
+    assert wait_for(lambda: reg.bytes_sent(reg.layer) > 0, 15), pull.finish().stderr
+    t0 = time.monotonic()
+    got = child(READ_AT, model_file(m.path, reg.host, SHARED_REPO), LAYER - MiB, MiB,
+                timeout=60)
+    took, running = time.monotonic() - t0, pull.proc.poll() is None
+    result = ok(pull.finish())
+    print(f"the last MiB took {took:.1f}s; the pull {time.monotonic() - t0:.1f}s")
+    assert got["ok"], f"the read through the mount failed: {got}\n{m.log()}\n{result.stderr}"
+    assert got["digest"] == sha256_bytes(reg.data[-MiB:])
+    assert running, "the read waited for the whole pull"
+    assert sha256_file(store_blob(store, reg.layer)) == reg.layer
+
+
 def test_pull_finishes_while_a_mount_holds_the_partial_blob_open(fault_registry, run_blobfs,
                                                                   mount, store, pulls):
     """(b) A mount that read a few bytes of a blob and keeps it open, fetching

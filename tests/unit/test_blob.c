@@ -749,6 +749,50 @@ static void test_a_partial_blob_is_idle_only_with_nothing_to_fetch(void **state)
 	blob_put(b);
 }
 
+static void test_a_busy_blob_tells_the_holder_each_read_once(void **state)
+{
+	struct fx *f = *state;
+	struct blob *b = busy_blob(f, 0, 2);
+	struct rd r1, r2, r3;
+	uint64_t told[4][2];
+
+	assert_int_equal(rd_start(b, &r1, 3 * CH, 10, 0), 0);
+	assert_int_equal(rd_start(b, &r2, 5 * CH, 2 * CH, 0), 0);
+	assert_int_equal(rd_start(b, &r3, 0, 10, 0), 1);        /* durable: nothing to tell */
+	pthread_mutex_lock(&b->lock);
+	assert_int_equal(blob_untold_locked(b, told, 4), 2);
+	assert_int_equal(told[0][0], 3 * CH);
+	assert_int_equal(told[1][0], 5 * CH);
+	assert_int_equal(told[1][1], 2 * CH);
+	assert_int_equal(blob_untold_locked(b, told, 4), 0);
+	pthread_mutex_unlock(&b->lock);
+	assert_true(blob_cancel(b, &r1.w));
+	assert_true(blob_cancel(b, &r2.w));
+	blob_put(b);
+}
+
+static void test_the_holder_fetches_what_another_process_waits_for(void **state)
+{
+	struct fx *f = *state;
+	struct blob *b = partial_blob(f, NULL);
+	uint64_t s, e;
+
+	pthread_mutex_lock(&b->lock);
+	assert_true(blob_want_locked(b, 6 * CH + 5, 10));
+	assert_false(blob_want_locked(b, SIZE, 10));          /* past the end */
+	assert_false(blob_idle_locked(b));                    /* someone waits */
+	pthread_mutex_unlock(&b->lock);
+	/* It goes first, as a read of ours would. */
+	assert_int_equal(claim_n(b, false, 1, &s, &e), PRIO_DEMAND);
+	assert_int_equal(s, 6 * CH);
+	write_range(b, s, e);
+	pthread_mutex_lock(&b->lock);
+	assert_false(blob_want_locked(b, 6 * CH, CH));        /* present already */
+	assert_true(blob_idle_locked(b));                     /* answered, and gone */
+	pthread_mutex_unlock(&b->lock);
+	blob_put(b);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -778,6 +822,8 @@ int main(void)
 		T(test_a_view_of_another_file_forgets_the_old_chunks),
 		T(test_taking_over_keeps_the_chunks_of_the_same_file),
 		T(test_a_partial_blob_is_idle_only_with_nothing_to_fetch),
+		T(test_a_busy_blob_tells_the_holder_each_read_once),
+		T(test_the_holder_fetches_what_another_process_waits_for),
 #undef T
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

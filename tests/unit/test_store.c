@@ -1311,6 +1311,35 @@ static void test_partial_peek_sees_what_the_holder_made_durable(void **state)
 	close(rfd);
 }
 
+static void test_partial_wants_reach_the_holder_once(void **state)
+{
+	struct fx *f = *state;
+	struct digest d = dg('e');
+	const uint64_t asked[2][2] = { { 0, 100 }, { 4096, 10 } }, more[1][2] = { { 7, 1 } };
+	uint64_t got[STORE_WANTS_MAX][2], pos = 0;
+
+	assert_int_equal(store_partial_wants(f->s, &d, &pos, 60000, got, STORE_WANTS_MAX), 0);
+	assert_int_equal(store_partial_want(f->s, &d, asked, 2), 0);
+	assert_int_equal(store_partial_want(f->s, &d, more, 1), 0);
+	assert_int_equal(store_partial_wants(f->s, &d, &pos, 60000, got, 2), 2);
+	assert_int_equal(got[0][0], 0);
+	assert_int_equal(got[0][1], 100);
+	assert_int_equal(got[1][0], 4096);
+	assert_int_equal(got[1][1], 10);
+	assert_int_equal(store_partial_wants(f->s, &d, &pos, 60000, got, STORE_WANTS_MAX), 1);
+	assert_int_equal(got[0][0], 7);
+	assert_int_equal(store_partial_wants(f->s, &d, &pos, 60000, got, STORE_WANTS_MAX), 0);
+	/* A new holder reads them all again, but only those young enough. */
+	pos = 0;
+	usleep(20 * 1000);
+	assert_int_equal(store_partial_wants(f->s, &d, &pos, 5, got, STORE_WANTS_MAX), 0);
+	assert_int_equal(pos, 3 * 24);
+	/* They go with the partial download. */
+	assert_true(has_partial(f->s, 'e', ".want"));
+	store_partial_remove(f->s, &d, NULL);
+	assert_false(has_partial(f->s, 'e', ".want"));
+}
+
 static void test_manifests_are_never_read_through_links(void **state)
 {
 	struct fx *f = *state;
@@ -1501,6 +1530,7 @@ int main(void)
 		T(test_partial_open_never_writes_through_a_link),
 		T(test_partial_open_never_writes_into_a_second_link),
 		T(test_partial_peek_sees_what_the_holder_made_durable),
+		T(test_partial_wants_reach_the_holder_once),
 		T(test_manifests_are_never_read_through_links),
 		T(test_open_refuses_a_store_others_may_write),
 		T(test_open_refuses_a_directory_of_a_third_user),
