@@ -22,14 +22,26 @@ int registry_fetch_manifest(struct fetcher *f, struct remote *r, const char *tag
 			    char *err, size_t errlen)
 {
 	struct http_result res;
-	char *path = xasprintf("manifests/%s", tag);
+	char *path = registry_manifest_path(tag);
+	int ret = fetcher_get(f, r, path, MANIFEST_ACCEPT, MANIFEST_MAX_BYTES, &res);
+
+	free(path);
+	return registry_check_manifest(r, tag, ret, &res, buf, len, m, err, errlen);
+}
+
+char *registry_manifest_path(const char *tag)
+{
+	return xasprintf("manifests/%s", tag);
+}
+
+int registry_check_manifest(const struct remote *r, const char *tag, int ret,
+			    struct http_result *res, char **buf, size_t *len,
+			    struct manifest **m, char *err, size_t errlen)
+{
 	char why[256];
-	int ret;
 
 	*buf = NULL;
 	*m = NULL;
-	ret = fetcher_get(f, r, path, MANIFEST_ACCEPT, MANIFEST_MAX_BYTES, &res);
-	free(path);
 	if (ret == -ENOENT) {
 		snprintf(err, errlen, "'%s:%s' was not found on '%s'", r->repo, tag,
 			 remote_upstream(r)->authority);
@@ -41,13 +53,13 @@ int registry_fetch_manifest(struct fetcher *f, struct remote *r, const char *tag
 		goto out;
 	}
 	if (ret < 0) {
-		snprintf(err, errlen, "%s", res.msg[0] ? res.msg : strerror(-ret));
+		snprintf(err, errlen, "%s", res->msg[0] ? res->msg : strerror(-ret));
 		goto out;
 	}
-	if (res.docker_digest && strncmp(res.docker_digest, "sha256:", 7) == 0) {
+	if (res->docker_digest && strncmp(res->docker_digest, "sha256:", 7) == 0) {
 		struct digest want, got;
-		if (digest_parse(res.docker_digest, strlen(res.docker_digest), &want) == 0) {
-			digest_of(res.body ? res.body : "", res.len, &got);
+		if (digest_parse(res->docker_digest, strlen(res->docker_digest), &want) == 0) {
+			digest_of(res->body ? res->body : "", res->len, &got);
 			if (!digest_equal(&want, &got)) {
 				ret = -EIO;
 				snprintf(err, errlen, "the manifest of '%s:%s' does not match the "
@@ -56,15 +68,15 @@ int registry_fetch_manifest(struct fetcher *f, struct remote *r, const char *tag
 			}
 		}
 	}
-	ret = manifest_parse(res.body ? res.body : "", res.len, m, why, sizeof(why));
+	ret = manifest_parse(res->body ? res->body : "", res->len, m, why, sizeof(why));
 	if (ret < 0) {
 		snprintf(err, errlen, "refusing the manifest of '%s:%s': %s", r->repo, tag, why);
 		goto out;
 	}
-	*buf = res.body;
-	*len = res.len;
-	res.body = NULL;
+	*buf = res->body;
+	*len = res->len;
+	res->body = NULL;
 out:
-	http_result_release(&res);
+	http_result_release(res);
 	return ret;
 }

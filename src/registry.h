@@ -5,6 +5,7 @@
 #include <stddef.h>
 
 struct fetcher;
+struct http_result;
 struct remote;
 struct manifest;
 
@@ -23,5 +24,16 @@ struct manifest;
 int registry_fetch_manifest(struct fetcher *f, struct remote *r, const char *tag,
 			    char **buf, size_t *len, struct manifest **m,
 			    char *err, size_t errlen);
+
+/* The path of tag's manifest under a repository ("manifests/<tag>"); caller frees. */
+char *registry_manifest_path(const char *tag);
+/*
+ * The checking half of registry_fetch_manifest, for a caller that fetched
+ * the path itself (fetcher_get_async): ret and res are what the fetch gave;
+ * res is released.
+ */
+int registry_check_manifest(const struct remote *r, const char *tag, int ret,
+			    struct http_result *res, char **buf, size_t *len,
+			    struct manifest **m, char *err, size_t errlen);
 
 #endif
