@@ -25,10 +25,10 @@
  * directory's mtime moves whenever its entries change, and changes the
  * kernel did not make itself are pushed to it (tell_kernel).
  *
- * Interrupts: a parked read registers an interrupt callback before it is
- * parked. Before any reply the callback is unregistered, which waits for a
- * running callback to finish; the callback replies only if it was the one
- * that took the waiter off the blob, so a request is answered exactly once.
+ * Interrupts: a request answered later (a parked read) is a `struct later`;
+ * see there. Whoever takes it back from what it waits on replies, so it is
+ * answered exactly once, and an interrupt that comes before it waits is
+ * acted on as soon as it does.
  */
 #define FUSE_USE_VERSION 312
 #include "config.h"
@@ -127,16 +127,6 @@ struct ofile {
 	bool background;
 };
 
-struct parked {                  /* a read waiting for bytes */
-	struct blob_waiter w;        /* first: w is what the blob hands back */
-	struct fs *fs;
-	fuse_req_t req;
-	struct blob *blob;
-	uint64_t off;
-	size_t size;
-	uint64_t t0;                 /* read_clock() when the read came */
-};
-
 static struct fs *fs_of(fuse_req_t req)
 {
 	return fuse_req_userdata(req);
@@ -145,6 +135,97 @@ static struct fs *fs_of(fuse_req_t req)
 static void count(uint64_t *counter)
 {
 	__atomic_add_fetch(counter, 1, __ATOMIC_RELAXED);
+}
+
+/* ---- requests answered later ---- */
+
+/*
+ * A request answered from another thread: a read parked on a blob, a lookup
+ * waiting for discovery. What it waits on hands it back once, either to the
+ * thread that answers it or to cancel() (an interrupt); whoever gets it
+ * replies, so it is answered exactly once.
+ *
+ * The interrupt callback is registered before the request is handed over,
+ * and libfuse calls it at once if the kernel interrupted the request
+ * earlier, when there is nothing yet to cancel: so while the request is
+ * being started the callback only notes the interrupt, and later_waiting()
+ * acts on it once the request waits. Before any other reply the callback is
+ * unregistered, which waits for a running one to finish. Two references
+ * keep the memory: the starting thread's and the answer's.
+ */
+enum { LATER_STARTING, LATER_WAITING, LATER_INTERRUPTED };
+
+struct later {
+	struct fs *fs;
+	fuse_req_t req;
+	int state;                   /* atomic: LATER_* */
+	int refs;                    /* atomic */
+	bool (*cancel)(struct later *l);   /* take it back from what it waits on */
+	void (*free)(struct later *l);
+};
+
+static void later_put(struct later *l)
+{
+	if (__atomic_sub_fetch(&l->refs, 1, __ATOMIC_ACQ_REL) == 0)
+		l->free(l);
+}
+
+static void later_interrupted(fuse_req_t req, void *data)
+{
+	struct later *l = data;
+	int starting = LATER_STARTING;
+
+	if (__atomic_compare_exchange_n(&l->state, &starting, LATER_INTERRUPTED, false,
+					__ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+		return;                      /* later_waiting() will see it */
+	if (l->cancel(l)) {
+		fuse_reply_err(req, EINTR);  /* inside the callback: no unregistering */
+		later_put(l);
+	}
+}
+
+static void later_start(struct later *l, struct fs *fs, fuse_req_t req,
+			bool (*cancel)(struct later *l), void (*release)(struct later *l))
+{
+	l->fs = fs;
+	l->req = req;
+	l->state = LATER_STARTING;
+	l->refs = 2;
+	l->cancel = cancel;
+	l->free = release;
+	fuse_req_interrupt_func(req, later_interrupted, l);
+}
+
+/* Before the answer's reply: no interrupt callback runs from here on. */
+static void later_unregister(struct later *l)
+{
+	fuse_req_interrupt_func(l->req, NULL, NULL);
+}
+
+/* The request waits now (it was handed over); the starting thread lets go of it. */
+static void later_waiting(struct later *l)
+{
+	int starting = LATER_STARTING;
+
+	if (!__atomic_compare_exchange_n(&l->state, &starting, LATER_WAITING, false,
+					 __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE) &&
+	    l->cancel(l)) {
+		/* interrupted before it waited, and still ours to answer */
+		later_unregister(l);
+		fuse_reply_err(l->req, EINTR);
+		later_put(l);
+	}
+	later_put(l);
+}
+
+/*
+ * It was never handed over, and the starting thread answered it itself
+ * (after later_unregister()): both references go.
+ */
+static void later_drop(struct later *l)
+{
+	__atomic_store_n(&l->refs, 1, __ATOMIC_RELAXED);
+	later_put(l);
 }
 
 static void handle_add(struct fs *fs, struct handle *h, void (*release)(struct handle *h))
@@ -961,36 +1042,44 @@ static int read_errno(int err)
 	return err == -ENOSPC || err == -EDQUOT || err == -EINTR ? -err : EIO;
 }
 
-static void parked_free(struct parked *p)
+struct parked {                  /* a read waiting for bytes */
+	struct later l;
+	struct blob_waiter w;
+	struct blob *blob;
+	uint64_t off;
+	size_t size;
+	uint64_t t0;                 /* read_clock() when the read came */
+};
+
+static void parked_free(struct later *l)
 {
+	struct parked *p = container_of(l, struct parked, l);
+
 	blob_put(p->blob);
 	free(p);
+}
+
+static bool parked_cancel(struct later *l)
+{
+	struct parked *p = container_of(l, struct parked, l);
+
+	return blob_cancel(p->blob, &p->w);
 }
 
 /* The blob answered a parked read (from another thread). */
 static void parked_done(struct blob_waiter *w, int err)
 {
-	struct parked *p = (struct parked *)w;
+	struct parked *p = container_of(w, struct parked, w);
 
-	fuse_req_interrupt_func(p->req, NULL, NULL);
+	later_unregister(&p->l);
 	if (err) {
-		count(&p->fs->rs.errors);
-		fuse_reply_err(p->req, read_errno(err));
+		count(&p->l.fs->rs.errors);
+		fuse_reply_err(p->l.req, read_errno(err));
 	}
 	else
-		reply_from_fd(p->req, p->blob, p->off, p->size);
-	read_observe(&p->fs->rs, p->t0);
-	parked_free(p);
-}
-
-static void parked_interrupted(fuse_req_t req, void *data)
-{
-	struct parked *p = data;
-
-	if (blob_cancel(p->blob, &p->w)) {
-		fuse_reply_err(req, EINTR);
-		parked_free(p);
-	}
+		reply_from_fd(p->l.req, p->blob, p->off, p->size);
+	read_observe(&p->l.fs->rs, p->t0);
+	later_put(&p->l);
 }
 
 /* Track sequential reading; returns the read-ahead hint. of->lock held. */
@@ -1067,20 +1156,19 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 
 	count(&fs->rs.reads);
 	p = xcalloc(1, sizeof(*p));
-	p->fs = fs;
-	p->req = req;
 	p->blob = b;                /* the reference taken above */
 	p->off = (uint64_t)off;
 	p->size = size;
 	p->t0 = t0;
 	p->w.done = parked_done;
-	fuse_req_interrupt_func(req, parked_interrupted, p);
+	later_start(&p->l, fs, req, parked_cancel, parked_free);
 	ret = blob_read(b, (uint64_t)off, size, ra, &p->w);
 	if (ret == 0) {
 		count(&fs->rs.waited);
-		return;    /* parked: parked_done() or parked_interrupted() replies */
+		later_waiting(&p->l);   /* parked: parked_done() or an interrupt replies */
+		return;
 	}
-	fuse_req_interrupt_func(req, NULL, NULL);
+	later_unregister(&p->l);
 	if (ret > 0) {
 		count(&fs->rs.local);
 		reply_from_fd(req, b, (uint64_t)off, size);
@@ -1091,7 +1179,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		fuse_reply_err(req, read_errno(ret));
 	}
 	read_observe(&fs->rs, t0);
-	parked_free(p);
+	later_drop(&p->l);
 }
 
 static void op_statfs(fuse_req_t req, fuse_ino_t ino)
