@@ -25,10 +25,13 @@
  * directory's mtime moves whenever its entries change, and changes the
  * kernel did not make itself are pushed to it (tell_kernel).
  *
- * Interrupts: a request answered later (a parked read) is a `struct later`;
- * see there. Whoever takes it back from what it waits on replies, so it is
- * answered exactly once, and an interrupt that comes before it waits is
- * acted on as soon as it does.
+ * Discovery (a lookup of a tag the store lacks) lives in discover.c; the
+ * lookup waits there without a thread, like a parked read.
+ *
+ * Interrupts: a request answered later (a parked read, a lookup waiting for
+ * discovery) is a `struct later`; see there. Whoever takes it back from what
+ * it waits on replies, so it is answered exactly once, and an interrupt
+ * that comes before it waits is acted on as soon as it does.
  */
 #define FUSE_USE_VERSION 312
 #include "config.h"
@@ -48,17 +51,16 @@
 #include "bdi.h"
 #include "blob.h"
 #include "chunkmap.h"
+#include "discover.h"
 #include "fs.h"
 #include "index.h"
 #include "log.h"
 #include "manifest.h"
 #include "passthrough.h"
 #include "push.h"
-#include "registry.h"
 #include "remote.h"
 #include "status.h"
 #include "store.h"
-#include "strmap.h"
 #include "util.h"
 #include "watch.h"
 
@@ -104,9 +106,7 @@ struct fs {
 	struct passthrough *pt;      /* its own lock */
 	pthread_mutex_t open_lock;   /* guards the open list */
 	struct handle open;          /* open files (circular) */
-	pthread_mutex_t miss_lock;   /* guards misses and removed */
-	struct strmap *misses;       /* "host/ns/model:tag" → expiry, monotonic ms */
-	struct strmap *removed;      /* tags removed through this mount: never rediscovered */
+	struct discoverer *disc;
 };
 
 /*
@@ -387,43 +387,59 @@ static void reply_negative(fuse_req_t req, double timeout)
 
 /* ---- discovery ---- */
 
-static char *miss_key(const struct model_name *n)
+/* A lookup waiting for a discovery. */
+struct lookup_wait {
+	struct later l;
+	struct disc_waiter w;
+	fuse_ino_t parent;
+	char *name;
+};
+
+static void lookup_free(struct later *l)
 {
-	return xasprintf("%s/%s/%s:%s", n->host, n->ns, n->model, n->tag);
+	struct lookup_wait *lw = container_of(l, struct lookup_wait, l);
+
+	free(lw->name);
+	free(lw);
 }
 
-/* Was the tag missing a moment ago, or removed through this mount? */
-static bool recent_miss(struct fs *fs, const struct model_name *n)
+static bool lookup_cancel(struct later *l)
 {
-	char *key = miss_key(n);
-	uint64_t until = 0, gone = 0;
+	struct lookup_wait *lw = container_of(l, struct lookup_wait, l);
 
-	pthread_mutex_lock(&fs->miss_lock);
-	strmap_get(fs->misses, key, &until);
-	strmap_get(fs->removed, key, &gone);
-	pthread_mutex_unlock(&fs->miss_lock);
-	free(key);
-	return until > now_ms() || gone;
+	return discover_cancel(l->fs->disc, &lw->w);
 }
 
-static void remember_removed(struct fs *fs, const struct model_name *n)
+/* Answer a lookup of name in parent from the index; negative if it is not there. */
+static void reply_lookup(struct fs *fs, fuse_req_t req, fuse_ino_t parent, const char *name)
 {
-	char *key = miss_key(n);
+	struct fuse_entry_param e;
+	struct inode *dir, *child = NULL;
 
-	pthread_mutex_lock(&fs->miss_lock);
-	strmap_put(fs->removed, key, 1);
-	pthread_mutex_unlock(&fs->miss_lock);
-	free(key);
+	index_rdlock(fs->ix);
+	dir = index_get(fs->ix, parent);
+	if (dir && dir->kind == INODE_DIR)
+		child = index_child(fs->ix, dir, name);
+	if (child)
+		make_entry(fs, child, &e);
+	index_unlock(fs->ix);
+	if (child)
+		send_entry(req, fs, &e);
+	else
+		reply_negative(req, NEG_TIMEOUT);
 }
 
-static void remember_miss(struct fs *fs, const struct model_name *n)
+/* The discovery is over (from the discovery thread). */
+static void lookup_done(struct disc_waiter *w, int err)
 {
-	char *key = miss_key(n);
+	struct lookup_wait *lw = container_of(w, struct lookup_wait, w);
 
-	pthread_mutex_lock(&fs->miss_lock);
-	strmap_put(fs->misses, key, now_ms() + (uint64_t)fs->o.miss_ttl_s * 1000);
-	pthread_mutex_unlock(&fs->miss_lock);
-	free(key);
+	later_unregister(&lw->l);
+	if (err)
+		reply_negative(lw->l.req, NEG_TIMEOUT);
+	else
+		reply_lookup(lw->l.fs, lw->l.req, lw->parent, lw->name);
+	later_put(&lw->l);
 }
 
 /*
@@ -440,45 +456,23 @@ static struct remote *mount_remote(struct session *s, const struct model_name *n
 	return r;
 }
 
-/*
- * Look a tag up in its registry and, if it exists, store its manifest and
- * add it to the tree. This blocks one worker thread for the length of one
- * manifest request; it happens once per tag.
- */
-static int discover(struct fs *fs, const struct model_name *n)
+/* Look the tag n up in its registry; the lookup is answered when that is done. */
+static void lookup_discover(struct fs *fs, fuse_req_t req, fuse_ino_t parent, const char *name,
+			    const struct model_name *n)
 {
-	struct remote *r;
-	struct manifest *m = NULL;
-	char err[512], full[NAME_FORMAT_MAX], *buf = NULL;
-	size_t len;
-	int ret;
+	struct lookup_wait *lw = xcalloc(1, sizeof(*lw));
 
-	if (recent_miss(fs, n))
-		return -ENOENT;
-	name_format(n, full, sizeof(full));
-	r = mount_remote(fs->sess, n);
-	if (!r)
-		return -ENOENT;
-	ret = registry_fetch_manifest(fs->sess->fetcher, r, n->tag, &buf, &len, &m,
-				      err, sizeof(err));
-	remote_unref(r);
-	if (ret == 0)
-		ret = store_write_manifest(fs->sess->store, n, buf, len);
-	if (ret == 0)
-		ret = index_add_tag(fs->ix, n);
-	tell_kernel(fs);
-	if (ret < 0) {
-		if (ret == -ENOENT)
-			log_debug("discovery: '%s' does not exist", full);
-		else
-			log_warn("discovery of '%s' failed: %s", full, err);
-		remember_miss(fs, n);
-	} else {
-		log_info("discovered '%s'", full);
+	lw->parent = parent;
+	lw->name = xstrdup(name);
+	lw->w.done = lookup_done;
+	later_start(&lw->l, fs, req, lookup_cancel, lookup_free);
+	if (discover_wait(fs->disc, n, &lw->w) == 0) {
+		later_waiting(&lw->l);
+		return;
 	}
-	manifest_free(m);
-	free(buf);
-	return ret < 0 ? (ret == -ENOENT ? -ENOENT : -EIO) : 0;
+	later_unregister(&lw->l);
+	reply_negative(req, NEG_TIMEOUT);
+	later_drop(&lw->l);
 }
 
 /* Is name valid for a directory created under a directory of role r? */
@@ -565,17 +559,8 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 		send_entry(req, fs, &e);
 		return;
 	}
-	if (!tagdir || discover(fs, &n) < 0) {
-		reply_negative(req, NEG_TIMEOUT);
-		return;
-	}
-	index_rdlock(fs->ix);
-	child = index_child(fs->ix, dir, name);
-	if (child)
-		make_entry(fs, child, &e);
-	index_unlock(fs->ix);
-	if (child)
-		send_entry(req, fs, &e);
+	if (tagdir)
+		lookup_discover(fs, req, parent, name, &n);
 	else
 		reply_negative(req, NEG_TIMEOUT);
 }
@@ -708,9 +693,8 @@ static int remove_tag(struct fs *fs, const struct model_name *n, struct digest_s
 		log_error("cannot remove '%s': %s", full, strerror(-ret));
 		return ret;
 	}
-	index_drop_tag(fs->ix, n);
+	index_drop_tag(fs->ix, n);   /* discovery leaves it alone for miss_ttl (on_removed) */
 	tell_kernel(fs);
-	remember_removed(fs, n);   /* a lookup right after rm must not bring it back */
 	log_info("removed '%s' (%u blobs freed)", full, freed.blobs + freed.partials);
 	for (size_t i = 0; i < used->n; i++) {
 		bool still;
@@ -1340,6 +1324,42 @@ static void sweep_orphan(struct blob *b, void *arg)
 		blob_orphan(b);
 }
 
+/* A tag left the tree (the index's write lock held). */
+static void on_tag_removed(void *arg, const struct model_name *n)
+{
+	struct fs *fs = arg;
+
+	if (fs->disc)
+		discover_removed(fs->disc, n);
+}
+
+/* The discovery thread added a tag. */
+static void on_discovered(void *arg)
+{
+	tell_kernel(arg);
+}
+
+/* Discovery asks where the mount's reads of the tag will go. */
+static struct remote *discovery_remote(void *arg, const struct model_name *n)
+{
+	struct fs *fs = arg;
+
+	return tag_remote(fs->sess, n);
+}
+
+static void start_discovery(struct fs *fs)
+{
+	struct discover_opts o = {
+		.budget_ms = fs->sess->blob.read_timeout_ms,
+		.miss_ttl_ms = (uint64_t)fs->o.miss_ttl_s * 1000,
+		.remote_for = discovery_remote,
+		.changed = on_discovered,
+		.arg = fs,
+	};
+
+	fs->disc = discover_new(fs->sess, fs->ix, &o);
+}
+
 static void on_store_change(void *arg)
 {
 	struct fs *fs = arg;
@@ -1376,12 +1396,10 @@ int fs_mount(const struct session_opts *so, const struct fs_opts *fo, const char
 	fs->gid = getgid();
 	pthread_mutex_init(&fs->open_lock, NULL);
 	fs->open.next = fs->open.prev = &fs->open;
-	pthread_mutex_init(&fs->miss_lock, NULL);
-	fs->misses = strmap_new();
-	fs->removed = strmap_new();
 	if (session_open(so, SESSION_WRITE, &fs->sess) < 0)
 		goto out;
 	fs->ix = index_new(fs->sess->store, tag_remote, fs->sess);
+	index_on_remove(fs->ix, on_tag_removed, fs);
 	index_scan(fs->ix, &added, &removed);
 
 	fs->se = fuse_session_new(&args, &ops, sizeof(ops), fs);
@@ -1409,6 +1427,7 @@ int fs_mount(const struct session_opts *so, const struct fs_opts *fo, const char
 	if (session_start_net(fs->sess) < 0)
 		goto out_unmount;
 	session_evict(fs->sess);
+	start_discovery(fs);
 	fs->watch = watch_start(fs->sess->store->manifests, WATCH_DEPTH, RESCAN_S, on_store_change, fs);
 	fs->status = status_start(fs->sess, mountpoint, &fs->rs);
 	fs->pusher = pusher_start(fs->se);
@@ -1422,6 +1441,7 @@ int fs_mount(const struct session_opts *so, const struct fs_opts *fo, const char
 	fs->pusher = NULL;
 	status_stop(fs->status);
 	watch_stop(fs->watch);
+	discover_stop(fs->disc);  /* lookups still waiting are answered */
 out_unmount:
 	fuse_session_unmount(fs->se);
 out_signals:
@@ -1433,16 +1453,14 @@ out_signals:
 	free_handles(fs);        /* blob references the kernel never released */
 	session_close(fs->sess);
 	fs->sess = NULL;
+	discover_free(fs->disc); /* after the fetcher: no fetch of it is left */
 	fuse_remove_signal_handlers(fs->se);
 out:
 	session_close(fs->sess);
 	if (fs->se)
 		fuse_session_destroy(fs->se);
 	index_free(fs->ix);
-	strmap_free(fs->misses);
-	strmap_free(fs->removed);
 	passthrough_free(fs->pt);
-	pthread_mutex_destroy(&fs->miss_lock);
 	pthread_mutex_destroy(&fs->open_lock);
 	fuse_opt_free_args(&args);
 	free(fs);

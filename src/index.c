@@ -52,6 +52,8 @@ struct index {
 	struct store *store;
 	struct remote *(*remote_for)(void *arg, const struct model_name *n);
 	void *remote_arg;
+	void (*on_remove)(void *arg, const struct model_name *n);   /* set before the first scan */
+	void *remove_arg;
 	pthread_rwlock_t lock;
 	pthread_mutex_t scan_lock;
 
@@ -601,6 +603,13 @@ static void empty_tag_dir(struct index *ix, struct inode *dir)
 }
 
 /* Remove a tag from the tree. scan_lock and the write lock held. */
+/* A tag leaves the tree for good (not replaced). Write lock held. */
+static void removed_hook(struct index *ix, const struct model_name *n)
+{
+	if (ix->on_remove)
+		ix->on_remove(ix->remove_arg, n);
+}
+
 static void index_remove_tag(struct index *ix, struct itag *t)
 {
 	struct inode *tagdir = t->dir, *mfile = t->file;
@@ -647,8 +656,10 @@ bool index_drop_tag(struct index *ix, const struct model_name *n)
 	pthread_mutex_lock(&ix->scan_lock);
 	pthread_rwlock_wrlock(&ix->lock);
 	strmap_get(ix->tagmap, key, &v);
-	if (v)
+	if (v) {
+		removed_hook(ix, n);
 		index_remove_tag(ix, (struct itag *)(uintptr_t)v);
+	}
 	pthread_rwlock_unlock(&ix->lock);
 	pthread_mutex_unlock(&ix->scan_lock);
 	free(key);
@@ -750,9 +761,11 @@ int index_scan(struct index *ix, unsigned *added, unsigned *removed)
 	pthread_rwlock_wrlock(&ix->lock);
 	for (size_t i = 0; i < np; i++) {
 		if (p[i].remove) {
-			index_remove_tag(ix, p[i].remove);
-			if (!p[i].add)
+			if (!p[i].add) {
 				(*removed)++;
+				removed_hook(ix, &p[i].remove->name);
+			}
+			index_remove_tag(ix, p[i].remove);
 		}
 		if (p[i].add) {
 			link_tag(ix, p[i].add);
@@ -858,6 +871,13 @@ struct index *index_new(struct store *s,
 	ix->manifests = ensure_dir(ix, ix->root, "manifests", ix->start_ns);
 	ix->manifests->role = DIR_MANIFESTS;
 	return ix;
+}
+
+void index_on_remove(struct index *ix, void (*fn)(void *arg, const struct model_name *n),
+		     void *arg)
+{
+	ix->on_remove = fn;
+	ix->remove_arg = arg;
 }
 
 void index_free(struct index *ix)

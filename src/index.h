@@ -77,6 +77,12 @@ struct index *index_new(struct store *s,
 			struct remote *(*remote_for)(void *arg, const struct model_name *n),
 			void *arg);
 void index_free(struct index *ix);
+/*
+ * Call fn whenever a tag leaves the tree for good (a scan found it gone, or
+ * index_drop_tag), with the index's write lock held. Set before the first scan.
+ */
+void index_on_remove(struct index *ix, void (*fn)(void *arg, const struct model_name *n),
+		     void *arg);
 
 /*
  * Bring the tree in line with manifests/: add new and changed tags, remove

@@ -10,11 +10,11 @@ anything.  Every child that touches a mount runs in its own process group with
 a time limit, so a mount that hangs fails the test instead of the suite.
 """
 
-import itertools
+import errno
+import json
 import os
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,7 +25,6 @@ from models import OLLAMA_MODEL
 
 REPO = "library/x"
 PYTHON = "/usr/bin/python3"
-NOBODY = 65534
 LAYER = bytes(range(256)) * 2400          # 600 KiB
 
 
@@ -52,20 +51,14 @@ def run(argv, timeout=30, env=None):
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
-def as_nobody(argv):
-    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
-            *map(str, argv)]
-
-
 # Prints the errno of os.stat(path), 0 if it succeeds.
 STAT_ERRNO = ("import os, sys\n"
               "try:\n    os.stat(sys.argv[1]); print(0)\n"
               "except OSError as e:\n    print(e.errno)")
 
 
-def stat_errno(path, user=None, timeout=30):
-    argv = [PYTHON, "-c", STAT_ERRNO, path]
-    result = run(as_nobody(argv) if user == "nobody" else argv, timeout=timeout)
+def stat_errno(path, timeout=30):
+    result = run([PYTHON, "-c", STAT_ERRNO, path], timeout=timeout)
     assert result.returncode == 0, result.stderr
     return int(result.stdout)
 
@@ -75,12 +68,6 @@ def files_under(path):
     if not path.exists():
         return []
     return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
-
-
-def store_files(store):
-    """Every file of the store but its state directory, with its size."""
-    return {f: (Path(store) / f).stat().st_size
-            for f in files_under(store) if not f.startswith(".blobfs/")}
 
 
 def tag_dir(mnt, host, repo=REPO, tag="latest"):
@@ -108,47 +95,10 @@ def wait_for(predicate, timeout, interval=0.05):
     return predicate()
 
 
-def mount_options(path):
-    with open("/proc/mounts") as f:
-        for line in f:
-            fields = line.split()
-            if fields[1] == str(path):
-                return fields[3].split(",")
-    return []
-
-
 def pull(blobfs_bin, store, name, lazy=True):
     argv = [blobfs_bin, "--store", store, "pull", "--quiet", *(["--lazy"] if lazy else []), name]
     result = run(argv, timeout=60)
     assert result.returncode == 0, f"pull of {name} failed:\n{result.stderr}"
-
-
-@pytest.fixture
-def base():
-    """A 0755 directory for mountpoints that other users can reach. Only empty
-    directories are removed afterwards: never anything through a mount."""
-    path = Path(tempfile.mkdtemp(prefix="blobfs-trust-"))
-    path.chmod(0o755)
-    yield path
-    for p in list(path.iterdir()) + [path]:
-        try:
-            p.rmdir()
-        except OSError:
-            pass
-
-
-@pytest.fixture
-def shared_mount(base, mount):
-    """mount(), on a mountpoint other users can reach (torn down before base)."""
-    count = itertools.count()
-
-    def start(*options, **kwargs):
-        path = base / f"mnt{next(count)}"
-        path.mkdir()
-        path.chmod(0o755)
-        return mount(*options, path=path, **kwargs)
-
-    return start
 
 
 @pytest.fixture
@@ -158,6 +108,108 @@ def reg(fault_registry):
     r.add_model(REPO, "latest", [(OLLAMA_MODEL, LAYER)])
     r.add_model(REPO, "v2", [(OLLAMA_MODEL, LAYER)])
     return r
+
+
+# ================================================================ 3. discovery that hangs
+
+
+HANGING = 20          # more lookups than the mount has worker threads (16)
+BUDGET = 6            # -o read_timeout: how long a lookup may wait for discovery
+PER_HOST = 4          # discoveries that talk to one registry host at a time (blobfs(1))
+
+
+def test_discoveries_that_hang_leave_the_mount_responsive(fault_registry, blobfs_bin, store,
+                                                          mount):
+    good = fault_registry()
+    good.add_model(REPO, "latest", [(OLLAMA_MODEL, LAYER)])
+    good.add_model("library/y", "latest", [(OLLAMA_MODEL, LAYER[::-1])])
+    pull(blobfs_bin, store, f"{good.host}/{REPO}:latest", lazy=False)
+    hang = fault_registry()
+    for i in range(HANGING):
+        hang.add_model(f"library/m{i}", "latest", [(OLLAMA_MODEL, LAYER)])
+    hang.fault("stall", on="manifest", seconds=3600)
+    m = mount(f"read_timeout={BUDGET}")
+
+    t_start = time.monotonic()
+    lookups = [subprocess.Popen([PYTHON, "-c", STAT_ERRNO,
+                                 tag_dir(m.path, hang.host, f"library/m{i}")],
+                                stdout=subprocess.PIPE, text=True, start_new_session=True)
+               for i in range(HANGING)]
+    try:
+        assert wait_for(lambda: manifest_requests(hang) >= 1, 10), "no lookup reached the registry"
+        time.sleep(1.5)   # every lookup is in the daemon by now
+
+        def timed(argv):
+            t0 = time.monotonic()
+            result = run(argv, timeout=15)
+            return result, time.monotonic() - t0
+
+        ls, took = timed(["ls", m.path])
+        assert ls.returncode == 0 and "models" in ls.stdout.split(), ls.stderr
+        assert took < 2, f"ls of the mount root took {took:.1f}s while discoveries hang"
+        local = tag_dir(m.path, good.host) / "model"
+        cat, took = timed([PYTHON, "-c", "import sys; sys.stdout.write(open(sys.argv[1], 'rb')"
+                           ".read().hex())", local])
+        assert cat.returncode == 0 and bytes.fromhex(cat.stdout) == LAYER, cat.stderr
+        assert took < 2, f"a read of a local file took {took:.1f}s while discoveries hang"
+        other, took = timed(["ls", tag_dir(m.path, good.host, "library/y")])
+        assert other.returncode == 0 and "model" in other.stdout.split(), other.stderr
+        assert took < 5, f"discovery on another registry took {took:.1f}s"
+
+        # the hanging lookups end within their budget, not found
+        for p in lookups:
+            out, _ = p.communicate(timeout=BUDGET + 20)
+            assert int(out) == errno.ENOENT, out
+        took = time.monotonic() - t_start
+        assert took < BUDGET + 4, f"the hanging lookups took {took:.1f}s (budget {BUDGET}s)"
+    finally:
+        for p in lookups:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    assert hang.peak_in_flight <= PER_HOST, \
+        f"{hang.peak_in_flight} manifest requests at once on one registry"
+    assert files_under(Path(store) / "manifests" / hang.host) == []
+    # a tag that timed out is remembered as missing: no new request
+    asked = manifest_requests(hang)
+    assert stat_errno(tag_dir(m.path, hang.host, "library/m0")) == errno.ENOENT
+    assert manifest_requests(hang) == asked
+
+
+# ================================================================ 4. removed tags, mkdir
+
+
+MISS_TTL = 3
+
+
+@pytest.mark.parametrize("how", ["mount", "cli"])
+def test_a_removed_tag_is_discovered_again_after_miss_ttl(reg, blobfs_bin, store, mount, how):
+    """Whichever way a tag is removed, a lookup does not bring it back for
+    miss_ttl seconds; after that it is discovered like any tag the store lacks."""
+    for tag in ("latest", "v2"):
+        pull(blobfs_bin, store, f"{reg.host}/{REPO}:{tag}")
+    m = mount(f"miss_ttl={MISS_TTL}")
+    tdir = tag_dir(m.path, reg.host)
+    model_dir = m.path / "models" / reg.host / REPO
+    assert tdir.is_dir()
+    if how == "mount":
+        result = run(["rm", "-r", tdir])
+    else:
+        result = run([blobfs_bin, "--store", store, "rm", f"{reg.host}/{REPO}:latest"])
+    assert result.returncode == 0, result.stderr
+    asked = manifest_requests(reg)
+    assert wait_for(lambda: os.listdir(model_dir) == ["v2"], 5), os.listdir(model_dir)
+    gone_at = time.monotonic()
+
+    # (a dentry the kernel keeps may answer for up to half a second)
+    assert wait_for(lambda: stat_errno(tdir) == errno.ENOENT, 2)
+    assert stat_errno(mount_manifest(m.path, reg.host)) == errno.ENOENT
+    assert manifest_requests(reg) == asked, "a lookup right after the removal asked the registry"
+    assert not store_manifest(store, reg.host).exists()
+
+    time.sleep(max(0.0, gone_at + MISS_TTL + 1 - time.monotonic()))
+    assert stat_errno(tdir) == 0, f"{MISS_TTL + 1}s after the removal, the tag was not discovered"
+    assert store_manifest(store, reg.host).is_file()
+    assert manifest_requests(reg) > asked
 
 
 # ================================================================ 5. interrupts
@@ -176,6 +228,29 @@ print("ready", flush=True)
 sys.stdin.readline()
 m[int(sys.argv[2])]
 """
+
+# Stats a path when told; a SIGUSR1 ends the stat (the handler raises).
+STATTER = r"""
+import json, os, signal, sys, time
+class Interrupted(Exception):
+    pass
+def on_usr1(sig, frame):
+    raise Interrupted
+signal.signal(signal.SIGUSR1, on_usr1)
+print("ready", flush=True)
+sys.stdin.readline()
+t0 = time.monotonic()
+try:
+    os.stat(sys.argv[1])
+    out = {"found": True}
+except Interrupted:
+    out = {"interrupted": True}
+except OSError as e:
+    out = {"errno": e.errno}
+out["elapsed"] = time.monotonic() - t0
+print(json.dumps(out), flush=True)
+"""
+
 
 def _read_line(proc, timeout):
     box = []
@@ -243,3 +318,33 @@ def test_an_interrupt_that_comes_before_a_read_waits_is_not_lost(reg, blobfs_bin
         if took > 1.5:
             slow.append(f"attempt {i}: {took:.1f}s")
     assert not slow, f"killed readers outlived their kill (a lost interrupt): {slow}"
+
+
+@pytest.mark.parametrize("when", ["waiting", "before it waits"])
+def test_an_interrupted_lookup_waiting_for_discovery_returns_promptly(fault_registry, mount,
+                                                                      when):
+    hang = fault_registry()
+    hang.add_model(REPO, "latest", [(OLLAMA_MODEL, LAYER)])
+    hang.fault("stall", on="manifest", seconds=3600)
+    m = mount("read_timeout=30")
+    proc = _child(STATTER, tag_dir(m.path, hang.host))
+    try:
+        if when == "waiting":
+            _go(proc)
+            assert wait_for(lambda: manifest_requests(hang) >= 1, 10)
+            time.sleep(0.3)
+            os.kill(proc.pid, signal.SIGUSR1)
+        else:
+            _interrupt_before_it_waits(m, proc)
+        t0 = time.monotonic()
+        line = _read_line(proc, 40)
+        took = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert line, "the lookup never finished"
+    out = json.loads(line)
+    assert out.get("interrupted"), f"the lookup was not interrupted: {out}"
+    assert took < 3, f"the interrupted lookup returned {took:.1f}s after the signal"
+    # the discovery itself goes on for others; nothing was stored
+    assert files_under(m.store / "manifests") == []
