@@ -5,6 +5,11 @@
  * blobfs(1)) -- the settings that are mount options (settings.def) and the
  * mount's own (mount_options[] below) -- go into the option structs,
  * everything else is left for libfuse, which refuses what it does not know.
+ *
+ * allow_other brings default_permissions: other users are then held to
+ * the modes the mount shows, as on any filesystem, rather than acting with
+ * the daemon's rights. Removal and discovery stay the owner's unless
+ * allow_other_remove / allow_other_discover open them (fs.c).
  */
 #define FUSE_USE_VERSION 312
 #include "config.h"
@@ -49,6 +54,9 @@ static const struct mount_option mount_options[] = {
 	{ "discover", MO_FLAG, offsetof(struct fs_opts, discover), true, NULL, 0, 0 },
 	{ "create_store", MO_FLAG, offsetof(struct fs_opts, create_store), true, NULL, 0, 0 },
 	{ "nopassthrough", MO_FLAG, offsetof(struct fs_opts, passthrough), false, NULL, 0, 0 },
+	{ "allow_other_remove", MO_FLAG, offsetof(struct fs_opts, others_remove), true, NULL, 0, 0 },
+	{ "allow_other_discover", MO_FLAG, offsetof(struct fs_opts, others_discover), true, NULL,
+	  0, 0 },
 	{ "background", MO_CHOICE, offsetof(struct fs_opts, background), 0,
 	  "sequential|always|never", 0, 0 },
 	{ "miss_ttl", MO_NUMBER, offsetof(struct fs_opts, miss_ttl_s), 0, "SEC", 0, 86400 },
@@ -63,7 +71,7 @@ struct mount_opts {
 	int own_flag[NMO];
 	char *setting[SETTING_COUNT];
 	int setting_flag[SETTING_COUNT];
-	int fsname_given, subtype_given;
+	int fsname_given, subtype_given, allow_other, default_permissions;
 };
 
 /* A fuse_opt spec for every blobfs option; the templates are allocated. */
@@ -247,7 +255,7 @@ static bool fuse_knows(const struct fuse_args *args)
 	return true;
 }
 
-/* Note fsname/subtype so defaults are added only when not given; keep all else. */
+/* Note the libfuse options that change ours (defaults, allow_other); keep all. */
 static int keep(void *data, const char *arg, int key, struct fuse_args *out)
 {
 	struct mount_opts *mo = data;
@@ -257,7 +265,32 @@ static int keep(void *data, const char *arg, int key, struct fuse_args *out)
 		mo->fsname_given = 1;
 	if (strncmp(arg, "subtype=", 8) == 0)
 		mo->subtype_given = 1;
+	if (strcmp(arg, "allow_other") == 0)
+		mo->allow_other = 1;
+	if (strcmp(arg, "default_permissions") == 0)
+		mo->default_permissions = 1;
 	return 1;
+}
+
+/* What other users may do: see the top of this file. False (with a message) if refused. */
+static bool apply_others(const struct mount_opts *mo, const struct fs_opts *fo,
+			 struct fuse_args *args)
+{
+	if ((fo->others_remove || fo->others_discover) && !mo->allow_other) {
+		log_error("-o %s is for other users, and needs -o allow_other",
+			  fo->others_remove ? "allow_other_remove" : "allow_other_discover");
+		return false;
+	}
+	if (!mo->allow_other)
+		return true;
+	if (!mo->default_permissions) {
+		fuse_opt_add_arg(args, "-o");
+		fuse_opt_add_arg(args, "default_permissions");
+	}
+	log_info("allow_other: applying default_permissions; other users may read, %s remove "
+		 "tags, %s discover them", fo->others_remove ? "may" : "may not",
+		 fo->others_discover ? "may" : "may not");
+	return true;
 }
 
 /* Run fusermount3 -u [-z] MOUNTPOINT; its exit status, or 127 if it cannot run. */
@@ -349,7 +382,8 @@ int cmd_mount(struct session_opts *so, struct fs_opts *fo, const char *mountpoin
 	}
 	if (fuse_opt_parse(&args, &mo, spec, keep) < 0)
 		goto out;
-	if (!apply_own(&mo, fo) || !apply_settings(&mo, &so->cli) || !fuse_knows(&args))
+	if (!apply_own(&mo, fo) || !apply_settings(&mo, &so->cli) || !fuse_knows(&args) ||
+	    !apply_others(&mo, fo, &args))
 		goto out;
 	if (!mo.fsname_given) {
 		fuse_opt_add_arg(&args, "-o");

@@ -32,6 +32,10 @@
  * discovery) is a `struct later`; see there. Whoever takes it back from what
  * it waits on replies, so it is answered exactly once, and an interrupt
  * that comes before it waits is acted on as soon as it does.
+ *
+ * Other users: with allow_other the kernel checks modes (default_permissions,
+ * added by cmd_mount.c); removal and discovery are the mount owner's (and
+ * root's) unless -o allow_other_remove / allow_other_discover.
  */
 #define FUSE_USE_VERSION 312
 #include "config.h"
@@ -308,6 +312,16 @@ static uint64_t local_bytes(struct fs *fs, struct inode *in)
 	return local;
 }
 
+/*
+ * Directories are 0755; with -o allow_other_remove, those that removal
+ * changes are 0777, so that the kernel's mode checks (default_permissions)
+ * let other users remove (see op_rmdir). Writing stays EROFS.
+ */
+static mode_t dir_mode(const struct fs *fs, const struct inode *in)
+{
+	return fs->o.others_remove && in->role != DIR_ROOT && in->role != DIR_BLOBS ? 0777 : 0755;
+}
+
 /* Attributes of in. Index lock held. */
 static void fill_attr(struct fs *fs, struct inode *in, struct stat *st)
 {
@@ -335,7 +349,7 @@ static void fill_attr(struct fs *fs, struct inode *in, struct stat *st)
 		 * glibc uses its minimum, 32 KiB).
 		 */
 		st->st_blksize = 4096;
-		st->st_mode = S_IFDIR | 0755;
+		st->st_mode = S_IFDIR | dir_mode(fs, in);
 		st->st_nlink = MAX(src->nlink, 2u);
 		st->st_size = 4096;
 		break;
@@ -475,6 +489,14 @@ static void lookup_discover(struct fs *fs, fuse_req_t req, fuse_ino_t parent, co
 	later_drop(&lw->l);
 }
 
+/* May the caller of req do what the owner may, or was it opened to everyone? */
+static bool owner_or(struct fs *fs, fuse_req_t req, bool open_to_all)
+{
+	const struct fuse_ctx *c = fuse_req_ctx(req);
+
+	return open_to_all || c->uid == 0 || c->uid == fs->uid;
+}
+
 /* Is name valid for a directory created under a directory of role r? */
 static bool phantom_ok(enum dir_role r, const char *name)
 {
@@ -547,6 +569,11 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 
 	if (!fs->o.discover) {
 		reply_negative(req, NEG_TIMEOUT);
+		return;
+	}
+	if (!owner_or(fs, req, fs->o.others_discover)) {
+		/* Not cached: the owner's lookup right after may discover it. */
+		fuse_reply_err(req, ENOENT);
 		return;
 	}
 	if (phantom_ok(role, name)) {
@@ -719,6 +746,10 @@ static void op_unlink(fuse_req_t req, fuse_ino_t parent, const char *name)
 	struct model_name n;
 	int err = 0;
 
+	if (!owner_or(fs, req, fs->o.others_remove)) {
+		fuse_reply_err(req, EACCES);
+		return;
+	}
 	index_wrlock(fs->ix);
 	dir = index_get(fs->ix, parent);
 	real = dir ? index_real(fs->ix, dir) : NULL;
@@ -768,6 +799,10 @@ static void op_rmdir(fuse_req_t req, fuse_ino_t parent, const char *name)
 	bool remove = false;
 	int err = 0;
 
+	if (!owner_or(fs, req, fs->o.others_remove)) {
+		fuse_reply_err(req, EACCES);
+		return;
+	}
 	index_wrlock(fs->ix);
 	dir = index_get(fs->ix, parent);
 	real = dir ? index_real(fs->ix, dir) : NULL;

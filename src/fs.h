@@ -17,6 +17,8 @@ struct fs_opts {
 	unsigned threads;       /* FUSE worker threads, at most */
 	bool create_store;      /* make the store if it does not exist (else refuse) */
 	bool passthrough;       /* complete blobs by FUSE passthrough where possible */
+	bool others_remove;     /* -o allow_other_remove: others may remove tags */
+	bool others_discover;   /* -o allow_other_discover: others' lookups may discover */
 	char **fuse_argv;       /* argv for libfuse (argv[0] and -o options) */
 	int fuse_argc;
 };

@@ -11,20 +11,24 @@ a time limit, so a mount that hangs fails the test instead of the suite.
 """
 
 import errno
+import itertools
 import json
 import os
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from blobfsmount import is_blobfs_mount
 from models import OLLAMA_MODEL
 
 REPO = "library/x"
 PYTHON = "/usr/bin/python3"
+NOBODY = 65534
 LAYER = bytes(range(256)) * 2400          # 600 KiB
 
 
@@ -51,14 +55,20 @@ def run(argv, timeout=30, env=None):
     return subprocess.CompletedProcess(argv, proc.returncode, out, err)
 
 
+def as_nobody(argv):
+    return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
+            *map(str, argv)]
+
+
 # Prints the errno of os.stat(path), 0 if it succeeds.
 STAT_ERRNO = ("import os, sys\n"
               "try:\n    os.stat(sys.argv[1]); print(0)\n"
               "except OSError as e:\n    print(e.errno)")
 
 
-def stat_errno(path, timeout=30):
-    result = run([PYTHON, "-c", STAT_ERRNO, path], timeout=timeout)
+def stat_errno(path, user=None, timeout=30):
+    argv = [PYTHON, "-c", STAT_ERRNO, path]
+    result = run(as_nobody(argv) if user == "nobody" else argv, timeout=timeout)
     assert result.returncode == 0, result.stderr
     return int(result.stdout)
 
@@ -68,6 +78,12 @@ def files_under(path):
     if not path.exists():
         return []
     return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+
+
+def store_files(store):
+    """Every file of the store but its state directory, with its size."""
+    return {f: (Path(store) / f).stat().st_size
+            for f in files_under(store) if not f.startswith(".blobfs/")}
 
 
 def tag_dir(mnt, host, repo=REPO, tag="latest"):
@@ -95,10 +111,47 @@ def wait_for(predicate, timeout, interval=0.05):
     return predicate()
 
 
+def mount_options(path):
+    with open("/proc/mounts") as f:
+        for line in f:
+            fields = line.split()
+            if fields[1] == str(path):
+                return fields[3].split(",")
+    return []
+
+
 def pull(blobfs_bin, store, name, lazy=True):
     argv = [blobfs_bin, "--store", store, "pull", "--quiet", *(["--lazy"] if lazy else []), name]
     result = run(argv, timeout=60)
     assert result.returncode == 0, f"pull of {name} failed:\n{result.stderr}"
+
+
+@pytest.fixture
+def base():
+    """A 0755 directory for mountpoints that other users can reach. Only empty
+    directories are removed afterwards: never anything through a mount."""
+    path = Path(tempfile.mkdtemp(prefix="blobfs-trust-"))
+    path.chmod(0o755)
+    yield path
+    for p in list(path.iterdir()) + [path]:
+        try:
+            p.rmdir()
+        except OSError:
+            pass
+
+
+@pytest.fixture
+def shared_mount(base, mount):
+    """mount(), on a mountpoint other users can reach (torn down before base)."""
+    count = itertools.count()
+
+    def start(*options, **kwargs):
+        path = base / f"mnt{next(count)}"
+        path.mkdir()
+        path.chmod(0o755)
+        return mount(*options, path=path, **kwargs)
+
+    return start
 
 
 @pytest.fixture
@@ -108,6 +161,96 @@ def reg(fault_registry):
     r.add_model(REPO, "latest", [(OLLAMA_MODEL, LAYER)])
     r.add_model(REPO, "v2", [(OLLAMA_MODEL, LAYER)])
     return r
+
+
+# ================================================================ 1. other users
+
+
+def test_allow_other_applies_default_permissions(shared_mount):
+    m = shared_mount("allow_other")
+    options = mount_options(m.path)
+    assert "allow_other" in options and "default_permissions" in options, options
+    assert m.log_lines(r"allow_other.*default_permissions"), \
+        f"the log does not say that allow_other brings default_permissions:\n{m.log()}"
+    # without allow_other nobody else gets in, and nothing is added
+    m2 = shared_mount()
+    assert "default_permissions" not in mount_options(m2.path)
+
+
+def _removal_attempts(mnt, host):
+    return [["rm", "-r", tag_dir(mnt, host)],
+            ["rm", "-r", Path(mnt) / "models" / host / REPO],
+            ["rm", mount_manifest(mnt, host, tag="v2")],
+            ["rm", tag_dir(mnt, host, tag="v2") / "model"]]
+
+
+def test_other_users_cannot_remove_tags(reg, blobfs_bin, store, shared_mount):
+    for tag in ("latest", "v2"):
+        pull(blobfs_bin, store, f"{reg.host}/{REPO}:{tag}", lazy=False)
+    before = store_files(store)
+    m = shared_mount("allow_other")
+    listing = sorted(os.listdir(tag_dir(m.path, reg.host)))
+
+    for argv in _removal_attempts(m.path, reg.host):
+        result = run(as_nobody(argv))
+        assert result.returncode != 0, f"uid {NOBODY} could run {argv}"
+        assert "Permission denied" in result.stderr or "not permitted" in result.stderr, \
+            result.stderr
+    assert store_files(store) == before, "a refused removal changed the store"
+    for tag in ("latest", "v2"):
+        assert sorted(os.listdir(tag_dir(m.path, reg.host, tag=tag))) == listing, \
+            "a refused removal hid files"
+    assert sorted(os.listdir(m.path / "manifests" / reg.host / REPO)) == ["latest", "v2"]
+
+    # the owner still may
+    result = run(["rm", "-r", tag_dir(m.path, reg.host)])
+    assert result.returncode == 0, result.stderr
+    assert not store_manifest(store, reg.host).exists()
+
+
+def test_allow_other_remove_lets_other_users_remove(reg, blobfs_bin, store, shared_mount):
+    pull(blobfs_bin, store, f"{reg.host}/{REPO}:latest")
+    m = shared_mount("allow_other", "allow_other_remove")
+    result = run(as_nobody(["rm", "-r", tag_dir(m.path, reg.host)]))
+    assert result.returncode == 0, result.stderr
+    assert not store_manifest(store, reg.host).exists()
+
+
+def test_allow_other_remove_and_discover_need_allow_other(blobfs_bin, store, base):
+    for option in ("allow_other_remove", "allow_other_discover"):
+        mnt = base / option
+        mnt.mkdir()
+        result = run([blobfs_bin, "--store", store, "mount", "-f", "-o", option, mnt],
+                     timeout=20)
+        assert result.returncode == 2, f"-o {option} alone: exit {result.returncode}"
+        assert "allow_other" in result.stderr and option in result.stderr, result.stderr
+        assert not is_blobfs_mount(mnt)
+
+
+def test_other_users_cannot_discover(reg, store, shared_mount):
+    m = shared_mount("allow_other")
+    host = reg.host
+    for path in (tag_dir(m.path, host), mount_manifest(m.path, host),
+                 Path(m.path) / "models" / host):
+        assert stat_errno(path, "nobody") == errno.ENOENT, path
+    # mkdir where only discovery makes names exist: refused, not "exists"
+    result = run(as_nobody(["mkdir", Path(m.path) / "models" / "newhost"]))
+    assert result.returncode != 0 and "File exists" not in result.stderr, result.stderr
+    assert manifest_requests(reg) == 0, "another user's lookup reached the registry"
+    assert files_under(Path(store) / "manifests") == []
+
+    # the owner discovers
+    assert "model" in os.listdir(tag_dir(m.path, host))
+    assert manifest_requests(reg) >= 1
+    assert store_manifest(store, host).is_file()
+
+
+def test_allow_other_discover_lets_other_users_discover(reg, store, shared_mount):
+    m = shared_mount("allow_other", "allow_other_discover")
+    result = run(as_nobody(["ls", tag_dir(m.path, reg.host)]))
+    assert result.returncode == 0, result.stderr
+    assert "model" in result.stdout.split()
+    assert store_manifest(store, reg.host).is_file()
 
 
 # ================================================================ 3. discovery that hangs
