@@ -44,6 +44,7 @@
 #include <fcntl.h>
 #include <fuse_lowlevel.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -60,6 +61,7 @@
 #include "index.h"
 #include "log.h"
 #include "manifest.h"
+#include "mountcheck.h"
 #include "passthrough.h"
 #include "push.h"
 #include "remote.h"
@@ -1382,6 +1384,22 @@ static struct remote *discovery_remote(void *arg, const struct model_name *n)
 	return tag_remote(fs->sess, n);
 }
 
+/*
+ * Refuse a mountpoint the daemon would read through (mountcheck.c): the
+ * store, and with it its state directory, which is always inside it.
+ */
+static int check_mountpoint(struct fs *fs, const char *given, const char *mountpoint)
+{
+	const struct store *st = fs->sess->store;
+	const struct mountcheck_path own[] = { { "the store", st->root, st->rootfd } };
+	char err[PATH_MAX * 3];
+
+	if (mountcheck(given, mountpoint, own, ARRAY_SIZE(own), err, sizeof(err)) == 0)
+		return 0;
+	log_error("%s", err);
+	return -1;
+}
+
 static void start_discovery(struct fs *fs)
 {
 	struct discover_opts o = {
@@ -1431,7 +1449,8 @@ int fs_mount(const struct session_opts *so, const struct fs_opts *fo, const char
 	fs->gid = getgid();
 	pthread_mutex_init(&fs->open_lock, NULL);
 	fs->open.next = fs->open.prev = &fs->open;
-	if (session_open(so, SESSION_WRITE, &fs->sess) < 0)
+	if (session_open(so, SESSION_WRITE, &fs->sess) < 0 ||
+	    check_mountpoint(fs, mp, mountpoint) < 0)
 		goto out;
 	fs->ix = index_new(fs->sess->store, tag_remote, fs->sess);
 	index_on_remove(fs->ix, on_tag_removed, fs);

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from blobfsmount import is_blobfs_mount
+from blobfsmount import fuse_mounts, is_blobfs_mount
 from models import OLLAMA_MODEL
 
 REPO = "library/x"
@@ -251,6 +251,85 @@ def test_allow_other_discover_lets_other_users_discover(reg, store, shared_mount
     assert result.returncode == 0, result.stderr
     assert "model" in result.stdout.split()
     assert store_manifest(store, reg.host).is_file()
+
+
+# ================================================================ 2. what the daemon reads
+
+
+def _take_down(path):
+    """A mount that a refusal test made after all: abort its connection (a
+    forced unmount does that for FUSE, even when it then says busy), detach it."""
+    if str(path) in fuse_mounts():
+        subprocess.run(["umount", "-f", str(path)], capture_output=True, timeout=10)
+        subprocess.run(["fusermount3", "-uz", str(path)], capture_output=True, timeout=10)
+
+
+def _mount_refused(blobfs_bin, store, mountpoint, real, timeout=10):
+    """Run `blobfs mount -f` on MOUNTPOINT (REAL: its real path, found before)
+    and return its CompletedProcess. If it mounts instead of refusing, the
+    mount is aborted and the test fails. Nothing here looks at the mountpoint
+    itself: a mount that reads through itself would hang the looker."""
+    proc = subprocess.Popen([str(blobfs_bin), "--store", str(store), "mount", "-f",
+                             str(mountpoint)], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None and time.monotonic() < deadline and real not in fuse_mounts():
+        time.sleep(0.05)
+    mounted = real in fuse_mounts()
+    if proc.poll() is None or mounted:
+        _take_down(real)
+        os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        out, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        out = err = "(unavailable: the daemon is stuck in the kernel)"
+    assert not mounted, f"blobfs mounted on {mountpoint}, over what it reads:\n{err}"
+    assert proc.returncode is not None and proc.returncode >= 0, \
+        f"blobfs mount on {mountpoint} neither mounted nor exited within {timeout}s:\n{err}"
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+@pytest.mark.parametrize("where", ["store", "inside", "state", "parent", "symlink", "bind"])
+def test_mountpoint_the_daemon_reads_through_is_refused(blobfs_bin, tmp_path, where):
+    """Mounting on the store, in it (its state directory too), above it, or on
+    another name for it (a symlink, a bind mount) would have the daemon read
+    through its own mount and hang; it is refused, before anything is mounted."""
+    top = tmp_path / "top"
+    store = top / "store"
+    for d in (store / "manifests", store / "blobs", store / ".blobfs"):
+        d.mkdir(parents=True)
+    (store / ".blobfs").chmod(0o700)
+    mountpoint = {"store": store, "inside": store / "manifests", "state": store / ".blobfs",
+                  "parent": top, "symlink": tmp_path / "link", "bind": tmp_path / "bind"}[where]
+    if where == "symlink":
+        mountpoint.symlink_to(store)
+    if where == "bind":
+        mountpoint.mkdir()
+        bound = subprocess.run(["mount", "--bind", store, mountpoint], capture_output=True,
+                               text=True, timeout=10)
+        if bound.returncode != 0:
+            pytest.skip(f"cannot bind-mount (needs root): {bound.stderr.strip()}")
+    real = os.path.realpath(mountpoint)
+    try:
+        result = _mount_refused(blobfs_bin, store, mountpoint, real)
+    finally:
+        if where == "bind":
+            subprocess.run(["umount", "-l", mountpoint], capture_output=True, timeout=10)
+    assert result.returncode == 1, f"exit {result.returncode}:\n{result.stderr}"
+    errors = [line for line in result.stderr.splitlines() if line.startswith("blobfs: error: ")]
+    assert len(errors) == 1 and "store" in errors[0] and str(mountpoint) in errors[0], \
+        result.stderr
+
+
+def test_mountpoint_beside_the_store_is_fine(blobfs_bin, tmp_path, mount):
+    """The check compares directories, not names: a sibling whose name starts
+    like the store's is no problem."""
+    store = tmp_path / "store"
+    store.mkdir()
+    beside = tmp_path / "store-mnt"
+    beside.mkdir()
+    m = mount(store=store, path=beside)
+    assert sorted(os.listdir(m.path)) == ["blobs", "manifests", "models"]
 
 
 # ================================================================ 3. discovery that hangs
