@@ -225,6 +225,10 @@ static int store_result(struct discoverer *d, struct disc *x)
 	int ret;
 
 	name_format(&x->name, full, sizeof(full));
+	if (!x->remote) {
+		log_debug("discovery: no registry for '%s'", full);
+		return -ENOENT;
+	}
 	ret = registry_check_manifest(x->remote, x->name.tag, x->res.err, &x->res, &buf, &len,
 				      &m, err, sizeof(err));
 	if (ret == 0)
@@ -324,12 +328,16 @@ static void *discover_main(void *arg)
 			wait_until(d, next);
 			continue;
 		}
-		for (size_t i = 0; i < n; i++)
+		for (size_t i = 0; i < n; i++) {
 			start[i]->remote = d->o.remote_for(d->o.arg, &start[i]->name);
+			if (!start[i]->remote)
+				start[i]->state = DISC_FETCHED;   /* finish() says not found */
+		}
 		pthread_mutex_unlock(&d->lock);
 		answers_give(&a);
 		for (size_t i = 0; i < n; i++)
-			start_fetch(d, start[i]);
+			if (start[i]->remote)
+				start_fetch(d, start[i]);
 		if (fetched)
 			finish(d, fetched);
 		pthread_mutex_lock(&d->lock);
@@ -407,6 +415,7 @@ int discover_wait(struct discoverer *d, const struct model_name *n, struct disc_
 {
 	char *key = disc_key(n);
 	struct disc *x;
+	bool queued = false;
 
 	pthread_mutex_lock(&d->lock);
 	if (d->stop || missing_locked(d, key)) {
@@ -416,7 +425,10 @@ int discover_wait(struct discoverer *d, const struct model_name *n, struct disc_
 	}
 	for (x = d->discs; x && strcmp(x->key, key) != 0; x = x->next)
 		;
-	if (!x) {
+	if (!x) {                    /* last in line: queued discoveries start in order */
+		struct disc **pp = &d->discs;
+		while (*pp)
+			pp = &(*pp)->next;
 		x = xcalloc(1, sizeof(*x));
 		x->d = d;
 		x->name = *n;
@@ -424,8 +436,8 @@ int discover_wait(struct discoverer *d, const struct model_name *n, struct disc_
 		key = NULL;
 		x->state = DISC_QUEUED;
 		x->waiters.next = x->waiters.prev = &x->waiters;
-		x->next = d->discs;
-		d->discs = x;
+		*pp = x;
+		queued = true;
 	}
 	w->deadline_ms = now_ms() + d->o.budget_ms;
 	w->prev = x->waiters.prev;
@@ -435,6 +447,11 @@ int discover_wait(struct discoverer *d, const struct model_name *n, struct disc_
 	w->linked = true;
 	pthread_cond_signal(&d->cond);
 	pthread_mutex_unlock(&d->lock);
+	if (queued) {
+		char full[NAME_FORMAT_MAX];
+		name_format(n, full, sizeof(full));
+		log_debug("discovery: '%s' queued", full);
+	}
 	free(key);
 	return 0;
 }

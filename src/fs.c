@@ -722,7 +722,7 @@ static int remove_tag(struct fs *fs, const struct model_name *n, struct digest_s
 		log_error("cannot remove '%s': %s", full, strerror(-ret));
 		return ret;
 	}
-	index_drop_tag(fs->ix, n);   /* discovery leaves it alone for miss_ttl (on_removed) */
+	index_drop_tag(fs->ix, n);   /* discovery leaves it alone for miss_ttl (on_tag_removed) */
 	tell_kernel(fs);
 	log_info("removed '%s' (%u blobs freed)", full, freed.blobs + freed.partials);
 	for (size_t i = 0; i < used->n; i++) {

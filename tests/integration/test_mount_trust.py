@@ -402,6 +402,52 @@ def test_discoveries_that_hang_leave_the_mount_responsive(fault_registry, blobfs
     assert manifest_requests(hang) == asked
 
 
+FIFO_BUDGET = 4
+
+
+def test_queued_discoveries_start_in_the_order_they_were_asked(fault_registry, mount):
+    """With every slot of a host busy, discoveries queue; a slot that frees
+    goes to the oldest. Four hanging discoveries take the slots; six more queue,
+    one after another. When the four are given up (their budget), the next four
+    are the four oldest, and the two youngest time out in the queue, unasked.
+    (Before, the youngest went first and the oldest timed out unasked.)"""
+    hang = fault_registry()
+    tags = [f"library/q{i}" for i in range(PER_HOST + 6)]
+    for repo in tags:
+        hang.add_model(repo, "latest", [(OLLAMA_MODEL, LAYER)])
+    hang.fault("stall", on="manifest", seconds=3600)
+    m = mount(f"read_timeout={FIFO_BUDGET}")
+
+    def lookup(repo):
+        return subprocess.Popen([PYTHON, "-c", STAT_ERRNO, tag_dir(m.path, hang.host, repo)],
+                                stdout=subprocess.PIPE, text=True, start_new_session=True)
+
+    def queued(repo):
+        return bool(m.log_lines(rf"discovery: '{hang.host}/{repo}:latest' queued"))
+
+    first, waiting = tags[:PER_HOST], tags[PER_HOST:]
+    procs = [lookup(repo) for repo in first]
+    try:
+        assert wait_for(lambda: manifest_requests(hang) == PER_HOST, 10), \
+            f"{manifest_requests(hang)} manifest requests, not {PER_HOST}"
+        for repo in waiting:       # each one in the queue before the next is asked
+            procs.append(lookup(repo))
+            assert wait_for(lambda: queued(repo), 10), f"no lookup of {repo} reached the queue"
+        assert manifest_requests(hang) == PER_HOST, "a queued discovery went past the limit"
+        for p in procs:
+            out, _ = p.communicate(timeout=3 * FIFO_BUDGET + 20)
+            assert int(out) == errno.ENOENT, out
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    asked = [r.path.split("/")[3] for r in hang.requests(path_contains="/manifests/")]
+    second = [t.split("/")[1] for t in waiting[:PER_HOST]]
+    assert sorted(asked[PER_HOST:]) == sorted(second), \
+        f"after the first {PER_HOST}, the registry was asked for {asked[PER_HOST:]}, " \
+        f"not the oldest in the queue, {second}"
+
+
 # ================================================================ 4. removed tags, mkdir
 
 
