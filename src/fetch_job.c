@@ -388,6 +388,13 @@ void new_easy(struct fetcher *f, struct job *j, const char *url, const struct re
 	job_setopt(j, CURLOPT_USERAGENT, f->o.user_agent);
 	job_setopt(j, CURLOPT_TCP_KEEPALIVE, 1L);
 	job_setopt(j, CURLOPT_BUFFERSIZE, CURL_BUFFER);
+	/*
+	 * HTTP/1.1 for every request: ranges need one TCP connection each
+	 * (start_range), and small ones gained nothing from HTTP/2 (a pull asks
+	 * for manifests one after another), while an HTTP/2 connection could
+	 * not carry the blob GETs that follow a manifest (bench/RESULTS.md).
+	 */
+	job_setopt(j, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
 	if (o->cacert)
 		job_setopt(j, CURLOPT_CAINFO, o->cacert);
 	j->url = xstrdup(url);

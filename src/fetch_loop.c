@@ -220,14 +220,15 @@ int fetcher_start(const struct net_opts *o, struct fetcher **out)
 		return -ENOMEM;
 	}
 	/*
-	 * Idle connections kept for reuse. Multiplexing stays on (libcurl's
-	 * default), for small requests only: range requests ask for HTTP/1.1,
-	 * one request per connection (start_range; blobfs(1), CONNECTIONS).
+	 * Idle connections kept for reuse, and never two transfers on one at a
+	 * time: every request asks for HTTP/1.1 (new_easy), and should a server
+	 * speak HTTP/2 anyway, no stream joins a connection in use
+	 * (blobfs(1), CONNECTIONS).
 	 */
 	CURLMcode mrc = curl_multi_setopt(f->multi, CURLMOPT_MAXCONNECTS,
 					  (long)(o->connections + o->demand_reserve + SPARE_CONNECTIONS));
 	if (mrc == CURLM_OK)
-		mrc = curl_multi_setopt(f->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+		mrc = curl_multi_setopt(f->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_NOTHING);
 	if (mrc != CURLM_OK) {
 		log_error("cannot set up libcurl: %s", curl_multi_strerror(mrc));
 		curl_multi_cleanup(f->multi);

@@ -6,8 +6,8 @@ blob GETs to an nginx CDN over TLS, as Ollama's registry does.  With
 default would then multiplex every range request of a blob over one TCP
 connection, and one connection's throughput is what a real path limits.
 blobfs's policy (blobfs(1), CONNECTIONS): range requests for blob bytes go over
-as many TCP connections as --connections says, one request at a time on each
-(HTTP/1.1); small requests may share a multiplexed connection.
+as many TCP connections as --connections says, one request at a time on each;
+every request, small ones too, uses HTTP/1.1.
 
 nginx logs each request with its connection's serial number ($connection) and
 protocol, so the tests check that no connection ever carried two range
@@ -191,11 +191,11 @@ def test_pull_through_a_mirror_uses_as_many_connections_as_configured(
     assert_connection_use(range_requests(mirror, mark), CONNECTIONS, CONNECTIONS, CONNECTIONS)
 
 
-def test_small_requests_share_http2_and_range_requests_do_not(transport_registry, run_blobfs,
-                                                              store):
-    """At a registry that offers HTTP/2, the manifest goes over HTTP/2; the
-    blob GETs that the registry redirects to its CDN are range requests, so
-    they go over HTTP/1.1."""
+def test_every_request_uses_http1_where_http2_is_offered(transport_registry, run_blobfs, store):
+    """At a registry that offers HTTP/2, the manifest goes over HTTP/1.1 too,
+    so a blob GET that follows it can reuse its connection: over HTTP/2 the
+    manifest's connection could carry none of the range requests, and a pull
+    held one connection more (bench/RESULTS.md, connections-bench --small)."""
     reg = transport_registry(True)
     mark = reg.tls_log_mark()
     result = run_blobfs([*net_args(reg), "pull", reg.name], timeout=90)
@@ -206,10 +206,10 @@ def test_small_requests_share_http2_and_range_requests_do_not(transport_registry
     manifests = [e for e in entries if "/manifests/" in e["uri"]]
     blobs = [e for e in entries if "/blobs/" in e["uri"]]
     assert manifests and blobs, f"no manifest or blob request reached the registry:\n{info}"
-    assert {e["protocol"] for e in manifests} == {"HTTP/2.0"}, \
-        f"the manifest did not go over HTTP/2:\n{info}"
-    assert {e["protocol"] for e in blobs} == {"HTTP/1.1"}, \
-        f"a blob's range request went over HTTP/2:\n{info}"
+    assert {e["protocol"] for e in entries} == {"HTTP/1.1"}, \
+        f"a request went over HTTP/2:\n{info}"
+    assert {e["connection"] for e in manifests} & {e["connection"] for e in blobs}, \
+        f"no blob GET reused the manifest's connection:\n{info}"
 
 
 @pytest.mark.timing
