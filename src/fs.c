@@ -1497,17 +1497,19 @@ int fs_mount(const struct session_opts *so, const struct fs_opts *fo, const char
 	watch_stop(fs->watch);
 	discover_stop(fs->disc);  /* lookups still waiting are answered */
 out_unmount:
-	fuse_session_unmount(fs->se);
-out_signals:
 	/*
-	 * Our threads stop before the session goes: they reply to requests too,
-	 * and libfuse frees each replying thread's splice pipe only as long as
-	 * its session lives.
+	 * Our threads stop before the session is unmounted: they reply to
+	 * requests too (a blob worker answers parked reads), through the fd that
+	 * unmounting closes, and a reply written after that could land in
+	 * whatever file reuses the number. libfuse also frees each replying
+	 * thread's splice pipe only as long as its session lives.
 	 */
 	free_handles(fs);        /* blob references the kernel never released */
 	session_close(fs->sess);
 	fs->sess = NULL;
 	discover_free(fs->disc); /* after the fetcher: no fetch of it is left */
+	fuse_session_unmount(fs->se);
+out_signals:
 	fuse_remove_signal_handlers(fs->se);
 out:
 	session_close(fs->sess);
