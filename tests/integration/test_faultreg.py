@@ -404,6 +404,35 @@ def test_stall_then_resume(reg, after):
     conn.close()
 
 
+@pytest.mark.timing
+@pytest.mark.parametrize("length", [10000, 9999, 2, 1])
+def test_stall_after_a_share_of_each_body(reg, length):
+    """fraction=0.5 stalls every response after its first half (rounded up):
+    each request, however small, delivers something before it stalls."""
+    name, port = reg.host.split(":")
+    reg.fault("stall", seconds=1.0, fraction=0.5)
+    for start in (0, 5000):
+        conn = http.client.HTTPConnection(name, int(port), timeout=5)
+        began = time.monotonic()
+        conn.request("GET", blob_path(reg.digest),
+                     headers={"Range": f"bytes={start}-{start + length - 1}"})
+        response = conn.getresponse()
+        first = -(-length // 2)
+        head = response.read(first)
+        early = time.monotonic() - began
+        rest = response.read()
+        conn.close()
+        assert early < 0.5 and head == BLOB[start:start + first]
+        assert response.status == 206 and head + rest == BLOB[start:start + length]
+        if first < length:
+            assert time.monotonic() - began >= 0.9, "the second half came without a stall"
+        else:
+            assert time.monotonic() - began < 0.5, "a one-byte body was stalled"
+    assert reg.count(fault="stall") == 2
+    with pytest.raises(ValueError, match="fraction"):
+        reg.fault("stall", seconds=1.0, fraction=1.5)
+
+
 def test_status_fault_limited_by_times(reg):
     reg.fault("status", code=503, times=2)
     statuses = [request(reg.host, blob_path(reg.digest), headers={"Range": "bytes=0-9"})[0].status for _ in range(3)]

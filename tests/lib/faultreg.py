@@ -11,7 +11,7 @@ pieces); faults are looked up once per request (`_take_fault`, first match wins,
 optionally limited to `times` uses) and act at one of three places: they replace
 the response (status, a redirect anywhere or in a loop, or none at all: hang), reshape its content (ignore/wrong range,
 corrupt, bad JSON, huge), or steer how the body reaches the socket (`_Plan`:
-reset, short, stall, trickle, extra bytes).  The body is written with raw
+reset, short, stall after N bytes or after a share of each body, trickle, extra bytes).  The body is written with raw
 `socket.send` calls, so the log counts body bytes as they are handed to the
 kernel; a reset first waits for the kernel's send queue to drain and then closes
 with SO_LINGER 0, so the client sees an RST after exactly the bytes counted.
@@ -68,7 +68,7 @@ FAULT_KINDS = {
     "status": ({"code": _REQUIRED, "retry_after": None}, ENDPOINTS),
     "reset": ({"after": 0}, ENDPOINTS),
     "short": ({"after": None}, ENDPOINTS),
-    "stall": ({"seconds": _REQUIRED, "after": 0}, ENDPOINTS),
+    "stall": ({"seconds": _REQUIRED, "after": 0, "fraction": None}, ENDPOINTS),
     "trickle": ({"rate": _REQUIRED}, ENDPOINTS),
     "hang": ({}, ENDPOINTS),
     "extra": ({"count": 16, "honest": True}, ENDPOINTS),
@@ -255,6 +255,10 @@ class _Plan:
             return cls(cut_at=p["after"], reset=True)
         if kind == "short":
             return cls(cut_at=length // 2 if p["after"] is None else p["after"])
+        if kind == "stall" and p["fraction"] is not None:
+            # After that share of each response's own body, rounded up: a body
+            # of one byte is sent whole, so every response delivers something.
+            return cls(pause_at=math.ceil(length * p["fraction"]), pause=p["seconds"])
         if kind == "stall":
             return cls(pause_at=p["after"], pause=p["seconds"])
         if kind == "trickle":
@@ -560,6 +564,8 @@ class FaultRegistry:
         missing = [name for name, value in merged.items() if value is _REQUIRED]
         if missing:
             raise ValueError(f"fault {kind!r} needs {missing}")
+        if kind == "stall" and merged["fraction"] is not None and not 0 < merged["fraction"] <= 1:
+            raise ValueError(f"stall's fraction is a share of the body in (0, 1], not {merged['fraction']!r}")
         if listener not in (None, "registry", "cdn"):
             raise ValueError(f"listener must be None, 'registry' or 'cdn', not {listener!r}")
         fault = Fault(kind, merged, on, digest, listener, method, start, covers, times)
