@@ -6,6 +6,8 @@
  *                   finished requests, stall and slow checks; start and stop
  *   fetch_sched.c   which range request starts next; splits for blocked
  *                   readers and idle connections; stalled and slow requests
+ *   fetch_hedge.c   requests silent for longer than the speed seen makes
+ *                   plausible: hedged with a second one, or restarted
  *   fetch_range.c   a blob being fetched (source): its range requests, where
  *                   they go, and what a failed one does next
  *   fetch_mem.c     small GETs into memory (manifests, tokens, chunksums)
@@ -47,6 +49,7 @@ struct fetch_stats {
 	uint64_t requests;   /* HTTP requests started */
 	uint64_t retries;    /* ranges retried */
 	uint64_t errors;     /* failed attempts */
+	uint64_t hedges;     /* stalled ranges asked for again while the stalled request stays */
 	unsigned inflight;   /* range requests now in flight */
 };
 

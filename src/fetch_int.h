@@ -1,7 +1,7 @@
 /*
  * fetch_int.h - what the parts of the network thread share (fetch_loop.c,
  * fetch_auth.c, fetch_job.c, fetch_mem.c, fetch_range.c,
- * fetch_sched.c, fetch_policy.c). Private to them: nothing outside the
+ * fetch_sched.c, fetch_hedge.c, fetch_policy.c). Private to them: nothing outside the
  * fetch_*.c files includes it.
  */
 #ifndef BLOBFS_FETCH_INT_H
@@ -58,6 +58,7 @@ struct retry {                   /* a claimed range waiting to be fetched again 
 	bool fresh;                  /* use a new connection */
 	bool auth_retried;
 	bool demand;                 /* a reader waits for it: may use the reserve */
+	bool to_end;                 /* ask up to the blob's end, keep [start, end) (after a stall) */
 };
 
 struct source {                  /* a blob being fetched */
@@ -136,8 +137,16 @@ struct job {
 	int werr;
 	uint64_t started_ms, first_byte_ms, win_bytes;
 	uint64_t last_io_ms;         /* when the last byte (header or body) arrived */
+	uint64_t flow_ms;            /* time body bytes took to come, silences left out */
 	uint64_t stall_ms;           /* cancel when nothing arrives for this long */
 	bool stalled;
+	/* a stall judged against the speed seen (fetch_hedge.c) */
+	bool judged;                 /* this silence was judged; new bytes clear it */
+	bool restart;                /* judged stalled: go again at once, on a fresh connection */
+	struct job *twin;            /* the other request of a hedged pair over [start, end) */
+	bool lead;                   /* of a pair: ahead, and the only one that writes */
+	bool superseded;             /* its pair's other request has its range: ends, no retry */
+	uint64_t skip_to;            /* body bytes below this are written already: drop them */
 	/* JOB_MEM */
 	struct memreq *req;
 	char *body;
@@ -175,6 +184,7 @@ struct fetcher {
 	unsigned nstage_pool;
 	uint64_t last_slow_check;
 	uint64_t typical_rate;       /* bytes/s of a finished range request, smoothed */
+	uint64_t seen_rate;          /* bytes/s of a connection while bytes flow, smoothed */
 };
 
 static inline void stat_add(struct fetcher *f, uint64_t *field, uint64_t n)
@@ -284,7 +294,8 @@ void finish_mem(struct fetcher *f, struct job *j, CURLcode res);
 struct retry *retry_new(uint64_t origin, uint64_t start, uint64_t end);
 /* Queue a claimed range for another attempt; demand-split ranges go first. */
 void queue_retry(struct source *s, struct retry *r, bool front);
-void start_range(struct fetcher *f, struct source *s, struct retry *r);
+/* Start a request for r (which it takes); the request, already added. */
+struct job *start_range(struct fetcher *f, struct source *s, struct retry *r);
 bool want_chunksums(struct fetcher *f, struct source *s);
 void request_chunksums(struct fetcher *f, struct source *s);
 /* Take a kicked blob on (the kick's reference becomes the source's). */
@@ -308,5 +319,21 @@ void check_stalls(struct fetcher *f, uint64_t now);
 /* Learn how fast a range request normally goes, from those that finish. */
 void note_rate(struct fetcher *f, const struct job *j);
 void check_slow(struct fetcher *f, uint64_t now);
+
+/* fetch_hedge.c: stalls judged against the speed seen; hedged pairs of requests */
+/* Learn how fast a connection delivers, from a range request that ends. */
+void note_seen_rate(struct fetcher *f, const struct job *j);
+/* Hedge or restart the requests that went silent for longer than their speed makes plausible. */
+void check_hedges(struct fetcher *f, uint64_t now);
+/* When check_hedges next has a request to judge; UINT64_MAX if none. */
+uint64_t hedge_due(const struct fetcher *f);
+/* Body bytes of j below this are written, or its pair's lead has them: drop them. */
+uint64_t pair_skip_to(const struct job *j);
+/* j got as far as its pair's lead: the lead's bytes are written, j writes on. */
+void pair_take_lead(struct job *j);
+/* j reached the end of its range: its pair's other request is dropped. */
+void pair_done(struct fetcher *f, struct job *j);
+/* j failed: its pair's other request carries on alone. False if j had none. */
+bool pair_handover(struct job *j);
 
 #endif

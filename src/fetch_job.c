@@ -2,8 +2,9 @@
  * fetch_job.c - one HTTP request of the network thread: its curl handle,
  * the callbacks that take its headers and body, the checks a range response
  * must pass before a byte of it is written, and the staging of body bytes
- * into the blob's partial file. What to do when it ends is the caller's
- * (fetch_mem.c, fetch_range.c).
+ * into the blob's partial file (or, for the request behind in a hedged pair,
+ * the dropping of bytes the other one has: fetch_hedge.c). What to do when
+ * it ends is the caller's (fetch_mem.c, fetch_range.c).
  */
 #include "config.h"
 
@@ -25,6 +26,7 @@
 #define STAGE_SIZE (512u << 10)  /* body bytes a range request gathers per write */
 #define STAGE_POOL 32            /* spare stage buffers kept for the next requests */
 #define CURL_BUFFER (256L << 10) /* curl's receive buffer: fewer, larger write callbacks */
+#define FLOW_GAP_MS 250          /* a longer gap between body bytes is a silence, not flow */
 
 static void set_str(char **slot, const char *v, size_t len)
 {
@@ -295,24 +297,45 @@ static bool stage_put(struct job *j, const char *data, size_t len)
 	return !j->werr;
 }
 
+/*
+ * Drop n body bytes at the request's position that are not its to write (a
+ * hedged pair's: see fetch_hedge.c). Nothing is staged then: a request that
+ * drops bytes has been written out when it lost the lead.
+ */
+static void skip_body(struct job *j, size_t n)
+{
+	j->pos += n;
+	j->reported = j->pos;
+	j->body_off += n;
+	j->win_bytes += n;
+	if (j->pos < blob_size(j->src->blob))
+		j->next_boundary = chunkmap_end(j->geo, chunkmap_index(j->geo, j->pos));
+}
+
 size_t on_range_data(char *data, size_t size, size_t n, void *arg)
 {
 	struct job *j = arg;
 	size_t len = size * n, done = 0;
+	uint64_t now = now_ms();
 
-	j->last_io_ms = now_ms();
+	/* Bytes in a row: their time counts toward the speed they flow at (fetch_hedge.c). */
+	if (j->first_byte_ms && now - j->last_io_ms < FLOW_GAP_MS)
+		j->flow_ms += now - j->last_io_ms;
+	j->last_io_ms = now;
 	if (j->werr)
 		return 0;
 	if (!j->checked) {
 		j->checked = true;
 		j->first_byte_ms = now_ms();
-		if (!check_range_response(j)) {
+		/* A pair shares one range: a whole blob from 0 is no answer for it. */
+		if (!check_range_response(j) || (j->twin && j->status == 200)) {
 			j->bad = true;
 			return 0;
 		}
 	}
 	if (j->status != 206 && j->status != 200)
 		return len;   /* an error body: read and dropped */
+	j->judged = false;    /* it delivers again: a later silence is judged afresh */
 	while (done < len) {
 		size_t avail = len - done;
 		uint64_t at = job_at(j);
@@ -332,6 +355,15 @@ size_t on_range_data(char *data, size_t size, size_t n, void *arg)
 			j->done_early = true;
 			return 0;
 		}
+		uint64_t skip = pair_skip_to(j);
+		if (at < skip) {
+			/* Its pair's lead has these bytes, or they were written: drop them. */
+			size_t k = (size_t)MIN((uint64_t)avail, MIN(skip, j->end) - at);
+			skip_body(j, k);
+			done += k;
+			continue;
+		}
+		pair_take_lead(j);
 		size_t take = (size_t)MIN((uint64_t)avail, j->end - at);
 		if (!stage_put(j, data + done, take))
 			return 0;
@@ -406,6 +438,8 @@ void new_easy(struct fetcher *f, struct job *j, const char *url, const struct re
 
 void job_free(struct job *j)
 {
+	if (j->twin)
+		j->twin->twin = NULL;
 	stage_free(j->f, j->stage);
 	if (j->easy)
 		curl_easy_cleanup(j->easy);

@@ -110,6 +110,7 @@ static long next_timeout(struct fetcher *f)
 	for (struct job *j = f->jobs; j; j = j->next)
 		if (j->stall_ms)
 			next = MIN(next, j->last_io_ms + j->stall_ms);
+	next = MIN(next, hedge_due(f));
 	return next > now ? (long)(next - now) : 0;
 }
 
@@ -188,6 +189,7 @@ static void *fetcher_main(void *arg)
 			finish_job(f, j, res);
 		}
 		check_stalls(f, now_ms());
+		check_hedges(f, now_ms());
 		check_slow(f, now_ms());
 		while (f->finished) {
 			struct job *j = f->finished;
@@ -298,6 +300,7 @@ void fetcher_stats(struct fetcher *f, struct fetch_stats *st)
 	st->requests = __atomic_load_n(&f->stats.requests, __ATOMIC_RELAXED);
 	st->retries = __atomic_load_n(&f->stats.retries, __ATOMIC_RELAXED);
 	st->errors = __atomic_load_n(&f->stats.errors, __ATOMIC_RELAXED);
+	st->hedges = __atomic_load_n(&f->stats.hedges, __ATOMIC_RELAXED);
 	st->inflight = __atomic_load_n(&f->nrange, __ATOMIC_RELAXED);
 }
 

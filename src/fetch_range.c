@@ -9,7 +9,10 @@
  *
  * A range request that fails keeps its chunks claimed and waits in the
  * source's retry list with exponential backoff (Retry-After wins if longer);
- * a request that made progress starts counting again. Network thread only.
+ * a request that made progress starts counting again. One judged stalled
+ * (fetch_hedge.c) goes again at once and asks up to the blob's end; one of
+ * a hedged pair that fails leaves its range to the other. Network thread
+ * only.
  */
 #include "config.h"
 
@@ -63,7 +66,7 @@ static void drop_range(struct source *s, uint64_t start, uint64_t end, int err)
 		s->dead = s->dead || !blob_has_work(s->blob);
 }
 
-void start_range(struct fetcher *f, struct source *s, struct retry *r)
+struct job *start_range(struct fetcher *f, struct source *s, struct retry *r)
 {
 	struct job *j = xcalloc(1, sizeof(*j));
 	struct blob *b = s->blob;
@@ -78,6 +81,15 @@ void start_range(struct fetcher *f, struct source *s, struct retry *r)
 	j->origin = r->origin;
 	j->start = j->pos = j->reported = r->start;
 	j->end = j->asked_end = r->end;
+	if (r->to_end) {
+		/*
+		 * After a stall: ask for the rest of the blob and stop reading at
+		 * the end of the range, so a server that stalls partway through
+		 * its responses gives as much as it can before it stalls again.
+		 */
+		j->asked_end = blob_size(b);
+		j->cut = j->end < j->asked_end;
+	}
 	j->attempt = r->attempt;
 	j->slow_restarts = r->slow_restarts;
 	j->auth_retried = r->auth_retried;
@@ -95,7 +107,7 @@ void start_range(struct fetcher *f, struct source *s, struct retry *r)
 	job_setopt(j, CURLOPT_WRITEFUNCTION, on_range_data);
 	job_setopt(j, CURLOPT_WRITEDATA, j);
 	snprintf(range, sizeof(range), "%llu-%llu", (unsigned long long)r->start,
-		 (unsigned long long)r->end - 1);
+		 (unsigned long long)j->asked_end - 1);
 	job_setopt(j, CURLOPT_RANGE, range);
 	if (r->fresh)
 		job_setopt(j, CURLOPT_FRESH_CONNECT, 1L);
@@ -113,6 +125,7 @@ void start_range(struct fetcher *f, struct source *s, struct retry *r)
 		free(u);
 	}
 	job_add(f, j);
+	return j;
 }
 
 static void chunksums_done(struct http_result *res, void *arg);
@@ -483,12 +496,16 @@ static void range_failed(struct fetcher *f, struct job *j, CURLcode res)
 {
 	struct source *s = j->src;
 	struct retry *r;
-	bool progress = j->pos > j->start;
-	char *where = url_redact(j->url);
+	uint64_t from = MAX(j->pos, j->skip_to);
+	bool progress = from > j->start;
+	char *where;
 	int err = 0;
 	char msg[1024] = "";
 
-	r = retry_new(j->origin, j->pos, j->end);
+	if (!j->werr && pair_handover(j))
+		return;   /* the other request of its pair has the range */
+	where = url_redact(j->url);
+	r = retry_new(j->origin, from, j->end);
 	r->attempt = progress ? 0 : j->attempt;
 	r->slow_restarts = j->slow_restarts;
 	r->auth_retried = progress ? false : j->auth_retried;
@@ -498,7 +515,7 @@ static void range_failed(struct fetcher *f, struct job *j, CURLcode res)
 		snprintf(msg, sizeof(msg), "cannot write to the store: %s", strerror(-err));
 		blob_fail(s->blob, err, msg);
 		free(r);
-		drop_range(s, j->pos, j->end, err);
+		drop_range(s, from, j->end, err);
 	} else if (j->hop < s->hop) {
 		/* It went to an endpoint the source has left since: go where it is now. */
 		r->attempt = 0;
@@ -508,6 +525,13 @@ static void range_failed(struct fetcher *f, struct job *j, CURLcode res)
 		r->fresh = true;
 		r->slow_restarts++;
 		log_info("restarting a slow range of '%s' on a new connection", where);
+		queue_retry(s, r, true);
+	} else if (j->restart) {
+		/* Stalled after delivering (fetch_hedge.c): at once, on a fresh connection. */
+		r->fresh = true;
+		r->to_end = true;
+		log_debug("restarting a stalled range of '%s' at %llu on a new connection", where,
+			  (unsigned long long)from);
 		queue_retry(s, r, true);
 	} else if ((err = act_on_failure(f, j, res, r, where, msg, sizeof(msg))) == 0) {
 		/* queued again */
@@ -519,7 +543,7 @@ static void range_failed(struct fetcher *f, struct job *j, CURLcode res)
 	} else {
 		free(r);
 		log_error("%s", msg);
-		drop_range(s, j->pos, j->end, err);
+		drop_range(s, from, j->end, err);
 	}
 	free(where);
 }
@@ -529,15 +553,19 @@ void finish_range(struct fetcher *f, struct job *j, CURLcode res)
 	struct source *s = j->src;
 
 	job_sync(j);
+	note_seen_rate(f, j);
 	s->jobs--;
 	__atomic_sub_fetch(&f->nrange, 1, __ATOMIC_RELAXED);
 	if (j->to_registry || !s->direct)
 		s->resolving = false;
 	if (j->pos > j->start)
 		s->redirects = s->reresolves = 0;
+	if (j->superseded)
+		return;   /* the other request of its pair has its range */
 	bool ok = (res == CURLE_OK || (res == CURLE_WRITE_ERROR && j->done_early)) &&
 		  !j->bad && !j->werr && !j->slow && (j->status == 206 || j->status == 200);
 	if (ok && j->pos == j->end) {
+		pair_done(f, j);
 		note_rate(f, j);
 		if (!s->direct && j->to_registry)
 			s->direct = xstrdup(j->url);   /* the registry serves ranges itself */

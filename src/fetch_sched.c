@@ -6,7 +6,10 @@
  * blocked reader does not wait behind a long transfer, the last big range
  * is split when connections fall idle, a request that receives nothing for
  * its stall timeout is cancelled, and a range far slower than its peers is
- * restarted on a fresh connection. Network thread only.
+ * restarted on a fresh connection. A request that went silent sooner than
+ * that, judged by the speed seen, is hedged or restarted (fetch_hedge.c);
+ * the two requests of a hedged pair share one range, so neither is split or
+ * restarted here. Network thread only.
  */
 #include "config.h"
 
@@ -35,6 +38,7 @@
 #define SPLIT_MAX_READERS 16      /* blocked readers looked at per source and pass */
 #define RATE_MIN_AGE_MS 20        /* a request younger than this says nothing of its speed */
 #define RATE_NEW_TENTHS 3         /* the typical rate moves this many tenths toward a new one */
+#define LAGGARD_STALLS 2          /* stall timeouts the request behind in a pair may be silent */
 
 /* Split job j at the first chunk boundary at or after `at`; the tail is queued first. */
 static struct retry *split_job(struct job *j, uint64_t at)
@@ -42,6 +46,8 @@ static struct retry *split_job(struct job *j, uint64_t at)
 	const struct chunkmap *g = j->geo;
 	uint32_t i = chunkmap_index(g, at);
 
+	if (j->twin || j->superseded)
+		return NULL;              /* a hedged pair shares its range's end */
 	if (chunkmap_start(g, i) < at)
 		i++;
 	if (i >= g->n)
@@ -124,7 +130,8 @@ static bool steal_tail(struct fetcher *f)
 	uint64_t now = now_ms();
 
 	for (struct job *j = f->jobs; j; j = j->next)
-		if (j->kind == JOB_RANGE && !j->src->no_ranges && j->end - job_at(j) > 2 * STEAL_MIN &&
+		if (j->kind == JOB_RANGE && !j->src->no_ranges && !j->twin &&
+		    j->end - job_at(j) > 2 * STEAL_MIN &&
 		    too_slow_to_reach(j, job_at(j) + (j->end - job_at(j)) / 2, now) &&
 		    (!best || j->end - job_at(j) > best->end - job_at(best)))
 			best = j;
@@ -241,12 +248,17 @@ void schedule(struct fetcher *f)
 	}
 }
 
-/* Cancel requests that received nothing for their stall timeout; they are retried. */
+/*
+ * Cancel requests that received nothing for their stall timeout; they are
+ * retried. The request behind in a hedged pair costs a connection and no
+ * reader waits on it: it may resume first, and gets longer.
+ */
 void check_stalls(struct fetcher *f, uint64_t now)
 {
 	for (struct job *j = f->jobs, *next; j; j = next) {
 		next = j->next;
-		if (!j->stall_ms || now - j->last_io_ms < j->stall_ms)
+		uint64_t limit = j->twin && !j->lead ? LAGGARD_STALLS * j->stall_ms : j->stall_ms;
+		if (!j->stall_ms || now - j->last_io_ms < limit)
 			continue;
 		j->stalled = true;
 		snprintf(j->errbuf, sizeof(j->errbuf), "no data for %llu s",
@@ -285,7 +297,7 @@ void check_slow(struct fetcher *f, uint64_t now)
 	uint64_t span = now - f->last_slow_check;
 	f->last_slow_check = now;
 	for (struct job *j = f->jobs; j && n < SLOW_MAX_PEERS; j = j->next)
-		if (j->kind == JOB_RANGE && now - j->started_ms >= SLOW_MIN_AGE_MS)
+		if (j->kind == JOB_RANGE && !j->twin && now - j->started_ms >= SLOW_MIN_AGE_MS)
 			rates[n++] = j->win_bytes * 1000 / span;
 	if (n >= SLOW_PEERS) {
 		for (int a = 1; a < n; a++)
@@ -298,7 +310,7 @@ void check_slow(struct fetcher *f, uint64_t now)
 	}
 	for (struct job *j = f->jobs, *next; j && ref; j = next) {
 		next = j->next;
-		if (j->kind != JOB_RANGE || now - j->started_ms < SLOW_MIN_AGE_MS ||
+		if (j->kind != JOB_RANGE || j->twin || now - j->started_ms < SLOW_MIN_AGE_MS ||
 		    j->slow_restarts >= SLOW_RESTARTS_MAX || j->end - job_at(j) < SLOW_MIN_LEFT ||
 		    j->win_bytes * 1000 / span * 10 >= ref)
 			continue;

@@ -86,6 +86,8 @@ static const struct family {
 	{ "blobfs_http_retries_total", COUNTER, "retries",
 	  "Ranges asked for again after a failed attempt." },
 	{ "blobfs_http_failures_total", COUNTER, "failed_attempts", "HTTP attempts that failed." },
+	{ "blobfs_http_hedges_total", COUNTER, "hedges",
+	  "Stalled ranges asked for again while the stalled request stayed open." },
 	{ "blobfs_range_requests_in_flight", GAUGE, "requests_in_flight",
 	  "Range requests in flight." },
 	{ "blobfs_blobs_in_flight", GAUGE, "blobs_in_flight", "Blobs being fetched." },

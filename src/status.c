@@ -101,6 +101,7 @@ static void write_status(struct status_writer *w)
 	cJSON_AddNumberToObject(root, "requests", (double)fs.requests);
 	cJSON_AddNumberToObject(root, "retries", (double)fs.retries);
 	cJSON_AddNumberToObject(root, "failed_attempts", (double)fs.errors);
+	cJSON_AddNumberToObject(root, "hedges", (double)fs.hedges);
 	cJSON_AddNumberToObject(root, "requests_in_flight", fs.inflight);
 	if (w->s->max_cache)
 		cJSON_AddNumberToObject(root, "max_cache", (double)w->s->max_cache);
@@ -228,8 +229,9 @@ static void print_one(const cJSON *root)
 		       num(root, "opens_passthrough"));
 	format_size((uint64_t)num(root, "fetched_bytes"), got, sizeof(got));
 	printf("  network: %s fetched in %.0f requests (%.0f in flight), %.0f retries, "
-	       "%.0f failed attempts\n", got, num(root, "requests"),
-	       num(root, "requests_in_flight"), num(root, "retries"), num(root, "failed_attempts"));
+	       "%.0f failed attempts, %.0f hedges\n", got, num(root, "requests"),
+	       num(root, "requests_in_flight"), num(root, "retries"), num(root, "failed_attempts"),
+	       num(root, "hedges"));
 	const cJSON *list = cJSON_GetObjectItemCaseSensitive(root, "fetching"), *b;
 	cJSON_ArrayForEach(b, list) {
 		const cJSON *d = cJSON_GetObjectItemCaseSensitive(b, "digest");

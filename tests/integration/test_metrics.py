@@ -131,6 +131,7 @@ def test_status_json_and_prometheus_give_the_same_figures(busy_mount, blobfs_bin
         "blobfs_http_requests_total": mine["requests"],
         "blobfs_http_retries_total": mine["retries"],
         "blobfs_http_failures_total": mine["failed_attempts"],
+        "blobfs_http_hedges_total": mine["hedges"],
         "blobfs_range_requests_in_flight": mine["requests_in_flight"],
         "blobfs_blobs_in_flight": 0, "blobfs_store_quota_bytes": QUOTA,
         "blobfs_start_time_seconds": mine["started"],
