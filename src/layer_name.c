@@ -35,6 +35,50 @@
 #define MODELPACK_PATH "org.cncf.model.filepath"
 #define MODELPACK_PATH_OLD "org.cnai.model.filepath"
 
+/*
+ * The code point of the UTF-8 character at s (n bytes left) and its length,
+ * or 0 if it is not well-formed (overlong, a surrogate, over U+10FFFF, cut).
+ */
+static size_t utf8_char(const unsigned char *s, size_t n, unsigned *cp)
+{
+	static const unsigned min[] = { 0, 0, 0x80, 0x800, 0x10000 };
+	size_t len = s[0] < 0x80 ? 1 : s[0] >= 0xc2 && s[0] < 0xe0 ? 2 :
+		     s[0] >= 0xe0 && s[0] < 0xf0 ? 3 : s[0] >= 0xf0 && s[0] < 0xf5 ? 4 : 0;
+
+	if (len == 0 || len > n)
+		return 0;
+	*cp = len == 1 ? s[0] : s[0] & (0x7f >> len);
+	for (size_t i = 1; i < len; i++) {
+		if ((s[i] & 0xc0) != 0x80)
+			return 0;
+		*cp = *cp << 6 | (s[i] & 0x3f);
+	}
+	if (*cp < min[len] || *cp > 0x10ffff || (*cp >= 0xd800 && *cp < 0xe000))
+		return 0;
+	return len;
+}
+
+/*
+ * Every character is well-formed UTF-8 (JSON's encoding) and none is a control
+ * character, C0, DEL or C1: a name reaches terminals through ls and logs, and
+ * U+009B is a terminal's CSI as much as ESC [ is.
+ */
+static int check_chars(const char *path, size_t n, char *why, size_t whylen)
+{
+	unsigned cp = 0;
+
+	for (size_t i = 0, len; i < n; i += len) {
+		len = utf8_char((const unsigned char *)path + i, n - i, &cp);
+		if (len == 0)
+			return snprintf(why, whylen, "it is not valid UTF-8 at byte %zu", i),
+			       -EINVAL;
+		if (cp < 0x20 || (cp >= 0x7f && cp < 0xa0))
+			return snprintf(why, whylen, "it contains the control character 0x%02x "
+					"at byte %zu", cp, i), -EINVAL;
+	}
+	return 0;
+}
+
 int layer_path_check(const char *path, char *why, size_t whylen)
 {
 	size_t n = strlen(path);
@@ -47,12 +91,8 @@ int layer_path_check(const char *path, char *why, size_t whylen)
 	if (n > LAYER_PATH_MAX)
 		return snprintf(why, whylen, "it is %zu bytes long, over the limit of %d",
 				n, LAYER_PATH_MAX), -EINVAL;
-	for (size_t i = 0; i < n; i++) {
-		unsigned char ch = path[i];
-		if (ch < 0x20 || ch == 0x7f)
-			return snprintf(why, whylen, "it contains the control character 0x%02x "
-					"at byte %zu", ch, i), -EINVAL;
-	}
+	if (check_chars(path, n, why, whylen) < 0)
+		return -EINVAL;
 	for (unsigned depth = 0;; depth++) {
 		size_t len = strcspn(c, "/");
 		if (len == 0)

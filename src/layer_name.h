@@ -46,7 +46,8 @@ bool layer_dmr_bundle(const char *config_media_type);
 
 /*
  * Is path a safe relative path: not empty, not absolute, no empty, "." or
- * ".." component, no control character, every component at most NAME_MAX
+ * ".." component, valid UTF-8 with no control character (C0, DEL, C1),
+ * every component at most NAME_MAX
  * bytes, the whole at most LAYER_PATH_MAX, at most LAYER_DEPTH_MAX
  * directories deep? On failure returns -EINVAL and
  * says why in why.

@@ -472,6 +472,12 @@ static void test_unsafe_path_reasons(void **state)
 		{ "'a/../../b'", "'..' component" },
 		{ "'a/b\\u0007'", "control character 0x07" },
 		{ "'a\\u007f/b'", "control character 0x7f" },
+		{ "'a\\u009bb'", "control character 0x9b" },     /* C1: a terminal's CSI */
+		{ "'x/\\u0085'", "control character 0x85" },
+		{ "'a\xff" "b'", "not valid UTF-8" },
+		{ "'a\xc0\xaf" "b'", "not valid UTF-8" },          /* an overlong '/' */
+		{ "'a\xed\xa0\x80'", "not valid UTF-8" },         /* a surrogate */
+		{ "'a\xe2\x82'", "not valid UTF-8" },              /* cut short */
 	};
 	char tmpl[512];
 

@@ -1,0 +1,159 @@
+"""Hostile layer names, as a registry could serve them, through a real pull and a
+real mount (discovery).
+
+A layer's name (Ollama's "name" field, the OCI title annotation, ModelPack's
+file path annotation) becomes a path under the tag directory. Each name below
+must either be refused with a message naming the layer, leaving the store as it
+was and the daemon alive, or be shown under the tag directory and nowhere else.
+The fault registry serves each manifest as it is, byte for byte.
+"""
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+import unicodedata
+
+import pytest
+
+from faultreg import DOCKER_CONFIG, DOCKER_MANIFEST
+
+TENSOR = "application/vnd.ollama.image.tensor"
+PULL_TIMEOUT = 120
+
+
+def sha256(data):
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def manifest(layers, config=b'{"model_format":"safetensors"}'):
+    """(manifest bytes, {digest: data}) for LAYERS: a list of (data, fields)."""
+    blobs = {sha256(config): config}
+    descs = []
+    for data, fields in layers:
+        blobs[sha256(data)] = data
+        descs.append({"mediaType": fields.pop("mediaType", TENSOR), "digest": sha256(data),
+                      "size": len(data), **fields})
+    doc = {"schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
+           "config": {"mediaType": DOCKER_CONFIG, "digest": sha256(config), "size": len(config)},
+           "layers": descs}
+    return json.dumps(doc, separators=(",", ":")).encode(), blobs
+
+
+def serve(fault_registry, layers, repo="library/evil", tag="latest", raw=None):
+    reg = fault_registry()
+    body, blobs = manifest(layers)
+    for data in blobs.values():
+        reg.add_blob(data)
+    reg.add_manifest(repo, tag, raw if raw is not None else body, DOCKER_MANIFEST)
+    return reg, f"{reg.host}/{repo}:{tag}"
+
+
+def store_state(store):
+    out = {}
+    for root, dirs, files in os.walk(store):
+        for f in files:
+            p = os.path.join(root, f)
+            rel = os.path.relpath(p, store)
+            if rel == ".blobfs/lock" or rel.startswith(".blobfs/run/"):   # lock, live mounts
+                continue
+            out[rel] = os.stat(p).st_size
+    return out
+
+
+def named(name, **extra):
+    return (b"w:" + name.encode("utf-8", "surrogateescape"), {"name": name, **extra})
+
+
+# Names that must be refused: (id, layers, what the message must say)
+LONG_COMPONENT = "a" * 256
+LONG_PATH = "/".join(["d" * 200] * 6)                 # 1,205 bytes, each part fine
+DEEP = "/".join(["a"] * 4000)                         # thousands of levels
+REFUSED = [
+    ("dotdot", [named("..")], "'..' component"),
+    ("dotdot-inside", [named("a/../b")], "'..' component"),
+    ("dot", [named("./a")], "'.' component"),
+    ("double-slash", [named("a//b")], "empty component"),
+    ("trailing-slash", [named("a/")], "empty component"),
+    ("absolute", [named("/etc/passwd")], "absolute path"),
+    ("long-component", [named(LONG_COMPONENT)], "NAME_MAX"),
+    ("long-path", [named(LONG_PATH)], "over the limit"),
+    ("deep", [named(DEEP)], "over the limit"),
+    ("file-and-dir", [named("a"), named("a/b")], "both a file and a directory"),
+    ("dir-and-file", [named("a/b"), named("a")], "both a file and a directory"),
+    ("manifest-as-dir", [named("manifest.json/x")], "the tag's own file"),
+    ("control", [named("a\x01b")], "control character"),
+    ("newline", [named("x\n/../y")], "control character"),
+    ("escape", [named("\x1b[31mred")], "control character"),
+    ("c1-control", [named("a\u009bb")], "control character"),
+    ("title-dotdot", [(b"t", {"annotations": {"org.opencontainers.image.title": "../../x"}})],
+     "'..' component"),
+    ("filepath-absolute", [(b"f", {"mediaType": "application/vnd.cncf.model.weight.v1.raw",
+                                   "annotations": {"org.cncf.model.filepath": "/root/x"}})],
+     "absolute path"),
+    ("title-c1", [(b"t", {"annotations": {"org.opencontainers.image.title": "a\u0085b"}})],
+     "control character"),
+]
+
+
+@pytest.mark.parametrize("layers,says", [(l, s) for _, l, s in REFUSED],
+                         ids=[i for i, _, _ in REFUSED])
+def test_a_hostile_name_is_refused_by_pull_and_mount(layers, says, fault_registry, run_blobfs,
+                                                     store, mount):
+    reg, ref = serve(fault_registry, [(d, dict(f)) for d, f in layers])
+    before = store_state(store)
+    result = run_blobfs(["pull", "--quiet", ref], store=store, timeout=PULL_TIMEOUT)
+    assert result.returncode != 0, "pull took a hostile name:\n" + result.stderr
+    assert "layer " in result.stderr and says in result.stderr, result.stderr
+    assert store_state(store) == before, "the refused pull changed the store"
+
+    m = mount()
+    tag = m.path / "models" / reg.host / "library" / "evil" / "latest"
+    assert not tag.exists(), "discovery showed a tag with a hostile name"
+    assert says in m.log_text()
+    assert os.listdir(m.path / "models") is not None   # the daemon is alive
+    assert m.mounted()
+    assert store_state(store) == before, "the refused discovery changed the store"
+
+
+def tree(path):
+    out = {}
+    for root, dirs, files in os.walk(path):
+        for d in dirs:
+            out[os.path.relpath(os.path.join(root, d), path)] = None
+        for f in files:
+            with open(os.path.join(root, f), "rb") as fh:
+                out[os.path.relpath(os.path.join(root, f), path)] = fh.read()
+    return out
+
+
+def test_odd_but_safe_names_stay_in_the_tag_directory(fault_registry, run_blobfs, store, mount):
+    """Names that are legal paths, however odd, are files of the tag directory and
+    nothing else: repeats and names taken by the tag's own files get ".k", names
+    differing only in case or Unicode normalisation are different files."""
+    nfc = unicodedata.normalize("NFC", "caf\u00e9")
+    nfd = unicodedata.normalize("NFD", "caf\u00e9")
+    layers = [named("w"), (b"w again", {"name": "w"}), named("W"), named(nfc), named(nfd),
+              named("manifest.json"), named("config.json"), named("model"), named("params"),
+              named("100%"), named("%2e%2e"), named("%2F"), named("a\\b"), named("..."),
+              named(".hidden"), named("-rf"), named(" sp "), named("sub/x"),
+              (b"title", {"annotations": {"org.opencontainers.image.title": "sub/y"}})]
+    want = {"w": b"w:w", "w.1": b"w again", "W": b"w:W", nfc: b"w:" + nfc.encode(),
+            nfd: b"w:" + nfd.encode(), "manifest.json.1": b"w:manifest.json",
+            "config.json": b"w:config.json", "model": b"w:model", "params": b"w:params",
+            "100%": b"w:100%", "%2e%2e": b"w:%2e%2e", "%2F": b"w:%2F", "a\\b": b"w:a\\b",
+            "...": b"w:...", ".hidden": b"w:.hidden", "-rf": b"w:-rf", " sp ": b"w: sp ",
+            "sub": None, "sub/x": b"w:sub/x", "sub/y": b"title"}
+    reg, ref = serve(fault_registry, layers)
+    result = run_blobfs(["pull", "--quiet", ref], store=store, timeout=PULL_TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    m = mount()
+    repo = m.path / "models" / reg.host / "library"
+    got = tree(repo / "evil" / "latest")
+    got.pop("config.json.1")        # the manifest's own config steps aside
+    manifest_bytes = got.pop("manifest.json")
+    assert json.loads(manifest_bytes)["layers"][0]["name"] == "w"
+    assert got == want
+    assert os.listdir(repo) == ["evil"]
+    assert sorted(os.listdir(m.path)) == ["blobs", "manifests", "models"]
