@@ -506,6 +506,36 @@ static void add_tag_file(struct index *ix, struct itag *t, struct inode *tagdir,
 	dir_add(ix, dir, p, blob, t->mtime_ns);
 }
 
+/* Paths in the order of their directories' entries: '/' ends a component. */
+static int cmp_file(const void *a, const void *b, void *arg)
+{
+	const struct manifest *m = arg;
+	const unsigned char *p = (const unsigned char *)m->layers[*(const size_t *)a].file;
+	const unsigned char *q = (const unsigned char *)m->layers[*(const size_t *)b].file;
+
+	for (; *p && *p == *q; p++, q++)
+		;
+	return (*p == '/' ? 0 : *p) - (*q == '/' ? 0 : *q);
+}
+
+/*
+ * A tag's layer files, added in their directories' order: each entry then
+ * goes at the end of its directory's sorted array, where manifest order (a
+ * hostile one reversed) moved the whole array each time, under the write lock.
+ */
+static void add_tag_files(struct index *ix, struct itag *t, struct inode *tagdir)
+{
+	size_t n = t->m->nlayers, *order = xmalloc((n ? n : 1) * sizeof(*order));
+
+	for (size_t i = 0; i < n; i++)
+		order[i] = i;
+	qsort_r(order, n, sizeof(*order), cmp_file, t->m);
+	for (size_t i = 0; i < n; i++)
+		add_tag_file(ix, t, tagdir, t->m->layers[order[i]].file,
+			     find_blob(ix, &t->m->layers[order[i]].digest));
+	free(order);
+}
+
 /* Put a parsed tag into the tree. Write lock held. */
 static void link_tag(struct index *ix, struct itag *t)
 {
@@ -531,9 +561,7 @@ static void link_tag(struct index *ix, struct itag *t)
 	dir_add(ix, m, n->tag, tagdir, t->mtime_ns);
 	dir_add(ix, tagdir, t->m->config.file, find_blob(ix, &t->m->config.digest), t->mtime_ns);
 	dir_add(ix, tagdir, "manifest.json", mfile, t->mtime_ns);
-	for (size_t i = 0; i < t->m->nlayers; i++)
-		add_tag_file(ix, t, tagdir, t->m->layers[i].file,
-			     find_blob(ix, &t->m->layers[i].digest));
+	add_tag_files(ix, t, tagdir);
 
 	h = ensure_dir(ix, ix->manifests, n->host, t->mtime_ns);
 	ns = ensure_dir(ix, h, n->ns, t->mtime_ns);

@@ -205,6 +205,12 @@ static char *base_file(const struct manifest *m, size_t i, size_t *nth, const si
  * as a directory another layer's path needs is refused; a default name or
  * a repeat skips past directories.
  */
+/*
+ * A tag's names need at most this many directories: each is an inode of the
+ * mount, and 4 MiB of names "<i>/a/a/.../a" would otherwise make 600,000.
+ */
+#define TAG_DIRS_MAX MANIFEST_MAX_LAYERS
+
 static int assign_files(struct manifest *m, char *err, size_t errlen)
 {
 	struct strmap *taken = strmap_new(), *next = strmap_new(), *dirs = strmap_new();
@@ -218,7 +224,13 @@ static int assign_files(struct manifest *m, char *err, size_t errlen)
 	for (size_t i = 0; i < m->nlayers; i++) {
 		if (m->layers[i].name)
 			note_dirs(dirs, m->layers[i].name, i);
-		else
+		if (strmap_count(dirs) > TAG_DIRS_MAX) {
+			ret = fail(err, errlen, "layer %zu has the name '%.100s', which takes the "
+				   "tag's directories past the limit of %d", i, m->layers[i].name,
+				   TAG_DIRS_MAX);
+			goto out;
+		}
+		if (!m->layers[i].name)
 			counts[layer_kind_of(m->layers[i].media_type)]++;
 		layer_config |= m->layers[i].name && strcmp(m->layers[i].name, "config.json") == 0;
 	}
@@ -242,6 +254,7 @@ static int assign_files(struct manifest *m, char *err, size_t errlen)
 	}
 	if (ret == 0 && layer_config)   /* the layer keeps the name its tools give it */
 		m->config.file = take_free(taken, next, dirs, xstrdup("config.json"));
+out:
 	strmap_free(taken);
 	strmap_free(next);
 	strmap_free(dirs);

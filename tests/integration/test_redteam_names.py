@@ -56,8 +56,8 @@ def store_state(store):
         for f in files:
             p = os.path.join(root, f)
             rel = os.path.relpath(p, store)
-            if rel == ".blobfs/lock" or rel.startswith(".blobfs/run/"):   # lock, live mounts
-                continue
+            if rel == ".blobfs/lock" or rel.startswith((".blobfs/run/", ".blobfs/tmp/")):
+                continue   # the lock, and the live mount's record (written via tmp/)
             out[rel] = os.stat(p).st_size
     return out
 
@@ -157,3 +157,66 @@ def test_odd_but_safe_names_stay_in_the_tag_directory(fault_registry, run_blobfs
     assert got == want
     assert os.listdir(repo) == ["evil"]
     assert sorted(os.listdir(m.path)) == ["blobs", "manifests", "models"]
+
+
+def many_names(names, repo, reg):
+    """Serve one manifest whose layers (one shared 1-byte blob) have NAMES."""
+    data = b"x"
+    config = b"{}"
+    reg.add_blob(data)
+    reg.add_blob(config)
+    doc = {"schemaVersion": 2, "mediaType": DOCKER_MANIFEST,
+           "config": {"mediaType": DOCKER_CONFIG, "digest": sha256(config), "size": len(config)},
+           "layers": [{"mediaType": "x/y", "digest": sha256(data), "size": 1, "name": n}
+                      for n in names]}
+    body = json.dumps(doc, separators=(",", ":")).encode()
+    reg.add_manifest(repo, "latest", body, DOCKER_MANIFEST)
+    return len(body)
+
+
+def discover(m, reg, repo):
+    """Seconds until the mount has discovered REPO:latest and listed it."""
+    began = time.monotonic()
+    entries = os.listdir(m.path / "models" / reg.host / repo / "latest")
+    return time.monotonic() - began, entries
+
+
+@pytest.mark.slow
+def test_a_manifest_in_reverse_order_costs_what_one_in_order_does(fault_registry, store, mount):
+    """30,000 names (a 4 MiB manifest holds no more) in one directory: each was
+    inserted in manifest order into a sorted array, so names in reverse order
+    moved the whole array each time, under the index's write lock. Compared
+    with the same names in order, in the same run."""
+    reg = fault_registry()
+    n = 30000
+    many_names(["%06d" % i for i in range(n)], "library/inorder", reg)
+    many_names(["%06d" % (n - i) for i in range(n)], "library/reverse", reg)
+    m = mount()
+    inorder, entries = discover(m, reg, "library/inorder")
+    assert len(entries) == n + 2
+    reverse, entries = discover(m, reg, "library/reverse")
+    assert len(entries) == n + 2
+    print(f"discovery of {n} names: in order {inorder:.2f}s, reversed {reverse:.2f}s")
+    assert reverse < 3 * inorder + 0.5, \
+        f"reversed names took {reverse:.2f}s, in order {inorder:.2f}s"
+
+
+def test_names_cannot_make_a_tag_of_a_million_directories(fault_registry, run_blobfs, store,
+                                                          mount):
+    """A 3.7 MB manifest of 20,000 layers named "<i>/a/a/.../a" made 620,000
+    directories in the mount (hundreds of MB). A tag's names may need at most as
+    many directories as a manifest may have layers; past that the layer is named."""
+    reg = fault_registry()
+    n = 20000
+    many_names(["%d/" % i + "/".join(["a"] * 30) for i in range(n)], "library/wide", reg)
+    ref = f"{reg.host}/library/wide"
+    result = run_blobfs(["pull", "--quiet", ref], store=store, timeout=PULL_TIMEOUT)
+    assert result.returncode != 0, "pull took a manifest of 600,000 directories"
+    assert "directories" in result.stderr and "layer " in result.stderr, result.stderr
+    assert not (store / "manifests").exists() or not any((store / "manifests").rglob("latest"))
+    m = mount()
+    assert not (m.path / "models" / reg.host / "library" / "wide" / "latest").exists()
+    assert m.mounted()
+    # a tensor model's few directories are far from the limit
+    many_names(["d%d/t%d" % (i % 50, i) for i in range(n)], "library/fine", reg)
+    assert len(os.listdir(m.path / "models" / reg.host / "library" / "fine" / "latest")) == 52
