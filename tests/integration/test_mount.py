@@ -625,16 +625,35 @@ def test_a_blob_not_yet_verified_is_never_pushed(fault_registry, run_blobfs, sto
     data = random.Random(1012).randbytes(size)
     _, (digest,) = reg.add_model(REPO, "latest", [(OLLAMA_MODEL, data)])
     pull(run_blobfs, store, model_name(reg))
+    # The blob stays partial (unverified) for a while after the reader: the
+    # first two requests for the bytes at 36 MiB hold back their bodies (the
+    # mount gives up on each after a few seconds and asks again), the third
+    # is corrupt at the end. Pushers answer a reader within milliseconds, so
+    # if partial blobs were pushed, bytes past 24 MiB would be in the page
+    # cache when it is looked at.
+    reg.fault("stall", digest=digest, covers=36 * MiB, seconds=30, times=2)
     reg.fault("corrupt", digest=digest, offset=size - 17)
-    m = mount("no_chunksums")
+    m = mount("no_chunksums", "background=always")
     path = tag_dir(m.path, reg.host) / "model"
-    read_front(path, 8 * MiB)
     page = os.sysconf("SC_PAGE_SIZE")
 
     def beyond():
         return sum(resident_map(path)[24 * MiB // page:]) * page
 
-    ahead = beyond()     # while the rest is still being fetched
+    # One reader, in file order: 4 MiB (fetched for it), then, once the
+    # background fetch has brought more, on to 16 MiB: READs answered from
+    # local bytes, as those of a complete blob are before it is pushed.
+    with open(path, "rb", buffering=0) as f:
+        assert len(f.read(4 * MiB)) == 4 * MiB
+        assert wait_for(lambda: int(getxattr(path, "user.blobfs.cached")) >= 20 * MiB,
+                        timeout=3, interval=0.05), "the background fetch brought nothing"
+        for _ in range(12):
+            assert len(f.read(MiB)) == MiB
+        time.sleep(1.0)
+        ahead = beyond()     # while the rest is still being fetched
+        partial = not quarantine_files(store) and not store_blob(store, digest).exists()
+    assert partial, "the blob was no longer partial when the page cache was looked at: " \
+        f"the stalls were too short: {reg.requests(digest=digest)}"
     assert wait_for(lambda: quarantine_files(store) != [], timeout=30), \
         f"the corrupt blob was not quarantined; partial: {partial_files(store)}"
     assert ahead == 0 and beyond() == 0, \
@@ -1151,6 +1170,11 @@ def test_corrupt_blob_gives_eio_and_is_quarantined(fault_registry, run_blobfs, s
               f"{reg.bytes_sent(digest=digest) - sent} more since)")
     assert not again["ok"] and again["errno"] == errno.EIO, \
         "a second read of the corrupt blob must fail with EIO; it " + describe(again) + served
+    # ... at its first byte: what the first reader was handed (corrupt bytes
+    # among them) must not stay in the mount's page cache for later readers.
+    assert again["offset"] == 0, \
+        f"a later reader got {again['offset']} bytes of the blob that failed verification " \
+        "before its EIO"
     assert not tail["ok"] and tail["errno"] == errno.EIO, \
         f"a pread of the last 4 KiB of the corrupt blob must fail with EIO; it returned " \
         f"{len(tail.get('hex', '')) // 2} bytes" + served
