@@ -588,6 +588,58 @@ def test_reader_killed_mid_populate_leaves_the_mount_healthy(capped_cdn_registry
     assert got["sha"] == layer.digest, "a second populate after the killed one mapped other bytes"
 
 
+# Map the file, advise MADV_RANDOM (no read-around: a fault is one synchronous
+# READ of its page, which a signal interrupts), say so, then touch OFFSET.
+PY_FAULT_ONE = r"""
+import mmap, os, sys
+fd = os.open(sys.argv[1], os.O_RDONLY)
+m = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+m.madvise(mmap.MADV_RANDOM)
+print("mapped", flush=True)
+print(m[int(sys.argv[2])], flush=True)
+"""
+
+
+def test_reader_killed_waiting_on_a_fault_leaves_the_mount_healthy(fault_registry, run_blobfs,
+                                                                   store, mount):
+    """A reader killed while the page it faulted on waits for the network dies
+    at once (the daemon answers the kernel's INTERRUPT), and leaves nothing
+    stuck: the page reads correctly afterwards."""
+    reg = fault_registry()
+    data = random.Random(1014).randbytes(8 * MiB)
+    _, (digest,) = reg.add_model(REPO, "latest", [(OLLAMA_MODEL, data)])
+    pull(run_blobfs, store, model_name(reg))
+    where = 5 * MiB + 4096
+    reg.fault("stall", digest=digest, covers=where, seconds=60)
+    m = mount("background=never", "stall_timeout=4")   # the stalled request, given up later
+    path = tag_dir(m.path, reg.host) / "model"
+    reader = subprocess.Popen([PYTHON, "-c", PY_FAULT_ONE, str(path), str(where)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "mapped"
+        assert wait_for(lambda: reg.count(digest=digest, fault="stall") >= 1, timeout=10), \
+            "the fault never reached the registry"
+        time.sleep(0.5)
+        assert reader.poll() is None, "the faulting reader ended before it could be killed"
+        reader.kill()
+        try:
+            reader.wait(5)
+        except subprocess.TimeoutExpired:
+            pytest.fail("a reader killed while its page fault waited on the network is still "
+                        "alive 5 s later: its READ was never answered")
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+    reg.clear_faults()
+    assert m.proc.poll() is None, "the daemon died with the reader:\n" + m.log()
+    r = child(PREAD_ONE, path, where, 4096, timeout=60)
+    assert r["ok"] and bytes.fromhex(r["hex"]) == data[where:where + 4096], \
+        f"the page the killed reader waited on, read again: {r}"
+    got = run([PYTHON, "-c", PY_FAULT_ONE, path, where], timeout=60)
+    assert got.stdout.split() == ["mapped", str(data[where])], \
+        f"the page, faulted again: {got.stdout!r} (exit {got.returncode})"
+
+
 def test_a_complete_blob_is_pushed_ahead_of_a_sequential_reader(registry, run_blobfs, store,
                                                                 mount, tmp_path, blob_cache):
     """Once a reader of a complete blob has read a few MiB in order, the bytes
