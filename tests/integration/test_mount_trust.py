@@ -622,3 +622,61 @@ def test_an_interrupted_lookup_waiting_for_discovery_returns_promptly(fault_regi
     assert took < 3, f"the interrupted lookup returned {took:.1f}s after the signal"
     # the discovery itself goes on for others; nothing was stored
     assert files_under(m.store / "manifests") == []
+
+
+# Each change another user might try through an allow_other mount: (argv, path
+# relative to the mount, with {tag} for the tag directory).
+_CHANGES = [
+    ["touch", "{tag}/new"],
+    ["mkdir", "{tag}/newdir"],
+    ["mv", "{tag}/model", "{tag}/moved"],
+    ["mv", "{tag}", "{tag}.moved"],
+    ["ln", "{tag}/model", "{tag}/hard"],
+    ["ln", "-s", "/etc/shadow", "{tag}/soft"],
+    ["chmod", "0777", "{tag}/model"],
+    ["chmod", "0777", "{tag}"],
+    ["chown", f"{NOBODY}", "{tag}/model"],
+    ["touch", "-d", "2000-01-01", "{tag}/model"],
+    ["truncate", "-s", "0", "{tag}/model"],
+    ["setfattr", "-n", "user.x", "-v", "1", "{tag}/model"],
+    ["setfattr", "-n", "user.blobfs.cached", "-v", "0", "{tag}/model"],
+    ["setfattr", "-x", "user.blobfs.digest", "{tag}/model"],
+    ["sh", "-c", "echo x >> \"$1\"", "sh", "{tag}/model"],
+    ["mknod", "{tag}/fifo", "p"],
+    ["rmdir", "{tag}"],
+]
+
+
+DENIED = ("Permission denied", "not permitted", "Read-only file system")
+
+
+def test_other_users_change_nothing_through_the_mount(reg, blobfs_bin, store, shared_mount):
+    """Another user of an allow_other mount (default_permissions, the kernel
+    checks modes first, then blobfs) cannot change anything through it, and
+    the daemon, the owner's view and the store stay as they were."""
+    pull(blobfs_bin, store, f"{reg.host}/{REPO}:latest", lazy=False)
+    before = store_files(store)
+    m = shared_mount("allow_other")
+    tag = tag_dir(m.path, reg.host)
+    listing = sorted(os.listdir(tag))
+    attrs = {f: os.stat(tag / f) for f in listing}
+    for change in _CHANGES:
+        argv = [a.replace("{tag}", str(tag)) for a in change]
+        result = run(as_nobody(argv))
+        assert result.returncode != 0, f"uid {NOBODY} could run {argv}"
+        assert any(e in result.stderr for e in DENIED), f"{argv}: {result.stderr}"
+        assert m.mounted(), f"{argv} took the mount down:\n{m.log()}"
+    # The kernel checked the modes (EACCES) before blobfs could answer (EROFS).
+    result = run(as_nobody(["touch", tag / "new"]))
+    assert "Permission denied" in result.stderr, result.stderr
+    result = run(["touch", tag / "new"])
+    assert "Read-only file system" in result.stderr, result.stderr
+    assert sorted(os.listdir(tag)) == listing
+    for f in listing:
+        st = os.stat(tag / f)
+        assert (st.st_mode, st.st_uid, st.st_size, st.st_mtime_ns) == \
+            (attrs[f].st_mode, attrs[f].st_uid, attrs[f].st_size, attrs[f].st_mtime_ns), f
+    assert (tag / "model").read_bytes() == LAYER
+    assert store_files(store) == before, "another user's change reached the store"
+    assert not any(p.name.startswith(("hard", "soft", "new", "moved", "fifo"))
+                   for p in Path(store).rglob("*"))

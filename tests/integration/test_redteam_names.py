@@ -148,6 +148,8 @@ def test_odd_but_safe_names_stay_in_the_tag_directory(fault_registry, run_blobfs
     reg, ref = serve(fault_registry, layers)
     result = run_blobfs(["pull", "--quiet", ref], store=store, timeout=PULL_TIMEOUT)
     assert result.returncode == 0, result.stderr
+    assert all(f.startswith(("blobs/", "manifests/", ".blobfs/")) for f in store_state(store)), \
+        "pull wrote a file under a layer's name"
     m = mount()
     repo = m.path / "models" / reg.host / "library"
     got = tree(repo / "evil" / "latest")
@@ -220,3 +222,20 @@ def test_names_cannot_make_a_tag_of_a_million_directories(fault_registry, run_bl
     # a tensor model's few directories are far from the limit
     many_names(["d%d/t%d" % (i % 50, i) for i in range(n)], "library/fine", reg)
     assert len(os.listdir(m.path / "models" / reg.host / "library" / "fine" / "latest")) == 52
+
+
+@pytest.mark.parametrize("layers,says", [(l, s) for _, l, s in REFUSED[:12]],
+                         ids=[i for i, _, _ in REFUSED[:12]])
+def test_a_hostile_manifest_already_in_the_store_is_not_shown(layers, says, store, mount):
+    """The same names in a manifest that is already in the store (an older
+    blobfs, another tool): the mount does not show the tag, and says why."""
+    body, blobs = manifest([(d, dict(f)) for d, f in layers])
+    path = store / "manifests" / "registry.example" / "library" / "evil" / "latest"
+    path.parent.mkdir(parents=True)
+    path.write_bytes(body)
+    m = mount()
+    assert os.listdir(m.path / "models") == []
+    assert os.listdir(m.path / "manifests") == []
+    assert "not showing 'registry.example/library/evil:latest'" in m.log_text()
+    assert says in m.log_text()
+    assert path.read_bytes() == body      # left for the user to look at
