@@ -239,3 +239,38 @@ def test_a_hostile_manifest_already_in_the_store_is_not_shown(layers, says, stor
     assert "not showing 'registry.example/library/evil:latest'" in m.log_text()
     assert says in m.log_text()
     assert path.read_bytes() == body      # left for the user to look at
+
+
+def test_the_deepest_and_longest_names_allowed_work(fault_registry, run_blobfs, store, mount):
+    """At the limits (32 directories deep, 1,024 bytes, 255-byte components and
+    a repeat of one, which takes ".1"), a name is listed, read and removed."""
+    deep = "/".join(["d"] * 32) + "/leaf"
+    long = "/".join(["L" * 255] * 3 + ["M" * 254, "t"])
+    assert len(long) == 1024
+    reg, ref = serve(fault_registry, [named(deep), named(long), (b"again", {"name": long})])
+    result = run_blobfs(["pull", "--quiet", ref], store=store, timeout=PULL_TIMEOUT)
+    assert result.returncode == 0, result.stderr
+    m = mount()
+    tag = m.path / "models" / reg.host / "library" / "evil" / "latest"
+    assert (tag / deep).read_bytes() == b"w:" + deep.encode()
+    assert (tag / long).read_bytes() == b"w:" + long.encode()
+    repeat = [p for p in os.listdir((tag / long).parent) if p != os.path.basename(long)]
+    assert len(repeat) == 1 and repeat[0].endswith(".1") and len(repeat[0]) <= 255, repeat
+    assert ((tag / long).parent / repeat[0]).read_bytes() == b"again"
+    result = subprocess.run(["rm", "-r", str(tag)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert not (store / "manifests" / reg.host / "library" / "evil" / "latest").exists()
+
+
+def test_a_hundred_thousand_layers_are_refused(fault_registry, run_blobfs, store, mount):
+    """10^5 layers do not fit the 4 MiB a manifest may have: refused before parsing."""
+    reg = fault_registry()
+    size = many_names(["t%d" % i for i in range(100000)], "library/huge", reg)
+    assert size > 4 << 20
+    result = run_blobfs(["pull", "--quiet", f"{reg.host}/library/huge"], store=store,
+                        timeout=PULL_TIMEOUT)
+    assert result.returncode != 0 and "larger than 4194304 bytes" in result.stderr, result.stderr
+    m = mount()
+    assert not (m.path / "models" / reg.host / "library" / "huge" / "latest").exists()
+    assert "larger than 4194304 bytes" in m.log_text()
+    assert m.mounted()
