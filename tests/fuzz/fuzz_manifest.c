@@ -150,6 +150,11 @@ static bool safe_file(const char *f)
 		}
 		if ((unsigned char)f[i] < 0x20 || f[i] == 0x7f)
 			return false;
+		/* C1 controls (U+0080..U+009F), and bytes UTF-8 never has */
+		if (((unsigned char)f[i] == 0xc2 && (unsigned char)f[i + 1] >= 0x80 &&
+		     (unsigned char)f[i + 1] < 0xa0) || (unsigned char)f[i] == 0xc0 ||
+		    (unsigned char)f[i] == 0xc1 || (unsigned char)f[i] >= 0xf5)
+			return false;
 		comp++;
 	}
 	return depth <= LAYER_DEPTH_MAX;
