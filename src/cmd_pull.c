@@ -3,6 +3,13 @@
  * blob it names through the shared blob cache and network thread, showing
  * progress until each blob is verified and committed (or fails).
  *
+ * Blobs are asked for in manifest order, PULL_WINDOW at a time: the network
+ * thread keeps many of them in flight (a model of a thousand small blobs is
+ * not fetched one blob at a time), takes them in the order they were asked
+ * for, and never holds more than a window's worth of them. Each blob's
+ * space is reserved as it is asked for; a model that cannot fit as a whole
+ * is refused before anything is fetched (fits()).
+ *
  * SIGINT and SIGTERM end a pull within moments, whatever it waits for: they
  * are blocked in every thread and taken by a thread of their own, which
  * fails the small requests in flight (fetcher_interrupt) and flags the
@@ -18,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "blob.h"
@@ -31,6 +39,10 @@
 #include "session.h"
 #include "store.h"
 #include "util.h"
+
+#define PULL_WINDOW 128      /* blobs asked for and not yet complete, at most */
+#define PULL_POLL_MS 20      /* how often the window is refilled */
+#define DRAW_EVERY 5         /* progress is drawn every this many polls */
 
 static int interrupted;      /* the signal that ended the pull; atomic */
 
@@ -74,6 +86,7 @@ struct pull_ctx {
 	struct remote *remote;
 	struct pull_item *items;
 	int n;
+	int next;                /* the next item to ask for */
 	struct progress *prog;
 };
 
@@ -90,45 +103,96 @@ static int add_item(const struct layer *l, void *arg)
 	return 0;
 }
 
-/* Wait for every blob; 0 when all are complete, else a negative errno. */
-static int wait_blobs(struct pull_ctx *c, const char *name)
+/* Is there room in the store for what is not local yet? Else say so: -ENOSPC. */
+static int fits(struct pull_ctx *c, const char *name)
+{
+	struct statvfs sv;
+	uint64_t need = 0, avail;
+	char n[16], a[16];
+
+	for (int i = 0; i < c->n; i++) {
+		const struct layer *l = c->items[i].layer;
+		need += l->size - MIN(l->size, store_local_bytes(c->s->store, &l->digest, l->size));
+	}
+	if (statvfs(c->s->store->root, &sv) < 0)
+		return 0;   /* unknown: each blob's reservation finds out */
+	avail = (uint64_t)sv.f_bavail * sv.f_frsize;
+	if (need <= avail)
+		return 0;
+	format_size(need, n, sizeof(n));
+	format_size(avail, a, sizeof(a));
+	log_error("cannot pull '%s': it needs %s more in the store, which has %s free: %s",
+		  name, n, a, strerror(ENOSPC));
+	return -ENOSPC;
+}
+
+/* Ask for blobs in manifest order while fewer than PULL_WINDOW are unfinished. */
+static int refill(struct pull_ctx *c, int unfinished, const char *name)
 {
 	int ret = 0;
 
-	for (;;) {
-		bool all = true;
-		for (int i = 0; i < c->n; i++) {
-			struct blob_stats st;
-			enum progress_state ps = PROG_ACTIVE;
-			blob_stats(c->items[i].blob, &st);
-			if (st.state == BLOB_COMPLETE) {
-				ps = PROG_DONE;
-			} else if (st.state == BLOB_FAILED || st.err) {
-				ps = PROG_FAILED;
-				if (!ret) {
-					char d[DIGEST_STR_LEN];
-					digest_format(&c->items[i].layer->digest, d);
-					log_error("cannot pull '%s': %s ('%s'): %s", name,
-						  c->items[i].layer->file, d, strerror(-st.err));
-					ret = st.err;
-				}
-			} else {
-				all = false;
-				if (st.state == BLOB_BUSY)
-					ps = PROG_WAITING;
-				else if (st.hashing)
-					ps = PROG_VERIFYING;
-			}
-			if (c->prog)
-				progress_set(c->prog, c->items[i].bar, st.present, ps);
+	for (; c->next < c->n && unfinished < PULL_WINDOW; c->next++, unfinished++) {
+		struct pull_item *it = &c->items[c->next];
+		ret = blob_fetch_all(it->blob, true);
+		if (ret < 0) {
+			log_error("cannot pull '%s': %s: %s", name, it->layer->file, strerror(-ret));
+			break;
 		}
-		if (c->prog)
+	}
+	return ret;
+}
+
+/* One item's state for the progress display; *err is set once it failed. */
+static enum progress_state item_state(struct pull_ctx *c, int i, const char *name, int *err,
+				      uint64_t *present)
+{
+	struct blob_stats st;
+
+	blob_stats(c->items[i].blob, &st);
+	*present = st.present;
+	if (st.state == BLOB_COMPLETE)
+		return PROG_DONE;
+	if (st.state == BLOB_FAILED || st.err) {
+		if (!*err) {
+			char d[DIGEST_STR_LEN];
+			digest_format(&c->items[i].layer->digest, d);
+			log_error("cannot pull '%s': %s ('%s'): %s", name,
+				  c->items[i].layer->file, d, strerror(-st.err));
+			*err = st.err;
+		}
+		return PROG_FAILED;
+	}
+	if (st.state == BLOB_BUSY)
+		return PROG_WAITING;
+	return st.hashing ? PROG_VERIFYING : PROG_ACTIVE;
+}
+
+/* Fetch and wait for every blob; 0 when all are complete, else a negative errno. */
+static int fetch_blobs(struct pull_ctx *c, const char *name)
+{
+	int ret = 0;
+
+	for (unsigned poll = 0;; poll++) {
+		int unfinished = 0;
+		bool draw = poll % DRAW_EVERY == 0;
+		for (int i = 0; i < c->next; i++) {
+			uint64_t present;
+			enum progress_state ps = item_state(c, i, name, &ret, &present);
+			if (ps != PROG_DONE && ps != PROG_FAILED)
+				unfinished++;
+			if (c->prog)
+				progress_set(c->prog, c->items[i].bar, present, ps);
+		}
+		bool all = c->next == c->n && unfinished == 0;
+		if (!ret && !all)
+			ret = refill(c, unfinished, name);
+		if (c->prog && (draw || all || ret || was_interrupted()))
 			progress_draw(c->prog, all || ret || was_interrupted());
 		if (all || ret)
 			return ret;
 		if (was_interrupted())
 			return -EINTR;
-		usleep(100 * 1000);
+		usleep(PULL_POLL_MS * 1000);
 	}
 }
 
@@ -181,14 +245,9 @@ static int pull_one(struct session *s, const struct pull_args *a, const char *ar
 			c.items[i].bar = progress_add(c.prog, c.items[i].layer->file,
 						      c.items[i].layer->size);
 	}
-	for (int i = 0; i < c.n && ret == 0; i++) {
-		ret = blob_fetch_all(c.items[i].blob, true);
-		if (ret < 0)
-			log_error("cannot pull '%s': %s: %s", full, c.items[i].layer->file,
-				  strerror(-ret));
-	}
+	ret = fits(&c, full);
 	if (ret == 0)
-		ret = wait_blobs(&c, full);
+		ret = fetch_blobs(&c, full);
 	for (int i = 0; i < c.n; i++) {
 		struct blob_stats st;
 		blob_stats(c.items[i].blob, &st);

@@ -222,13 +222,16 @@ int fetcher_start(const struct net_opts *o, struct fetcher **out)
 		return -ENOMEM;
 	}
 	/*
-	 * Idle connections kept for reuse, and never two transfers on one at a
-	 * time: every request asks for HTTP/1.1 (new_easy), and should a server
-	 * speak HTTP/2 anyway, no stream joins a connection in use
+	 * Idle connections kept for reuse: one for each range request to the
+	 * registry and one to its CDN (each blob's first request is redirected),
+	 * so a pull of many small blobs reuses them all. Never two transfers on
+	 * one at a time: every request asks for HTTP/1.1 (new_easy), and should a
+	 * server speak HTTP/2 anyway, no stream joins a connection in use
 	 * (blobfs(1), CONNECTIONS).
 	 */
 	CURLMcode mrc = curl_multi_setopt(f->multi, CURLMOPT_MAXCONNECTS,
-					  (long)(o->connections + o->demand_reserve + SPARE_CONNECTIONS));
+					  (long)(2 * (o->connections + o->demand_reserve) +
+						 SPARE_CONNECTIONS));
 	if (mrc == CURLM_OK)
 		mrc = curl_multi_setopt(f->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_NOTHING);
 	if (mrc != CURLM_OK) {
@@ -313,8 +316,10 @@ void fetcher_kick(struct fetcher *f, struct blob *b)
 		pthread_mutex_unlock(&f->lock);
 		return;
 	}
-	for (k = f->inbox; k; k = k->next) {
-		if (k->blob == b) {
+	/* Kicks queue in the order they came: the network thread takes blobs on in that order. */
+	struct kick **pp = &f->inbox;
+	for (; *pp; pp = &(*pp)->next) {
+		if ((*pp)->blob == b) {
 			pthread_mutex_unlock(&f->lock);
 			curl_multi_wakeup(f->multi);
 			return;
@@ -323,8 +328,7 @@ void fetcher_kick(struct fetcher *f, struct blob *b)
 	k = xcalloc(1, sizeof(*k));
 	k->blob = b;
 	blob_ref(b);
-	k->next = f->inbox;
-	f->inbox = k;
+	*pp = k;
 	pthread_mutex_unlock(&f->lock);
 	curl_multi_wakeup(f->multi);
 }

@@ -260,8 +260,11 @@ void source_add(struct fetcher *f, struct blob *b)
 		s->ep = healthy_endpoint(f, r, 0);
 	}
 	source_set_url(s);
-	s->next = f->sources;
-	f->sources = s;
+	/* Last in line: sources take turns in the order they came (a pull's manifest order). */
+	struct source **pp = &f->sources;
+	while (*pp)
+		pp = &(*pp)->next;
+	*pp = s;
 }
 
 void source_free(struct fetcher *f, struct source *s)

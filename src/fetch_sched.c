@@ -39,6 +39,7 @@
 #define RATE_MIN_AGE_MS 20        /* a request younger than this says nothing of its speed */
 #define RATE_NEW_TENTHS 3         /* the typical rate moves this many tenths toward a new one */
 #define LAGGARD_STALLS 2          /* stall timeouts the request behind in a pair may be silent */
+#define WHOLE_MAX (2u << 20)      /* a blob this small is fetched in one request */
 
 /* Split job j at the first chunk boundary at or after `at`; the tail is queued first. */
 static struct retry *split_job(struct job *j, uint64_t at)
@@ -204,9 +205,10 @@ static bool schedule_one(struct fetcher *f, struct source *s, uint64_t now, bool
 		return true;
 	}
 	max = s->no_ranges ? blob_size(s->blob) : s->remote->o.request_size;
-	prio = blob_claim(s->blob, demand_only, max,
-			  s->no_ranges ? 1 : MIN(f->o.connections, s->remote->o.connections),
-			  &start, &end);
+	/* A small blob comes whole in one request: splitting it buys nothing but round trips. */
+	unsigned spread = s->no_ranges || blob_size(s->blob) <= WHOLE_MAX ? 1
+			  : MIN(f->o.connections, s->remote->o.connections);
+	prio = blob_claim(s->blob, demand_only, max, spread, &start, &end);
 	if (prio < 0)
 		return false;
 	r = retry_new(start, start, end);

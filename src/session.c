@@ -124,6 +124,9 @@ void session_evict_soon(struct session *s)
 		session_evict(s);   /* no background thread (any more): here and now */
 }
 
+/* Range requests in flight for all blobs together, unless connections is set. */
+#define BLOBS_CONNECTIONS 64
+
 /* .blobfs/hosts, in the store's state directory. */
 #define HOSTS_FILE "hosts"
 
@@ -241,7 +244,14 @@ int session_start_net(struct session *s)
 
 	net_opts_defaults(&no);
 	session_conf(s, NULL, &g);
-	no.connections = g.connections;
+	/*
+	 * connections caps one blob's range requests (struct remote); unless it
+	 * was set, all blobs together may have BLOBS_CONNECTIONS in flight, so a
+	 * model of many small blobs keeps many blobs in flight, as Ollama does.
+	 */
+	unsigned given = s->opts->files.global.set | s->opts->env.set | s->opts->cli.set;
+	no.connections = (given & CF_CONNECTIONS) ? g.connections
+						  : MAX(g.connections, BLOBS_CONNECTIONS);
 	conf_release(&g);
 	ret = fetcher_start(&no, &s->fetcher);
 	if (ret < 0)
