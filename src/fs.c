@@ -63,6 +63,7 @@
 #include "manifest.h"
 #include "mountcheck.h"
 #include "passthrough.h"
+#include "prefetch.h"
 #include "push.h"
 #include "remote.h"
 #include "status.h"
@@ -79,6 +80,7 @@
 #define RA_MAX (64u << 20)
 #define SEQ_SLACK (4u << 20)     /* out-of-order kernel read-ahead still counts as sequential */
 #define BACKGROUND_AFTER (2u << 20) /* sequential bytes before background completion starts */
+#define WHOLE_READ (2u << 20)    /* the first read of a blob this small fetches all of it */
 #define PUSH_AFTER (4u << 20)    /* sequential bytes of a complete blob before it is pushed */
 /*
  * The largest READ: 252 pages. libfuse splices a reply only if the header,
@@ -110,6 +112,7 @@ struct fs {
 	gid_t gid;
 	bool no_opendir;             /* set at init */
 	struct passthrough *pt;      /* its own lock */
+	struct prefetch *pf;         /* its own lock; NULL: no prefetch of walked tags */
 	pthread_mutex_t open_lock;   /* guards the open list */
 	struct handle open;          /* open files (circular) */
 	struct discoverer *disc;
@@ -974,6 +977,19 @@ static void ofile_free(struct handle *h)
 	free(of);
 }
 
+/* A blob of a tag was opened: a loader walking the tag's files gets the rest prefetched. */
+static void note_walk(struct fs *fs, const struct digest *d)
+{
+	struct itag *t = index_blob_tag(fs->ix, d);
+
+	if (!t)
+		return;
+	char *key = xasprintf("%s/%s/%s/%s", t->name.host, t->name.ns, t->name.model,
+			      t->name.tag);
+	prefetch_opened(fs->pf, key, t->m, t->remote, d);
+	free(key);
+}
+
 static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 {
 	struct fs *fs = fs_of(req);
@@ -1005,6 +1021,8 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		of->data = xmalloc(of->len + 1);
 		memcpy(of->data, in->tag->bytes, of->len);
 	}
+	if (in->kind == INODE_BLOB && fs->pf)
+		note_walk(fs, &in->digest);
 	index_unlock(fs->ix);
 	if (of->kind == INODE_BLOB) {
 		of->blob = blob_get(fs->sess->cache, &d, size);
@@ -1170,6 +1188,8 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	}
 	size = (size_t)MIN((uint64_t)size, bsize - (uint64_t)off);
 	ra = track_sequential(fs, of, (uint64_t)off, size, &background);
+	if (bsize <= WHOLE_READ)
+		ra = bsize;   /* one request for the whole of a small file, not one per window */
 	uint64_t seq_bytes = of->seq_bytes;
 	pthread_mutex_unlock(&of->lock);
 	if (background && blob_fetch_all(b, false) < 0)
@@ -1480,6 +1500,8 @@ int fs_mount(const struct session_opts *so, const struct fs_opts *fo, const char
 	fs->sess->blob.hook_arg = fs;
 	if (session_start_net(fs->sess) < 0)
 		goto out_unmount;
+	if (fo->background != BG_NEVER)
+		fs->pf = prefetch_new(fs->sess->cache);
 	session_evict(fs->sess);
 	start_discovery(fs);
 	fs->watch = watch_start(fs->sess->store->manifests, WATCH_DEPTH, RESCAN_S, on_store_change, fs);
@@ -1504,6 +1526,8 @@ out_unmount:
 	 * whatever file reuses the number. libfuse also frees each replying
 	 * thread's splice pipe only as long as its session lives.
 	 */
+	prefetch_free(fs->pf);   /* its blob references, before the cache goes */
+	fs->pf = NULL;
 	free_handles(fs);        /* blob references the kernel never released */
 	session_close(fs->sess);
 	fs->sess = NULL;

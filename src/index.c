@@ -699,6 +699,14 @@ bool index_has_blob(struct index *ix, const struct digest *d)
 	return find_blob(ix, d) != NULL;
 }
 
+struct itag *index_blob_tag(struct index *ix, const struct digest *d)
+{
+	for (size_t i = 0; i < ix->ntags; i++)
+		if (ix->tags[i]->m && manifest_references(ix->tags[i]->m, d))
+			return ix->tags[i];
+	return NULL;
+}
+
 uint64_t index_blob_ino(struct index *ix, const struct digest *d)
 {
 	struct inode *in = find_blob(ix, d);

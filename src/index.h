@@ -116,6 +116,8 @@ int index_add_tag(struct index *ix, const struct model_name *n);
 bool index_drop_tag(struct index *ix, const struct model_name *n);
 /* Is the digest still used by any tag (lock held)? */
 bool index_has_blob(struct index *ix, const struct digest *d);
+/* The first tag whose manifest names the digest, or NULL (lock held). */
+struct itag *index_blob_tag(struct index *ix, const struct digest *d);
 /* The inode number of a blob, or 0 (lock held). */
 uint64_t index_blob_ino(struct index *ix, const struct digest *d);
 /* Entries of dir changed outside the index (write lock held): move its mtime. */
