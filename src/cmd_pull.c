@@ -103,12 +103,19 @@ static int add_item(const struct layer *l, void *arg)
 	return 0;
 }
 
-/* Is there room in the store for what is not local yet? Else say so: -ENOSPC. */
+/*
+ * Is there room in the store for what is not local yet? Else say so: -ENOSPC.
+ * With a cache limit, each blob makes room for itself as it starts (evicting
+ * the least recently used), so what is free now says nothing.
+ */
 static int fits(struct pull_ctx *c, const char *name)
 {
 	struct statvfs sv;
 	uint64_t need = 0, avail;
 	char n[16], a[16];
+
+	if (c->s->max_cache)
+		return 0;
 
 	for (int i = 0; i < c->n; i++) {
 		const struct layer *l = c->items[i].layer;

@@ -223,3 +223,20 @@ def test_a_small_cold_file_costs_one_request(cdn_registry, run_blobfs, store, mo
     assert registry_blob_gets(reg, model, since) == [0]
     got = cdn_blob_entries(reg, model, since=mark)
     assert [e["range"] for e in got.get(0, [])] == [f"bytes=0-{x.size - 1}"], got
+
+
+def test_a_model_that_cannot_fit_is_refused_before_any_fetch(cdn_registry, run_blobfs, tmpfs,
+                                                             tmp_path, blob_cache):
+    # Every blob fits on the disk, the model does not: blobs are reserved a
+    # window at a time, so the whole is checked first.
+    reg = cdn_registry
+    model = tensor_model(tmp_path / "m", blob_cache, 12, 1024 * KiB, seed=9000)
+    push_model(reg, REPO, "latest", model)
+    store = tmpfs(8 << 20) / "store"
+    mark = reg.cdn_log_mark()
+    result = run_blobfs(["pull", "--quiet", f"{reg.host}/{REPO}:latest"], store=store,
+                        timeout=60)
+    assert result.returncode == 1, result.stderr
+    assert "No space left on device" in result.stderr, result.stderr
+    assert not cdn_blob_entries(reg, model, since=mark), "blobs were fetched"
+    assert not list((store / "blobs").glob("sha256-*"))
