@@ -1082,6 +1082,9 @@ def main(argv: list[str] | None = None) -> None:
         options["credentials"] = credentials
     if args.auth == "bearer":
         options["token_credentials"] = credentials
+    # SIGTERM ends it cleanly from the moment it may say where it listens.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     with FaultRegistry(args.host, args.port, **options) as reg:
         for model in load_store(reg, args.dir, args.chunk_size) if args.dir else []:
             print(f"model {model}", flush=True)
@@ -1090,8 +1093,6 @@ def main(argv: list[str] | None = None) -> None:
             reg.fault(kind, **fault_options)
         print(f"registry {reg.url}", flush=True)
         print(f"cdn {reg.cdn_url}", flush=True)
-        stop = threading.Event()
-        signal.signal(signal.SIGTERM, lambda *_: stop.set())
         try:
             stop.wait()
         except KeyboardInterrupt:
