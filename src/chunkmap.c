@@ -307,16 +307,26 @@ void chunkmap_encode(const struct chunkmap *m, const struct digest *d,
 	*lenp = len;
 }
 
-int chunkmap_decode(const uint8_t *buf, size_t len, const struct digest *d,
-		    uint64_t size, struct chunkmap **out, char *err, size_t errlen)
+/* The geometry an encoded map's header gives. */
+struct header {
+	uint64_t chunk;
+	uint32_t n;
+	uint32_t flags;
+};
+
+/*
+ * Check everything but the chunk list and the bits: the magic, the blob the
+ * map belongs to, its geometry, its length and its checksum. *body is where
+ * the header ends.
+ */
+static int check_header(const uint8_t *buf, size_t len, const struct digest *d, uint64_t size,
+			struct header *h, const uint8_t **body, char *err, size_t errlen)
 {
 	const uint8_t *p = buf;
-	struct chunkmap *m = NULL;
 	struct digest sum, mine;
 	uint64_t msize, chunk;
 	uint32_t n, flags;
 
-	*out = NULL;
 	if (len < HEADER_LEN + DIGEST_LEN || memcmp(p, MAGIC, 8) != 0) {
 		snprintf(err, errlen, "not a chunk map");
 		return -EINVAL;
@@ -347,6 +357,30 @@ int chunkmap_decode(const uint8_t *buf, size_t len, const struct digest *d,
 		snprintf(err, errlen, "the map's checksum does not match");
 		return -EINVAL;
 	}
+	h->chunk = chunk;
+	h->n = n;
+	h->flags = flags;
+	*body = p;
+	return 0;
+}
+
+int chunkmap_decode(const uint8_t *buf, size_t len, const struct digest *d,
+		    uint64_t size, struct chunkmap **out, char *err, size_t errlen)
+{
+	const uint8_t *p;
+	struct chunkmap *m = NULL;
+	struct header h;
+	uint64_t chunk;
+	uint32_t n, flags;
+	int ret;
+
+	*out = NULL;
+	ret = check_header(buf, len, d, size, &h, &p, err, errlen);
+	if (ret < 0)
+		return ret;
+	chunk = h.chunk;
+	n = h.n;
+	flags = h.flags;
 	if (chunk) {
 		m = alloc_map(size, n);
 		m->chunk = chunk;

@@ -203,15 +203,79 @@ static int fetch_blobs(struct pull_ctx *c, const char *name)
 	}
 }
 
+/*
+ * Fetch the manifest of n into buf and m, and write it to the store, under the
+ * spelling the store already has for that tag if it has one.
+ */
+static int fetch_manifest(struct pull_ctx *c, const struct model_name *n, const char *full,
+			  char **buf, struct manifest **m)
+{
+	struct session *s = c->s;
+	struct model_name stored;
+	char err[512];
+	size_t len;
+	int ret;
+
+	ret = registry_fetch_manifest(s->fetcher, c->remote, n->tag, buf, &len, m, err,
+				      sizeof(err));
+	if (ret < 0) {
+		if (!was_interrupted())
+			log_error("cannot pull '%s': %s", full, err);
+		return ret;
+	}
+	session_record_scheme(s, n);
+	stored = *n;
+	if (store_find_tag(s->store, n, &stored) < 0)
+		stored = *n;
+	ret = store_write_manifest(s->store, &stored, *buf, len);
+	if (ret < 0)
+		log_error("cannot pull '%s': cannot store its manifest: %s", full, strerror(-ret));
+	return ret;
+}
+
+static void start_progress(struct pull_ctx *c)
+{
+	c->prog = progress_new(stderr, isatty(STDERR_FILENO));
+	for (int i = 0; i < c->n; i++)
+		c->items[i].bar = progress_add(c->prog, c->items[i].layer->file,
+					       c->items[i].layer->size);
+}
+
+static uint64_t bytes_fetched(const struct pull_ctx *c)
+{
+	uint64_t fetched = 0;
+
+	for (int i = 0; i < c->n; i++) {
+		struct blob_stats st;
+		blob_stats(c->items[i].blob, &st);
+		fetched += st.fetched;
+	}
+	return fetched;
+}
+
+/* The summary line of a finished pull: sizes, what was fetched, how fast. */
+static void print_pulled(const struct pull_ctx *c, const struct manifest *m, const char *full,
+			 uint64_t t0, uint64_t fetched)
+{
+	char size[16], got[16], rate[16], took[16];
+	uint64_t ms = MAX(now_ms() - t0, 1);
+
+	format_size(m->total_size, size, sizeof(size));
+	format_size(fetched, got, sizeof(got));
+	format_size(fetched * 1000 / ms, rate, sizeof(rate));
+	snprintf(took, sizeof(took), "%.1fs", ms / 1000.0);
+	printf("pulled %s: %d blobs, %s (%s fetched) in %s, %s/s\n", full, c->n, size,
+	       got, took, rate);
+}
+
 static int pull_one(struct session *s, const struct pull_args *a, const char *arg)
 {
 	struct pull_ctx c = { .s = s };
-	struct model_name n, stored;
+	struct model_name n;
 	struct manifest *m = NULL;
 	char err[512], full[NAME_FORMAT_MAX];
 	char *buf = NULL;
-	size_t len;
-	uint64_t t0 = now_ms(), fetched = 0;
+	uint64_t t0 = now_ms(), fetched;
 	int ret;
 
 	if (name_parse(arg, &n, err, sizeof(err)) < 0) {
@@ -222,21 +286,9 @@ static int pull_one(struct session *s, const struct pull_args *a, const char *ar
 	c.remote = session_remote(s, &n);
 	if (!c.remote)
 		return -EINVAL;
-	ret = registry_fetch_manifest(s->fetcher, c.remote, n.tag, &buf, &len, &m, err, sizeof(err));
-	if (ret < 0) {
-		if (!was_interrupted())
-			log_error("cannot pull '%s': %s", full, err);
+	ret = fetch_manifest(&c, &n, full, &buf, &m);
+	if (ret < 0)
 		goto out;
-	}
-	session_record_scheme(s, &n);
-	stored = n;
-	if (store_find_tag(s->store, &n, &stored) < 0)
-		stored = n;
-	ret = store_write_manifest(s->store, &stored, buf, len);
-	if (ret < 0) {
-		log_error("cannot pull '%s': cannot store its manifest: %s", full, strerror(-ret));
-		goto out;
-	}
 	manifest_for_each_blob(m, add_item, &c);
 	if (a->lazy) {
 		char size[16];
@@ -246,32 +298,16 @@ static int pull_one(struct session *s, const struct pull_args *a, const char *ar
 			       full, c.n, size);
 		goto out;
 	}
-	if (!a->quiet) {
-		c.prog = progress_new(stderr, isatty(STDERR_FILENO));
-		for (int i = 0; i < c.n; i++)
-			c.items[i].bar = progress_add(c.prog, c.items[i].layer->file,
-						      c.items[i].layer->size);
-	}
+	if (!a->quiet)
+		start_progress(&c);
 	ret = fits(&c, full);
 	if (ret == 0)
 		ret = fetch_blobs(&c, full);
-	for (int i = 0; i < c.n; i++) {
-		struct blob_stats st;
-		blob_stats(c.items[i].blob, &st);
-		fetched += st.fetched;
-	}
+	fetched = bytes_fetched(&c);
 	if (ret == 0)
 		session_evict(s);   /* the blobs just pulled are in use, so they stay */
-	if (ret == 0 && !a->quiet) {
-		char size[16], got[16], rate[16], took[16];
-		uint64_t ms = MAX(now_ms() - t0, 1);
-		format_size(m->total_size, size, sizeof(size));
-		format_size(fetched, got, sizeof(got));
-		format_size(fetched * 1000 / ms, rate, sizeof(rate));
-		snprintf(took, sizeof(took), "%.1fs", ms / 1000.0);
-		printf("pulled %s: %d blobs, %s (%s fetched) in %s, %s/s\n", full, c.n, size,
-		       got, took, rate);
-	}
+	if (ret == 0 && !a->quiet)
+		print_pulled(&c, m, full, t0, fetched);
 out:
 	for (int i = 0; i < c.n; i++)
 		blob_put(c.items[i].blob);

@@ -1156,6 +1156,29 @@ static bool blob_is_complete(struct blob *b)
 	return st.state == BLOB_COMPLETE;
 }
 
+/* A manifest file's bytes from OFF, which are in memory. of->lock is held. */
+static void reply_manifest(fuse_req_t req, const struct ofile *of, size_t off, size_t size)
+{
+	size_t o = MIN(off, of->len);
+
+	fuse_reply_buf(req, of->data + o, MIN(size, of->len - o));
+}
+
+/* The reply of a read of B that may wait, registered so that an interrupt finds it. */
+static struct parked *park_read(struct fs *fs, fuse_req_t req, struct blob *b, uint64_t off,
+				size_t size, uint64_t t0)
+{
+	struct parked *p = xcalloc(1, sizeof(*p));
+
+	p->blob = b;
+	p->off = off;
+	p->size = size;
+	p->t0 = t0;
+	p->w.done = parked_done;
+	later_start(&p->l, fs, req, parked_cancel, parked_free);
+	return p;
+}
+
 static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		    struct fuse_file_info *fi)
 {
@@ -1173,8 +1196,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 	}
 	pthread_mutex_lock(&of->lock);
 	if (of->kind == INODE_MANIFEST) {
-		size_t o = MIN((size_t)off, of->len);
-		fuse_reply_buf(req, of->data + o, MIN(size, of->len - o));
+		reply_manifest(req, of, (size_t)off, size);
 		pthread_mutex_unlock(&of->lock);
 		return;
 	}
@@ -1196,13 +1218,7 @@ static void op_read(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off,
 		log_debug("background completion could not start");
 
 	count(&fs->rs.reads);
-	p = xcalloc(1, sizeof(*p));
-	p->blob = b;                /* the reference taken above */
-	p->off = (uint64_t)off;
-	p->size = size;
-	p->t0 = t0;
-	p->w.done = parked_done;
-	later_start(&p->l, fs, req, parked_cancel, parked_free);
+	p = park_read(fs, req, b, (uint64_t)off, size, t0);   /* b: the reference taken above */
 	ret = blob_read(b, (uint64_t)off, size, ra, &p->w);
 	if (ret == 0) {
 		count(&fs->rs.waited);
@@ -1447,6 +1463,86 @@ static void on_store_change(void *arg)
 	}
 }
 
+/* Before INIT is answered: the kernel keeps the smaller window. */
+static void set_readahead(const char *mountpoint)
+{
+	int ra = bdi_set_readahead(mountpoint, READAHEAD_KB);
+
+	if (ra < 0)
+		log_debug("read-ahead of '%s' stays at the kernel's default: %s", mountpoint,
+			  strerror(-ra));
+}
+
+/*
+ * Our threads stop before the session is unmounted: they reply to
+ * requests too (a blob worker answers parked reads), through the fd that
+ * unmounting closes, and a reply written after that could land in
+ * whatever file reuses the number. libfuse also frees each replying
+ * thread's splice pipe only as long as its session lives.
+ */
+static void stop_replying(struct fs *fs)
+{
+	prefetch_free(fs->pf);   /* its blob references, before the cache goes */
+	fs->pf = NULL;
+	free_handles(fs);        /* blob references the kernel never released */
+	session_close(fs->sess);
+	fs->sess = NULL;
+	discover_free(fs->disc); /* after the fetcher: no fetch of it is left */
+}
+
+static struct fs *fs_new(const struct fs_opts *fo)
+{
+	struct fs *fs = xcalloc(1, sizeof(*fs));
+
+	fs->o = *fo;
+	fs->pt = passthrough_new(fo->passthrough);
+	fs->rs.passthrough = fs->pt;
+	fs->uid = getuid();
+	fs->gid = getgid();
+	pthread_mutex_init(&fs->open_lock, NULL);
+	fs->open.next = fs->open.prev = &fs->open;
+	return fs;
+}
+
+/* Everything that runs a thread of its own: after the fork, which keeps none. */
+static int start_threads(struct fs *fs, const char *mountpoint)
+{
+	fs->sess->blob.on_fail = on_blob_failed;
+	fs->sess->blob.on_commit = on_blob_committed;
+	fs->sess->blob.hook_arg = fs;
+	if (session_start_net(fs->sess) < 0)
+		return -1;
+	if (fs->o.background != BG_NEVER)
+		fs->pf = prefetch_new(fs->sess->cache);
+	session_evict(fs->sess);
+	start_discovery(fs);
+	fs->watch = watch_start(fs->sess->store->manifests, WATCH_DEPTH, RESCAN_S, on_store_change, fs);
+	fs->status = status_start(fs->sess, mountpoint, &fs->rs);
+	fs->pusher = pusher_start(fs->se);
+	return 0;
+}
+
+/*
+ * Answer requests until unmounted or signalled, then stop the threads that
+ * reply through the session (stop_replying says why before unmounting).
+ * 0 for a clean stop or a signal, 1 for a failed loop.
+ */
+static int serve(struct fs *fs)
+{
+	struct fuse_loop_config *cfg = fuse_loop_cfg_create();
+	int ret;
+
+	fuse_loop_cfg_set_max_threads(cfg, fs->o.threads);
+	ret = fuse_session_loop_mt(fs->se, cfg) < 0 ? 1 : 0;  /* > 0: a signal; a clean stop */
+	fuse_loop_cfg_destroy(cfg);
+	pusher_stop(fs->pusher);   /* its threads reply through the session too */
+	fs->pusher = NULL;
+	status_stop(fs->status);
+	watch_stop(fs->watch);
+	discover_stop(fs->disc);  /* lookups still waiting are answered */
+	return ret;
+}
+
 int fs_mount(const struct session_opts *so, const struct fs_opts *fo, const char *mp)
 {
 	/* Absolute: the daemon changes to / when it detaches. */
@@ -1457,18 +1553,10 @@ int fs_mount(const struct session_opts *so, const struct fs_opts *fo, const char
 		return 1;
 	}
 	struct fuse_args args = FUSE_ARGS_INIT(fo->fuse_argc, fo->fuse_argv);
-	struct fs *fs = xcalloc(1, sizeof(*fs));
-	struct fuse_loop_config *cfg = NULL;
+	struct fs *fs = fs_new(fo);
 	unsigned added, removed;
 	int ret = 1;
 
-	fs->o = *fo;
-	fs->pt = passthrough_new(fo->passthrough);
-	fs->rs.passthrough = fs->pt;
-	fs->uid = getuid();
-	fs->gid = getgid();
-	pthread_mutex_init(&fs->open_lock, NULL);
-	fs->open.next = fs->open.prev = &fs->open;
 	if (session_open(so, SESSION_WRITE, &fs->sess) < 0 ||
 	    check_mountpoint(fs, mp, mountpoint) < 0)
 		goto out;
@@ -1485,53 +1573,18 @@ int fs_mount(const struct session_opts *so, const struct fs_opts *fo, const char
 		log_error("cannot mount on '%s'", mountpoint);
 		goto out_signals;
 	}
-	/* Before INIT is answered: the kernel keeps the smaller window. */
-	int ra = bdi_set_readahead(mountpoint, READAHEAD_KB);
-	if (ra < 0)
-		log_debug("read-ahead of '%s' stays at the kernel's default: %s", mountpoint,
-			  strerror(-ra));
+	set_readahead(mountpoint);
 	/* Threads start only after the fork; the tree is already built. */
 	if (fuse_daemonize(fo->foreground) != 0)
 		goto out_unmount;
 	if (!fo->foreground)
 		log_use_syslog(true);
-	fs->sess->blob.on_fail = on_blob_failed;
-	fs->sess->blob.on_commit = on_blob_committed;
-	fs->sess->blob.hook_arg = fs;
-	if (session_start_net(fs->sess) < 0)
+	if (start_threads(fs, mountpoint) < 0)
 		goto out_unmount;
-	if (fo->background != BG_NEVER)
-		fs->pf = prefetch_new(fs->sess->cache);
-	session_evict(fs->sess);
-	start_discovery(fs);
-	fs->watch = watch_start(fs->sess->store->manifests, WATCH_DEPTH, RESCAN_S, on_store_change, fs);
-	fs->status = status_start(fs->sess, mountpoint, &fs->rs);
-	fs->pusher = pusher_start(fs->se);
 	log_info("mounted '%s' on '%s' (%u tags)", fs->sess->store->root, mountpoint, added);
-
-	cfg = fuse_loop_cfg_create();
-	fuse_loop_cfg_set_max_threads(cfg, fo->threads);
-	ret = fuse_session_loop_mt(fs->se, cfg) < 0 ? 1 : 0;  /* > 0: a signal; a clean stop */
-	fuse_loop_cfg_destroy(cfg);
-	pusher_stop(fs->pusher);   /* its threads reply through the session too */
-	fs->pusher = NULL;
-	status_stop(fs->status);
-	watch_stop(fs->watch);
-	discover_stop(fs->disc);  /* lookups still waiting are answered */
+	ret = serve(fs);
 out_unmount:
-	/*
-	 * Our threads stop before the session is unmounted: they reply to
-	 * requests too (a blob worker answers parked reads), through the fd that
-	 * unmounting closes, and a reply written after that could land in
-	 * whatever file reuses the number. libfuse also frees each replying
-	 * thread's splice pipe only as long as its session lives.
-	 */
-	prefetch_free(fs->pf);   /* its blob references, before the cache goes */
-	fs->pf = NULL;
-	free_handles(fs);        /* blob references the kernel never released */
-	session_close(fs->sess);
-	fs->sess = NULL;
-	discover_free(fs->disc); /* after the fetcher: no fetch of it is left */
+	stop_replying(fs);
 	fuse_session_unmount(fs->se);
 out_signals:
 	fuse_remove_signal_handlers(fs->se);

@@ -749,26 +749,16 @@ struct pending {
 	struct itag *remove;
 };
 
-int index_scan(struct index *ix, unsigned *added, unsigned *removed)
+/*
+ * What changed since the last scan: tags that are new or rewritten (read from
+ * the store here, without the tree lock) and tags that are gone. HAVE is the
+ * tree's tags as they were; fills P, returns how many entries.
+ */
+static size_t collect_changes(struct index *ix, const struct store_tag *tags, size_t n,
+			      struct itag **have, size_t nhave, struct pending *p)
 {
-	struct store_tag *tags;
-	size_t n;
-	struct pending *p;
-	size_t np = 0;
 	struct strmap *seen = strmap_new();
-
-	*added = *removed = 0;
-	pthread_mutex_lock(&ix->scan_lock);
-	store_list_tags(ix->store, &tags, &n);
-	p = xcalloc(n + ix->ntags + 1, sizeof(*p));
-
-	/* Read what is new or changed without holding the tree lock. */
-	pthread_rwlock_rdlock(&ix->lock);
-	struct itag **have = xmalloc((ix->ntags + 1) * sizeof(*have));
-	size_t nhave = ix->ntags;
-	if (nhave)
-		memcpy(have, ix->tags, nhave * sizeof(*have));
-	pthread_rwlock_unlock(&ix->lock);
+	size_t np = 0;
 
 	for (size_t i = 0; i < n; i++) {
 		char *key = tag_key(&tags[i].name);
@@ -793,8 +783,14 @@ int index_scan(struct index *ix, unsigned *added, unsigned *removed)
 			p[np++].remove = have[i];
 		free(key);
 	}
+	strmap_free(seen);
+	return np;
+}
 
-	pthread_rwlock_wrlock(&ix->lock);
+/* Swap the changed tags into the tree. ix->lock is held for writing. */
+static void apply_changes(struct index *ix, const struct pending *p, size_t np,
+			  unsigned *added, unsigned *removed)
+{
 	for (size_t i = 0; i < np; i++) {
 		if (p[i].remove) {
 			if (!p[i].add) {
@@ -808,13 +804,38 @@ int index_scan(struct index *ix, unsigned *added, unsigned *removed)
 			(*added)++;
 		}
 	}
+}
+
+int index_scan(struct index *ix, unsigned *added, unsigned *removed)
+{
+	struct store_tag *tags;
+	size_t n;
+	struct pending *p;
+	size_t np;
+
+	*added = *removed = 0;
+	pthread_mutex_lock(&ix->scan_lock);
+	store_list_tags(ix->store, &tags, &n);
+	p = xcalloc(n + ix->ntags + 1, sizeof(*p));
+
+	/* Read what is new or changed without holding the tree lock. */
+	pthread_rwlock_rdlock(&ix->lock);
+	struct itag **have = xmalloc((ix->ntags + 1) * sizeof(*have));
+	size_t nhave = ix->ntags;
+	if (nhave)
+		memcpy(have, ix->tags, nhave * sizeof(*have));
+	pthread_rwlock_unlock(&ix->lock);
+
+	np = collect_changes(ix, tags, n, have, nhave, p);
+
+	pthread_rwlock_wrlock(&ix->lock);
+	apply_changes(ix, p, np, added, removed);
 	ix->live = true;
 	pthread_rwlock_unlock(&ix->lock);
 	pthread_mutex_unlock(&ix->scan_lock);
 
 	free(have);
 	free(p);
-	strmap_free(seen);
 	store_tags_free(tags, n);
 	return 0;
 }

@@ -347,12 +347,39 @@ static int check_media_type(const cJSON *root, char **out, char *err, size_t err
 	return 0;
 }
 
+/* The "layers" array: present, not empty, within the limit, each a descriptor. */
+static int parse_layers(const cJSON *root, struct manifest *m, char *err, size_t errlen)
+{
+	const cJSON *layers = cJSON_GetObjectItemCaseSensitive(root, "layers"), *it;
+	int ret;
+
+	if (!cJSON_IsArray(layers))
+		return fail(err, errlen, "manifest has no layers array");
+	int n = cJSON_GetArraySize(layers);
+	if (n == 0)
+		return fail(err, errlen, "manifest has no layers");
+	if (n > MANIFEST_MAX_LAYERS)
+		return fail(err, errlen, "manifest has %d layers, over the limit of %d",
+			    n, MANIFEST_MAX_LAYERS);
+	m->layers = xcalloc(n, sizeof(*m->layers));
+	cJSON_ArrayForEach(it, layers) {
+		char what[32];
+		snprintf(what, sizeof(what), "layer %zu", m->nlayers);
+		ret = parse_descriptor(it, what, layer_dmr_bundle(m->config.media_type),
+				       &m->layers[m->nlayers], err, errlen);
+		m->nlayers++;
+		if (ret < 0)
+			return ret;
+	}
+	return 0;
+}
+
 int manifest_parse(const char *buf, size_t len, struct manifest **out,
 		   char *err, size_t errlen)
 {
 	struct manifest *m;
 	cJSON *root;
-	const cJSON *sv, *cfg, *layers, *it;
+	const cJSON *sv, *cfg;
 	int ret;
 
 	*out = NULL;
@@ -388,31 +415,9 @@ int manifest_parse(const char *buf, size_t len, struct manifest **out,
 	ret = parse_descriptor(cfg, "config", false, &m->config, err, errlen);
 	if (ret < 0)
 		goto out;
-	layers = cJSON_GetObjectItemCaseSensitive(root, "layers");
-	if (!cJSON_IsArray(layers)) {
-		ret = fail(err, errlen, "manifest has no layers array");
+	ret = parse_layers(root, m, err, errlen);
+	if (ret < 0)
 		goto out;
-	}
-	int n = cJSON_GetArraySize(layers);
-	if (n == 0) {
-		ret = fail(err, errlen, "manifest has no layers");
-		goto out;
-	}
-	if (n > MANIFEST_MAX_LAYERS) {
-		ret = fail(err, errlen, "manifest has %d layers, over the limit of %d",
-			   n, MANIFEST_MAX_LAYERS);
-		goto out;
-	}
-	m->layers = xcalloc(n, sizeof(*m->layers));
-	cJSON_ArrayForEach(it, layers) {
-		char what[32];
-		snprintf(what, sizeof(what), "layer %zu", m->nlayers);
-		ret = parse_descriptor(it, what, layer_dmr_bundle(m->config.media_type),
-				       &m->layers[m->nlayers], err, errlen);
-		m->nlayers++;
-		if (ret < 0)
-			goto out;
-	}
 	ret = check_duplicates(m, err, errlen);
 	if (ret < 0)
 		goto out;

@@ -117,10 +117,60 @@ static void copy_part(char *dst, const char *s, size_t len)
 	dst[len] = '\0';
 }
 
+/*
+ * An optional leading "http://" or "https://" (any case) goes to n->scheme in
+ * lowercase; *rest is what follows it. Any other scheme is refused.
+ */
+static int take_scheme(const char *s, struct model_name *n, const char **rest,
+		       char *err, size_t errlen)
+{
+	const char *sep = strstr(s, "://");
+	size_t sl;
+
+	*rest = s;
+	if (!sep)
+		return 0;
+	sl = sep - s;
+	if (!(sl == 4 && strncasecmp(s, "http", 4) == 0) &&
+	    !(sl == 5 && strncasecmp(s, "https", 5) == 0)) {
+		snprintf(err, errlen, "invalid model name '%s': scheme '%.*s' is not http or https",
+			 s, (int)MIN_LEN(sl), s);
+		return -EINVAL;
+	}
+	for (size_t i = 0; i < sl; i++)
+		n->scheme[i] = (char)(s[i] | 0x20);
+	*rest = sep + 3;
+	return 0;
+}
+
+/*
+ * Split [p, end) at '/' from the right into at most three parts, the last
+ * part first. Returns how many; 4 means there were more than three.
+ */
+static size_t split_parts(const char *p, const char *end, const char *parts[3], size_t lens[3])
+{
+	size_t nparts = 0;
+
+	while (nparts < 3) {
+		const char *q = end;
+		while (q > p && q[-1] != '/')
+			q--;
+		parts[nparts] = q;
+		lens[nparts] = end - q;
+		nparts++;
+		if (q == p)
+			break;
+		end = q - 1;
+		if (nparts == 3)
+			return 4;
+	}
+	return nparts;
+}
+
 int name_parse(const char *s, struct model_name *n, char *err, size_t errlen)
 {
 	const char *parts[3];
-	size_t lens[3], nparts = 0;
+	size_t lens[3], nparts;
 	const char *p, *end, *colon, *slash;
 	char why[200];
 
@@ -129,22 +179,9 @@ int name_parse(const char *s, struct model_name *n, char *err, size_t errlen)
 		snprintf(err, errlen, "model name is empty");
 		return -EINVAL;
 	}
-	p = s;
 	end = s + strlen(s);
-	const char *sep = strstr(p, "://");
-	if (sep) {
-		size_t sl = sep - p;
-		if ((sl == 4 && strncasecmp(p, "http", 4) == 0) ||
-		    (sl == 5 && strncasecmp(p, "https", 5) == 0)) {
-			for (size_t i = 0; i < sl; i++)
-				n->scheme[i] = (char)(p[i] | 0x20);
-		} else {
-			snprintf(err, errlen, "invalid model name '%s': scheme '%.*s' is not http or https",
-				 s, (int)MIN_LEN(sl), p);
-			return -EINVAL;
-		}
-		p = sep + 3;
-	}
+	if (take_scheme(s, n, &p, err, errlen) < 0)
+		return -EINVAL;
 
 	colon = strrchr(p, ':');
 	slash = strrchr(p, '/');
@@ -157,22 +194,11 @@ int name_parse(const char *s, struct model_name *n, char *err, size_t errlen)
 		strcpy(n->tag, NAME_DEFAULT_TAG);
 	}
 
-	/* Split from the right into at most three parts. */
-	while (nparts < 3) {
-		const char *q = end;
-		while (q > p && q[-1] != '/')
-			q--;
-		parts[nparts] = q;
-		lens[nparts] = end - q;
-		nparts++;
-		if (q == p)
-			break;
-		end = q - 1;
-		if (nparts == 3) {
-			snprintf(why, sizeof(why), "too many '/' separated parts "
-				 "(the form is host/namespace/name:tag)");
-			goto bad;
-		}
+	nparts = split_parts(p, end, parts, lens);
+	if (nparts > 3) {
+		snprintf(why, sizeof(why), "too many '/' separated parts "
+			 "(the form is host/namespace/name:tag)");
+		goto bad;
 	}
 
 	static const enum name_part order[] = { NAME_MODEL, NAME_NAMESPACE, NAME_HOST };
