@@ -23,7 +23,24 @@ from faultreg import FaultRegistry  # noqa: E402
 DEFAULT_BLOBFS_TIMEOUT = 60  # seconds
 
 
+def _default_signal_dispositions():
+    """Undo signals ignored by whoever started the suite.
+
+    A shell starts a background job ('make check &', a CI step under nohup)
+    with SIGINT, SIGQUIT or SIGHUP ignored, and an ignored signal stays
+    ignored across exec: every daemon and script a test starts would
+    inherit it, and tests that send those signals would fail for a reason
+    that is not blobfs's. Python's own handler (SIGINT) and the default
+    disposition are reset at exec, so children start as from a terminal.
+    """
+    for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGHUP):
+        if signal.getsignal(sig) == signal.SIG_IGN:
+            signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT
+                          else signal.SIG_DFL)
+
+
 def pytest_configure(config):
+    _default_signal_dispositions()
     config.addinivalue_line(
         "markers", "timing: asserts loose wall-clock bounds; may flake on an overloaded machine")
     config.addinivalue_line("markers", "slow: takes more than a few seconds")
