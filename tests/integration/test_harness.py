@@ -146,6 +146,23 @@ def test_cdn_redirect_range_and_byte_count(cdn_registry, tmp_path, blob_cache):
     assert [e["status"] for e in reg.cdn_log_entries(since=mark)] == [206, 206, 200]
 
 
+def test_cdn_autoindex_lists_a_blobs_directory(cdn_registry, blob_cache):
+    """cdn_autoindex: the CDN lists directories, so that rclone's and httpdirfs's
+    http backends can browse to a blob; without it nginx refuses the listing."""
+    path, digest = random_blob(blob_cache, MiB)
+    with dockerreg.DockerRegistry(cdn_autoindex=True) as reg:
+        push_blob(reg, REPO, path)
+        directory = reg.cdn_blob_url(digest).rsplit("/", 1)[0] + "/"
+        status, _, body = http_get(directory)
+        assert status == 200
+        assert b'href="data"' in body
+        status, _, body = http_get(directory + "data")
+        assert status == 200 and "sha256:" + hashlib.sha256(body).hexdigest() == digest
+    push_blob(cdn_registry, REPO, path)
+    status, _, _ = http_get(cdn_registry.cdn_blob_url(digest).rsplit("/", 1)[0] + "/")
+    assert status == 403
+
+
 def test_delete_manifest_and_blob(registry, tmp_path, blob_cache):
     model = small_model(tmp_path, blob_cache)
     push_model(registry, REPO, "latest", model)

@@ -449,9 +449,11 @@ class DockerRegistry(_Nginxes):
 
     def __init__(self, cdn=False, cdn_rate=None, start_timeout=15.0, tls=False,
                  tls_cert=None, tls_key=None, cdn_tls_cert=None, cdn_tls_key=None,
-                 http2=False, cdn_conn_rate=None):
+                 http2=False, cdn_conn_rate=None, cdn_autoindex=False):
         """cdn_rate: nginx limit_rate, which caps each request (e.g. "40m" =
-        40 MiB/s), not the total; implies cdn.  cdn_conn_rate: a stream proxy
+        40 MiB/s), not the total; implies cdn.  cdn_autoindex: the CDN lists
+        directories (nginx autoindex), for clients that browse to a blob
+        (rclone's and httpdirfs's http backends); implies cdn.  cdn_conn_rate: a stream proxy
         in front of the CDN caps each TCP connection at this rate (nginx
         syntax); implies cdn.  http2: TLS listeners offer HTTP/2 too (needs
         tls).
@@ -462,7 +464,7 @@ class DockerRegistry(_Nginxes):
         cdn_tls_cert/cdn_tls_key: the CDN's, if different from the front's.
         """
         registry_bin = find_tool("docker-registry", "docker-registry")
-        cdn = cdn or bool(cdn_rate) or bool(cdn_conn_rate)
+        cdn = cdn or bool(cdn_rate) or bool(cdn_conn_rate) or cdn_autoindex
         nginx_bin = find_tool("nginx", "nginx") if cdn or tls else None
         if cdn_conn_rate and not os.path.exists(STREAM_MODULE):
             raise ToolMissing("nginx's stream module is not installed: install the Debian "
@@ -480,6 +482,7 @@ class DockerRegistry(_Nginxes):
         self.registry_access_log = self.workdir / "registry-access.log"
         self.cdn_url = self.cdn_host = None
         self.cdn_access_log = self.workdir / "cdn" / "access.log"
+        self.cdn_autoindex = cdn_autoindex
         self.tls = tls
         self.ca_cert = self.tls_cert = self.tls_key = None
         self.tls_access_log = self.workdir / "tls" / "access.log"
@@ -556,6 +559,8 @@ class DockerRegistry(_Nginxes):
     def _nginx_config(self, prefix, port, rate, tls=None):
         """The CDN's nginx.conf; TLS: (cert, key) to listen with TLS."""
         limit = f"            limit_rate {rate};\n" if rate else ""
+        if self.cdn_autoindex:
+            limit = "            autoindex on;\n" + limit
         return self._nginx_main(prefix, self.cdn_access_log, (
             f"    default_type application/octet-stream;\n"
             f"    sendfile on;\n"
