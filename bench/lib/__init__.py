@@ -3,6 +3,7 @@
   constants.py  units, timeouts, sizes, tool and profile names
   proc.py       processes, daemons, FUSE mounts, cat/cmp with deadlines, /proc
   probes.py     reads run in a child process (bench/run --helper NAME)
+  options.py    sizes and the blobfs binary, for bench/run and bench/pull-bench
   registry.py   the registry and its CDN (tests/lib/dockerreg.py), the served blobs
   measure.py    the round engine and one Bench method per measurement
   table.py      the table of measurements (profiles, blobs) and the walk over it
