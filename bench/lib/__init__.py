@@ -7,6 +7,7 @@
   registry.py   the registry and its CDN (tests/lib/dockerreg.py), the served blobs
   measure.py    the round engine and one Bench method per measurement
   table.py      the table of measurements (profiles, blobs) and the walk over it
+  targets.py    the table of targets the report judges
   report.py     RESULTS.md from the results; machine and versions
   core.py       the namespace handed to engine/, passthrough.py, tensor.py
 
