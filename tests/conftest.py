@@ -118,26 +118,40 @@ def store():
 @pytest.fixture
 def run_blobfs(blobfs_bin, store):
     """run_blobfs(args, *, store=<store fixture>, env=None, timeout=60, input=None,
-    text=True) -> CompletedProcess with captured stdout/stderr.
+    text=True, base_env=None, cwd=None, wrap=None, umask=None)
+    -> CompletedProcess with captured stdout/stderr.
 
-    Runs `blobfs --store STORE ARGS...` (no --store if store=None) with ENV added
-    to the environment. Past TIMEOUT seconds the process group is killed and the
-    test fails with whatever output there was.
+    Runs `blobfs --store STORE ARGS...` (no --store if store=None) in its own
+    process group. The environment is BASE_ENV (default: this process's) with
+    ENV laid over it; a None value in ENV unsets that variable. WRAP(argv), if
+    given, returns the command that runs argv (a namespace, another user).
+    UMASK is set in the child; CWD is its directory. Past TIMEOUT seconds the
+    process group is killed and the test fails with whatever output there was.
     """
     default_store = store
 
     def run(args, *, store=default_store, env=None, timeout=DEFAULT_BLOBFS_TIMEOUT,
-            input=None, text=True):
+            input=None, text=True, base_env=None, cwd=None, wrap=None, umask=None):
         argv = [str(blobfs_bin)]
         if store is not None:
             argv += ["--store", str(store)]
         argv += [str(arg) for arg in args]
+        if wrap is not None:
+            argv = [str(arg) for arg in wrap(argv)]
+        environ = dict(os.environ if base_env is None else base_env)
+        for key, value in (env or {}).items():
+            if value is None:
+                environ.pop(key, None)
+            else:
+                environ[key] = value if isinstance(value, (str, bytes)) else str(value)
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            env={**os.environ, **(env or {})},
+            env=environ,
+            cwd=cwd,
+            preexec_fn=(lambda: os.umask(umask)) if umask is not None else None,
             text=text,
             start_new_session=True,
         )

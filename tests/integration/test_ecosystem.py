@@ -252,12 +252,14 @@ def empty_config(tmp_path):
 
 
 @pytest.fixture
-def blobfs(blobfs_bin, empty_config):
+def blobfs(run_blobfs, empty_config):
     """blobfs(*ARGS, config=<empty file>, env=None, timeout=60, cwd=None) ->
-    CompletedProcess of BLOBFS ARGS..., in the clean environment (see clean_env)."""
+    CompletedProcess of BLOBFS ARGS... (no --store), in the clean environment
+    (see clean_env): conftest's run_blobfs with this file's environment policy."""
 
     def run_it(*args, config=empty_config, env=None, timeout=60, cwd=None):
-        return run([blobfs_bin, *args], timeout=timeout, env=clean_env(config, env), cwd=cwd)
+        return run_blobfs(args, store=None, base_env=clean_env(config), env=env,
+                          timeout=timeout, cwd=cwd)
 
     return run_it
 

@@ -138,12 +138,14 @@ def finish(proc, timeout, what=None):
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
-def blobfs(blobfs_bin, store, args, timeout=60):
+def popen_and_finish(blobfs_bin, store, args, timeout=60):
+    """popen_blobfs then finish: not conftest's run_blobfs, whose group kill waits
+    for the process without a bound, which one stuck in a FUSE request outlives."""
     return finish(popen_blobfs(blobfs_bin, store, args), timeout)
 
 
 def lazy_pull(blobfs_bin, store, name, args=()):
-    result = blobfs(blobfs_bin, store, [*args, "pull", "--quiet", "--lazy", name], timeout=30)
+    result = popen_and_finish(blobfs_bin, store, [*args, "pull", "--quiet", "--lazy", name], timeout=30)
     assert result.returncode == 0, f"blobfs pull --lazy {name} exited {result.returncode}:\n{result.stderr}"
 
 
@@ -798,7 +800,7 @@ def test_fault(case, path, fault_registry, blobfs_bin, store, mount, tmp_path, b
     if case.then == "retry":
         # The fault is spent: a fresh attempt must now give the right bytes.
         if path == "pull":
-            again = blobfs(blobfs_bin, store, [*global_args, "pull", name], timeout=60)
+            again = popen_and_finish(blobfs_bin, store, [*global_args, "pull", name], timeout=60)
             assert again.returncode == 0, f"pull after the fault was spent failed:\n{again.stderr}"
             row["saw"] += "; pull again: right bytes"
         else:
@@ -984,7 +986,7 @@ def test_disk_full_pull_fails_cleanly_then_resumes(fault_registry, blobfs_bin, m
 
     # A pull that cannot fit fails at once, before fetching the blob.
     began = time.monotonic()
-    result = blobfs(blobfs_bin, store, ["pull", name], timeout=60)
+    result = popen_and_finish(blobfs_bin, store, ["pull", name], timeout=60)
     took = time.monotonic() - began
     assert result.returncode == 1, f"pull onto a full disk exited {result.returncode}:\n{result.stderr}"
     assert "No space left on device" in error_lines(result.stderr), result.stderr
@@ -1007,7 +1009,7 @@ def test_disk_full_pull_fails_cleanly_then_resumes(fault_registry, blobfs_bin, m
     assert_store_consistent(store, {digest: source})
 
     # Still full: pull refuses with the reason, and changes nothing durable.
-    result = blobfs(blobfs_bin, store, ["pull", name], timeout=60)
+    result = popen_and_finish(blobfs_bin, store, ["pull", name], timeout=60)
     assert result.returncode == 1 and "No space left on device" in error_lines(result.stderr), \
         f"pull with the disk still full exited {result.returncode}:\n{result.stderr}"
     assert sum(e - s for s, e in _map_present(store, digest)) >= kept, "the failed pull lost progress"
@@ -1016,7 +1018,7 @@ def test_disk_full_pull_fails_cleanly_then_resumes(fault_registry, blobfs_bin, m
     # With room again, pull finishes and fetches only what was missing.
     tmpfs.resize(disk, 3 * BIG_LAYER)
     mark = reg.bytes_sent(digest=digest)
-    result = blobfs(blobfs_bin, store, ["pull", name], timeout=60)
+    result = popen_and_finish(blobfs_bin, store, ["pull", name], timeout=60)
     assert result.returncode == 0, f"pull after space was freed failed:\n{result.stderr}"
     assert sha256_file(store_blob(store, digest)) == digest
     assert_store_consistent(store, {digest: source})
@@ -1063,7 +1065,7 @@ def test_read_only_store_is_refused_by_mount(kind, foreground, fault_registry, b
     if kind == "populated":
         reg = fault_registry()
         reg.add_model(REPO, "latest", [(OLLAMA_MODEL, LAYER)])
-        result = blobfs(blobfs_bin, src, ["pull", "--quiet", model_name(reg)], timeout=30)
+        result = popen_and_finish(blobfs_bin, src, ["pull", "--quiet", model_name(reg)], timeout=30)
         assert result.returncode == 0, result.stderr
     before = tree_snapshot(src)
     ro = ro_bind(src)
@@ -1242,7 +1244,7 @@ def test_hostile_manifest_is_refused_by_pull(kind, fault_registry, blobfs_bin, t
     store.mkdir(parents=True)
     before = _outside(tmp_path, store)
     reg.reset_log()
-    result = blobfs(blobfs_bin, store, ["pull", f"{reg.host}/{repo}"], timeout=30)
+    result = popen_and_finish(blobfs_bin, store, ["pull", f"{reg.host}/{repo}"], timeout=30)
     assert result.returncode == 1, f"pull of a hostile manifest ({kind}) exited {result.returncode}:\n" \
                                    f"{result.stdout}\n{result.stderr}"
     message = error_lines(result.stderr)

@@ -184,18 +184,16 @@ def home(tmp_path):
 
 
 @pytest.fixture
-def blobfs(blobfs_bin, store, home):
+def blobfs(run_blobfs, store, home):
     """blobfs(args, *, store=<store>, hosts=None, env=None, umask=None, timeout=60)
-    -> CompletedProcess.  HOSTS: run in the test namespace with that /etc/hosts."""
+    -> CompletedProcess: conftest's run_blobfs with HOME=<home>.  HOSTS: run in
+    the test namespace with that /etc/hosts."""
     default_store = store
 
     def call(args, *, store=default_store, hosts=None, env=None, umask=None, timeout=60):
-        argv = [blobfs_bin, "--store", store, *args]
-        if hosts is not None:
-            argv = in_hosts_namespace(argv, hosts)
-        preexec = (lambda: os.umask(umask)) if umask is not None else None
-        return run(argv, timeout=timeout, env={"HOME": str(home), **(env or {})},
-                   preexec_fn=preexec)
+        wrap = (lambda argv: in_hosts_namespace(argv, hosts)) if hosts is not None else None
+        return run_blobfs(args, store=store, env={"HOME": str(home), **(env or {})},
+                          wrap=wrap, umask=umask, timeout=timeout)
 
     return call
 
