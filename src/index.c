@@ -64,7 +64,8 @@ struct index {
 	size_t blob_buckets;
 	uint64_t next_ino;
 	struct inode *root, *models, *blobdir, *manifests;
-	struct strmap *tagmap;         /* "host/ns/model/tag" → struct itag * */
+	struct strmap *tagmap;         /* "host/ns/model/tag" → struct itag *; written with scan_lock
+	                                  and lock held, so either one is enough to read it */
 	struct itag **tags;
 	size_t ntags, tagcap;
 	int64_t start_ns;
