@@ -206,6 +206,12 @@ void want_work(struct blob *b);
 /* Revisit b on the worker's next tick. */
 void requeue(struct blob *b);
 void blob_worker_start(struct blobcache *c);
+/*
+ * One pass of the worker over every blob scheduled, committing the blobs it
+ * verifies as one group; final as in the last pass. The thread calls it; a
+ * test may call it on a cache without one. No lock held.
+ */
+void blob_worker_pass(struct blobcache *c, bool final);
 /* Stop the worker after a final pass that makes progress durable. */
 void blob_worker_stop(struct blobcache *c);
 

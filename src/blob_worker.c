@@ -10,12 +10,17 @@
  * has had nothing to fetch for (blob_io.c: how processes share a blob).
  *
  * It sleeps until a blob is scheduled (want_work) or a tick passes
- * (WORKER_TICK_MS). It drops blob->lock around all file I/O and records
- * what the I/O found through the state machine (blob_state.c).
+ * (WORKER_TICK_MS), then takes every blob scheduled (a pass). It drops
+ * blob->lock around all file I/O and records what the I/O found through the
+ * state machine (blob_state.c). The blobs a pass verifies are committed as
+ * one group (commit_group): their data synced, renamed into blobs/, and one
+ * fsync of blobs/ for all of them, so a pull of many small blobs does not
+ * wait for two syncs per blob in a row.
  */
 #include "config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -157,39 +162,36 @@ static void sync_map(struct blob *b)
 	}
 }
 
-/* All chunks present and hashed: verify, then commit or quarantine. Lock held. */
-static void finish_blob(struct blob *b, struct blob_waiter **ready)
+/*
+ * All chunks present and hashed: verify. True when the blob passed and joins
+ * the pass's commit group (commit_group); otherwise it is settled here: an
+ * orphan is deleted, a mismatch quarantined. Lock held.
+ */
+static bool finish_blob(struct blob *b, struct blob_waiter **ready)
 {
 	struct blobcache *c = b->cache;
 	struct digest got;
-	int ret = 0;
 
 	hasher_final(b->hash, &got);
-	bool orphan = b->orphan;
-	pthread_mutex_unlock(&b->lock);
+	if (digest_equal(&got, &b->digest) && !b->orphan)
+		return true;
 	bool ok = digest_equal(&got, &b->digest);
-	if (ok && orphan) {
+	pthread_mutex_unlock(&b->lock);
+	if (ok) {
 		remove_orphan(b);  /* removed while it was being fetched: keep nothing */
-	} else if (ok) {
-		if (fdatasync(b->wfd) < 0)
-			ret = -errno;
-		if (ret == 0)
-			ret = store_commit_blob(c->store, &b->digest);
-		if (ret == -ESTALE)
-			ret = 0;   /* no manifest names it now: readers have it, the store does not */
 	} else {
 		char hex[DIGEST_STR_LEN];
 		digest_format(&got, hex);
 		log_error("blob '%s' failed verification (its bytes hash to '%s'); "
 			  "moved to quarantine", b->name, hex);
 		store_quarantine_blob(c->store, &b->digest);
-	}
-	if (!ok)
 		blobcache_note_failed(c, b);
+	}
 	pthread_mutex_lock(&b->lock);
 	store_blob_unlock(c->store, &b->digest, b->lockfd, true);
 	b->lockfd = -1;
-	blob_finish_locked(b, !ok ? -EIO : ret, ready);
+	blob_finish_locked(b, ok ? 0 : -EIO, ready);
+	return false;
 }
 
 /*
@@ -255,15 +257,45 @@ static void maybe_let_go(struct blob *b, uint64_t now)
 }
 
 /*
+ * The end of a blob's turn: answer what was collected in done, report a
+ * failure or a commit. Called with b->lock held, which it drops; returns
+ * whether the blob still needs the worker.
+ */
+static bool after_work(struct blob *b, struct blob_waiter *done, bool was_partial)
+{
+	struct blobcache *c = b->cache;
+	bool more = blob_needs_worker_locked(b);
+	bool failed_now = b->state == BLOB_FAILED && !b->fail_reported;
+	bool committed_now = b->state == BLOB_COMPLETE && was_partial;
+
+	if (failed_now)
+		b->fail_reported = true;
+	pthread_mutex_unlock(&b->lock);
+	finish_waiters(done);
+	if (committed_now) {    /* all of it is durable: what was read can go now */
+		pthread_mutex_lock(&b->lock);
+		drop_behind(b, ranges_prefix(&b->served), 0);
+		pthread_mutex_unlock(&b->lock);
+	}
+	if (failed_now && c->opts.on_fail)
+		c->opts.on_fail(c->opts.hook_arg, &b->digest);
+	if (committed_now && c->opts.on_commit)
+		c->opts.on_commit(c->opts.hook_arg, &b->digest);
+	return more;
+}
+
+/*
  * Do what the blob needs; returns true while it still needs the worker
  * (parked reads to time out, a map to sync, another process to wait for).
- * With final, make progress durable now: the cache is shutting down.
+ * *commit: it is verified and waits for the pass's commit group, which
+ * decides that instead. With final, make progress durable now: the cache is
+ * shutting down.
  */
-static bool blob_work(struct blob *b, uint64_t now, bool final)
+static bool blob_work(struct blob *b, uint64_t now, bool final, bool *commit)
 {
 	struct blobcache *c = b->cache;
 	struct blob_waiter *done = NULL;
-	bool more, kick = false;
+	bool kick = false;
 
 	pthread_mutex_lock(&b->lock);
 	/* Take over from another process only when something here waits for it. */
@@ -291,29 +323,66 @@ static bool blob_work(struct blob *b, uint64_t now, bool final)
 			sync_map(b);
 		drop_behind(b, MIN(b->drop_upto, b->hashed), DROP_MIN);  /* hashing reads them */
 		if (all && b->hashed == b->size)
-			finish_blob(b, &done);
+			*commit = finish_blob(b, &done);
 		else if (!final)
 			maybe_let_go(b, now);
 	}
-	more = blob_needs_worker_locked(b);
-	bool failed_now = b->state == BLOB_FAILED && !b->fail_reported;
-	bool committed_now = b->state == BLOB_COMPLETE && was_partial;
-	if (failed_now)
-		b->fail_reported = true;
-	pthread_mutex_unlock(&b->lock);
-	finish_waiters(done);
-	if (committed_now) {    /* all of it is durable: what was read can go now */
-		pthread_mutex_lock(&b->lock);
-		drop_behind(b, ranges_prefix(&b->served), 0);
-		pthread_mutex_unlock(&b->lock);
-	}
-	if (failed_now && c->opts.on_fail)
-		c->opts.on_fail(c->opts.hook_arg, &b->digest);
-	if (committed_now && c->opts.on_commit)
-		c->opts.on_commit(c->opts.hook_arg, &b->digest);
+	bool more = after_work(b, done, was_partial);
 	if (kick && !final)
 		want_fetch(b);
 	return more;
+}
+
+/* ---- the commit group ---- */
+
+/*
+ * A commit group's outcome for b: err 0 (in blobs/, durable) or why not.
+ * Returns true while b still needs the worker. No lock held.
+ */
+static bool commit_done(struct blob *b, int err)
+{
+	struct blob_waiter *done = NULL;
+
+	if (err == -ESTALE)
+		err = 0;   /* no manifest names it now: readers have it, the store does not */
+	pthread_mutex_lock(&b->lock);
+	store_blob_unlock(b->cache->store, &b->digest, b->lockfd, true);
+	b->lockfd = -1;
+	blob_finish_locked(b, err, &done);
+	return after_work(b, done, true);
+}
+
+/*
+ * Commit the verified blobs of one pass together. Every file's data is made
+ * durable before its rename, and the renames share one fsync of blobs/
+ * (store_commit_blobs), which comes before any blob is reported complete.
+ * Writeback of all the files is started first (sync_file_range), so that the
+ * fdatasyncs that follow wait for I/O already under way: on a journalling
+ * filesystem the first commits the journal for the group's block
+ * allocations and the rest find it committed, instead of one journal commit
+ * per blob. Returns through more[i] whether group[i] still needs the worker.
+ */
+static void commit_group(struct blob **group, size_t n, bool *more)
+{
+	struct digest *d = xmalloc(n * sizeof(*d));
+	int *rets = xmalloc(n * sizeof(*rets)), *synced = xmalloc(n * sizeof(*synced));
+	size_t k = 0;
+
+	for (size_t i = 0; i < n; i++)
+		sync_file_range(group[i]->wfd, 0, 0, SYNC_FILE_RANGE_WRITE);
+	for (size_t i = 0; i < n; i++) {
+		synced[i] = fdatasync(group[i]->wfd) < 0 ? -errno : 0;
+		if (synced[i] == 0)
+			d[k++] = group[i]->digest;
+	}
+	if (k)
+		store_commit_blobs(group[0]->cache->store, d, k, rets);
+	k = 0;
+	for (size_t i = 0; i < n; i++)
+		more[i] = commit_done(group[i], synced[i] < 0 ? synced[i] : rets[k++]);
+	free(d);
+	free(rets);
+	free(synced);
 }
 
 /* ---- the thread ---- */
@@ -327,17 +396,64 @@ static void add_ms(struct timespec *ts, long ms)
 	}
 }
 
+void blob_worker_pass(struct blobcache *c, bool final)
+{
+	struct blob **batch = NULL, **group;
+	size_t n = 0, ngroup = 0, cap = 0;
+	bool *more;
+
+	/*
+	 * Take the list into an array: once on_work is clear, others may
+	 * enlist these blobs again, which rewrites their wnext links.
+	 */
+	pthread_mutex_lock(&c->lock);
+	for (struct blob *b = c->work; b; b = b->wnext) {
+		if (n == cap) {
+			cap = cap ? 2 * cap : 64;
+			batch = xrealloc(batch, cap * sizeof(*batch));
+		}
+		batch[n++] = b;
+	}
+	for (size_t i = 0; i < n; i++)
+		batch[i]->on_work = false;
+	c->work = NULL;
+	pthread_mutex_unlock(&c->lock);
+
+	uint64_t now = now_ms();
+	group = xmalloc((n ? n : 1) * sizeof(*group));
+	more = xmalloc((n ? n : 1) * sizeof(*more));
+	for (size_t i = 0; i < n; i++) {
+		bool commit = false;
+		if (blob_work(batch[i], now, final, &commit) && !commit && !final)
+			requeue(batch[i]);
+		if (commit)
+			group[ngroup++] = batch[i];   /* keeps the list's reference */
+		else
+			blob_put(batch[i]);   /* the reference the list held */
+	}
+	if (ngroup)
+		commit_group(group, ngroup, more);
+	for (size_t i = 0; i < ngroup; i++) {
+		if (more[i] && !final)
+			requeue(group[i]);
+		blob_put(group[i]);
+	}
+	free(more);
+	free(group);
+	free(batch);
+}
+
 /*
  * The worker sleeps until a blob is scheduled (kicked) or a tick passes, then
- * takes the whole list and works through it; blobs with periodic needs are
- * put back without a kick, so they are revisited once a tick. On stop it
- * makes one final pass so progress is durable before the process exits.
+ * takes the whole list and works through it (blob_worker_pass); blobs with
+ * periodic needs are put back without a kick, so they are revisited once a
+ * tick. Blobs that become ready while a pass commits wait for the next pass
+ * and commit together. On stop it makes one final pass so progress is
+ * durable before the process exits.
  */
 static void *worker_main(void *arg)
 {
 	struct blobcache *c = arg;
-	struct blob **batch = NULL;
-	size_t cap = 0;
 	bool stopping = false;
 
 	pthread_mutex_lock(&c->lock);
@@ -350,33 +466,11 @@ static void *worker_main(void *arg)
 		}
 		stopping = c->stop;
 		c->kicked = false;
-		/*
-		 * Take the list into an array: once on_work is clear, others may
-		 * enlist these blobs again, which rewrites their wnext links.
-		 */
-		size_t n = 0;
-		for (struct blob *b = c->work; b; b = b->wnext) {
-			if (n == cap) {
-				cap = cap ? 2 * cap : 64;
-				batch = xrealloc(batch, cap * sizeof(*batch));
-			}
-			batch[n++] = b;
-		}
-		for (size_t i = 0; i < n; i++)
-			batch[i]->on_work = false;
-		c->work = NULL;
 		pthread_mutex_unlock(&c->lock);
-
-		uint64_t now = now_ms();
-		for (size_t i = 0; i < n; i++) {
-			if (blob_work(batch[i], now, stopping) && !stopping)
-				requeue(batch[i]);
-			blob_put(batch[i]);   /* the reference the list held */
-		}
+		blob_worker_pass(c, stopping);
 		pthread_mutex_lock(&c->lock);
 	}
 	pthread_mutex_unlock(&c->lock);
-	free(batch);
 	return NULL;
 }
 

@@ -1482,32 +1482,71 @@ static bool still_referenced(const struct store *s, const struct digest *d)
 	return yes;
 }
 
-int store_commit_blob(struct store *s, const struct digest *d)
+/* Rename d's partial file into blobs/ if a manifest names it. Index lock held. */
+static int commit_one(struct store *s, const struct digest *d)
 {
-	char name[ENTRY_MAX], map[ENTRY_MAX], hex[DIGEST_STR_LEN];
-	int ret;
+	char name[ENTRY_MAX], hex[DIGEST_STR_LEN];
 
 	entry_name(d, "", name, sizeof(name));
-	entry_name(d, ".map", map, sizeof(map));
-	/* Under the index lock, so that no removal slips between the check and the rename. */
-	if ((ret = store_lock(s)) < 0)
-		return ret;
 	if (!still_referenced(s, d)) {
 		digest_format(d, hex);
 		log_info("not keeping '%s': no manifest names it any more", hex);
 		store_partial_remove(s, d, NULL);
-		ret = -ESTALE;
-	} else if (renameat(s->partialfd, name, s->blobsfd, name) < 0) {
-		ret = -errno;
+		return -ESTALE;
+	}
+	if (renameat(s->partialfd, name, s->blobsfd, name) < 0) {
+		int ret = -errno;
 		log_error("cannot move '%s' from partial downloads to blobs/ in store '%s': %s",
 			  name, s->root, strerror(errno));
-	} else {
-		fsync(s->blobsfd);
+		return ret;
+	}
+	return 0;
+}
+
+/*
+ * One lock and one directory fsync for the group: the fsync makes every
+ * rename before it durable, so a blob is reported committed only after it.
+ * The maps and wants go after that, as for one blob.
+ */
+void store_commit_blobs(struct store *s, const struct digest *d, size_t n, int *rets)
+{
+	char map[ENTRY_MAX];
+	size_t moved = 0;
+	int ret;
+
+	/* Under the index lock, so that no removal slips between the check and the rename. */
+	if ((ret = store_lock(s)) < 0) {
+		for (size_t i = 0; i < n; i++)
+			rets[i] = ret;
+		return;
+	}
+	for (size_t i = 0; i < n; i++)
+		if ((rets[i] = commit_one(s, &d[i])) == 0)
+			moved++;
+	if (moved) {
+		s->commit_syncs++;
+		ret = fsync(s->blobsfd) < 0 && errno != EINVAL ? -errno : 0;
+		if (ret < 0)
+			log_error("cannot make blobs/ of store '%s' durable: %s", s->root,
+				  strerror(-ret));
+	}
+	for (size_t i = 0; i < n; i++) {
+		if (rets[i] != 0)
+			continue;
+		entry_name(&d[i], ".map", map, sizeof(map));
 		unlinkat(s->partialfd, map, 0);
-		entry_name(d, ".want", map, sizeof(map));
+		entry_name(&d[i], ".want", map, sizeof(map));
 		unlinkat(s->partialfd, map, 0);
+		rets[i] = ret;
 	}
 	store_unlock(s);
+}
+
+int store_commit_blob(struct store *s, const struct digest *d)
+{
+	int ret;
+
+	store_commit_blobs(s, d, 1, &ret);
 	return ret;
 }
 

@@ -31,6 +31,7 @@ struct store {
 	bool writable;
 	int lockfd;        /* state/lock: store_lock() flock()s it around index changes */
 	pthread_mutex_t lock;  /* ...and holds this, for the threads of one process */
+	unsigned long commit_syncs;  /* fsyncs of blobs/ by commits, under lock (tests count them) */
 };
 
 /*
@@ -223,9 +224,16 @@ void store_partial_remove(const struct store *s, const struct digest *d,
  * Move a finished partial file into blobs/ (atomic rename, then fsync), under
  * the index lock, if a manifest still names the blob. If none does (its tags
  * were removed while it was fetched), the partial state is deleted instead and
- * the answer is -ESTALE: nothing unreferenced is committed.
+ * the answer is -ESTALE: nothing unreferenced is committed. The caller has
+ * made the file's data durable (fdatasync) first.
  */
 int store_commit_blob(struct store *s, const struct digest *d);
+/*
+ * store_commit_blob for n blobs at once, with one fsync of blobs/ for all of
+ * the renames: rets[i] is d[i]'s answer. Every rename is durable when it
+ * returns, as after n calls of store_commit_blob.
+ */
+void store_commit_blobs(struct store *s, const struct digest *d, size_t n, int *rets);
 /* Move a partial file that failed verification out of the way. */
 int store_quarantine_blob(const struct store *s, const struct digest *d);
 /* Move a complete blob that no longer matches its digest out of blobs/. */

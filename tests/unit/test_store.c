@@ -1081,6 +1081,44 @@ static void test_commit_blob(void **state)
 	assert_false(has_blob(f->s, 'd'));
 }
 
+/*
+ * A group of blobs committed together: each is kept or refused as on its
+ * own, and the renames share one fsync of blobs/, not one each.
+ */
+static void test_commit_blobs_share_one_directory_sync(void **state)
+{
+	struct fx *f = *state;
+	struct digest d[5] = { dg('c'), dg('d'), dg('e'), dg('f'), dg('9') };
+	int rets[5], fd;
+
+	write_mj(f->s, "a.example/ns/m:t", '1', "cde9");
+	for (const char *c = "cdef"; *c; c++) {   /* 9 has no partial file */
+		put_partial(f->s, *c, "");
+		put_partial(f->s, *c, ".map");
+	}
+	unsigned long before = f->s->commit_syncs;
+	store_commit_blobs(f->s, d, 5, rets);
+	assert_int_equal(f->s->commit_syncs - before, 1);
+	for (int i = 0; i < 3; i++) {
+		assert_int_equal(rets[i], 0);
+		assert_int_equal(store_open_blob(f->s, &d[i], BLOB_SIZE, &fd), 0);
+		close(fd);
+		assert_false(has_partial(f->s, (char)('c' + i), ""));
+		assert_false(has_partial(f->s, (char)('c' + i), ".map"));
+	}
+	/* f: no manifest names it, so it is deleted, not kept; 9: nothing to commit. */
+	assert_int_equal(rets[3], -ESTALE);
+	assert_false(has_blob(f->s, 'f'));
+	assert_false(has_partial(f->s, 'f', ""));
+	assert_int_equal(rets[4], -ENOENT);
+	assert_false(has_blob(f->s, '9'));
+	/* A group with nothing to rename syncs nothing. */
+	before = f->s->commit_syncs;
+	store_commit_blobs(f->s, &d[4], 1, rets);
+	assert_int_equal(rets[0], -ENOENT);
+	assert_int_equal(f->s->commit_syncs - before, 0);
+}
+
 static void test_quarantine_partial_and_complete(void **state)
 {
 	struct fx *f = *state;
@@ -1522,6 +1560,7 @@ int main(void)
 		T(test_open_blob_of_another_size_read_only),
 		T(test_manifest_with_another_size_for_a_verified_blob),
 		T(test_commit_blob),
+		T(test_commit_blobs_share_one_directory_sync),
 		T(test_quarantine_partial_and_complete),
 		T(test_evict_makes_room_for_what_comes),
 		T(test_open_blob_through_a_link_is_quarantined),
