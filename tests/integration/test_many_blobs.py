@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from models import make_model, push_model
+from storefiles import wait_for
 
 KiB = 1 << 10
 TENSOR = "application/vnd.ollama.image.tensor"
@@ -28,15 +29,6 @@ def tensor_model(workdir, blob_cache, n, size, seed):
     layers = [(TENSOR, size, seed + i) for i in range(n)]
     names = {i: f"blk.{i // 4}.{('q', 'k', 'v', 'o')[i % 4]}.weight" for i in range(n)}
     return make_model(workdir, layers, names=names, cache_dir=blob_cache)
-
-
-def wait_for(predicate, timeout, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def cdn_blob_entries(reg, model, since=0):

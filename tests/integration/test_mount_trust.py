@@ -25,6 +25,7 @@ import pytest
 
 from blobfsmount import fuse_mounts, is_blobfs_mount
 from models import OLLAMA_MODEL
+from storefiles import files_under, wait_for
 
 REPO = "library/x"
 PYTHON = "/usr/bin/python3"
@@ -73,13 +74,6 @@ def stat_errno(path, user=None, timeout=30):
     return int(result.stdout)
 
 
-def files_under(path):
-    path = Path(path)
-    if not path.exists():
-        return []
-    return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
-
-
 def store_files(store):
     """Every file of the store but its state directory, with its size."""
     return {f: (Path(store) / f).stat().st_size
@@ -100,15 +94,6 @@ def store_manifest(store, host, repo=REPO, tag="latest"):
 
 def manifest_requests(reg):
     return reg.count(path_contains="/manifests/")
-
-
-def wait_for(predicate, timeout, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
 
 
 def mount_options(path):
