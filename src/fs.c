@@ -327,8 +327,14 @@ static mode_t dir_mode(const struct fs *fs, const struct inode *in)
 	return fs->o.others_remove && in->role != DIR_ROOT && in->role != DIR_BLOBS ? 0777 : 0755;
 }
 
-/* Attributes of in. Index lock held. */
-static void fill_attr(struct fs *fs, struct inode *in, struct stat *st)
+/* A blob's st_blocks: what of it is local. May stat the store: no lock held. */
+static blkcnt_t blocks_of(struct fs *fs, struct inode *in)
+{
+	return (blkcnt_t)((local_bytes(fs, in) + 511) / 512);
+}
+
+/* Attributes of in; a blob's st_blocks only with blocks. Index lock held. */
+static void fill_attr(struct fs *fs, struct inode *in, struct stat *st, bool blocks)
 {
 	/*
 	 * A phantom directory shows what its path holds now: the kernel checks
@@ -362,7 +368,7 @@ static void fill_attr(struct fs *fs, struct inode *in, struct stat *st)
 		st->st_mode = S_IFREG | 0644;
 		st->st_nlink = MAX(in->nlink, 1u);
 		st->st_size = (off_t)in->size;
-		st->st_blocks = (blkcnt_t)((local_bytes(fs, in) + 511) / 512);
+		st->st_blocks = blocks ? blocks_of(fs, in) : 0;
 		break;
 	case INODE_MANIFEST:
 		st->st_mode = S_IFREG | 0644;
@@ -378,13 +384,19 @@ static double timeout_of(const struct inode *in)
 	return in->kind == INODE_DIR ? DIR_TIMEOUT : FILE_TIMEOUT;
 }
 
-/* An entry for in, counting the kernel's new reference. Lock held. */
-static void make_entry(struct fs *fs, struct inode *in, struct fuse_entry_param *e)
+/* An entry's reply; without blocks, a blob's st_blocks is left 0 (see struct unsized). */
+static void entry_of(struct fs *fs, struct inode *in, struct fuse_entry_param *e, bool blocks)
 {
 	memset(e, 0, sizeof(*e));
 	e->ino = in->ino;
 	e->attr_timeout = e->entry_timeout = timeout_of(in);
-	fill_attr(fs, in, &e->attr);
+	fill_attr(fs, in, &e->attr, blocks);
+}
+
+/* An entry for in, counting the kernel's new reference. Lock held. */
+static void make_entry(struct fs *fs, struct inode *in, struct fuse_entry_param *e)
+{
+	entry_of(fs, in, e, true);
 	index_ref(fs->ix, in);
 }
 
@@ -621,7 +633,7 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	index_rdlock(fs->ix);
 	in = index_get(fs->ix, ino);
 	if (in) {
-		fill_attr(fs, in, &st);
+		fill_attr(fs, in, &st, true);
 		timeout = in->kind == INODE_BLOB ? DIR_TIMEOUT : timeout_of(in);
 	}
 	index_unlock(fs->ix);
@@ -855,7 +867,21 @@ struct listing {
 	bool plus;
 	uint64_t *refs;              /* readdirplus: the inodes given a reference */
 	size_t nrefs, refcap;
-	uint64_t unsent;             /* readdirplus: the one that did not fit */
+	struct unsized *unsized;     /* readdirplus: blob entries whose st_blocks is still 0 */
+	size_t nunsized, unsizedcap;
+};
+
+/*
+ * A blob's entry, written under the index lock with st_blocks 0 and written
+ * again, same size, once the lock is dropped: how much of a blob is local
+ * may take a stat of the store, which must not happen under the lock.
+ */
+struct unsized {
+	struct inode *in;            /* kept alive by the entry's reference */
+	size_t at;                   /* where its entry starts in the buffer */
+	off_t next;
+	char *name;
+	struct fuse_entry_param e;
 };
 
 /* Add one entry; false when the reply is full. Index lock held. */
@@ -871,20 +897,31 @@ static bool list_add(struct listing *l, const char *name, struct inode *in, uint
 		/* Every entry but . and .. counts as a lookup the kernel will forget. */
 		struct fuse_entry_param e;
 		memset(&e, 0, sizeof(e));
+		/* The size an entry takes, from its name alone: nothing is referenced in vain. */
+		if (fuse_add_direntry_plus(l->req, NULL, 0, name, NULL, 0) > room)
+			return false;
 		if (in) {
-			make_entry(l->fs, in, &e);
+			entry_of(l->fs, in, &e, false);
+			index_ref(l->fs->ix, in);
 			if (l->nrefs == l->refcap) {
 				l->refcap = l->refcap ? 2 * l->refcap : 64;
 				l->refs = xrealloc(l->refs, l->refcap * sizeof(*l->refs));
 			}
 			l->refs[l->nrefs++] = in->ino;
+			if (in->kind == INODE_BLOB) {
+				if (l->nunsized == l->unsizedcap) {
+					l->unsizedcap = l->unsizedcap ? 2 * l->unsizedcap : 64;
+					l->unsized = xrealloc(l->unsized,
+							      l->unsizedcap * sizeof(*l->unsized));
+				}
+				l->unsized[l->nunsized++] = (struct unsized){ .in = in, .at = l->used,
+					.next = next, .name = xstrdup(name), .e = e };
+			}
 		} else {
 			e.attr.st_ino = ino;
 			e.attr.st_mode = mode;
 		}
 		len = fuse_add_direntry_plus(l->req, l->buf + l->used, room, name, &e, next);
-		if (len > room && in)
-			l->unsent = l->refs[--l->nrefs];
 	}
 	if (len > room)
 		return false;
@@ -921,8 +958,13 @@ static void list_dir(fuse_req_t req, fuse_ino_t ino, size_t size, off_t off, boo
 	}
 out:
 	index_unlock(fs->ix);
-	if (l.unsent)
-		index_forget(fs->ix, l.unsent, 1);
+	for (size_t i = 0; i < l.nunsized; i++) {
+		struct unsized *w = &l.unsized[i];
+		w->e.attr.st_blocks = blocks_of(fs, w->in);
+		fuse_add_direntry_plus(req, l.buf + w->at, l.size - w->at, w->name, &w->e, w->next);
+		free(w->name);
+	}
+	free(l.unsized);
 	if (err)
 		fuse_reply_err(req, err);
 	else if (fuse_reply_buf(req, l.buf, l.used) != 0)

@@ -20,7 +20,10 @@
  * tag and discover it from the registry; phantoms are never listed.
  *
  * Locking: ix->lock (rwlock) guards the tree, the inode table and every
- * inode field except lookups, local and local_ms, which are atomics. ix->scan_lock serialises whole
+ * inode field except lookups, local and local_ms, which are atomics, and a
+ * blob inode's digest and size, set when it is made and never changed (so
+ * fs.c may read them, and stat the store for them, without the lock).
+ * ix->scan_lock serialises whole
  * scans and additions, so a scan that listed the store a moment ago never
  * undoes a tag that discovery has just added.
  */

@@ -300,6 +300,24 @@ def getxattr(path, name):
 # ================================================================ 1. the tree
 
 
+def test_a_listing_gives_each_file_the_blocks_it_has_local(registry, run_blobfs, store, mount,
+                                                           tmp_path, blob_cache):
+    """READDIRPLUS answers attributes with the names (ls -l needs no GETATTR):
+    the st_blocks in them is what is local, though it is worked out after the
+    index lock is dropped."""
+    model = small_model(tmp_path / "m", blob_cache, 131, size=3 * MiB + 5)
+    push_model(registry, REPO, "latest", model)
+    pull(run_blobfs, store, model_name(registry), lazy=False)
+    m = mount()
+    tdir = tag_dir(m.path, registry.host)
+    listed = {e.name: e.stat().st_blocks for e in os.scandir(tdir)}
+    for fname, blob in (("model", model.layers[0]), ("template", model.layers[1])):
+        assert listed[fname] == -(-blob.size // 512), f"{fname}: {listed[fname]} blocks listed"
+    out = run(["ls", "-1s", "--block-size=512", tdir], timeout=20, check=True).stdout
+    sizes = dict(reversed(line.split(None, 1)) for line in out.splitlines()[1:])
+    assert int(sizes["model"]) == -(-model.layers[0].size // 512), out
+
+
 def test_tree_sizes_du_xattrs_links_and_manifest(registry, run_blobfs, store, mount, tmp_path,
                                                  blob_cache):
     layers = [
