@@ -94,7 +94,7 @@ struct memreq {                  /* a small GET into memory */
 	unsigned attempt;
 	uint64_t due_ms;
 	uint64_t deadline_ms;        /* its time budget, every attempt included, ends here */
-	uint64_t attempt_end_ms;     /* the share of it the attempt in flight may use */
+	uint64_t share_ms;           /* how much of it the attempt in flight may use */
 	unsigned budget_s;
 	bool auth_retried;
 	bool absent_ok;              /* 400/404/405 mean "no such thing", not a failed endpoint */

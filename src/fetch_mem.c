@@ -74,6 +74,12 @@ void memreq_fail(struct memreq *r, int err, const char *fmt, ...)
 	memreq_complete(r, &res);
 }
 
+/* The settings of whoever the request is for: its registry, or the registry a token is for. */
+static const struct remote_opts *req_opts(const struct memreq *r)
+{
+	return r->remote ? &r->remote->o : &r->token_for->origin->o;
+}
+
 void start_mem(struct fetcher *f, struct memreq *r)
 {
 	struct job *j = xcalloc(1, sizeof(*j));
@@ -85,12 +91,11 @@ void start_mem(struct fetcher *f, struct memreq *r)
 		free(r->url);
 		r->url = remote_url(r->remote, r->ep, r->path);
 	}
-	new_easy(f, j, r->url, r->remote ? &r->remote->o : &r->token_for->origin->o);
+	new_easy(f, j, r->url, req_opts(r));
 	uint64_t now = now_ms(), left = r->deadline_ms > now ? r->deadline_ms - now : 1;
 	/* The rest of the budget, shared with the endpoints still to try after this one. */
-	uint64_t share = MAX(left / (r->remote ? r->remote->nep - r->ep : 1), 1);
-	r->attempt_end_ms = now + share;
-	job_setopt(j, CURLOPT_TIMEOUT_MS, (long)share);
+	r->share_ms = MAX(left / (r->remote ? r->remote->nep - r->ep : 1), 1);
+	job_setopt(j, CURLOPT_TIMEOUT_MS, (long)r->share_ms);
 	job_setopt(j, CURLOPT_WRITEFUNCTION, on_mem_data);
 	job_setopt(j, CURLOPT_WRITEDATA, j);
 	job_setopt(j, CURLOPT_FOLLOWLOCATION, 1L);
@@ -182,10 +187,23 @@ void submit_mem(struct fetcher *f, struct memreq *r)
 	f->pending = r;
 }
 
-/* Did the attempt use up its share of the budget (start_mem), rather than stall? */
-static bool spent_share(const struct memreq *r, CURLcode res)
+/*
+ * Did the attempt use up its share of the budget (CURLOPT_TIMEOUT_MS, set in
+ * start_mem)? Told from what curl saw, not by reading the clock: curl times a
+ * transfer from its own start, on its own clock, and its timeout fires up to
+ * a couple of milliseconds before now_ms() reaches the end of the share. A
+ * small GET has no stall timer (j->stalled stays false), so its timeout is
+ * either the share or the connect timeout, and it is the share once the
+ * connection stood, or when the share was the shorter of the two.
+ */
+static bool spent_share(const struct job *j, const struct memreq *r, CURLcode res)
 {
-	return res == CURLE_OPERATION_TIMEDOUT && now_ms() >= r->attempt_end_ms;
+	curl_off_t connected_us = 0;
+
+	if (res != CURLE_OPERATION_TIMEDOUT || j->stalled)
+		return false;
+	curl_easy_getinfo(j->easy, CURLINFO_CONNECT_TIME_T, &connected_us);
+	return connected_us > 0 || r->share_ms <= (uint64_t)req_opts(r)->connect_timeout_s * 1000;
 }
 
 /* The endpoint failed the request for good: the next one takes it over, if any. */
@@ -208,8 +226,7 @@ static bool fail_over(struct fetcher *f, struct memreq *r, const char *why)
 static bool act_on_failure(struct fetcher *f, struct job *j, CURLcode res)
 {
 	struct memreq *r = j->req;
-	const struct retry_policy *rp = r->remote ? &r->remote->o.retry
-						  : &r->token_for->origin->o.retry;
+	const struct retry_policy *rp = &req_opts(r)->retry;
 	struct attempt a = {
 		.res = res, .status = j->status, .to_registry = j->to_registry, .retry_after = j->retry_after,
 		.failed = r->attempt,
@@ -218,7 +235,7 @@ static bool act_on_failure(struct fetcher *f, struct job *j, CURLcode res)
 							      : rp->max_attempts, fetch_rnd());
 	char msg[1400];
 
-	if (spent_share(r, res))
+	if (spent_share(j, r, res))
 		return false;   /* no retry at this endpoint: its share of the budget is gone */
 	r->attempt = v.failed;
 	if (v.act == ACT_AUTHENTICATE) {
@@ -277,7 +294,7 @@ void finish_mem(struct fetcher *f, struct job *j, CURLcode res)
 	}
 	j->req = NULL;
 	char *where = url_redact(r->url);
-	if (spent_share(r, res)) {
+	if (spent_share(j, r, res)) {
 		out.err = -ETIMEDOUT;
 		snprintf(out.msg, sizeof(out.msg), "no complete answer from '%s' within %u s", where,
 			 r->budget_s);
