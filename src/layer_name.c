@@ -59,9 +59,33 @@ static size_t utf8_char(const unsigned char *s, size_t n, unsigned *cp)
 }
 
 /*
+ * Unicode 15's format characters (general category Cf), first and last of
+ * each run: they are invisible, and the bidi ones (U+202A-U+202E,
+ * U+2066-U+2069, U+200E, U+200F, U+061C) reorder what follows, so a name
+ * holding one displays as another name ("Trojan source").
+ */
+static const unsigned format_chars[][2] = {
+	{ 0x00ad, 0x00ad }, { 0x0600, 0x0605 }, { 0x061c, 0x061c }, { 0x06dd, 0x06dd },
+	{ 0x070f, 0x070f }, { 0x0890, 0x0891 }, { 0x08e2, 0x08e2 }, { 0x180e, 0x180e },
+	{ 0x200b, 0x200f }, { 0x202a, 0x202e }, { 0x2060, 0x2064 }, { 0x2066, 0x206f },
+	{ 0xfeff, 0xfeff }, { 0xfff9, 0xfffb }, { 0x110bd, 0x110bd }, { 0x110cd, 0x110cd },
+	{ 0x13430, 0x1343f }, { 0x1bca0, 0x1bca3 }, { 0x1d173, 0x1d17a },
+	{ 0xe0001, 0xe0001 }, { 0xe0020, 0xe007f },
+};
+
+static bool is_format_char(unsigned cp)
+{
+	for (size_t i = 0; i < sizeof(format_chars) / sizeof(format_chars[0]); i++)
+		if (cp >= format_chars[i][0] && cp <= format_chars[i][1])
+			return true;
+	return false;
+}
+
+/*
  * Every character is well-formed UTF-8 (JSON's encoding) and none is a control
- * character, C0, DEL or C1: a name reaches terminals through ls and logs, and
- * U+009B is a terminal's CSI as much as ESC [ is.
+ * character, C0, DEL or C1, or a format character: a name reaches terminals
+ * through ls and logs, U+009B is a terminal's CSI as much as ESC [ is, and a
+ * name must look like what it is.
  */
 static int check_chars(const char *path, size_t n, char *why, size_t whylen)
 {
@@ -74,6 +98,9 @@ static int check_chars(const char *path, size_t n, char *why, size_t whylen)
 			       -EINVAL;
 		if (cp < 0x20 || (cp >= 0x7f && cp < 0xa0))
 			return snprintf(why, whylen, "it contains the control character 0x%02x "
+					"at byte %zu", cp, i), -EINVAL;
+		if (is_format_char(cp))
+			return snprintf(why, whylen, "it contains the format character U+%04X "
 					"at byte %zu", cp, i), -EINVAL;
 	}
 	return 0;

@@ -131,6 +131,41 @@ static int cmp_str(const void *a, const void *b)
 	return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/*
+ * Is the UTF-8 character at f a format character (Unicode 15's category Cf:
+ * soft hyphen, bidi controls, zero-width and other invisible ones)? Written
+ * against the UTF-8 bytes, apart from layer_name.c's decoder.
+ */
+static bool format_char(const unsigned char *f)
+{
+	static const char *const cf[][2] = {
+		{ "\xc2\xad", "\xc2\xad" }, { "\xd8\x80", "\xd8\x85" }, { "\xd8\x9c", "\xd8\x9c" },
+		{ "\xdb\x9d", "\xdb\x9d" }, { "\xdc\x8f", "\xdc\x8f" },
+		{ "\xe0\xa2\x90", "\xe0\xa2\x91" }, { "\xe0\xa3\xa2", "\xe0\xa3\xa2" },
+		{ "\xe1\xa0\x8e", "\xe1\xa0\x8e" }, { "\xe2\x80\x8b", "\xe2\x80\x8f" },
+		{ "\xe2\x80\xaa", "\xe2\x80\xae" }, { "\xe2\x81\xa0", "\xe2\x81\xa4" },
+		{ "\xe2\x81\xa6", "\xe2\x81\xaf" }, { "\xef\xbb\xbf", "\xef\xbb\xbf" },
+		{ "\xef\xbf\xb9", "\xef\xbf\xbb" }, { "\xf0\x91\x82\xbd", "\xf0\x91\x82\xbd" },
+		{ "\xf0\x91\x83\x8d", "\xf0\x91\x83\x8d" },
+		{ "\xf0\x93\x90\xb0", "\xf0\x93\x90\xbf" },
+		{ "\xf0\x9b\xb2\xa0", "\xf0\x9b\xb2\xa3" },
+		{ "\xf0\x9d\x85\xb3", "\xf0\x9d\x85\xba" },
+		{ "\xf3\xa0\x80\x81", "\xf3\xa0\x80\x81" },
+		{ "\xf3\xa0\x80\xa0", "\xf3\xa0\x80\xbf" },
+		{ "\xf3\xa0\x81\x80", "\xf3\xa0\x81\xbf" },
+	};
+
+	for (size_t i = 0; i < sizeof(cf) / sizeof(cf[0]); i++) {
+		size_t n = strlen(cf[i][0]);
+		/* Each run shares its lead bytes and differs in the last. */
+		if (strncmp((const char *)f, cf[i][0], n - 1) == 0 &&
+		    f[n - 1] >= (unsigned char)cf[i][0][n - 1] &&
+		    f[n - 1] <= (unsigned char)cf[i][1][n - 1])
+			return true;
+	}
+	return false;
+}
+
 /* A relative path of safe components, its own reference for layer_path_check. */
 static bool safe_file(const char *f)
 {
@@ -154,6 +189,8 @@ static bool safe_file(const char *f)
 		if (((unsigned char)f[i] == 0xc2 && (unsigned char)f[i + 1] >= 0x80 &&
 		     (unsigned char)f[i + 1] < 0xa0) || (unsigned char)f[i] == 0xc0 ||
 		    (unsigned char)f[i] == 0xc1 || (unsigned char)f[i] >= 0xf5)
+			return false;
+		if (format_char((const unsigned char *)f + i))
 			return false;
 		comp++;
 	}

@@ -489,6 +489,53 @@ static void test_unsafe_path_reasons(void **state)
 	}
 }
 
+/*
+ * Unicode format characters (category Cf) make a name that displays as
+ * something else: bidi overrides reorder what follows ("Trojan source"),
+ * zero-width ones hide. The first and last of each of Unicode 15's Cf ranges
+ * is refused, naming the layer and the character; their neighbours are not.
+ */
+static void test_refuses_format_characters(void **state)
+{
+	static const struct { const char *utf8, *why; } bad[] = {
+		{ "\xc2\xad", "U+00AD" },
+		{ "\xd8\x80", "U+0600" }, { "\xd8\x85", "U+0605" }, { "\xd8\x9c", "U+061C" },
+		{ "\xdb\x9d", "U+06DD" }, { "\xdc\x8f", "U+070F" },
+		{ "\xe0\xa2\x90", "U+0890" }, { "\xe0\xa2\x91", "U+0891" },
+		{ "\xe0\xa3\xa2", "U+08E2" }, { "\xe1\xa0\x8e", "U+180E" },
+		{ "\xe2\x80\x8b", "U+200B" }, { "\xe2\x80\x8e", "U+200E" },
+		{ "\xe2\x80\x8f", "U+200F" }, { "\xe2\x80\xaa", "U+202A" },
+		{ "\xe2\x80\xae", "U+202E" }, { "\xe2\x81\xa0", "U+2060" },
+		{ "\xe2\x81\xa4", "U+2064" }, { "\xe2\x81\xa6", "U+2066" },
+		{ "\xe2\x81\xa9", "U+2069" }, { "\xe2\x81\xaf", "U+206F" },
+		{ "\xef\xbb\xbf", "U+FEFF" }, { "\xef\xbf\xb9", "U+FFF9" },
+		{ "\xef\xbf\xbb", "U+FFFB" }, { "\xf0\x91\x82\xbd", "U+110BD" },
+		{ "\xf0\x91\x83\x8d", "U+110CD" }, { "\xf0\x93\x90\xb0", "U+13430" },
+		{ "\xf0\x93\x90\xbf", "U+1343F" }, { "\xf0\x9b\xb2\xa0", "U+1BCA0" },
+		{ "\xf0\x9b\xb2\xa3", "U+1BCA3" }, { "\xf0\x9d\x85\xb3", "U+1D173" },
+		{ "\xf0\x9d\x85\xba", "U+1D17A" }, { "\xf3\xa0\x80\x81", "U+E0001" },
+		{ "\xf3\xa0\x80\xa0", "U+E0020" }, { "\xf3\xa0\x81\xbf", "U+E007F" },
+	};
+	static const char *const good[] = {
+		"\xc2\xac", "\xc2\xae", "\xe2\x80\x8a", "\xe2\x80\x90", "\xe2\x80\xa9",
+		"\xe2\x80\xaf", "\xef\xbb\xbe", "\xef\xbf\xbc", "\xf3\xa0\x82\x80",
+		"\xe6\xa8\xa1\xe5\x9e\x8b",
+	};
+	char tmpl[512], why[64];
+
+	for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		snprintf(tmpl, sizeof(tmpl), HDR CFG ",'layers':[" OL("model", "1", "1") ","
+			 OLX("model", "2", "1", "'name':'dir/gguf%s.exe'") "]}", bad[i].utf8);
+		snprintf(why, sizeof(why), "format character %s at byte 8", bad[i].why);
+		parse_bad(tmpl, why);
+		parse_bad(tmpl, "layer 1 has an unsafe name");
+	}
+	for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		snprintf(tmpl, sizeof(tmpl), ONE(OLX("model", "1", "1", "'name':'a%sb'")), good[i]);
+		manifest_free(parse_ok(tmpl));
+	}
+}
+
 static void test_refuses_long_and_deep_paths(void **state)
 {
 	char name[2048], tmpl[4096];
@@ -1145,6 +1192,7 @@ int main(void)
 		cmocka_unit_test(test_refuses_bad_sizes),
 		cmocka_unit_test(test_refuses_lists_and_indexes),
 		cmocka_unit_test(test_refuses_unsafe_layer_names),
+		cmocka_unit_test(test_refuses_format_characters),
 		cmocka_unit_test(test_refuses_overlong_name),
 		cmocka_unit_test(test_unsafe_path_reasons),
 		cmocka_unit_test(test_refuses_long_and_deep_paths),
