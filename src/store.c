@@ -1504,6 +1504,20 @@ static int commit_one(struct store *s, const struct digest *d)
 }
 
 /*
+ * Make the renames into or out of blobs/ durable: 0, or the negative errno,
+ * logged. A filesystem that cannot sync a directory (EINVAL) has nothing
+ * more to make durable.
+ */
+static int sync_blobs_dir(const struct store *s)
+{
+	if (fsync(s->blobsfd) == 0 || errno == EINVAL)
+		return 0;
+	int ret = -errno;
+	log_error("cannot make blobs/ of store '%s' durable: %s", s->root, strerror(-ret));
+	return ret;
+}
+
+/*
  * One lock and one directory fsync for the group: the fsync makes every
  * rename before it durable, so a blob is reported committed only after it.
  * The maps and wants go after that, as for one blob.
@@ -1525,10 +1539,7 @@ void store_commit_blobs(struct store *s, const struct digest *d, size_t n, int *
 			moved++;
 	if (moved) {
 		s->commit_syncs++;
-		ret = fsync(s->blobsfd) < 0 && errno != EINVAL ? -errno : 0;
-		if (ret < 0)
-			log_error("cannot make blobs/ of store '%s' durable: %s", s->root,
-				  strerror(-ret));
+		ret = sync_blobs_dir(s);
 	}
 	for (size_t i = 0; i < n; i++) {
 		if (rets[i] != 0)
@@ -1573,7 +1584,7 @@ int store_quarantine_complete(const struct store *s, const struct digest *d,
 	entry_name(d, "", name, sizeof(name));
 	ret = move_to_quarantine(s, s->blobsfd, name, d, why);
 	if (ret == 0)
-		fsync(s->blobsfd);
+		ret = sync_blobs_dir(s);   /* else the blob may be back in blobs/ after a crash */
 	return ret;
 }
 

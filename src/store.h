@@ -236,7 +236,11 @@ int store_commit_blob(struct store *s, const struct digest *d);
 void store_commit_blobs(struct store *s, const struct digest *d, size_t n, int *rets);
 /* Move a partial file that failed verification out of the way. */
 int store_quarantine_blob(const struct store *s, const struct digest *d);
-/* Move a complete blob that no longer matches its digest out of blobs/. */
+/*
+ * Move a complete blob that no longer matches its digest out of blobs/, and
+ * make that durable: 0, or a negative errno (the move, or the sync of blobs/
+ * after it, failed; logged).
+ */
 int store_quarantine_complete(const struct store *s, const struct digest *d,
 			      const char *why);
 
