@@ -84,6 +84,7 @@ struct blob_stats {
 	uint64_t fetched;     /* bytes received from the network this process */
 	unsigned inflight;    /* chunks being fetched */
 	bool hashing;         /* complete but for the final check */
+	bool waiting;         /* BUSY, and something here waits for it: a read, a pull */
 };
 
 struct blobcache;

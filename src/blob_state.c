@@ -449,6 +449,8 @@ void blob_stats(struct blob *b, struct blob_stats *st)
 	st->fetched = b->fetched;
 	st->inflight = b->ninflight;
 	st->hashing = b->state == BLOB_PARTIAL && b->map && b->npresent == b->map->n;
+	/* Not a blob we let go of and nobody here needs: that waits for no one. */
+	st->waiting = b->state == BLOB_BUSY && (b->waiters.next != &b->waiters || b->want_all);
 	pthread_mutex_unlock(&b->lock);
 }
 

@@ -58,7 +58,8 @@ static void add_blob(struct blob *b, void *arg)
 	char d[DIGEST_STR_LEN];
 
 	blob_stats(b, &st);
-	if (st.state != BLOB_PARTIAL && st.state != BLOB_BUSY)
+	/* In flight: ours to fetch, or another process's that something here waits for. */
+	if (st.state != BLOB_PARTIAL && !st.waiting)
 		return;
 	digest_format(blob_digest(b), d);
 	o = cJSON_CreateObject();
@@ -66,7 +67,7 @@ static void add_blob(struct blob *b, void *arg)
 	cJSON_AddNumberToObject(o, "size", (double)st.size);
 	cJSON_AddNumberToObject(o, "local", (double)st.present);
 	cJSON_AddNumberToObject(o, "fetched", (double)st.fetched);
-	cJSON_AddBoolToObject(o, "waiting_for_another_process", st.state == BLOB_BUSY);
+	cJSON_AddBoolToObject(o, "waiting_for_another_process", st.waiting);
 	cJSON_AddBoolToObject(o, "verifying", st.hashing);
 	cJSON_AddItemToArray(list, o);
 }
