@@ -1369,17 +1369,25 @@ int store_partial_save_map(const struct store *s, const struct digest *d,
 }
 
 /*
- * Wants: one record per range, appended with O_APPEND in one write (so
- * records of several processes never interleave): u64 offset, u64 length,
- * u64 the wall-clock ms it was written, little-endian.
+ * Wants: one record per range, appended with O_APPEND in one write: u64
+ * offset, u64 length, u64 the wall-clock ms it was written, little-endian.
+ * Writers and the holder take the file's flock, so records of several
+ * processes never interleave and none is lost to a compaction. The file is
+ * kept small: the holder, once it has read everything, drops the records
+ * older than its read timeout (their readers have given up), so the file
+ * holds what was asked for within one read timeout; and a writer appends
+ * nothing past WANTS_FILE_MAX, whoever holds the blob.
  */
 #define WANT_LEN 24
+#define WANTS_FILE_MAX (4096 * WANT_LEN)
+#define WANTS_COMPACT_AT (16 * WANT_LEN)   /* smaller files are left as they are */
 
 int store_partial_want(const struct store *s, const struct digest *d,
 		       const uint64_t (*ranges)[2], size_t n)
 {
 	char name[ENTRY_MAX];
 	uint64_t rec[STORE_WANTS_MAX * 3], ms = wall_ms();
+	struct stat st;
 	int fd, ret = 0;
 
 	n = MIN(n, (size_t)STORE_WANTS_MAX);
@@ -1392,10 +1400,45 @@ int store_partial_want(const struct store *s, const struct digest *d,
 	fd = open_regular_at(s->partialfd, name, O_WRONLY | O_APPEND | O_CREAT, 0600);
 	if (fd < 0)
 		return fd;
-	if (write(fd, rec, n * WANT_LEN) != (ssize_t)(n * WANT_LEN))
+	if (flock(fd, LOCK_EX) < 0 || fstat(fd, &st) < 0)
+		ret = -errno;
+	else if ((uint64_t)st.st_size + n * WANT_LEN > WANTS_FILE_MAX)
+		ret = -EFBIG;      /* nobody reads them: its holder is stuck or gone */
+	else if (write(fd, rec, n * WANT_LEN) != (ssize_t)(n * WANT_LEN))
 		ret = -EIO;
 	close(fd);
 	return ret;
+}
+
+static bool want_fresh(const uint64_t *rec, uint64_t now, uint64_t max_age_ms)
+{
+	return le64toh(rec[2]) + max_age_ms >= now;
+}
+
+/*
+ * Rewrite the wants file (fd, locked, size bytes, all read) without its
+ * records older than max_age_ms, unless its oldest, the first, is fresh;
+ * *pos: the new end.
+ */
+static void wants_compact(int fd, uint64_t size, uint64_t now, uint64_t max_age_ms,
+			  uint64_t *pos)
+{
+	uint64_t first[3], *all, kept = 0;
+
+	if (size < WANTS_COMPACT_AT || pread(fd, first, WANT_LEN, 0) != WANT_LEN ||
+	    want_fresh(first, now, max_age_ms))
+		return;
+	size = MIN(size, (uint64_t)WANTS_FILE_MAX) / WANT_LEN * WANT_LEN;
+	all = xmalloc(size ? size : 1);
+	if (pread_all(fd, all, size, 0) == 0) {
+		for (uint64_t i = 0; i < size / WANT_LEN; i++)
+			if (want_fresh(all + 3 * i, now, max_age_ms))
+				memmove(all + 3 * kept++, all + 3 * i, WANT_LEN);
+		if ((kept == 0 || pwrite(fd, all, kept * WANT_LEN, 0) == (ssize_t)(kept * WANT_LEN)) &&
+		    ftruncate(fd, (off_t)(kept * WANT_LEN)) == 0)
+			*pos = kept * WANT_LEN;
+	}
+	free(all);
 }
 
 int store_partial_wants(const struct store *s, const struct digest *d, uint64_t *pos,
@@ -1405,23 +1448,26 @@ int store_partial_wants(const struct store *s, const struct digest *d, uint64_t 
 	uint64_t rec[STORE_WANTS_MAX * 3], now = wall_ms();
 	struct stat st;
 	size_t n = 0;
-	ssize_t got;
+	ssize_t got = 0;
 	int fd;
 
 	entry_name(d, ".want", name, sizeof(name));
 	if (fstatat(s->partialfd, name, &st, AT_SYMLINK_NOFOLLOW) < 0 ||
-	    (uint64_t)st.st_size == *pos)
+	    ((uint64_t)st.st_size == *pos && *pos < WANTS_COMPACT_AT))
 		return 0;
+	if ((fd = open_regular_at(s->partialfd, name, O_RDWR, 0)) < 0)
+		return 0;
+	if (flock(fd, LOCK_EX) < 0 || fstat(fd, &st) < 0) {
+		close(fd);
+		return 0;
+	}
 	if ((uint64_t)st.st_size < *pos)
 		*pos = 0;          /* a new file */
-	if ((fd = open_regular_at(s->partialfd, name, O_RDONLY, 0)) < 0)
-		return 0;
 	max = MIN(max, (size_t)STORE_WANTS_MAX);
-	got = pread(fd, rec, max * WANT_LEN, (off_t)*pos);
-	close(fd);
+	if ((uint64_t)st.st_size > *pos)
+		got = pread(fd, rec, max * WANT_LEN, (off_t)*pos);
 	for (ssize_t i = 0; got > 0 && i < got / WANT_LEN; i++) {
-		uint64_t ms = le64toh(rec[3 * i + 2]);
-		if (ms + max_age_ms < now)
+		if (!want_fresh(rec + 3 * i, now, max_age_ms))
 			continue;   /* its reader has given up */
 		out[n][0] = le64toh(rec[3 * i]);
 		out[n][1] = le64toh(rec[3 * i + 1]);
@@ -1429,6 +1475,9 @@ int store_partial_wants(const struct store *s, const struct digest *d, uint64_t 
 	}
 	if (got > 0)
 		*pos += (uint64_t)(got / WANT_LEN) * WANT_LEN;
+	if (*pos == (uint64_t)st.st_size)
+		wants_compact(fd, (uint64_t)st.st_size, now, max_age_ms, pos);
+	close(fd);
 	return (int)n;
 }
 

@@ -204,9 +204,11 @@ int store_partial_peek(const struct store *s, const struct digest *d, uint64_t s
 /*
  * What processes that do not hold a partial blob wait for, so that its
  * holder fetches that first (blob_io.c): a reader appends the ranges its
- * parked reads need (at most STORE_WANTS_MAX at a time); the holder reads
- * the ranges appended since *pos (at most max), skipping those older than
- * max_age_ms. Both return a negative errno or, for the holder, how many.
+ * parked reads need (at most STORE_WANTS_MAX at a time; -EFBIG once the file
+ * is at its limit); the holder reads the ranges appended since *pos (at most
+ * max), skipping those older than max_age_ms, and once it has read them all
+ * drops those from the file, which so stays small. Both return a negative
+ * errno or, for the holder, how many.
  */
 #define STORE_WANTS_MAX 64
 int store_partial_want(const struct store *s, const struct digest *d,

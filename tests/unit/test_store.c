@@ -1349,6 +1349,68 @@ static void test_partial_peek_sees_what_the_holder_made_durable(void **state)
 	close(rfd);
 }
 
+/* Size of d's wants file, or -1. */
+static long wants_size(struct fx *f, struct digest *d)
+{
+	char hex[DIGEST_STR_LEN], *name, *path;
+	struct stat st;
+	long size;
+
+	digest_format(d, hex);
+	if (asprintf(&name, "sha256-%s.want", strchr(hex, ':') + 1) < 0)
+		abort();
+	path = tu_path(f->partial, name);
+	size = stat(path, &st) == 0 ? (long)st.st_size : -1;
+	free(path);
+	free(name);
+	return size;
+}
+
+/*
+ * A reader that waits many times does not grow the wants file without bound:
+ * the holder drops what its read timeout has outlived once it has read all,
+ * a new holder still finds what is fresh, and writers stop at a limit.
+ */
+static void test_partial_wants_stay_small(void **state)
+{
+	struct fx *f = *state;
+	struct digest d = dg('b');
+	uint64_t asked[STORE_WANTS_MAX][2], got[STORE_WANTS_MAX][2], pos = 0;
+	int ret = 0, n = 0;
+
+	for (int i = 0; i < STORE_WANTS_MAX; i++) {
+		asked[i][0] = (uint64_t)i * 4096;
+		asked[i][1] = 4096;
+	}
+	for (int k = 0; k < 4; k++)
+		assert_int_equal(store_partial_want(f->s, &d, asked, STORE_WANTS_MAX), 0);
+	while ((ret = store_partial_wants(f->s, &d, &pos, 60000, got, STORE_WANTS_MAX)) > 0)
+		n += ret;
+	assert_int_equal(n, 4 * STORE_WANTS_MAX);
+	/* All young: all kept, for a holder that comes next. */
+	assert_int_equal(wants_size(f, &d), 4 * STORE_WANTS_MAX * 24);
+	usleep(20 * 1000);
+	assert_int_equal(store_partial_want(f->s, &d, asked, 3), 0);
+	/* The holder reads the three new ones, then drops the old. */
+	assert_int_equal(store_partial_wants(f->s, &d, &pos, 10, got, STORE_WANTS_MAX), 3);
+	assert_int_equal(wants_size(f, &d), 3 * 24);
+	assert_int_equal(pos, 3 * 24);
+	assert_int_equal(store_partial_want(f->s, &d, asked + 5, 1), 0);
+	assert_int_equal(store_partial_wants(f->s, &d, &pos, 60000, got, STORE_WANTS_MAX), 1);
+	assert_int_equal(got[0][0], 5 * 4096);
+	uint64_t fresh = 0;
+	assert_int_equal(store_partial_wants(f->s, &d, &fresh, 60000, got, STORE_WANTS_MAX), 4);
+
+	/* Nobody reads: writers stop at the limit, with a reason. */
+	for (int k = 0; k < 1000 && (ret = store_partial_want(f->s, &d, asked, STORE_WANTS_MAX)) == 0;
+	     k++)
+		;
+	assert_int_equal(ret, -EFBIG);
+	assert_true(wants_size(f, &d) <= 4096 * 24);
+	assert_true(wants_size(f, &d) > 4000 * 24);
+	store_partial_remove(f->s, &d, NULL);
+}
+
 static void test_partial_wants_reach_the_holder_once(void **state)
 {
 	struct fx *f = *state;
@@ -1570,6 +1632,7 @@ int main(void)
 		T(test_partial_open_never_writes_into_a_second_link),
 		T(test_partial_peek_sees_what_the_holder_made_durable),
 		T(test_partial_wants_reach_the_holder_once),
+		T(test_partial_wants_stay_small),
 		T(test_manifests_are_never_read_through_links),
 		T(test_open_refuses_a_store_others_may_write),
 		T(test_open_refuses_a_directory_of_a_third_user),
