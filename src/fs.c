@@ -327,14 +327,21 @@ static mode_t dir_mode(const struct fs *fs, const struct inode *in)
 	return fs->o.others_remove && in->role != DIR_ROOT && in->role != DIR_BLOBS ? 0777 : 0755;
 }
 
-/* A blob's st_blocks: what of it is local. May stat the store: no lock held. */
-static blkcnt_t blocks_of(struct fs *fs, struct inode *in)
+/*
+ * A blob's st_blocks, what of it is local, set once the index lock is
+ * dropped: it may stat the store, and a slow disk must hold up only the
+ * request that asked (test_lock_io.py). The caller holds a reference to in
+ * (index_ref), which keeps it alive without the lock; its digest and size
+ * never change (index.c).
+ */
+static void add_blocks(struct fs *fs, struct inode *in, struct stat *st)
 {
-	return (blkcnt_t)((local_bytes(fs, in) + 511) / 512);
+	if (in->kind == INODE_BLOB)
+		st->st_blocks = (blkcnt_t)((local_bytes(fs, in) + 511) / 512);
 }
 
-/* Attributes of in; a blob's st_blocks only with blocks. Index lock held. */
-static void fill_attr(struct fs *fs, struct inode *in, struct stat *st, bool blocks)
+/* Attributes of in; a blob's st_blocks is left 0, for add_blocks. Index lock held. */
+static void fill_attr(struct fs *fs, struct inode *in, struct stat *st)
 {
 	/*
 	 * A phantom directory shows what its path holds now: the kernel checks
@@ -368,7 +375,7 @@ static void fill_attr(struct fs *fs, struct inode *in, struct stat *st, bool blo
 		st->st_mode = S_IFREG | 0644;
 		st->st_nlink = MAX(in->nlink, 1u);
 		st->st_size = (off_t)in->size;
-		st->st_blocks = blocks ? blocks_of(fs, in) : 0;
+		st->st_blocks = 0;         /* add_blocks, without the lock */
 		break;
 	case INODE_MANIFEST:
 		st->st_mode = S_IFREG | 0644;
@@ -384,25 +391,27 @@ static double timeout_of(const struct inode *in)
 	return in->kind == INODE_DIR ? DIR_TIMEOUT : FILE_TIMEOUT;
 }
 
-/* An entry's reply; without blocks, a blob's st_blocks is left 0 (see struct unsized). */
-static void entry_of(struct fs *fs, struct inode *in, struct fuse_entry_param *e, bool blocks)
+/* An entry's reply, a blob's st_blocks still 0 (add_blocks). Index lock held. */
+static void entry_of(struct fs *fs, struct inode *in, struct fuse_entry_param *e)
 {
 	memset(e, 0, sizeof(*e));
 	e->ino = in->ino;
 	e->attr_timeout = e->entry_timeout = timeout_of(in);
-	fill_attr(fs, in, &e->attr, blocks);
+	fill_attr(fs, in, &e->attr);
 }
 
-/* An entry for in, counting the kernel's new reference. Lock held. */
+/* An entry for in, counting the kernel's new reference. Lock held; send it with send_entry. */
 static void make_entry(struct fs *fs, struct inode *in, struct fuse_entry_param *e)
 {
-	entry_of(fs, in, e, true);
+	entry_of(fs, in, e);
 	index_ref(fs->ix, in);
 }
 
 /* Send it, lock not held: if the kernel never got it, take the reference back. */
-static void send_entry(fuse_req_t req, struct fs *fs, const struct fuse_entry_param *e)
+/* Lock dropped: make_entry's reference keeps in alive until the kernel forgets it. */
+static void send_entry(fuse_req_t req, struct fs *fs, struct inode *in, struct fuse_entry_param *e)
 {
+	add_blocks(fs, in, &e->attr);
 	if (fuse_reply_entry(req, e) != 0)
 		index_forget(fs->ix, e->ino, 1);
 }
@@ -455,7 +464,7 @@ static void reply_lookup(struct fs *fs, fuse_req_t req, fuse_ino_t parent, const
 		make_entry(fs, child, &e);
 	index_unlock(fs->ix);
 	if (child)
-		send_entry(req, fs, &e);
+		send_entry(req, fs, child, &e);
 	else
 		reply_negative(req, NEG_TIMEOUT);
 }
@@ -576,7 +585,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 	if (child) {
 		make_entry(fs, child, &e);
 		index_unlock(fs->ix);
-		send_entry(req, fs, &e);
+		send_entry(req, fs, child, &e);
 		return;
 	}
 	role = dir->role;
@@ -600,7 +609,7 @@ static void op_lookup(fuse_req_t req, fuse_ino_t parent, const char *name)
 			child = index_phantom(fs->ix, dir, name);
 		make_entry(fs, child, &e);
 		index_unlock(fs->ix);
-		send_entry(req, fs, &e);
+		send_entry(req, fs, child, &e);
 		return;
 	}
 	if (tagdir)
@@ -628,19 +637,28 @@ static void op_getattr(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi
 	struct inode *in;
 	struct stat st;
 	double timeout;
+	bool blob = false;
 
 	(void)fi;
 	index_rdlock(fs->ix);
 	in = index_get(fs->ix, ino);
 	if (in) {
-		fill_attr(fs, in, &st, true);
+		fill_attr(fs, in, &st);
 		timeout = in->kind == INODE_BLOB ? DIR_TIMEOUT : timeout_of(in);
+		blob = in->kind == INODE_BLOB;
+		if (blob)
+			index_ref(fs->ix, in);   /* for add_blocks, without the lock */
 	}
 	index_unlock(fs->ix);
-	if (!in)
+	if (!in) {
 		fuse_reply_err(req, ENOENT);
-	else
-		fuse_reply_attr(req, &st, timeout);
+		return;
+	}
+	if (blob) {
+		add_blocks(fs, in, &st);
+		index_unpin(fs->ix, in);
+	}
+	fuse_reply_attr(req, &st, timeout);
 }
 
 static void op_erofs(fuse_req_t req)
@@ -901,7 +919,7 @@ static bool list_add(struct listing *l, const char *name, struct inode *in, uint
 		if (fuse_add_direntry_plus(l->req, NULL, 0, name, NULL, 0) > room)
 			return false;
 		if (in) {
-			entry_of(l->fs, in, &e, false);
+			entry_of(l->fs, in, &e);
 			index_ref(l->fs->ix, in);
 			if (l->nrefs == l->refcap) {
 				l->refcap = l->refcap ? 2 * l->refcap : 64;
@@ -960,7 +978,7 @@ out:
 	index_unlock(fs->ix);
 	for (size_t i = 0; i < l.nunsized; i++) {
 		struct unsized *w = &l.unsized[i];
-		w->e.attr.st_blocks = blocks_of(fs, w->in);
+		add_blocks(fs, w->in, &w->e.attr);
 		fuse_add_direntry_plus(req, l.buf + w->at, l.size - w->at, w->name, &w->e, w->next);
 		free(w->name);
 	}
@@ -1309,6 +1327,7 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 	struct inode *in;
 	char value[DIGEST_STR_LEN + 32];
 	int len = -1;
+	bool cached = false;
 
 	index_rdlock(fs->ix);
 	in = index_get(fs->ix, ino);
@@ -1317,10 +1336,15 @@ static void op_getxattr(fuse_req_t req, fuse_ino_t ino, const char *name, size_t
 			digest_format(&in->digest, value);
 			len = (int)strlen(value);
 		} else if (strcmp(name, XATTR_CACHED) == 0) {
-			len = snprintf(value, sizeof(value), "%" PRIu64, local_bytes(fs, in));
+			cached = true;
+			index_ref(fs->ix, in);   /* counted without the lock, as add_blocks does */
 		}
 	}
 	index_unlock(fs->ix);
+	if (cached) {
+		len = snprintf(value, sizeof(value), "%" PRIu64, local_bytes(fs, in));
+		index_unpin(fs->ix, in);
+	}
 	if (!in)
 		fuse_reply_err(req, ENOENT);
 	else if (len >= 0)

@@ -421,6 +421,14 @@ void index_forget(struct index *ix, uint64_t ino, uint64_t n)
 	pthread_rwlock_unlock(&ix->lock);
 }
 
+void index_unpin(struct index *ix, struct inode *in)
+{
+	uint64_t ino = in->ino;      /* in may be freed by a FORGET once the count drops */
+
+	if (__atomic_sub_fetch(&in->lookups, 1, __ATOMIC_ACQ_REL) == 0)
+		index_forget(ix, ino, 0);    /* finds it again, under the lock, if still there */
+}
+
 /* ---- tags ---- */
 
 static char *tag_key(const struct model_name *n)

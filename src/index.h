@@ -40,7 +40,7 @@ struct inode {
 	uint64_t size;
 	int64_t mtime_ns;
 	unsigned nlink;
-	uint64_t lookups;     /* the kernel's references; atomic */
+	uint64_t lookups;     /* the kernel's references, and index_ref pins; atomic */
 	bool linked;          /* reachable from the root */
 	/* directories */
 	enum dir_role role;
@@ -109,6 +109,12 @@ struct inode *index_phantom(struct index *ix, struct inode *dir, const char *nam
 /* The kernel took n more references to ino / dropped n (lock not held). */
 void index_ref(struct index *ix, struct inode *in);
 void index_forget(struct index *ix, uint64_t ino, uint64_t n);
+/*
+ * Drop a reference taken with index_ref (under the lock) to use an inode
+ * after the lock is released; no lock held. Frees the inode if that was the
+ * last reference to an inode no longer in the tree.
+ */
+void index_unpin(struct index *ix, struct inode *in);
 
 /* Add a tag whose manifest was just stored (write lock taken inside). */
 int index_add_tag(struct index *ix, const struct model_name *n);
