@@ -1038,7 +1038,7 @@ static void ofile_free(struct handle *h)
 }
 
 /* A blob of a tag was opened: a loader walking the tag's files gets the rest prefetched. */
-static void note_walk(struct fs *fs, const struct digest *d)
+static void note_walk(struct fs *fs, const struct digest *d, uint64_t size)
 {
 	struct itag *t = index_blob_tag(fs->ix, d);
 
@@ -1046,7 +1046,7 @@ static void note_walk(struct fs *fs, const struct digest *d)
 		return;
 	char *key = xasprintf("%s/%s/%s/%s", t->name.host, t->name.ns, t->name.model,
 			      t->name.tag);
-	prefetch_opened(fs->pf, key, t->m, t->remote, d);
+	prefetch_opened(fs->pf, key, t->m, t->remote, d, size);
 	free(key);
 }
 
@@ -1082,7 +1082,7 @@ static void op_open(fuse_req_t req, fuse_ino_t ino, struct fuse_file_info *fi)
 		memcpy(of->data, in->tag->bytes, of->len);
 	}
 	if (in->kind == INODE_BLOB && fs->pf)
-		note_walk(fs, &in->digest);
+		note_walk(fs, &in->digest, in->size);
 	index_unlock(fs->ix);
 	if (of->kind == INODE_BLOB) {
 		of->blob = blob_get(fs->sess->cache, &d, size);

@@ -3,9 +3,12 @@
  *
  * The mount tells us of every open of a blob file with its tag
  * (prefetch_opened). The first open of a tag is remembered; an open of a
- * second, different blob of the same tag is a walk: a loader going through
- * the tag's files. Then the tag's blobs are queued as a job, in manifest
- * order, for the prefetch thread.
+ * second, different blob of the same tag is a walk, a loader going through
+ * the tag's files, once the two add up to more than WALK_MIN_BYTES: a
+ * person who reads a tag's template and params (a few KiB of text) has not
+ * started a load, and must not start a download of its weights. Then the
+ * tag's blobs are queued as a job, in manifest order, for the prefetch
+ * thread.
  *
  * The thread asks for whole blobs (blob_fetch_all: background work, which
  * a blob claims after its readers and its read-ahead), at most WINDOW of
@@ -38,6 +41,12 @@
 #define WINDOW 64            /* a job's blobs asked for and not yet finished, at most */
 #define MAX_WALKS 64         /* tags remembered as opened once; the oldest is forgotten */
 #define POLL_MS 20           /* how often a running job looks at its blobs */
+/*
+ * Two blobs opened that are no bigger than this together are text someone
+ * reads (templates, params, licenses, model cards are KiB to tens of KiB),
+ * not a load; a loader soon opens a tensor or weights file bigger than it.
+ */
+#define WALK_MIN_BYTES (256u << 10)
 
 struct item {
 	struct digest d;
@@ -57,6 +66,7 @@ struct job {
 struct walk {
 	char *key;                   /* NULL: a free slot */
 	struct digest first;         /* the first blob opened */
+	uint64_t biggest;            /* the size of the biggest blob opened */
 	bool started;                /* the tag's job was queued */
 	uint64_t seen;               /* when last opened, in walk order (p->clock) */
 };
@@ -276,7 +286,7 @@ static struct walk *walk_slot(struct prefetch *p, const char *key, bool *fresh)
 }
 
 void prefetch_opened(struct prefetch *p, const char *key, const struct manifest *m,
-		     struct remote *r, const struct digest *d)
+		     struct remote *r, const struct digest *d, uint64_t size)
 {
 	struct job *j = NULL;
 	bool fresh;
@@ -286,9 +296,12 @@ void prefetch_opened(struct prefetch *p, const char *key, const struct manifest 
 	pthread_mutex_lock(&p->lock);
 	struct walk *w = walk_slot(p, key, &fresh);
 	w->seen = ++p->clock;
-	if (fresh) {
+	if (fresh)
 		w->first = *d;
-	} else if (!w->started && !digest_equal(&w->first, d)) {
+	bool walk = !w->started && !digest_equal(&w->first, d) &&
+		    w->biggest + size > WALK_MIN_BYTES;
+	w->biggest = MAX(w->biggest, size);
+	if (walk) {
 		w->started = true;
 		j = job_new(key, m, r);
 		j->next = p->inbox;

@@ -24,12 +24,12 @@ struct prefetch *prefetch_new(struct blobcache *cache);
 /* Stop the thread and give every blob back (before the blob cache goes). */
 void prefetch_free(struct prefetch *p);
 /*
- * A reader opened blob d of tag `key` ("host/ns/model/tag"), whose manifest
- * is m and whose blobs come from r. Cheap unless it starts the tag's
+ * A reader opened blob d (size bytes) of tag `key` ("host/ns/model/tag"),
+ * whose manifest is m and whose blobs come from r. Cheap unless it starts the tag's
  * prefetch, which copies what it needs from m: the caller may hold the
  * index lock and free m afterwards.
  */
 void prefetch_opened(struct prefetch *p, const char *key, const struct manifest *m,
-		     struct remote *r, const struct digest *d);
+		     struct remote *r, const struct digest *d, uint64_t size);
 
 #endif

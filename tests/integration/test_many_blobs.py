@@ -16,10 +16,13 @@ import threading
 import time
 from pathlib import Path
 
-from models import make_model, push_model
+from models import (
+    OLLAMA_LICENSE, OLLAMA_MODEL, OLLAMA_PARAMS, OLLAMA_TEMPLATE, make_model, push_model,
+)
 from storefiles import wait_for
 
 KiB = 1 << 10
+MiB = 1 << 20
 TENSOR = "application/vnd.ollama.image.tensor"
 REPO = "library/tensors"
 
@@ -161,6 +164,36 @@ def test_a_walked_tag_is_prefetched_in_manifest_order(capped_cdn_registry, run_b
     # In manifest order, as the network thread started them.
     order = mount_first_gets(m, model)
     assert order[:2] == [0, 1] and order[2:] == sorted(order[2:]), order
+
+
+def test_reading_a_tags_text_files_prefetches_nothing(capped_cdn_registry, run_blobfs, store,
+                                                     mount, tmp_path, blob_cache):
+    """Someone who reads a tag's template, params and license has not started a
+    load: the weights are not downloaded behind their back. Opening the
+    weights next is a walk, and the prefetch starts."""
+    reg = capped_cdn_registry("4m")
+    layers = [(OLLAMA_MODEL, 2 * MiB, 6100), (OLLAMA_TEMPLATE, b"{{ .Prompt }}"),
+              (OLLAMA_PARAMS, b'{"stop": ["<|eot|>"]}'), (OLLAMA_LICENSE, 20 * KiB, 6101)]
+    model = make_model(tmp_path / "m", layers, cache_dir=blob_cache)
+    push_model(reg, "library/classic", "latest", model)
+    pull(run_blobfs, "--lazy", f"{reg.host}/library/classic:latest")
+    m = mount()
+    tag = Path(m.path) / "models" / reg.host / "library" / "classic" / "latest"
+    since = reg.registry_log_mark()
+
+    files = ["model", "template", "params", "license"]      # the layers' files, in order
+    for i in (1, 2, 3):
+        assert read_file(tag / files[i]) == model.layers[i].read_bytes()
+    time.sleep(1.5)
+    assert 0 not in registry_blob_gets(reg, model, since), \
+        "reading the text files of a tag downloaded its weights"
+
+    with open(tag / files[0], "rb") as f:
+        assert f.read(4096) == model.layers[0].read_bytes()[:4096]
+        weights = store / "blobs" / f"sha256-{model.layers[0].hex}"
+        assert wait_for(weights.exists, timeout=30), \
+            "opening the weights after the text files started no prefetch"
+    assert weights.read_bytes() == model.layers[0].read_bytes()
 
 
 def test_prefetch_never_goes_ahead_of_a_read(capped_cdn_registry, run_blobfs, store, mount,
