@@ -374,15 +374,10 @@ static int parse_layers(const cJSON *root, struct manifest *m, char *err, size_t
 	return 0;
 }
 
-int manifest_parse(const char *buf, size_t len, struct manifest **out,
-		   char *err, size_t errlen)
+/* The manifest text as a JSON object: within the size limit, no NUL, valid JSON. */
+static int parse_root(const char *buf, size_t len, cJSON **root, char *err, size_t errlen)
 {
-	struct manifest *m;
-	cJSON *root;
-	const cJSON *sv, *cfg;
-	int ret;
-
-	*out = NULL;
+	*root = NULL;
 	if (len > MANIFEST_MAX_BYTES) {
 		snprintf(err, errlen, "manifest is %zu bytes, over the %u byte limit",
 			 len, MANIFEST_MAX_BYTES);
@@ -390,51 +385,74 @@ int manifest_parse(const char *buf, size_t len, struct manifest **out,
 	}
 	if (has_nul_escape(buf, len))
 		return fail(err, errlen, "manifest contains a NUL character");
-	root = cJSON_ParseWithLength(buf, len);
-	if (!root)
+	*root = cJSON_ParseWithLength(buf, len);
+	if (!*root)
 		return fail(err, errlen, "manifest is not valid JSON");
-	if (!cJSON_IsObject(root)) {
-		cJSON_Delete(root);
+	if (!cJSON_IsObject(*root)) {
+		cJSON_Delete(*root);
+		*root = NULL;
 		return fail(err, errlen, "manifest is not a JSON object");
 	}
+	return 0;
+}
 
-	m = xcalloc(1, sizeof(*m));
+/* Fill m from the JSON object: media type, schema, config, layers, file names. */
+static int parse_fields(const cJSON *root, struct manifest *m, char *err, size_t errlen)
+{
+	const cJSON *sv, *cfg;
+	int ret;
+
 	ret = check_media_type(root, &m->media_type, err, errlen);
 	if (ret < 0)
-		goto out;
+		return ret;
 	sv = cJSON_GetObjectItemCaseSensitive(root, "schemaVersion");
-	if (!cJSON_IsNumber(sv) || sv->valuedouble != 2) {
-		ret = fail(err, errlen, "schemaVersion is not 2");
-		goto out;
-	}
+	if (!cJSON_IsNumber(sv) || sv->valuedouble != 2)
+		return fail(err, errlen, "schemaVersion is not 2");
 	cfg = cJSON_GetObjectItemCaseSensitive(root, "config");
-	if (!cfg) {
-		ret = fail(err, errlen, "manifest has no config");
-		goto out;
-	}
+	if (!cfg)
+		return fail(err, errlen, "manifest has no config");
 	ret = parse_descriptor(cfg, "config", false, &m->config, err, errlen);
 	if (ret < 0)
-		goto out;
+		return ret;
 	ret = parse_layers(root, m, err, errlen);
 	if (ret < 0)
-		goto out;
+		return ret;
 	ret = check_duplicates(m, err, errlen);
 	if (ret < 0)
-		goto out;
-	ret = assign_files(m, err, errlen);
-	if (ret < 0)
-		goto out;
+		return ret;
+	return assign_files(m, err, errlen);
+}
 
-	m->total_size = m->config.size;
+/* The size of the distinct blobs: the config and each layer, a repeated one once. */
+static uint64_t sum_sizes(const struct manifest *m)
+{
+	uint64_t total = m->config.size;
+
 	for (size_t i = 0; i < m->nlayers; i++)
 		if (!m->layers[i].repeat)
-			m->total_size += m->layers[i].size;
-out:
+			total += m->layers[i].size;
+	return total;
+}
+
+int manifest_parse(const char *buf, size_t len, struct manifest **out,
+		   char *err, size_t errlen)
+{
+	struct manifest *m;
+	cJSON *root;
+	int ret;
+
+	*out = NULL;
+	ret = parse_root(buf, len, &root, err, errlen);
+	if (ret < 0)
+		return ret;
+	m = xcalloc(1, sizeof(*m));
+	ret = parse_fields(root, m, err, errlen);
 	cJSON_Delete(root);
 	if (ret < 0) {
 		manifest_free(m);
 		return ret;
 	}
+	m->total_size = sum_sizes(m);
 	*out = m;
 	return 0;
 }
