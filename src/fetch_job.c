@@ -312,30 +312,52 @@ static void skip_body(struct job *j, size_t n)
 		j->next_boundary = chunkmap_end(j->geo, chunkmap_index(j->geo, j->pos));
 }
 
-size_t on_range_data(char *data, size_t size, size_t n, void *arg)
+/* Bytes in a row: their time counts toward the speed they flow at (fetch_hedge.c). */
+static void note_flow(struct job *j, uint64_t now)
 {
-	struct job *j = arg;
-	size_t len = size * n, done = 0;
-	uint64_t now = now_ms();
-
-	/* Bytes in a row: their time counts toward the speed they flow at (fetch_hedge.c). */
 	if (j->first_byte_ms && now - j->last_io_ms < FLOW_GAP_MS)
 		j->flow_ms += now - j->last_io_ms;
 	j->last_io_ms = now;
-	if (j->werr)
-		return 0;
-	if (!j->checked) {
-		j->checked = true;
-		j->first_byte_ms = now_ms();
-		/* A pair shares one range: a whole blob from 0 is no answer for it. */
-		if (!check_range_response(j) || (j->twin && j->status == 200)) {
-			j->bad = true;
-			return 0;
-		}
-	}
-	if (j->status != 206 && j->status != 200)
-		return len;   /* an error body: read and dropped */
-	j->judged = false;    /* it delivers again: a later silence is judged afresh */
+}
+
+/* The first body bytes: false (the request is bad) if the response is no answer. */
+static bool first_bytes_ok(struct job *j)
+{
+	j->checked = true;
+	j->first_byte_ms = now_ms();
+	/* A pair shares one range: a whole blob from 0 is no answer for it. */
+	return check_range_response(j) && !(j->twin && j->status == 200);
+}
+
+/* The request has all it asked for: true if a 200 streams on into the next range. */
+static bool at_end_goes_on(struct job *j)
+{
+	if (j->status == 200 && j->src->no_ranges && stream_on(j))
+		return true;
+	/* Past what we asked for: a cut request, or a server sending extra. */
+	if (!j->cut && j->status == 206)
+		log_debug("the server sent more than the range asked for");
+	j->done_early = true;
+	return false;
+}
+
+/* Stage n body bytes that are the request's to write, and count them. */
+static bool take_body(struct job *j, const char *data, size_t n)
+{
+	pair_take_lead(j);
+	if (!stage_put(j, data, n))
+		return false;
+	j->body_off += n;
+	j->win_bytes += n;
+	stat_add(j->f, &j->f->stats.bytes, n);
+	return true;
+}
+
+/* Place a 200 or 206 body's bytes: pass over, drop or take each run; false stops. */
+static bool place_body(struct job *j, const char *data, size_t len)
+{
+	size_t done = 0;
+
 	while (done < len) {
 		size_t avail = len - done;
 		uint64_t at = job_at(j);
@@ -347,13 +369,9 @@ size_t on_range_data(char *data, size_t size, size_t n, void *arg)
 			continue;
 		}
 		if (at == j->end) {
-			if (j->status == 200 && j->src->no_ranges && stream_on(j))
+			if (at_end_goes_on(j))
 				continue;
-			/* Past what we asked for: a cut request, or a server sending extra. */
-			if (!j->cut && j->status == 206)
-				log_debug("the server sent more than the range asked for");
-			j->done_early = true;
-			return 0;
+			return false;
 		}
 		uint64_t skip = pair_skip_to(j);
 		if (at < skip) {
@@ -363,16 +381,30 @@ size_t on_range_data(char *data, size_t size, size_t n, void *arg)
 			done += k;
 			continue;
 		}
-		pair_take_lead(j);
 		size_t take = (size_t)MIN((uint64_t)avail, j->end - at);
-		if (!stage_put(j, data + done, take))
-			return 0;
-		j->body_off += take;
-		j->win_bytes += take;
+		if (!take_body(j, data + done, take))
+			return false;
 		done += take;
-		stat_add(j->f, &j->f->stats.bytes, take);
 	}
-	return len;
+	return true;
+}
+
+size_t on_range_data(char *data, size_t size, size_t n, void *arg)
+{
+	struct job *j = arg;
+	size_t len = size * n;
+
+	note_flow(j, now_ms());
+	if (j->werr)
+		return 0;
+	if (!j->checked && !first_bytes_ok(j)) {
+		j->bad = true;
+		return 0;
+	}
+	if (j->status != 206 && j->status != 200)
+		return len;   /* an error body: read and dropped */
+	j->judged = false;    /* it delivers again: a later silence is judged afresh */
+	return place_body(j, data, len) ? len : 0;
 }
 
 /* After a round of curl_multi_perform: write the whole chunks that arrived. */
