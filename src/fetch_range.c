@@ -66,12 +66,11 @@ static void drop_range(struct source *s, uint64_t start, uint64_t end, int err)
 		s->dead = s->dead || !blob_has_work(s->blob);
 }
 
-struct job *start_range(struct fetcher *f, struct source *s, struct retry *r)
+/* A range request's job for the retry entry r: where it starts, stops and writes. */
+static struct job *range_job_new(struct fetcher *f, struct source *s, const struct retry *r)
 {
 	struct job *j = xcalloc(1, sizeof(*j));
 	struct blob *b = s->blob;
-	const char *url = s->direct ? s->direct : s->start_url;
-	char range[64];
 
 	j->f = f;
 	j->kind = JOB_RANGE;
@@ -96,7 +95,12 @@ struct job *start_range(struct fetcher *f, struct source *s, struct retry *r)
 	j->demand = r->demand;
 	j->next_boundary = chunkmap_end(j->geo, chunkmap_index(j->geo, j->pos));
 	j->hop = s->hop;
-	new_easy(f, j, url, &s->remote->o);
+	return j;
+}
+
+/* The curl options of a range GET: HTTP/1.1, the body callback, the Range header. */
+static void set_range_opts(struct job *j, const struct retry *r, char *range, size_t rangelen)
+{
 	/*
 	 * HTTP/1.1: one request per TCP connection, so --connections requests
 	 * are that many connections, each with its own window and its own share
@@ -106,11 +110,21 @@ struct job *start_range(struct fetcher *f, struct source *s, struct retry *r)
 	job_setopt(j, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
 	job_setopt(j, CURLOPT_WRITEFUNCTION, on_range_data);
 	job_setopt(j, CURLOPT_WRITEDATA, j);
-	snprintf(range, sizeof(range), "%llu-%llu", (unsigned long long)r->start,
+	snprintf(range, rangelen, "%llu-%llu", (unsigned long long)r->start,
 		 (unsigned long long)j->asked_end - 1);
 	job_setopt(j, CURLOPT_RANGE, range);
 	if (r->fresh)
 		job_setopt(j, CURLOPT_FRESH_CONNECT, 1L);
+}
+
+struct job *start_range(struct fetcher *f, struct source *s, struct retry *r)
+{
+	struct job *j = range_job_new(f, s, r);
+	const char *url = s->direct ? s->direct : s->start_url;
+	char range[64];
+
+	new_easy(f, j, url, &s->remote->o);
+	set_range_opts(j, r, range, sizeof(range));
 	j->to_registry = url_same_origin(url, s->remote->ep[s->ep].base);
 	if (j->to_registry)
 		auth_apply(f, j, auth_get(f, s->remote, s->ep));
