@@ -160,11 +160,7 @@ def report(rep, core):
             "how much of the store's file is resident after it (mincore).", "")
     if rep.section_error("passthrough"):
         return
-    for res in rep.b.results["passthrough"]:
-        if "error" in res:
-            rep.out("**%s:** failed to run: %s" % (c.size_name(res.get("size", 0)),
-                                                   c.one_line(res["error"], 600)), "")
-            continue
+    for res in rep.ran("passthrough", lambda res: c.size_name(res.get("size", 0))):
         size = res["size"]
         rep.out("### %s, %s" % (dict(CASES)[res["case"]], c.size_name(size)), "",
                 "| tool | rounds | time (s) | MB/s | speed ÷ native | Cached added (MiB) | "

@@ -137,6 +137,23 @@ class Report:
         self.raw()
         return "\n".join(self.lines) + "\n"
 
+    def ran(self, name, label):
+        """NAME's results that ran; a line "**LABEL(res):** failed to run" for each other."""
+        for res in self.b.results[name]:
+            if "error" in res:
+                self.out("**%s:** failed to run: %s" % (label(res), one_line(res["error"], 600)), "")
+                continue
+            yield res
+
+    def by_profile(self, name):
+        """NAME's results that ran, each after its "### profile, size" heading."""
+        for res in self.ran(name, lambda res: "%s, %s" % (res.get("profile"),
+                                                          size_name(res.get("size", 0)))):
+            prof = res["profile"] + (" (limit_rate %s per connection)" % res["rate"]
+                                     if res["rate"] else "")
+            self.out("### %s, %s" % (prof, size_name(res["size"])), "")
+            yield res
+
     def section_error(self, name):
         r = self.b.results.get(name)
         if r is None:
@@ -173,14 +190,7 @@ class Report:
                  "also compares every tool's bytes with the source (`cmp`).", "")
         if self.section_error("cold"):
             return
-        for res in self.b.results["cold"]:
-            if "error" in res:
-                self.out("**%s, %s:** failed to run: %s" % (res.get("profile"), size_name(
-                    res.get("size", 0)), one_line(res["error"], 600)), "")
-                continue
-            prof = res["profile"] + (" (limit_rate %s per connection)" % res["rate"]
-                                     if res["rate"] else "")
-            self.out("### %s, %s" % (prof, size_name(res["size"])), "")
+        for res in self.by_profile("cold"):
             self.speed_table(res, res["tools"], res["size"], base_name="blobfs mount + cat")
             tag = "%s, %s" % (res["profile"], size_name(res["size"]))
             self.judge("cold-aria2c", ratios(res, "aria2c"), tag=tag)
@@ -201,11 +211,7 @@ class Report:
                      "in the store.", "")
         if self.section_error(kind):
             return
-        for res in self.b.results[kind]:
-            if "error" in res:
-                self.out("**%s:** failed to run: %s" % (size_name(res.get("size", 0)),
-                                                        one_line(res["error"], 600)), "")
-                continue
+        for res in self.ran(kind, lambda res: size_name(res.get("size", 0))):
             self.out("### %s" % size_name(res["size"]), "")
             self.speed_table(res, res["tools"], res["size"], base_name="cat through the mount")
             self.judge(kind, ratios(res, "native"), size=size_name(res["size"]))
@@ -258,14 +264,7 @@ class Report:
                      HEADER >> 20, REGION >> 20, SKIP_EVERY), "")
         if self.section_error("loader"):
             return
-        for res in self.b.results["loader"]:
-            if "error" in res:
-                self.out("**%s, %s:** failed to run: %s" % (res.get("profile"), size_name(
-                    res.get("size", 0)), one_line(res["error"], 600)), "")
-                continue
-            prof = res["profile"] + (" (limit_rate %s per connection)" % res["rate"]
-                                     if res["rate"] else "")
-            self.out("### %s, %s" % (prof, size_name(res["size"])), "")
+        for res in self.by_profile("loader"):
             self.speed_table(res, res["tools"], res["size"], base_name="blobfs mount, mmap pattern")
 
     def resources(self):
