@@ -75,6 +75,48 @@ def proc_status(pid):
     return out
 
 
+def _killpg(pid):
+    """SIGKILL the process group PID leads, if it is still there."""
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _spawn(argv, out, err, env, what):
+    """Start ARGV in a session of its own (so its group can be killed); Failed if it cannot."""
+    try:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                                env=env, start_new_session=True)
+    except OSError as e:
+        raise Failed("cannot run %s: %s" % (what, e))
+
+
+def _wait_exited(p, timer):
+    """Wait until P has exited, without reaping it; its time. Its group dies if we are stopped."""
+    try:
+        os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT)
+        return time.monotonic()
+    except BaseException:
+        _killpg(p.pid)
+        raise
+    finally:
+        timer.cancel()
+
+
+def _check_exit(what, timeout, rc, errtext, expired):
+    """Raise Failed if the child timed out (EXPIRED) or exited non-zero (RC)."""
+    if "io" in expired:
+        done = ""
+        if what.startswith("cat") and expired["io"]:
+            done = " (had read %d bytes)" % expired["io"]["wchar"]
+        raise Failed("%s timed out after %ds%s%s" % (
+            what, timeout, done, ": " + one_line(errtext) if errtext.strip() else ""))
+    if rc != 0:
+        raise Failed("%s %s: %s" % (what, describe_rc(rc),
+                                    one_line(errtext[-2000:] or "(no message)")))
+
+
 def run_timed(argv, timeout, *, env=None, on_timeout=None, what=None, capture=False):
     """Run ARGV (stdout to /dev/null unless CAPTURE) and return (seconds, io, stdout).
 
@@ -92,31 +134,14 @@ def run_timed(argv, timeout, *, env=None, on_timeout=None, what=None, capture=Fa
         expired["io"] = proc_io(p.pid)
         if on_timeout:      # first, so that a reader stuck in FUSE can die
             on_timeout()
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        _killpg(p.pid)
 
     t0 = time.monotonic()
-    try:
-        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                             env=env, start_new_session=True)
-    except OSError as e:
-        raise Failed("cannot run %s: %s" % (what, e))
+    p = _spawn(argv, out, err, env, what)
     timer = threading.Timer(timeout, expire)
     timer.daemon = True
     timer.start()
-    try:
-        os.waitid(os.P_PID, p.pid, os.WEXITED | os.WNOWAIT)
-        t1 = time.monotonic()
-    except BaseException:
-        try:
-            os.killpg(p.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        raise
-    finally:
-        timer.cancel()
+    t1 = _wait_exited(p, timer)
     if expired:
         timer.join()        # expire() has finished (the mount is aborted)
     io = proc_io(p.pid)
@@ -127,15 +152,7 @@ def run_timed(argv, timeout, *, env=None, on_timeout=None, what=None, capture=Fa
     if capture:
         out.seek(0)
         stdout = out.read()
-    if "io" in expired:
-        done = ""
-        if what.startswith("cat") and expired["io"]:
-            done = " (had read %d bytes)" % expired["io"]["wchar"]
-        raise Failed("%s timed out after %ds%s%s" % (
-            what, timeout, done, ": " + one_line(errtext) if errtext.strip() else ""))
-    if rc != 0:
-        raise Failed("%s %s: %s" % (what, describe_rc(rc),
-                                    one_line(errtext[-2000:] or "(no message)")))
+    _check_exit(what, timeout, rc, errtext, expired)
     return t1 - t0, io, stdout
 
 
