@@ -399,7 +399,6 @@ class Bench:
         self.results["resources"] = res
 
     def m_metadata(self):
-        where = "metadata"
         big = max(self.args.size_list)
         ls_store = self.tmpdir("meta-store")
         make_meta_store(ls_store, LS_TAGS, big)
@@ -407,74 +406,77 @@ class Bench:
         make_meta_store(up_store, STARTUP_TAGS, big)
         last = os.path.join("models", META_HOST, "library", "model-%04d" % (STARTUP_TAGS // 10 - 1),
                             "t9")
-
         entries = [None]
-
-        def ls(tool, r):
-            m = self.blobfs_mount(ls_store, where)
-            try:
-                out = {}
-                for key in ("first", "repeat"):
-                    dt, _, text = self.blobfs_read(lambda: run_timed(
-                        ["ls", "-lR", m.mountpoint], 120, on_timeout=m.abort, what="ls -lR",
-                        capture=(r == 0)), m, where)
-                    out[key] = dt
-                    if r == 0 and key == "first":
-                        listing = text.decode("utf-8", "replace")
-                        check_listing(listing, LS_TAGS, big)
-                        entries[0] = len(re.findall(r"^[-dl]", listing, re.M))
-                out["time"] = out["first"]
-                return out
-            except Failed as e:
-                raise self.blobfs_failed(where, str(e))
-            finally:
-                self.blobfs_close(m, where)
-                safe_rmtree(m.mountpoint)
-
-        def startup(tool, r):
-            mnt = self.tmpdir("mnt")
-            target = os.path.join(mnt, last)
-            log = os.path.join(self.work, "blobfs-%d.log" % self._n)
-            d = None
-            hung = {}
-
-            def watchdog():
-                hung["yes"] = True
-                d.abort()
-
-            timer = threading.Timer(60, watchdog)
-            timer.daemon = True
-            try:
-                t0 = time.monotonic()
-                d = Mount("blobfs", [self.blobfs, "--store", up_store, "mount", "-f", mnt],
-                          mnt, log, wait=False)
-                timer.start()
-                while True:
-                    try:
-                        os.stat(target)
-                        break
-                    except OSError:
-                        pass
-                    if hung or not d.alive():
-                        raise self.blobfs_failed(where, with_log("mount with %d tags: %s" % (
-                            STARTUP_TAGS, "no stat of a tag dir within 60s" if hung else
-                            "daemon %s" % describe_rc(d.popen.returncode)), d.tail()))
-                    time.sleep(0.001)
-                dt = time.monotonic() - t0
-                return {"time": dt}
-            finally:
-                timer.cancel()
-                if d is not None:
-                    self.blobfs_close(d, where)
-                safe_rmtree(mnt)
-
-        res_ls = self.rounds_of("metadata: ls -lR, %d tags" % LS_TAGS, ["blobfs"], ls)
+        res_ls = self.rounds_of("metadata: ls -lR, %d tags" % LS_TAGS, ["blobfs"],
+                                lambda tool, r: self.metadata_ls(ls_store, big, r, entries))
         res_up = self.rounds_of("metadata: mount start-up, %d tags" % STARTUP_TAGS, ["blobfs"],
-                                startup)
+                                lambda tool, r: self.metadata_startup(up_store, last))
         self.results["metadata"] = {"ls": res_ls, "startup": res_up, "tags": LS_TAGS,
                                     "startup_tags": STARTUP_TAGS, "entries": entries[0]}
         safe_rmtree(ls_store)
         safe_rmtree(up_store)
+
+    def metadata_ls(self, store, big, r, entries):
+        """One round of `ls -lR` of a mounted STORE, twice; round 0 checks the listing."""
+        where = "metadata"
+        m = self.blobfs_mount(store, where)
+        try:
+            out = {}
+            for key in ("first", "repeat"):
+                dt, _, text = self.blobfs_read(lambda: run_timed(
+                    ["ls", "-lR", m.mountpoint], 120, on_timeout=m.abort, what="ls -lR",
+                    capture=(r == 0)), m, where)
+                out[key] = dt
+                if r == 0 and key == "first":
+                    listing = text.decode("utf-8", "replace")
+                    check_listing(listing, LS_TAGS, big)
+                    entries[0] = len(re.findall(r"^[-dl]", listing, re.M))
+            out["time"] = out["first"]
+            return out
+        except Failed as e:
+            raise self.blobfs_failed(where, str(e))
+        finally:
+            self.blobfs_close(m, where)
+            safe_rmtree(m.mountpoint)
+
+    def metadata_startup(self, store, last):
+        """One round: the time from starting a mount of STORE until LAST (a tag dir) stats."""
+        where = "metadata"
+        mnt = self.tmpdir("mnt")
+        target = os.path.join(mnt, last)
+        log = os.path.join(self.work, "blobfs-%d.log" % self._n)
+        d = None
+        hung = {}
+
+        def watchdog():
+            hung["yes"] = True
+            d.abort()
+
+        timer = threading.Timer(60, watchdog)
+        timer.daemon = True
+        try:
+            t0 = time.monotonic()
+            d = Mount("blobfs", [self.blobfs, "--store", store, "mount", "-f", mnt],
+                      mnt, log, wait=False)
+            timer.start()
+            while True:
+                try:
+                    os.stat(target)
+                    break
+                except OSError:
+                    pass
+                if hung or not d.alive():
+                    raise self.blobfs_failed(where, with_log("mount with %d tags: %s" % (
+                        STARTUP_TAGS, "no stat of a tag dir within 60s" if hung else
+                        "daemon %s" % describe_rc(d.popen.returncode)), d.tail()))
+                time.sleep(0.001)
+            dt = time.monotonic() - t0
+            return {"time": dt}
+        finally:
+            timer.cancel()
+            if d is not None:
+                self.blobfs_close(d, where)
+            safe_rmtree(mnt)
 
 
 def fmt_metric(v):
