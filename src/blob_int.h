@@ -149,6 +149,8 @@ void blob_mark_locked(struct blob *b, enum blob_state st);
  */
 int blob_read_locked(struct blob *b, uint64_t off, uint64_t len, uint64_t ra,
 		     struct blob_waiter *w, bool *kick);
+/* Can [off, off + len) be read from the blob's file now, without a wait? */
+bool blob_local_locked(struct blob *b, uint64_t off, uint64_t len);
 /* Fetch the whole blob; with reset, forget the last error. True: chunks are missing. */
 bool blob_want_all_locked(struct blob *b, bool reset);
 /* Move waiters that are ready (err 0) or fail (err) to out. */

@@ -7,8 +7,10 @@
  * (lockfd). Activation takes the lock and opens the files: then the blob is
  * COMPLETE (another process finished it), PARTIAL (ours to fetch, resumed
  * from its chunk map if one is on disk) or BUSY (another process holds the
- * lock; the worker polls it). The partial file is the store's to open, save
- * and remove (store_partial_*), never opened here by path.
+ * lock, or a cache limit could not make room for it: either way what is in
+ * the partial file is read, and the worker tries again for what is not).
+ * The partial file is the store's to open, save and remove
+ * (store_partial_*), never opened here by path.
  *
  * The public calls here (blob_read, blob_fetch_all, blob_activate,
  * blob_served) activate the blob if they must, then leave the rest to the
@@ -125,8 +127,14 @@ static int reserve(struct blob *b, uint64_t have);
  * disk with evictable blobs is no reason to fail, and a blob that cannot fit
  * fails now (ENOSPC) instead of filling the disk. The hash of the prefix
  * goes on where it was if the file is the one we read (we let it go).
+ *
+ * When there is no room, what is already in the file can still be read: the
+ * blob keeps the file open for reading (b->fd, which another thread may be
+ * reading through this very moment, is never closed here) with the map as
+ * its view, as for a blob another process fetches, and *viewing is set; the
+ * caller gives the lock back and makes it BUSY.
  */
-static int activate_partial(struct blob *b)
+static int activate_partial(struct blob *b, bool *viewing)
 {
 	const struct blob_opts *o = &b->cache->opts;
 	struct chunkmap *m;
@@ -139,10 +147,11 @@ static int activate_partial(struct blob *b)
 		uint64_t have = resumed ? chunkmap_bytes(m) : 0;
 		o->make_room(o->room_arg, b->size - have);
 		if ((ret = reserve(b, have)) < 0) {
-			chunkmap_free(m);
-			close(b->wfd);
-			close(b->fd);
-			b->wfd = b->fd = -1;
+			close(b->wfd);   /* not PARTIAL before: no request writes through it */
+			b->wfd = -1;
+			blob_view_locked(b, m, same);
+			memset(&b->stamp, 0, sizeof(b->stamp));   /* re-read the next map saved */
+			*viewing = true;
 			return ret;
 		}
 	}
@@ -200,6 +209,9 @@ int activate_locked(struct blob *b)
 	ret = store_blob_trylock(c->store, &b->digest);
 	if (ret == -EBUSY) {
 		bool first = b->state != BLOB_BUSY;
+		if (b->state == BLOB_IDLE)
+			log_info("'%s' is being fetched by another blobfs process; "
+				 "reading what it has made durable", b->name);
 		blob_mark_locked(b, BLOB_BUSY);
 		b->let_go = false;       /* someone else holds it now */
 		refresh_view(b);
@@ -223,11 +235,12 @@ int activate_locked(struct blob *b)
 		b->lockfd = -1;
 		return ret;
 	}
-	ret = activate_partial(b);
+	bool viewing = false;
+	ret = activate_partial(b, &viewing);
 	if (ret < 0) {
 		store_blob_unlock(c->store, &b->digest, b->lockfd, false);
 		b->lockfd = -1;
-		blob_mark_locked(b, BLOB_IDLE);
+		blob_mark_locked(b, viewing ? BLOB_BUSY : BLOB_IDLE);
 		return ret;
 	}
 	/* Hash what a previous run left, finish a blob that only lacked its commit,
@@ -297,6 +310,8 @@ int blob_read(struct blob *b, uint64_t off, uint64_t len, uint64_t ra,
 		ret = activate_locked(b);
 	if (ret == 0 || ret == -EBUSY)
 		ret = blob_read_locked(b, off, len, ra, w, &kick);
+	else if (blob_local_locked(b, off, len))
+		ret = 1;    /* it could not be taken up (no room): what is here still reads */
 	pthread_mutex_unlock(&b->lock);
 	if (kick)
 		want_fetch(b);

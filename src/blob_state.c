@@ -6,11 +6,11 @@
  * (tests/unit/test_blob.c).
  *
  * A blob is IDLE until someone needs its bytes, PARTIAL while it is ours to
- * fetch, BUSY while it is not (another process holds it, or we let it go
- * when we had nothing to fetch), then COMPLETE or FAILED. A BUSY blob keeps
- * a view of the chunks the holder has made durable (blob_view_locked), and
- * its reads of those are answered like a partial blob's (see blob_io.c for
- * how processes share a partial blob).
+ * fetch, BUSY while it is not (another process holds it, we let it go when
+ * we had nothing to fetch, or there was no room to take it up), then
+ * COMPLETE or FAILED. A BUSY blob keeps a view of the chunks the holder has
+ * made durable (blob_view_locked), and its reads of those are answered like
+ * a partial blob's (see blob_io.c for how processes share a partial blob).
  * While PARTIAL each chunk is MISSING, INFLIGHT (claimed by exactly one
  * request), WRITTEN (awaiting its chunk checksum) or PRESENT, and only
  * MISSING chunks can be claimed: that makes a range single-flight. A read
@@ -323,10 +323,7 @@ bool blob_idle_locked(const struct blob *b)
 
 void blob_mark_locked(struct blob *b, enum blob_state st)
 {
-	if (st == BLOB_BUSY && b->state == BLOB_IDLE)
-		log_info("'%s' is being fetched by another blobfs process; "
-			 "reading what it has made durable", b->name);
-	else if (st == BLOB_BUSY && b->state == BLOB_PARTIAL)
+	if (st == BLOB_BUSY && b->state == BLOB_PARTIAL)
 		log_debug("letting go of '%s': nothing to fetch", b->name);
 	b->let_go = st == BLOB_BUSY && (b->let_go || b->state == BLOB_PARTIAL);
 	if (st == BLOB_COMPLETE)
@@ -387,6 +384,18 @@ int blob_read_locked(struct blob *b, uint64_t off, uint64_t len, uint64_t ra,
 	park(b, w);
 	want_work(b);               /* the worker enforces the deadline */
 	return 0;
+}
+
+bool blob_local_locked(struct blob *b, uint64_t off, uint64_t len)
+{
+	struct blob_waiter w = { .off = off, .len = len };
+
+	if (b->state == BLOB_COMPLETE)
+		return true;
+	if (!has_chunks(b) || len == 0 || off >= b->size)
+		return false;
+	waiter_chunks(b, &w);
+	return waiter_ready(b, &w);
 }
 
 bool blob_cancel(struct blob *b, struct blob_waiter *w)

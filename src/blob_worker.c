@@ -300,9 +300,15 @@ static bool blob_work(struct blob *b, uint64_t now, bool final, bool *commit)
 	pthread_mutex_lock(&b->lock);
 	/* Take over from another process only when something here waits for it. */
 	bool demand = b->waiters.next != &b->waiters || b->want_all;
-	if (b->state == BLOB_BUSY && !final && demand && activate_locked(b) == 0 &&
-	    b->state == BLOB_PARTIAL)
+	int act = b->state == BLOB_BUSY && !final && demand ? activate_locked(b) : -EBUSY;
+	if (act == 0 && b->state == BLOB_PARTIAL)
 		kick = true;
+	if (act < 0 && act != -EBUSY) {
+		/* It cannot be taken up (no room): who waits for it learns why, now. */
+		b->err = act;
+		b->want_all = false;
+		collect_waiters(b, &done, act, 0, UINT32_MAX);
+	}
 	if (b->state == BLOB_BUSY && !final)
 		tell_holder(b);
 	if (b->state == BLOB_PARTIAL && !final && take_wants(b))
