@@ -5,7 +5,6 @@ CDN), empty stores and running the CLI with a time limit."""
 import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -17,6 +16,7 @@ REPO_DIR = TESTS_DIR.parent
 sys.path.insert(0, str(TESTS_DIR / "lib"))
 
 import blobfsmount  # noqa: E402  (these need the sys.path entry above)
+import children  # noqa: E402
 import dockerreg  # noqa: E402
 from faultreg import FaultRegistry  # noqa: E402
 
@@ -121,53 +121,31 @@ def run_blobfs(blobfs_bin, store):
     text=True, base_env=None, cwd=None, wrap=None, umask=None)
     -> CompletedProcess with captured stdout/stderr.
 
-    Runs `blobfs --store STORE ARGS...` (no --store if store=None) in its own
-    process group. The environment is BASE_ENV (default: this process's) with
-    ENV laid over it; a None value in ENV unsets that variable. WRAP(argv), if
-    given, returns the command that runs argv (a namespace, another user).
-    UMASK is set in the child; CWD is its directory. Past TIMEOUT seconds the
-    process group is killed and the test fails with whatever output there was.
+    Runs `blobfs --store STORE ARGS...` (no --store if store=None) by the rules of
+    tests/lib/children.py: in its own process group, and past TIMEOUT seconds the
+    group is killed and the test fails with whatever output there was. The
+    environment is BASE_ENV (default: this process's) with ENV laid over it; a
+    None value in ENV unsets that variable. WRAP(argv), if given, returns the
+    command that runs argv (a namespace, another user). UMASK is set in the
+    child; CWD is its directory.
+
+    run_blobfs.start(args, **the same options but timeout and input) -> the
+    running Popen, for a test that does something while blobfs runs; finish it
+    with children.finish(proc, timeout).
     """
     default_store = store
 
-    def run(args, *, store=default_store, env=None, timeout=DEFAULT_BLOBFS_TIMEOUT,
-            input=None, text=True, base_env=None, cwd=None, wrap=None, umask=None):
+    def start(args, *, store=default_store, wrap=None, **options):
         argv = [str(blobfs_bin)]
         if store is not None:
             argv += ["--store", str(store)]
         argv += [str(arg) for arg in args]
-        if wrap is not None:
-            argv = [str(arg) for arg in wrap(argv)]
-        environ = dict(os.environ if base_env is None else base_env)
-        for key, value in (env or {}).items():
-            if value is None:
-                environ.pop(key, None)
-            else:
-                environ[key] = value if isinstance(value, (str, bytes)) else str(value)
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env=environ,
-            cwd=cwd,
-            preexec_fn=(lambda: os.umask(umask)) if umask is not None else None,
-            text=text,
-            start_new_session=True,
-        )
-        try:
-            stdout, stderr = proc.communicate(input, timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            try:
-                stdout, stderr = proc.communicate(timeout=5)
-            except subprocess.TimeoutExpired:  # a daemon that left the group holds the pipes
-                proc.wait()
-                stdout = stderr = "(unavailable: a process outside the group keeps the pipes open)"
-            pytest.fail(f"{' '.join(argv)} did not finish within {timeout}s\n"
-                        f"stdout:\n{stdout}\nstderr:\n{stderr}")
-        return subprocess.CompletedProcess(argv, proc.returncode, stdout, stderr)
+        return children.start(wrap(argv) if wrap is not None else argv, **options)
 
+    def run(args, *, timeout=DEFAULT_BLOBFS_TIMEOUT, input=None, **options):
+        return children.finish(start(args, stdin=input is not None, **options), timeout, input)
+
+    run.start = start
     return run
 
 
@@ -185,15 +163,6 @@ def mount(blobfs_bin, store, request):
     yield from blobfsmount.mounts(blobfs_bin, store, request)
 
 
-def _run_checked(argv, check=False):
-    result = subprocess.run([str(a) for a in argv], stdin=subprocess.DEVNULL,
-                            capture_output=True, text=True, timeout=60)
-    if check:
-        assert result.returncode == 0, \
-            f"{' '.join(map(str, argv))} exited {result.returncode}: {result.stderr}"
-    return result
-
-
 @pytest.fixture
 def tmpfs():
     """Factory: tmpfs(size) -> a fresh tmpfs of that size (bytes), for a store on a
@@ -204,8 +173,8 @@ def tmpfs():
 
     def make(size):
         path = Path(tempfile.mkdtemp(prefix="blobfs-tmpfs-"))
-        result = _run_checked(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755",
-                               "blobfs-test", path])
+        result = children.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755",
+                              "blobfs-test", path])
         if result.returncode != 0:
             path.rmdir()
             pytest.skip(f"cannot mount a tmpfs: {result.stderr}")
@@ -213,13 +182,13 @@ def tmpfs():
         return path
 
     def resize(path, size):
-        _run_checked(["mount", "-o", f"remount,size={size}", path], check=True)
+        children.run(["mount", "-o", f"remount,size={size}", path], check=True)
 
     make.resize = resize
     yield make
     for path in made:
-        if _run_checked(["umount", path]).returncode != 0:
-            _run_checked(["umount", "-l", path])
+        if children.run(["umount", path]).returncode != 0:
+            children.run(["umount", "-l", path])
         try:
             path.rmdir()
         except OSError:

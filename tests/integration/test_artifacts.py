@@ -21,12 +21,12 @@ import hashlib
 import json
 import os
 import random
-import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from children import run
 from models import DOCKER_CONFIG, DOCKER_MANIFEST_V2, OCI_MANIFEST_V1, push_blob, push_manifest
 from storefiles import blob_name
 
@@ -37,19 +37,6 @@ OLLAMA_JSON = "application/vnd.ollama.image.json"
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def run(argv, timeout=60, check=False):
-    try:
-        result = subprocess.run([str(a) for a in argv], stdin=subprocess.DEVNULL,
-                                capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{' '.join(map(str, argv))} did not finish within {timeout}s "
-                    f"(stdout {exc.stdout!r}, stderr {exc.stderr!r})")
-    if check:
-        assert result.returncode == 0, \
-            f"{' '.join(map(str, argv))} exited {result.returncode}: {result.stderr}"
-    return result
 
 
 def sha256(data):

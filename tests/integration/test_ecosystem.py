@@ -39,6 +39,7 @@ from pathlib import Path
 
 import pytest
 
+from children import ok, python_json, run
 from dockerreg import DockerRegistry, PullThroughCache, ToolMissing
 from models import (
     DOCKER_CONFIG, DOCKER_MANIFEST_V2, OLLAMA_LICENSE, OLLAMA_MODEL, OLLAMA_PARAMS,
@@ -102,25 +103,6 @@ def clean_env(config, extra=None):
         else:
             env[key] = str(value)
     return env
-
-
-def run(argv, timeout=60, env=None, cwd=None, input=None):
-    """subprocess.run with text output captured; fails the test past TIMEOUT."""
-    argv = [str(a) for a in argv]
-    try:
-        return subprocess.run(argv, input=input,
-                              stdin=None if input is not None else subprocess.DEVNULL,
-                              capture_output=True, text=True, timeout=timeout, env=env, cwd=cwd)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{' '.join(argv)} did not finish within {timeout}s "
-                    f"(stdout {exc.stdout!r}, stderr {exc.stderr!r})")
-
-
-def child_json(code, *args, timeout=60):
-    """Run Python CODE in a child (sys.argv[1:] = ARGS); its stdout parsed as JSON."""
-    result = run([PYTHON, "-c", code, *args], timeout=timeout)
-    assert result.returncode == 0, f"child exited {result.returncode}:\n{result.stderr}"
-    return json.loads(result.stdout)
 
 
 # Hashes a file read front to back; reports the hash or the errno.
@@ -194,7 +176,7 @@ print(json.dumps(out))
 
 
 def ollama_walk(root, read=True, timeout=120):
-    return child_json(OLLAMA_WALK, str(root), "1" if read else "0", timeout=timeout)
+    return python_json(OLLAMA_WALK, str(root), "1" if read else "0", timeout=timeout)
 
 
 def lay_ollama_model(root, host, ns, name, tag, layers):
@@ -262,12 +244,6 @@ def blobfs(run_blobfs, empty_config):
                           timeout=timeout, cwd=cwd)
 
     return run_it
-
-
-def ok(result):
-    assert result.returncode == 0, (f"{' '.join(result.args)} exited {result.returncode}:\n"
-                                    f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}")
-    return result
 
 
 class Mount:
@@ -450,7 +426,7 @@ def blob_gets(entries):
 
 
 def read_through(path, expected_digest, timeout=60):
-    got = child_json(READ_ALL, str(path), timeout=timeout)
+    got = python_json(READ_ALL, str(path), timeout=timeout)
     assert got["ok"], f"reading {path}: {got}"
     assert got["sha"] == expected_digest, f"{path}: wrong bytes"
     return got
@@ -1055,7 +1031,7 @@ def test_detached_mount_with_relative_paths(blobfs_bin, blobfs, tmp_path):
         assert wait_for(lambda: blobfs_mounted(mnt), MOUNT_TIMEOUT)
         time.sleep(1.5)   # a status file is written within a second
         out = ok(blobfs("--store", store_rel, "status", cwd=work)).stdout
-        got = child_json(READ_ALL, str(mnt / "models" / OLLAMA_DEFAULT_HOST / "library" /
+        got = python_json(READ_ALL, str(mnt / "models" / OLLAMA_DEFAULT_HOST / "library" /
                                        "tiny" / "latest" / "model"))
         problems = []
         if f"mount {mnt} (pid" not in out:
@@ -1252,7 +1228,7 @@ def broken_model(fault_registry, blobfs, store):
 
 
 def read_fails(path):
-    got = child_json(READ_ALL, str(path), timeout=60)
+    got = python_json(READ_ALL, str(path), timeout=60)
     assert not got["ok"] and got["errno"] == 5, f"reading {path}: {got}"
 
 
@@ -1344,7 +1320,7 @@ def test_fstab_line_mounts_with_mount_a_and_umount(fstab_helper, blobfs_bin, blo
     # mount(8) passes its environment on to the helper (BLOBFS: which blobfs to run).
     env = clean_env(None, {"BLOBFS": blobfs_bin, "BLOBFS_CONFIG": "/dev/null"})
     try:
-        result = run(["mount", "-T", fstab, "-a"], env=env, timeout=30)
+        result = run(["mount", "-T", fstab, "-a"], base_env=env, timeout=30)
         assert result.returncode == 0, result.stderr
         entries = [(src, fstype) for src, point, fstype in proc_mounts() if point == str(mnt)]
         assert entries == [(str(store), "fuse.blobfs")], entries
@@ -1352,14 +1328,14 @@ def test_fstab_line_mounts_with_mount_a_and_umount(fstab_helper, blobfs_bin, blo
         read_through(mnt / "models" / OLLAMA_DEFAULT_HOST / "library" / "tiny" / "latest" /
                      "model", digest)
         # mount -a again: already mounted, nothing more.
-        result = run(["mount", "-T", fstab, "-a"], env=env, timeout=30)
+        result = run(["mount", "-T", fstab, "-a"], base_env=env, timeout=30)
         assert result.returncode == 0, result.stderr
         assert [p for _, p, _ in proc_mounts()].count(str(mnt)) == 1
         result = run(["umount", mnt], timeout=30)
         assert result.returncode == 0, result.stderr
         assert not blobfs_mounted(mnt)
         # One line by its mount point, noauto or not.
-        result = run(["mount", "-T", fstab, other], env=env, timeout=30)
+        result = run(["mount", "-T", fstab, other], base_env=env, timeout=30)
         assert result.returncode == 0, result.stderr
         assert blobfs_mounted(other)
         assert sorted(os.listdir(other / "models" / OLLAMA_DEFAULT_HOST / "library")) == ["tiny"]
@@ -1384,10 +1360,10 @@ def test_fstab_helper_passes_only_blobfs_and_fuse_options(tmp_path):
         "rw,noexec,nosuid,nodev,allow_other,max_cache=200G,background=always,"
         r"fsname=/srv/my\,store /srv/models"), result.stderr
     result = run(["sh", helper, "none", "/srv/models", "-fv", "-o", "store=/x,fsname=models"],
-                 env=clean_env(None, {"BLOBFS": None}))
+                 base_env=clean_env(None, {"BLOBFS": None}))
     assert result.stderr.strip() == \
         "mount.fuse.blobfs: running: blobfs mount -o store=/x,fsname=models /srv/models"
-    result = run(["sh", helper, "/srv/store"], env=clean_env(None))
+    result = run(["sh", helper, "/srv/store"], base_env=clean_env(None))
     assert result.returncode != 0 and "usage" in result.stderr
 
 
@@ -1417,7 +1393,7 @@ def test_systemd_unit_verifies(blobfs_bin, tmp_path):
     for section, page in (("1", "blobfs.1"), ("5", "blobfs.conf.5")):
         (manpath / f"man{section}").mkdir(parents=True)
         shutil.copy(MAN_DIR / page, manpath / f"man{section}" / page)
-    result = run([analyze, "verify", unit], env=clean_env(None, {"MANPATH": manpath}),
+    result = run([analyze, "verify", unit], base_env=clean_env(None, {"MANPATH": manpath}),
                  timeout=60)
     if result.returncode != 0 and ("Failed to initialize" in result.stderr
                                    or "Operation not permitted" in result.stderr):
@@ -1483,7 +1459,7 @@ def test_systemd_unit_commands_mount_and_unmount(blobfs_bin, tmp_path):
 
     for spec in service.get("ExecStartPre", []):
         ignore, argv = command(spec)
-        result = run(argv, env=env)
+        result = run(argv, base_env=env)
         assert ignore or result.returncode == 0, result.stderr
     (spec,) = service["ExecStart"]
     _, argv = command(spec)
@@ -1500,7 +1476,7 @@ def test_systemd_unit_commands_mount_and_unmount(blobfs_bin, tmp_path):
                      "model", model["manifest"]["layers"][0]["digest"])
         (stop,) = service["ExecStop"]
         _, stop_argv = command(stop)
-        result = run(stop_argv, env=env, timeout=30)
+        result = run(stop_argv, base_env=env, timeout=30)
         assert result.returncode == 0, result.stderr
         # The main process ends by itself, successfully: no restart, no failure.
         assert daemon.wait(UNMOUNT_TIMEOUT) == 0, log.read_text()
@@ -1550,9 +1526,9 @@ def complete(blobfs_bin, tmp_path):
                   "_blobfs blobfs \"${COMP_WORDS[COMP_CWORD]}\" \"${COMP_WORDS[COMP_CWORD-1]}\"\n"
                   "printf '%s\\n' \"${COMPREPLY[@]}\"\n")
         result = run(["bash", "--norc", "--noprofile", "-c", script], timeout=30,
-                     env=clean_env(None, {"PATH": f"{bindir}:{os.environ['PATH']}",
-                                          "XDG_DATA_HOME": tmp_path / "xdg-data",
-                                          **(env or {})}))
+                     base_env=clean_env(None, {"PATH": f"{bindir}:{os.environ['PATH']}",
+                                               "XDG_DATA_HOME": tmp_path / "xdg-data",
+                                               **(env or {})}))
         assert result.returncode == 0, f"{line!r}: {result.stderr}"
         out = result.stdout.splitlines()
         assert out[0] == "complete -F _blobfs blobfs", out
@@ -1635,7 +1611,7 @@ def test_manual_page_renders_without_warnings(page):
     if shutil.which("man") is None:
         pytest.skip("no man (Debian package 'man-db')")
     result = run(["man", "--warnings", "-l", MAN_DIR / page],
-                 env=clean_env(None, {"MANWIDTH": "80", "MAN_KEEP_FORMATTING": None}))
+                 base_env=clean_env(None, {"MANWIDTH": "80", "MAN_KEEP_FORMATTING": None}))
     assert result.returncode == 0, result.stderr
     assert result.stderr == "", result.stderr
     assert len(result.stdout) > 2000
@@ -1643,7 +1619,7 @@ def test_manual_page_renders_without_warnings(page):
 
 def roff_text(page):
     """The text of a manual page as man renders it, without overstriking."""
-    result = run(["man", "-l", MAN_DIR / page], env=clean_env(None, {"MANWIDTH": "200"}))
+    result = run(["man", "-l", MAN_DIR / page], base_env=clean_env(None, {"MANWIDTH": "200"}))
     assert result.returncode == 0, result.stderr
     return re.sub(r".\x08", "", result.stdout)
 

@@ -38,6 +38,7 @@ import pytest
 
 from faultreg import DOCKER_CONFIG, DOCKER_MANIFEST, OCI_MANIFEST
 from blobfsmount import is_blobfs_mount
+import children
 from models import OLLAMA_MODEL, random_blob
 from storefiles import (
     blob_name,
@@ -102,50 +103,8 @@ def mounted_at(path):
     return None
 
 
-def run(argv, timeout=60, check=False, **kwargs):
-    """subprocess.run with captured text output; fails the test past TIMEOUT."""
-    try:
-        result = subprocess.run([str(a) for a in argv], stdin=subprocess.DEVNULL,
-                                capture_output=True, text=True, timeout=timeout, **kwargs)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{' '.join(map(str, argv))} did not finish within {timeout}s "
-                    f"(stdout {exc.stdout!r}, stderr {exc.stderr!r})")
-    if check:
-        assert result.returncode == 0, \
-            f"{' '.join(map(str, argv))} exited {result.returncode}: {result.stderr}"
-    return result
-
-
-def popen_blobfs(blobfs_bin, store, args):
-    return subprocess.Popen(
-        [str(blobfs_bin), "--store", str(store), *map(str, args)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, start_new_session=True)
-
-
-def finish(proc, timeout, what=None):
-    """communicate() with a bound; kills the group and fails the test past it."""
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        try:
-            out, err = proc.communicate(timeout=30)
-        except subprocess.TimeoutExpired:  # stuck in a FUSE request: the mount's teardown frees it
-            out = err = "(unavailable: the process is stuck in the kernel)"
-        pytest.fail(f"{what or proc.args} did not finish within {timeout}s\n"
-                    f"stdout:\n{out}\nstderr:\n{err}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
-
-
-def popen_and_finish(blobfs_bin, store, args, timeout=60):
-    """popen_blobfs then finish: not conftest's run_blobfs, whose group kill waits
-    for the process without a bound, which one stuck in a FUSE request outlives."""
-    return finish(popen_blobfs(blobfs_bin, store, args), timeout)
-
-
-def lazy_pull(blobfs_bin, store, name, args=()):
-    result = popen_and_finish(blobfs_bin, store, [*args, "pull", "--quiet", "--lazy", name], timeout=30)
+def lazy_pull(run_blobfs, store, name, args=()):
+    result = run_blobfs([*args, "pull", "--quiet", "--lazy", name], store=store, timeout=30)
     assert result.returncode == 0, f"blobfs pull --lazy {name} exited {result.returncode}:\n{result.stderr}"
 
 
@@ -347,15 +306,13 @@ print(json.dumps(out))
 
 
 def child_json(proc, timeout, what):
-    result = finish(proc, timeout, what)
+    result = children.finish(proc, timeout, what=what)
     assert result.returncode == 0, f"{what} exited {result.returncode}:\n{result.stderr}"
     return json.loads(result.stdout)
 
 
 def start_child(code, *args):
-    return subprocess.Popen([PYTHON, "-c", code, *map(str, args)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return children.start([PYTHON, "-c", code, *args])
 
 
 # ---------------------------------------------------------------- the mount fixture
@@ -675,7 +632,8 @@ def _describe_mount(r):
 
 @pytest.mark.parametrize("path", ["pull", "mount"])
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_fault(case, path, fault_registry, blobfs_bin, store, mount, tmp_path, blob_cache, fault_table):
+def test_fault(case, path, fault_registry, run_blobfs, store, mount, tmp_path, blob_cache,
+               fault_table):
     reg = fault_registry(**case.reg)
     data, source = _layer_source(case, tmp_path, blob_cache)
     _, (digest,) = reg.add_model(REPO, "latest", [(OLLAMA_MODEL, data if data is not None else source)],
@@ -687,14 +645,14 @@ def test_fault(case, path, fault_registry, blobfs_bin, store, mount, tmp_path, b
     unverifiable = case.chunk_size is None and any(k == "corrupt" for k, _ in case.faults)
     npreads = 16 if case.expect == "ok" else 4
     if path == "mount":
-        lazy_pull(blobfs_bin, store, name)
+        lazy_pull(run_blobfs, store, name)
     reg.reset_log()
     faults = [reg.fault(kind, digest=digest, **params) for kind, params in case.faults]
     ctx = {"faults": faults, "digest": digest, "size": case.size, "store": store, "mid_at": None}
 
     began = time.monotonic()
     if path == "pull":
-        proc = popen_blobfs(blobfs_bin, store, [*global_args, "--debug", "pull", name])
+        proc = run_blobfs.start([*global_args, "--debug", "pull", name])
     else:
         m = mount(global_args=global_args)
         proc = start_child(MOUNT_READER, tag_dir(m.path, reg.host) / "model", source, 1234, npreads)
@@ -704,7 +662,7 @@ def test_fault(case, path, fault_registry, blobfs_bin, store, mount, tmp_path, b
         case.mid(reg, ctx)
     hard = case.max_seconds + 30
     if path == "pull":
-        result = finish(proc, hard, f"blobfs pull with fault {case.id}")
+        result = children.finish(proc, hard, what=f"blobfs pull with fault {case.id}")
         elapsed = time.monotonic() - began
         ctx["log_lines"] = lambda pattern: [l for l in result.stderr.splitlines() if re.search(pattern, l)]
         saw = _describe_pull(result, elapsed)
@@ -800,7 +758,7 @@ def test_fault(case, path, fault_registry, blobfs_bin, store, mount, tmp_path, b
     if case.then == "retry":
         # The fault is spent: a fresh attempt must now give the right bytes.
         if path == "pull":
-            again = popen_and_finish(blobfs_bin, store, [*global_args, "pull", name], timeout=60)
+            again = run_blobfs([*global_args, "pull", name], timeout=60)
             assert again.returncode == 0, f"pull after the fault was spent failed:\n{again.stderr}"
             row["saw"] += "; pull again: right bytes"
         else:
@@ -839,11 +797,11 @@ def _map_present(store, digest):
 
 
 @pytest.mark.slow
-def test_kill_9_at_random_moments_of_a_cold_read(fault_registry, blobfs_bin, store, mount, blob_cache):
+def test_kill_9_at_random_moments_of_a_cold_read(fault_registry, run_blobfs, store, mount, blob_cache):
     source, digest = random_blob(blob_cache, CRASH_SIZE, seed=7)
     reg = fault_registry()
     reg.add_model(REPO, "latest", [(OLLAMA_MODEL, source)])
-    lazy_pull(blobfs_bin, store, model_name(reg))
+    lazy_pull(run_blobfs, store, model_name(reg))
     reg.reset_log()
     reg.fault("trickle", rate=CRASH_RATE, digest=digest)
     seed = random.randrange(1 << 30)
@@ -927,14 +885,14 @@ def _disk_free(path):
     return st.f_bavail * st.f_frsize
 
 
-def test_disk_full_mount_read_fails_cleanly_then_resumes(fault_registry, blobfs_bin, mount, tmpfs,
+def test_disk_full_mount_read_fails_cleanly_then_resumes(fault_registry, run_blobfs, mount, tmpfs,
                                                          blob_cache):
     disk = tmpfs(DISK_SIZE)
     store = disk / "store"
     source, digest = random_blob(blob_cache, BIG_LAYER, seed=7)
     reg = fault_registry()
     reg.add_model(REPO, "latest", [(OLLAMA_MODEL, source)])
-    lazy_pull(blobfs_bin, store, model_name(reg))
+    lazy_pull(run_blobfs, store, model_name(reg))
     m = mount(store=store, global_args=["--read-timeout", READ_TIMEOUT])
     model = tag_dir(m.path, reg.host) / "model"
 
@@ -976,7 +934,7 @@ def test_disk_full_mount_read_fails_cleanly_then_resumes(fault_registry, blobfs_
     assert refetched <= BIG_LAYER - kept + REFETCH_SLACK, info
 
 
-def test_disk_full_pull_fails_cleanly_then_resumes(fault_registry, blobfs_bin, mount, tmpfs, blob_cache):
+def test_disk_full_pull_fails_cleanly_then_resumes(fault_registry, run_blobfs, mount, tmpfs, blob_cache):
     disk = tmpfs(DISK_SIZE)
     store = disk / "store"
     source, digest = random_blob(blob_cache, BIG_LAYER, seed=7)
@@ -986,7 +944,7 @@ def test_disk_full_pull_fails_cleanly_then_resumes(fault_registry, blobfs_bin, m
 
     # A pull that cannot fit fails at once, before fetching the blob.
     began = time.monotonic()
-    result = popen_and_finish(blobfs_bin, store, ["pull", name], timeout=60)
+    result = run_blobfs(["pull", name], store=store, timeout=60)
     took = time.monotonic() - began
     assert result.returncode == 1, f"pull onto a full disk exited {result.returncode}:\n{result.stderr}"
     assert "No space left on device" in error_lines(result.stderr), result.stderr
@@ -1009,7 +967,7 @@ def test_disk_full_pull_fails_cleanly_then_resumes(fault_registry, blobfs_bin, m
     assert_store_consistent(store, {digest: source})
 
     # Still full: pull refuses with the reason, and changes nothing durable.
-    result = popen_and_finish(blobfs_bin, store, ["pull", name], timeout=60)
+    result = run_blobfs(["pull", name], store=store, timeout=60)
     assert result.returncode == 1 and "No space left on device" in error_lines(result.stderr), \
         f"pull with the disk still full exited {result.returncode}:\n{result.stderr}"
     assert sum(e - s for s, e in _map_present(store, digest)) >= kept, "the failed pull lost progress"
@@ -1018,7 +976,7 @@ def test_disk_full_pull_fails_cleanly_then_resumes(fault_registry, blobfs_bin, m
     # With room again, pull finishes and fetches only what was missing.
     tmpfs.resize(disk, 3 * BIG_LAYER)
     mark = reg.bytes_sent(digest=digest)
-    result = popen_and_finish(blobfs_bin, store, ["pull", name], timeout=60)
+    result = run_blobfs(["pull", name], store=store, timeout=60)
     assert result.returncode == 0, f"pull after space was freed failed:\n{result.stderr}"
     assert sha256_file(store_blob(store, digest)) == digest
     assert_store_consistent(store, {digest: source})
@@ -1040,17 +998,17 @@ def ro_bind():
 
     def make(src):
         dst = Path(tempfile.mkdtemp(prefix="blobfs-ro-"))
-        if run(["mount", "--bind", src, dst]).returncode != 0:
+        if children.run(["mount", "--bind", src, dst]).returncode != 0:
             dst.rmdir()
             pytest.skip("cannot bind-mount")
         made.append(dst)
-        run(["mount", "-o", "remount,ro,bind", dst], check=True)
+        children.run(["mount", "-o", "remount,ro,bind", dst], check=True)
         return dst
 
     yield make
     for dst in made:
-        if run(["umount", dst]).returncode != 0:
-            run(["umount", "-l", dst])
+        if children.run(["umount", dst]).returncode != 0:
+            children.run(["umount", "-l", dst])
         try:
             dst.rmdir()
         except OSError:
@@ -1059,29 +1017,29 @@ def ro_bind():
 
 @pytest.mark.parametrize("kind", ["populated", "empty"])
 @pytest.mark.parametrize("foreground", [False, True], ids=["daemon", "foreground"])
-def test_read_only_store_is_refused_by_mount(kind, foreground, fault_registry, blobfs_bin, tmp_path, ro_bind):
+def test_read_only_store_is_refused_by_mount(kind, foreground, fault_registry, run_blobfs, tmp_path,
+                                            ro_bind):
     src = tmp_path / "store"
     src.mkdir()
     if kind == "populated":
         reg = fault_registry()
         reg.add_model(REPO, "latest", [(OLLAMA_MODEL, LAYER)])
-        result = popen_and_finish(blobfs_bin, src, ["pull", "--quiet", model_name(reg)], timeout=30)
+        result = run_blobfs(["pull", "--quiet", model_name(reg)], store=src, timeout=30)
         assert result.returncode == 0, result.stderr
     before = tree_snapshot(src)
     ro = ro_bind(src)
     mnt = tmp_path / "mnt"
     mnt.mkdir()
-    argv = [blobfs_bin, "--store", ro, "mount", *(["-f"] if foreground else []), mnt]
     try:
-        result = run(argv, timeout=20)
+        result = run_blobfs(["mount", *(["-f"] if foreground else []), mnt], store=ro, timeout=20)
         time.sleep(0.3)
         mounted = mounted_at(mnt)
     finally:
         if is_blobfs_mount(mnt):
-            run(["fusermount3", "-u", mnt])
+            children.run(["fusermount3", "-u", mnt])
             wait_for(lambda: not is_blobfs_mount(mnt), timeout=5)
             if is_blobfs_mount(mnt):
-                run(["fusermount3", "-uz", mnt])
+                children.run(["fusermount3", "-uz", mnt])
     assert result.returncode != 0, \
         f"blobfs mount of a read-only store exited 0 (mounted: {mounted}); stderr:\n{result.stderr}"
     assert mounted is None, f"{mnt} has a {mounted} mount after a refused mount"
@@ -1236,7 +1194,7 @@ def _outside(root, store):
 
 
 @pytest.mark.parametrize("kind", HOSTILE_IDS)
-def test_hostile_manifest_is_refused_by_pull(kind, fault_registry, blobfs_bin, tmp_path):
+def test_hostile_manifest_is_refused_by_pull(kind, fault_registry, run_blobfs, tmp_path):
     reg = fault_registry()
     [(repo, pattern)] = _serve_hostile(reg, [kind]).values()
     outer = tmp_path / "outer"
@@ -1244,7 +1202,7 @@ def test_hostile_manifest_is_refused_by_pull(kind, fault_registry, blobfs_bin, t
     store.mkdir(parents=True)
     before = _outside(tmp_path, store)
     reg.reset_log()
-    result = popen_and_finish(blobfs_bin, store, ["pull", f"{reg.host}/{repo}"], timeout=30)
+    result = run_blobfs(["pull", f"{reg.host}/{repo}"], store=store, timeout=30)
     assert result.returncode == 1, f"pull of a hostile manifest ({kind}) exited {result.returncode}:\n" \
                                    f"{result.stdout}\n{result.stderr}"
     message = error_lines(result.stderr)
@@ -1373,7 +1331,7 @@ def test_hostile_names_through_discovery(fault_registry, blobfs_bin, mount, tmp_
     "evil host/library/x", "library/x@sha256:" + "0" * 64 + "/../../x",
 ], ids=["tag_control", "tag_newline", "model_long", "dotdot", "tag_dotdot", "percent", "caps_dotdot",
         "tag_long", "host_space", "digest_suffix"])
-def test_hostile_names_are_refused_by_pull(name, fault_registry, blobfs_bin, tmp_path):
+def test_hostile_names_are_refused_by_pull(name, fault_registry, run_blobfs, tmp_path):
     reg = fault_registry()
     reg.add_model(REPO, "latest", [(OLLAMA_MODEL, LAYER[:100_000])])
     outer = tmp_path / "outer"
@@ -1381,8 +1339,7 @@ def test_hostile_names_are_refused_by_pull(name, fault_registry, blobfs_bin, tmp
     store.mkdir(parents=True)
     before = _outside(tmp_path, store)
     full = name if name.startswith("evil") else f"{reg.host}/{name}"
-    result = subprocess.run([str(blobfs_bin), "--store", str(store), "pull", full], cwd=outer,
-                            capture_output=True, text=True, timeout=20, stdin=subprocess.DEVNULL)
+    result = run_blobfs(["pull", full], store=store, cwd=outer, timeout=20)
     assert result.returncode != 0, f"pull {name!r} succeeded:\n{result.stdout}"
     assert "invalid model name" in error_lines(result.stderr), result.stderr
     assert reg.count(path_contains="/manifests/") == 0, "the registry was asked for an invalid name"

@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 import dockerreg
+from children import python_json
 from models import OLLAMA_MODEL, make_model, push_model, random_blob
 from storefiles import sha256_file, store_blob, wait_for
 
@@ -82,17 +83,6 @@ print(json.dumps(out))
 """
 
 
-def child(code, *args, timeout):
-    """Run Python CODE in a child; its stdout as JSON. Fails the test past TIMEOUT."""
-    try:
-        r = subprocess.run([PYTHON, "-c", code, *map(str, args)], capture_output=True,
-                           text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        pytest.fail(f"a reader did not finish within {timeout}s")
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
-
-
 def pull_lazy(run_blobfs, store, name):
     r = run_blobfs(["pull", "--quiet", "--lazy", name], store=store)
     assert r.returncode == 0, r.stderr
@@ -123,7 +113,7 @@ def test_a_blob_comes_from_any_registry_that_names_it(registry, second_registry,
     m = mount("read_timeout=30")
     first, other = regs
     first.stop()
-    got = child(READ_ALL, model_file(m.path, other.host), timeout=60)
+    got = python_json(READ_ALL, model_file(m.path, other.host), timeout=60)
     print(f"read through the second registry's tag: {got}")
     assert got["ok"], f"the read failed with errno {got['errno']} at {got['offset']}"
     assert got["digest"] == model.layers[0].digest
@@ -276,7 +266,7 @@ def test_pull_fetches_first_what_a_mount_waits_for(fault_registry, run_blobfs, m
     pull = pulls(reg.name, "--connections", 2)
     assert wait_for(lambda: reg.bytes_sent(reg.layer) > 0, 15), pull.finish().stderr
     t0 = time.monotonic()
-    got = child(READ_AT, model_file(m.path, reg.host, SHARED_REPO), LAYER - MiB, MiB,
+    got = python_json(READ_AT, model_file(m.path, reg.host, SHARED_REPO), LAYER - MiB, MiB,
                 timeout=60)
     took, running = time.monotonic() - t0, pull.proc.poll() is None
     result = ok(pull.finish())
@@ -424,7 +414,7 @@ def test_a_cdn_that_stalls_every_response_does_not_hold_up_a_read(stalling_cdn, 
     reg, digest = stalling_cdn
     pull_lazy(run_blobfs, store, f"{reg.host}/{REPO}")
     m = mount()
-    got = child(READ_ALL_TIMED, model_file(m.path, reg.host), timeout=WITHIN_S + 20)
+    got = python_json(READ_ALL_TIMED, model_file(m.path, reg.host), timeout=WITHIN_S + 20)
     print(f"read of {BIG >> 20} MiB behind a CDN that stalls every response: {got}; "
           f"{stalls_hit(reg, digest)} responses stalled, {reg.count(digest=digest)} requests")
     assert got["ok"], f"the read failed with errno {got['errno']} at {got['offset']}"

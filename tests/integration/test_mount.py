@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from blobfsmount import fuse_mounts
+from children import python_json, run
 from models import (
     OLLAMA_LICENSE, OLLAMA_MODEL, OLLAMA_PARAMS, OLLAMA_SYSTEM, OLLAMA_TEMPLATE,
     make_model, push_model,
@@ -84,27 +85,6 @@ def source_bytes(path, offset, length):
     with open(path, "rb") as f:
         f.seek(offset)
         return f.read(length)
-
-
-def run(argv, timeout=60, check=False, **kwargs):
-    """subprocess.run with captured text output; fails the test past TIMEOUT."""
-    try:
-        result = subprocess.run([str(a) for a in argv], stdin=subprocess.DEVNULL,
-                                capture_output=True, text=True, timeout=timeout, **kwargs)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{' '.join(map(str, argv))} did not finish within {timeout}s "
-                    f"(stdout {exc.stdout!r}, stderr {exc.stderr!r})")
-    if check:
-        assert result.returncode == 0, \
-            f"{' '.join(map(str, argv))} exited {result.returncode}: {result.stderr}"
-    return result
-
-
-def child(code, *args, timeout=60):
-    """Run Python CODE in a child (sys.argv[1:] = ARGS); return its stdout parsed as JSON."""
-    result = run([PYTHON, "-c", code, *args], timeout=timeout)
-    assert result.returncode == 0, f"child exited {result.returncode}:\n{result.stderr}"
-    return json.loads(result.stdout)
 
 
 # Reads a file front to back in 1 MiB pieces; reports the hash, or where it failed.
@@ -501,7 +481,7 @@ def test_mmap_shared_and_private(registry, run_blobfs, store, mount, mmap_probe,
     for kind in ("shared", "private"):
         offsets = sorted(rng.randrange(0, layer.size - length) for _ in range(20))
         offsets += [0, layer.size - length]
-        got = child(PY_MMAP, path, kind, length, *offsets, timeout=60)
+        got = python_json(PY_MMAP, path, kind, length, *offsets, timeout=60)
         assert got == expect(offsets), f"Python mmap ({kind}) returned wrong bytes"
 
     offsets = sorted(rng.randrange(0, layer.size - length) for _ in range(20)) + [layer.size - length]
@@ -568,12 +548,12 @@ def test_map_populate_through_a_cold_mount_gives_the_blobs_bytes(cdn_registry, r
     pull(run_blobfs, store, model_name(cdn_registry))
     m = mount()
     path = tag_dir(m.path, cdn_registry.host) / "model"
-    got = child(PY_POPULATE, path, timeout=120)
+    got = python_json(PY_POPULATE, path, timeout=120)
     assert got["sha"] == layer.digest, "MAP_POPULATE through a cold mount mapped other bytes"
     blob = store_blob(store, layer.digest)
     assert wait_for(blob.is_file, timeout=10), f"not committed; partial: {partial_files(store)}"
     # and again from the mount's page cache, now that the blob is complete
-    assert child(PY_POPULATE, path, timeout=60)["sha"] == layer.digest
+    assert python_json(PY_POPULATE, path, timeout=60)["sha"] == layer.digest
 
 
 def test_reader_killed_mid_populate_leaves_the_mount_healthy(capped_cdn_registry, run_blobfs,
@@ -600,9 +580,9 @@ def test_reader_killed_mid_populate_leaves_the_mount_healthy(capped_cdn_registry
             reader.wait(10)
     assert m.proc.poll() is None, "the daemon died with the reader:\n" + m.log()
     assert os.listdir(tag_dir(m.path, reg.host)), "the mount stopped answering"
-    r = child(READ_ALL, path, timeout=120)
+    r = python_json(READ_ALL, path, timeout=120)
     assert r["ok"] and r["sha"] == layer.digest, f"a read after the killed populate: {r}"
-    got = child(PY_POPULATE, path, timeout=60)
+    got = python_json(PY_POPULATE, path, timeout=60)
     assert got["sha"] == layer.digest, "a second populate after the killed one mapped other bytes"
 
 
@@ -650,7 +630,7 @@ def test_reader_killed_waiting_on_a_fault_leaves_the_mount_healthy(fault_registr
             reader.kill()
     reg.clear_faults()
     assert m.proc.poll() is None, "the daemon died with the reader:\n" + m.log()
-    r = child(PREAD_ONE, path, where, 4096, timeout=60)
+    r = python_json(PREAD_ONE, path, where, 4096, timeout=60)
     assert r["ok"] and bytes.fromhex(r["hex"]) == data[where:where + 4096], \
         f"the page the killed reader waited on, read again: {r}"
     got = run([PYTHON, "-c", PY_FAULT_ONE, path, where], timeout=60)
@@ -680,7 +660,7 @@ def test_a_complete_blob_is_pushed_ahead_of_a_sequential_reader(registry, run_bl
     assert wait_for(lambda: pushed() >= 64 * MiB, timeout=10, interval=0.1), \
         f"only {pushed()} bytes past 40 MiB are in the page cache 10 s after a reader read " \
         f"the first 8 MiB of a complete {size}-byte blob"
-    got = child(PY_POPULATE, path, timeout=60)
+    got = python_json(PY_POPULATE, path, timeout=60)
     assert got["sha"] == layer.digest, "bytes pushed into the page cache are not the blob's"
     hwm = vm_hwm_kib(m.proc.pid)
     assert hwm < 64 * 1024, f"the daemon's peak RSS is {hwm} KiB after pushing {size} bytes"
@@ -729,7 +709,7 @@ def test_a_blob_not_yet_verified_is_never_pushed(fault_registry, run_blobfs, sto
     assert ahead == 0 and beyond() == 0, \
         f"bytes past 24 MiB of a blob not yet verified are in the mount's page cache: " \
         f"{ahead} before, {beyond()} after it failed verification"
-    r = child(READ_ALL, path, timeout=60)
+    r = python_json(READ_ALL, path, timeout=60)
     assert not r["ok"] and r["errno"] == errno.EIO, f"a read after the failure: {r}"
     # A mapping's reader dies of SIGBUS at its first page. (MAP_POPULATE gets
     # there too, after the kernel has tried, and failed, every page in turn.)
@@ -1103,7 +1083,7 @@ def test_kill_9_mid_read_then_remount_resumes(capped_cdn_registry, run_blobfs, s
     m2 = mount(path=m.path)
     path = tag_dir(m2.path, reg.host) / "model"
     kept = int(getxattr(path, "user.blobfs.cached"))
-    r = child(READ_ALL, path, timeout=90)
+    r = python_json(READ_ALL, path, timeout=90)
     assert r["ok"], f"reading after remount failed: {r}"
     assert r["sha"] == layer.digest and r["offset"] == layer.size, r
 
@@ -1204,7 +1184,7 @@ def test_what_readers_had_leaves_the_store_page_cache(cdn_registry, run_blobfs, 
             os.close(store_fd)
     # What was dropped is read back from the disk, correctly, by a second mount.
     m2 = mount()
-    r = child(READ_ALL, tag_dir(m2.path, reg.host) / "model", timeout=60)
+    r = python_json(READ_ALL, tag_dir(m2.path, reg.host) / "model", timeout=60)
     assert r["ok"] and r["sha"] == layer.digest, r
 
 
@@ -1226,7 +1206,7 @@ def test_corrupt_blob_gives_eio_and_is_quarantined(fault_registry, run_blobfs, s
                     f"not {digest}")
         return f"failed with {errno.errorcode.get(r['errno'], r['errno'])} at byte {r['offset']}"
 
-    first = child(READ_ALL, path, timeout=60)
+    first = python_json(READ_ALL, path, timeout=60)
     print("first read:", describe(first))
     assert not first["ok"] and first["errno"] == errno.EIO, \
         "reading a blob the server corrupts (no chunksums) must fail with EIO at or before " \
@@ -1234,8 +1214,8 @@ def test_corrupt_blob_gives_eio_and_is_quarantined(fault_registry, run_blobfs, s
 
     # once found corrupt, the blob stays unreadable: no one gets the bad bytes afterwards
     sent = reg.bytes_sent(digest=digest)
-    again = child(READ_ALL, path, timeout=60)
-    tail = child(PREAD_ONE, path, len(data) - 4096, 4096, timeout=60)
+    again = python_json(READ_ALL, path, timeout=60)
+    tail = python_json(PREAD_ONE, path, len(data) - 4096, 4096, timeout=60)
     served = (f" (the server sent {sent} bytes of the {len(data)} byte blob for the first read, "
               f"{reg.bytes_sent(digest=digest) - sent} more since)")
     assert not again["ok"] and again["errno"] == errno.EIO, \
@@ -1324,7 +1304,7 @@ def test_unsatisfiable_read_fails_with_eio_promptly(fault_registry, run_blobfs, 
     tdir = tag_dir(m.path, host)
 
     for attempt in range(2):
-        r = child(PREAD_ONE, tdir / "model", 1000, 4096, timeout=40)
+        r = python_json(PREAD_ONE, tdir / "model", 1000, 4096, timeout=40)
         assert not r["ok"] and r["errno"] == errno.EIO, f"read {attempt + 1}: {r}"
         assert r["elapsed"] <= 15, f"read {attempt + 1} took {r['elapsed']:.1f}s to fail"
     assert "model" in os.listdir(tdir)
@@ -1377,7 +1357,7 @@ def test_read_failed_by_part_of_its_range_fails_again_at_once(fault_registry, ru
             "the slow read never reached the registry"
         reg.fault("stall", seconds=60, digest=digest, covers=0)        # [0, 64K) never comes
         reg.fault("status", code=500, digest=digest, covers=64 * 1024)  # [64K, 128K) gives up
-        first, again = child(PREAD_THEN_FIRST_PAGE, path, 0, 128 * 1024, timeout=60)
+        first, again = python_json(PREAD_THEN_FIRST_PAGE, path, 0, 128 * 1024, timeout=60)
         print(f"128 KiB read: {first}; its first page again: {again}")
         assert slow.poll() is None, "the slow read ended before the test was over: it proves nothing"
     finally:

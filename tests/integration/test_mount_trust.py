@@ -11,6 +11,7 @@ a time limit, so a mount that hangs fails the test instead of the suite.
 """
 
 import errno
+import functools
 import itertools
 import json
 import os
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+import children
 from blobfsmount import fuse_mounts, is_blobfs_mount
 from models import OLLAMA_MODEL
 from storefiles import files_under, wait_for
@@ -36,24 +38,8 @@ LAYER = bytes(range(256)) * 2400          # 600 KiB
 # ---------------------------------------------------------------- helpers
 
 
-def run(argv, timeout=30, env=None):
-    """Run ARGV in its own process group with captured text output; past
-    TIMEOUT the group is killed and the test fails."""
-    argv = [str(a) for a in argv]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, **(env or {})})
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        try:
-            out, err = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            out = err = "(unavailable: the process is stuck in the kernel)"
-        pytest.fail(f"{' '.join(argv)} did not finish within {timeout}s\n"
-                    f"stdout:\n{out}\nstderr:\n{err}")
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+# Every child of this file gets 30 s unless the test says otherwise.
+run = functools.partial(children.run, timeout=30)
 
 
 def as_nobody(argv):

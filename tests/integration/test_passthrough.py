@@ -25,9 +25,9 @@ import pytest
 
 import blobfsmount
 from models import OLLAMA_MODEL, push_model
+from children import python_json, run
 from test_mount import (  # noqa: F401 (mmap_probe is a fixture)
-    MiB, PY_MMAP, READ_ALL, big_model, child, mmap_probe, model_name, pull, run,
-    source_bytes, tag_dir,
+    MiB, PY_MMAP, READ_ALL, big_model, mmap_probe, model_name, pull, source_bytes, tag_dir,
 )
 from test_ecosystem import blob_gets
 from storefiles import store_blob, wait_for
@@ -122,14 +122,14 @@ def test_a_complete_blob_is_read_and_mapped_by_the_kernel(registry, run_blobfs, 
     assert os.stat(path).st_blocks == blocks_of(layer.size)
     assert du(path) == layer.size
 
-    r = child(READ_ALL, path)
+    r = python_json(READ_ALL, path)
     assert r["ok"] and r["sha"] == layer.digest, r
     cmp = run(["cmp", path, layer.path])
     assert cmp.returncode == 0, f"cmp: {cmp.stdout}{cmp.stderr}"
     offsets = [0, 4096, 5 * MiB + 17, layer.size - 64]
     want = {str(off): source_bytes(layer.path, off, 64).hex() for off in offsets}
     for kind in ("shared", "private"):
-        assert child(PY_MMAP, path, kind, 64, *offsets) == want, f"mmap ({kind}) read wrong bytes"
+        assert python_json(PY_MMAP, path, kind, 64, *offsets) == want, f"mmap ({kind}) read wrong bytes"
     probe = run([mmap_probe, path, 64, *offsets], check=True)
     got = {}
     for line in probe.stdout.splitlines():
@@ -152,7 +152,7 @@ def test_a_complete_blob_is_read_and_mapped_by_the_kernel(registry, run_blobfs, 
 
     # The same reads with -o nopassthrough do reach the daemon, and are counted.
     m2 = mount("nopassthrough")
-    r = child(READ_ALL, tag_dir(m2.path, registry.host) / "model")
+    r = python_json(READ_ALL, tag_dir(m2.path, registry.host) / "model")
     assert r["ok"] and r["sha"] == layer.digest, r
     st2 = wait_status(m2, lambda st: st.get("reads", 0) > 0 and st.get("opens", 0) >= 1,
                       "the daemon's READs")
@@ -244,7 +244,7 @@ def test_a_partial_blob_completing_while_open_stays_with_the_daemon(registry, ru
         os.close(first)
     # Both closed: the next open is in passthrough, and reads nothing through the daemon.
     reads = settled_status(m)["reads"]
-    r = child(READ_ALL, path)
+    r = python_json(READ_ALL, path)
     assert r["ok"] and r["sha"] == layer.digest, r
     st = wait_status(m, lambda st: st.get("opens", 0) >= 3, "a third open")
     st = settled_status(m)
@@ -272,7 +272,7 @@ def test_a_store_passthrough_cannot_use_falls_back_once(registry, run_blobfs, mo
         require_passthrough(m)
         path = tag_dir(m.path, registry.host) / "model"
         for _ in range(3):
-            r = child(READ_ALL, path)
+            r = python_json(READ_ALL, path)
             assert r["ok"] and r["sha"] == layer.digest, r
         st = wait_status(m, lambda st: st.get("opens", 0) >= 3, "three opens")
         assert st["opens_passthrough"] == 0 and st["reads"] > 0, st

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+import children
 from faultreg import DOCKER_CONFIG, DOCKER_MANIFEST
 from models import (
     OLLAMA_MODEL, OLLAMA_PARAMS, OLLAMA_TEMPLATE, make_model, push_model, random_blob,
@@ -110,25 +111,6 @@ def verify_lines(stdout):
         statuses[match["hex"]] = match["status"]
     assert re.fullmatch(r"\d+ ok, \d+ corrupt, \d+ partial, \d+ not local", lines[-1]), lines[-1]
     return statuses, lines[-1]
-
-
-def popen_blobfs(blobfs_bin, store, args, env=None):
-    return subprocess.Popen(
-        [str(blobfs_bin), "--store", str(store), *map(str, args)],
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, start_new_session=True, env={**os.environ, **(env or {})},
-    )
-
-
-def finish(proc, timeout):
-    """communicate() with a bound; kills the group and fails the test past it."""
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=5)
-        pytest.fail(f"{proc.args} did not finish within {timeout}s\nstdout:\n{out}\nstderr:\n{err}")
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def range_start(header):
@@ -260,7 +242,7 @@ def test_pull_through_cdn_redirect(cdn_registry, run_blobfs, store, tmp_path, bl
 
 
 @pytest.mark.slow
-def test_kill_9_mid_pull_then_pull_resumes(capped_cdn_registry, blobfs_bin, run_blobfs, store,
+def test_kill_9_mid_pull_then_pull_resumes(capped_cdn_registry, run_blobfs, store,
                                            tmp_path, blob_cache):
     reg = capped_cdn_registry("2m")
     model = ollama_model(tmp_path, blob_cache)
@@ -278,7 +260,7 @@ def test_kill_9_mid_pull_then_pull_resumes(capped_cdn_registry, blobfs_bin, run_
     # 4 connections x 2 MiB/s: the 64 MiB layer would take ~8 s. The chunk map
     # appears (nearly empty) at once and is saved again about every second:
     # kill -9 just after the first periodic save.
-    proc = popen_blobfs(blobfs_bin, store, ["pull", "--connections", "4", name])
+    proc = run_blobfs.start(["pull", "--connections", "4", name])
     try:
         wait_for(lambda: maps() or proc.poll() is not None, timeout=3)
         first = map_mtime()
@@ -316,7 +298,7 @@ def test_kill_9_mid_pull_then_pull_resumes(capped_cdn_registry, blobfs_bin, run_
 
 
 @pytest.mark.slow
-def test_two_concurrent_pulls_share_one_download(capped_cdn_registry, blobfs_bin, store,
+def test_two_concurrent_pulls_share_one_download(capped_cdn_registry, run_blobfs, store,
                                                   tmp_path, blob_cache):
     reg = capped_cdn_registry("2m")
     model = ollama_model(tmp_path, blob_cache)
@@ -325,8 +307,8 @@ def test_two_concurrent_pulls_share_one_download(capped_cdn_registry, blobfs_bin
     name = f"{reg.host}/{REPO}"
     mark = reg.cdn_log_mark()
 
-    procs = [popen_blobfs(blobfs_bin, store, ["pull", name]) for _ in range(2)]
-    results = [finish(proc, timeout=90) for proc in procs]
+    procs = [run_blobfs.start(["pull", name]) for _ in range(2)]
+    results = [children.finish(proc, timeout=90) for proc in procs]
     for result in results:
         assert result.returncode == 0, result.stderr
         assert f"pulled {reg.host}/{REPO}:latest: 4 blobs" in result.stdout
@@ -445,13 +427,12 @@ def test_verify_quarantines_corrupt_blob_and_pull_repairs_it(freg, run_blobfs, s
     ("library/x:-tag", "tag"),
     ("http://evil\x01host/library/x", "host"),
 ])
-def test_invalid_names_are_refused(blobfs_bin, tmp_path, name, part):
+def test_invalid_names_are_refused(run_blobfs, tmp_path, name, part):
     store = tmp_path / "store"
     work = tmp_path / "cwd"
     work.mkdir()
     for command in (["pull", name], ["rm", name], ["verify", name], ["ls", name]):
-        result = subprocess.run([str(blobfs_bin), "--store", str(store), *command], cwd=work,
-                                capture_output=True, text=True, timeout=10)
+        result = run_blobfs(command, store=store, cwd=work, timeout=10)
         assert result.returncode != 0, f"{command}: {result.stdout}"
         message = error_lines(result.stderr)
         assert "invalid model name" in message, message
@@ -635,13 +616,13 @@ def test_bearer_auth(fault_registry, run_blobfs, store):
 
 
 @pytest.mark.timing
-def test_bearer_token_expiring_during_slow_transfer_is_refreshed(fault_registry, blobfs_bin, store):
+def test_bearer_token_expiring_during_slow_transfer_is_refreshed(fault_registry, run_blobfs, store):
     reg = fault_registry(auth="bearer", token_ttl=1)
     reg.manifest, (reg.layer,) = reg.add_model("library/f", "latest", [(OLLAMA_MODEL, SMALL_LAYER)])
     reg.fault("trickle", rate=200_000, digest=reg.layer)
     # 2 connections, 64 KiB requests at 200 kB/s: ~3 s in all, the token lasts 1 s.
-    proc = popen_blobfs(blobfs_bin, store, ["pull", "--connections", "2", "--request-size", "64K",
-                                            f"{reg.host}/library/f"])
+    proc = run_blobfs.start(["pull", "--connections", "2", "--request-size", "64K",
+                             f"{reg.host}/library/f"])
     try:
         out, err = proc.communicate(timeout=20)
     except subprocess.TimeoutExpired:
@@ -658,19 +639,19 @@ def test_bearer_token_expiring_during_slow_transfer_is_refreshed(fault_registry,
     assert tokens <= 20, f"{tokens} token requests for a ~3 s transfer"
 
 
-def test_bearer_token_revoked_mid_transfer_is_refreshed(fault_registry, blobfs_bin, store):
+def test_bearer_token_revoked_mid_transfer_is_refreshed(fault_registry, run_blobfs, store):
     reg = fault_registry(auth="bearer")
     reg.manifest, (reg.layer,) = reg.add_model("library/f", "latest", [(OLLAMA_MODEL, LAYER)])
     # 64 ranges of 64 KiB, 4 at a time, each at 1 MB/s: new requests start for ~1 s.
     reg.fault("trickle", rate=1_000_000, digest=reg.layer)
-    proc = popen_blobfs(blobfs_bin, store, ["pull", "--connections", "4", "--request-size", "64K",
-                                            f"{reg.host}/library/f"])
+    proc = run_blobfs.start(["pull", "--connections", "4", "--request-size", "64K",
+                             f"{reg.host}/library/f"])
     try:
         assert wait_for(lambda: layer_requests(reg, reg.layer) or proc.poll() is not None, timeout=10)
         reg.expire_tokens()
         revoked_at = time.monotonic()
     finally:
-        result = finish(proc, timeout=30)
+        result = children.finish(proc, timeout=30)
     assert result.returncode == 0, result.stderr
     assert_pulled_layer(store, reg)
     # (a 401 is answered before the route is parsed, so its record has no digest)
@@ -727,20 +708,20 @@ def test_expiring_cdn_urls_are_resolved_again(fault_registry, run_blobfs, store)
     assert reg.bytes_sent(reg.layer) < 1.5 * len(LAYER)
 
 
-def test_cdn_url_expiring_mid_download_is_resolved_again(fault_registry, blobfs_bin, store):
+def test_cdn_url_expiring_mid_download_is_resolved_again(fault_registry, run_blobfs, store):
     """The presigned URL expires once, part way through a 64-range download on 16
     connections (as a time-limited URL does): requests already sent with it get 403,
     one new redirect fixes all of them."""
     reg = fault_registry(redirect=True)
     reg.manifest, (reg.layer,) = reg.add_model("library/f", "latest", [(OLLAMA_MODEL, LAYER)])
     reg.fault("trickle", rate=500_000, digest=reg.layer, listener="cdn")
-    proc = popen_blobfs(blobfs_bin, store, ["pull", "--request-size", "64K", f"{reg.host}/library/f"])
+    proc = run_blobfs.start(["pull", "--request-size", "64K", f"{reg.host}/library/f"])
     try:
         assert wait_for(lambda: reg.count(listener="cdn", status=206) >= 20 or proc.poll() is not None,
                         timeout=15)
         reg.expire_cdn_urls()
     finally:
-        result = finish(proc, timeout=40)
+        result = children.finish(proc, timeout=40)
     expired = reg.count(listener="cdn", status=403)
     assert result.returncode == 0, f"{expired} requests met the expired URL; stderr:\n{result.stderr}"
     assert expired >= 1, "no request met the expired URL: the test proves nothing"
@@ -818,10 +799,10 @@ def test_chunksums_catch_a_corrupt_chunk_and_refetch_only_it(chunked_reg, run_bl
 @pytest.mark.timing
 @pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
                          ids=["SIGINT", "SIGTERM"])
-def test_a_signal_ends_a_pull_promptly_and_pull_resumes(freg, blobfs_bin, run_blobfs, store, sig,
+def test_a_signal_ends_a_pull_promptly_and_pull_resumes(freg, run_blobfs, store, sig,
                                                         status):
     freg.fault("trickle", rate=1_000_000, digest=freg.layer)  # with 1 connection: ~4 s
-    proc = popen_blobfs(blobfs_bin, store, ["pull", "--connections", "1", freg.model_name])
+    proc = run_blobfs.start(["pull", "--connections", "1", freg.model_name])
     partial = Path(store) / ".blobfs" / "partial"
     try:
         assert wait_for(lambda: list(partial.glob("*.map")) or proc.poll() is not None, timeout=5)
@@ -829,7 +810,7 @@ def test_a_signal_ends_a_pull_promptly_and_pull_resumes(freg, blobfs_bin, run_bl
         proc.send_signal(sig)
         signalled = time.monotonic()
     finally:
-        result = finish(proc, timeout=15)
+        result = children.finish(proc, timeout=15)
     assert time.monotonic() - signalled < 3, "the pull did not end promptly"
     assert result.returncode == status, result.stderr
     assert "interrupted" in result.stderr
@@ -845,7 +826,7 @@ def test_a_signal_ends_a_pull_promptly_and_pull_resumes(freg, blobfs_bin, run_bl
     assert freg.bytes_sent(freg.layer) <= len(LAYER) * (100 - local + 2) / 100
 
 
-def test_gc_removes_unreferenced_blobs_and_stale_partials(fault_registry, blobfs_bin, run_blobfs,
+def test_gc_removes_unreferenced_blobs_and_stale_partials(fault_registry, run_blobfs,
                                                           store):
     reg = fault_registry()
     keep, (keep_layer,) = reg.add_model("library/keep", "latest", [(OLLAMA_MODEL, SMALL_LAYER)])
@@ -855,14 +836,14 @@ def test_gc_removes_unreferenced_blobs_and_stale_partials(fault_registry, blobfs
 
     # An interrupted pull of library/gone leaves a partial download...
     reg.fault("stall", seconds=60, after=65536, digest=gone_layer)
-    proc = popen_blobfs(blobfs_bin, store, ["pull", f"{reg.host}/library/gone"])
+    proc = run_blobfs.start(["pull", f"{reg.host}/library/gone"])
     partial = Path(store) / ".blobfs" / "partial"
     try:
         wait_for(lambda: list(partial.glob(f"*{hex_of(gone_layer)}.map")) or proc.poll() is not None,
                  timeout=5)
         proc.send_signal(signal.SIGINT)
     finally:
-        finish(proc, timeout=15)
+        children.finish(proc, timeout=15)
     assert any(hex_of(gone_layer) in name for name in partial_files(store)), partial_files(store)
     # ...then its manifest goes (as another tool sharing the store would remove it),
     manifest_file(store, reg.host, "library/gone").unlink()
@@ -1088,18 +1069,18 @@ def test_chunksums_that_never_come_do_not_hold_the_blob_up(chunked_reg, run_blob
 @pytest.mark.parametrize("sig,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
                          ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("on", ["manifest", "token"])
-def test_a_signal_ends_a_pull_waiting_on_a_silent_registry(fault_registry, blobfs_bin, store, sig,
+def test_a_signal_ends_a_pull_waiting_on_a_silent_registry(fault_registry, run_blobfs, store, sig,
                                                            status, on):
     reg = fault_registry(auth="bearer" if on == "token" else None)
     reg.add_model("library/f", "latest", [(OLLAMA_MODEL, SMALL_LAYER)])
     fault = reg.fault("hang", on=on)
-    proc = popen_blobfs(blobfs_bin, store, ["pull", f"{reg.host}/library/f"])
+    proc = run_blobfs.start(["pull", f"{reg.host}/library/f"])
     try:
         assert wait_for(lambda: fault.hits >= 1 or proc.poll() is not None, timeout=10)
         time.sleep(0.2)
         proc.send_signal(sig)
         signalled = time.monotonic()
-        result = finish(proc, timeout=30)
+        result = children.finish(proc, timeout=30)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

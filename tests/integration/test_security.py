@@ -19,6 +19,7 @@ its test, and a failing test prints the daemon's log.
 
 import base64
 import errno
+import functools
 import json
 import os
 import re
@@ -35,6 +36,7 @@ from pathlib import Path
 
 import pytest
 
+import children
 import dockerreg
 from faultreg import FaultRegistry, _Grant
 from models import OLLAMA_MODEL, OLLAMA_TEMPLATE, make_model, push_model
@@ -87,25 +89,8 @@ def debug_lines(text):
     return [line for line in text.splitlines() if line.startswith("blobfs: debug: ")]
 
 
-def run(argv, timeout=CHILD_TIMEOUT, env=None, preexec_fn=None):
-    """Run ARGV in its own process group with captured text output; past TIMEOUT
-    the group is killed and the test fails."""
-    argv = [str(a) for a in argv]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, **(env or {})}, preexec_fn=preexec_fn)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        try:
-            out, err = proc.communicate(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.wait()
-            out = err = "(unavailable)"
-        pytest.fail(f"{' '.join(argv)} did not finish within {timeout}s\n"
-                    f"stdout:\n{out}\nstderr:\n{err}")
-    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+# Every child of this file gets CHILD_TIMEOUT s unless the test says otherwise.
+run = functools.partial(children.run, timeout=CHILD_TIMEOUT)
 
 
 def in_hosts_namespace(argv, hosts_file):

@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import stat
 import subprocess
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from children import ok, run
 from faultreg import OLLAMA_MODEL
 from storefiles import hex_of, sha256_file, store_blob, wait_for
 
@@ -35,7 +35,6 @@ MiB = 1 << 20
 REPO = "library/f"
 PYTHON = "/usr/bin/python3"
 NOBODY = 65534
-CHILD_TIMEOUT = 60
 
 
 # ---------------------------------------------------------------- helpers
@@ -49,23 +48,6 @@ def partial_path(store, digest, suffix=""):
     return Path(store) / ".blobfs" / "partial" / ("sha256-" + hex_of(digest) + suffix)
 
 
-def run(argv, timeout=CHILD_TIMEOUT, check=False, env=None):
-    argv = [str(a) for a in argv]
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True,
-                            env={**os.environ, **(env or {})})
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, err = proc.communicate(timeout=10)
-        pytest.fail(f"{' '.join(argv)} did not finish within {timeout}s\n{out}\n{err}")
-    result = subprocess.CompletedProcess(argv, proc.returncode, out, err)
-    if check:
-        assert result.returncode == 0, f"{' '.join(argv)} exited {result.returncode}:\n{err}"
-    return result
-
-
 def as_nobody(argv):
     """ARGV as uid nobody, with a HOME of its own (root's is not readable)."""
     return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
@@ -75,12 +57,6 @@ def as_nobody(argv):
 def nobody(*argv):
     """Run ARGV as uid nobody; it must succeed."""
     return run(as_nobody(argv), check=True)
-
-
-def ok(result):
-    assert result.returncode == 0, f"{' '.join(result.args)} exited {result.returncode}:\n" \
-                                   f"{result.stdout}\n{result.stderr}"
-    return result
 
 
 # Reads a file front to back as whoever runs it; reports the hash or the errno.

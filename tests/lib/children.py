@@ -1,0 +1,96 @@
+"""Children a test runs and waits for: blobfs itself (conftest's run_blobfs),
+fusermount3, ls, a Python reader as another user. One runner for all of them,
+so that every suite has the same rules:
+
+- each child starts in a session (and process group) of its own, stdin is
+  /dev/null unless the test gives input, output is captured as text;
+- past the test's time limit the whole group is killed, the child's own
+  children too, and the test fails with whatever output there was;
+- after that kill the output is collected for a bounded time only (REAP_TIMEOUT):
+  a daemon that left the group may hold the pipes, and a process stuck in a FUSE
+  request stays until the mount's teardown frees it, which comes after the test.
+
+start() and finish() are the two halves of run(), for a test that has children
+running side by side; python_json() runs a Python snippet that answers in JSON."""
+
+import json
+import os
+import signal
+import subprocess
+
+import pytest
+
+REAP_TIMEOUT = 10  # seconds to collect the output of a killed group
+PYTHON = "/usr/bin/python3"
+
+
+def environment(env=None, base_env=None):
+    """BASE_ENV (default: this process's) with ENV laid over it; a None value in
+    ENV unsets that variable, other values are made strings."""
+    environ = dict(os.environ if base_env is None else base_env)
+    for key, value in (env or {}).items():
+        if value is None:
+            environ.pop(key, None)
+        else:
+            environ[key] = value if isinstance(value, (str, bytes)) else str(value)
+    return environ
+
+
+def start(argv, *, env=None, base_env=None, stdin=False, text=True, cwd=None, umask=None):
+    """Popen ARGV (each made a string) in a new session with captured output.
+    STDIN: a pipe for finish()'s input, else /dev/null. UMASK is set in the child."""
+    return subprocess.Popen(
+        [str(arg) for arg in argv],
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=environment(env, base_env),
+        cwd=cwd,
+        preexec_fn=(lambda: os.umask(umask)) if umask is not None else None,
+        text=text,
+        start_new_session=True,
+    )
+
+
+def finish(proc, timeout, input=None, what=None):
+    """Wait for PROC (from start()) with a bound -> CompletedProcess. Past TIMEOUT
+    seconds its group is killed and the test fails; WHAT names it in the message."""
+    try:
+        out, err = proc.communicate(input, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            out, err = proc.communicate(timeout=REAP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            out = err = "(unavailable: a daemon outside the group holds the pipes, " \
+                        "or the process is stuck in the kernel)"
+        pytest.fail(f"{what or ' '.join(proc.args)} did not finish within {timeout}s\n"
+                    f"stdout:\n{out}\nstderr:\n{err}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def ok(result):
+    """RESULT (a CompletedProcess), after asserting that it exited 0."""
+    assert result.returncode == 0, (f"{' '.join(map(str, result.args))} exited "
+                                    f"{result.returncode}:\nstdout:\n{result.stdout}\n"
+                                    f"stderr:\n{result.stderr}")
+    return result
+
+
+def run(argv, timeout=60, check=False, input=None, **options):
+    """start(ARGV, **OPTIONS) and finish() it -> CompletedProcess; CHECK: it must
+    exit 0. OPTIONS are start()'s: env, base_env, text, cwd, umask."""
+    proc = start(argv, stdin=input is not None, **options)
+    result = finish(proc, timeout, input)
+    return ok(result) if check else result
+
+
+def python_json(code, *args, timeout=60):
+    """Run Python CODE in a child (sys.argv[1:] = ARGS) -> its stdout parsed as
+    JSON; the child must exit 0."""
+    result = run([PYTHON, "-c", code, *args], timeout=timeout)
+    assert result.returncode == 0, f"child exited {result.returncode}:\n{result.stderr}"
+    return json.loads(result.stdout)
