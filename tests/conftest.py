@@ -19,6 +19,7 @@ import blobfsmount  # noqa: E402  (these need the sys.path entry above)
 import children  # noqa: E402
 import dockerreg  # noqa: E402
 from faultreg import FaultRegistry  # noqa: E402
+from servers import start_or_skip, stopped_after  # noqa: E402
 
 DEFAULT_BLOBFS_TIMEOUT = 60  # seconds
 
@@ -64,46 +65,25 @@ def blob_cache():
         yield Path(path)
 
 
-def _start_registry(**options):
-    try:
-        return dockerreg.DockerRegistry(**options)
-    except dockerreg.ToolMissing as missing:
-        pytest.skip(str(missing))
-
-
 @pytest.fixture
 def registry():
     """A fresh DockerRegistry without CDN: blobs are served by the registry itself."""
-    with _start_registry() as reg:
+    with start_or_skip(dockerreg.DockerRegistry) as reg:
         yield reg
 
 
 @pytest.fixture
 def cdn_registry():
     """A fresh DockerRegistry whose blob GETs redirect (307) to an nginx CDN."""
-    with _start_registry(cdn=True) as reg:
+    with start_or_skip(dockerreg.DockerRegistry, cdn=True) as reg:
         yield reg
-
-
-def _stopped_after(make):
-    """Yield a factory that calls MAKE; whatever it made is stopped after the test."""
-    started = []
-
-    def start(*args, **kwargs):
-        obj = make(*args, **kwargs)
-        started.append(obj)
-        return obj
-
-    yield start
-    for obj in started:
-        obj.stop()
 
 
 @pytest.fixture
 def capped_cdn_registry():
     """Factory: capped_cdn_registry(rate) -> DockerRegistry whose CDN sends at most
     RATE (nginx syntax, e.g. "1m" = 1 MiB/s) per request. Stopped after the test."""
-    yield from _stopped_after(lambda rate: _start_registry(cdn_rate=rate))
+    yield from stopped_after(lambda rate: dockerreg.DockerRegistry(cdn_rate=rate))
 
 
 @pytest.fixture
@@ -152,7 +132,7 @@ def run_blobfs(blobfs_bin, store):
 @pytest.fixture
 def fault_registry():
     """Factory for FaultRegistry instances, all stopped after the test."""
-    yield from _stopped_after(lambda **options: FaultRegistry(**options))
+    yield from stopped_after(FaultRegistry)
 
 
 @pytest.fixture

@@ -40,11 +40,12 @@ from pathlib import Path
 import pytest
 
 from children import ok, python_json, run
-from dockerreg import DockerRegistry, PullThroughCache, ToolMissing
+from dockerreg import DockerRegistry, PullThroughCache
 from models import (
     DOCKER_CONFIG, DOCKER_MANIFEST_V2, OLLAMA_LICENSE, OLLAMA_MODEL, OLLAMA_PARAMS,
     OLLAMA_TEMPLATE, make_model, push_model,
 )
+from servers import stopped_after
 from storefiles import hex_of, sha256_file, store_blob, wait_for
 
 MiB = 1 << 20
@@ -394,19 +395,9 @@ def mount(blobfs_bin, store, empty_config, request):
 def docker_registries():
     """Factory: docker_registries(**DockerRegistry options) or
     docker_registries(proxy_of=URL) for a pull-through cache; all stopped after."""
-    started = []
-
-    def start(proxy_of=None, **options):
-        try:
-            reg = PullThroughCache(proxy_of, **options) if proxy_of else DockerRegistry(**options)
-        except ToolMissing as missing:
-            pytest.skip(str(missing))
-        started.append(reg)
-        return reg
-
-    yield start
-    for reg in started:
-        reg.stop()
+    yield from stopped_after(lambda proxy_of=None, **options:
+                             PullThroughCache(proxy_of, **options) if proxy_of
+                             else DockerRegistry(**options))
 
 
 def blobfs_requests(reg, since):

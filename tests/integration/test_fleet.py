@@ -37,10 +37,11 @@ from pathlib import Path
 
 import pytest
 
-from dockerreg import DockerRegistry, ToolMissing, free_port
+from dockerreg import DockerRegistry, free_port
 from faultreg import OLLAMA_MODEL as FAULTREG_MODEL
 from fleetcache import START, FleetCache
 from models import OLLAMA_MODEL, OLLAMA_TEMPLATE, make_model, push_model
+from servers import start_or_skip, stopped_after
 
 MiB = 1 << 20
 PYTHON = "/usr/bin/python3"
@@ -83,39 +84,15 @@ print(json.dumps(out))
 @pytest.fixture
 def fleet_cache():
     """Factory: fleet_cache(upstream_url, extra_args=()) -> FleetCache, stopped after."""
-    started = []
-
-    def start(upstream, extra_args=()):
-        try:
-            cache = FleetCache(upstream, extra_args)
-        except ToolMissing as missing:
-            pytest.skip(str(missing))
-        started.append(cache)
-        return cache
-
-    yield start
-    for cache in started:
-        cache.stop()
+    yield from stopped_after(FleetCache)
 
 
 @pytest.fixture
 def origin():
     """Factory: origin(**DockerRegistry options) -> a registry whose blob GETs
     redirect to an nginx CDN capped at ORIGIN_RATE per request; stopped after."""
-    started = []
-
-    def start(**options):
-        try:
-            reg = DockerRegistry(cdn=True, cdn_rate=options.pop("cdn_rate", ORIGIN_RATE),
-                                 **options)
-        except ToolMissing as missing:
-            pytest.skip(str(missing))
-        started.append(reg)
-        return reg
-
-    yield start
-    for reg in started:
-        reg.stop()
+    yield from stopped_after(lambda cdn_rate=ORIGIN_RATE, **options:
+                             DockerRegistry(cdn=True, cdn_rate=cdn_rate, **options))
 
 
 @pytest.fixture
@@ -293,10 +270,7 @@ def test_an_https_registry_that_serves_blobs_itself(
     """No CDN: the registry answers blob GETs with the bytes, over TLS that the
     cache checks against the test CA (by name: nginx does not match addresses
     in certificates). Its bytes are cached by digest all the same."""
-    try:
-        reg = DockerRegistry(tls=True)
-    except ToolMissing as missing:
-        pytest.skip(str(missing))
+    reg = start_or_skip(DockerRegistry, tls=True)
     try:
         layer = push_blob(reg, tmp_path, blob_cache, size=24 * MiB, seed=20)
         cache = fleet_cache(f"https://localhost:{reg.host.rsplit(':', 1)[1]}",

@@ -18,6 +18,7 @@ from models import (
     OLLAMA_SYSTEM, OLLAMA_TEMPLATE, delete_blob, delete_manifest, make_model, push_blob,
     push_model, random_blob,
 )
+from servers import start_or_skip
 
 MiB = 1 << 20
 REPO = "library/tiny"
@@ -205,11 +206,8 @@ def test_http2_cdn_behind_a_per_connection_cap(blob_cache):
     """http2: the TLS listeners offer h2; cdn_conn_rate: a stream proxy caps each
     TCP connection, however many streams it carries; the CDN's log names every
     request's connection and protocol."""
-    try:
-        reg = dockerreg.DockerRegistry(tls=True, cdn=True, http2=True, cdn_conn_rate="2m")
-    except dockerreg.ToolMissing as missing:
-        pytest.skip(str(missing))
-    with reg:
+    with start_or_skip(dockerreg.DockerRegistry, tls=True, cdn=True, http2=True,
+                       cdn_conn_rate="2m") as reg:
         path, digest = random_blob(blob_cache, 4 * MiB)
         push_blob(reg.backend_url, REPO, path)
         url = f"{reg.url}/v2/{REPO}/blobs/{digest}"

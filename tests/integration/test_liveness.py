@@ -28,6 +28,7 @@ import pytest
 import dockerreg
 from children import python_json
 from models import OLLAMA_MODEL, make_model, push_model, random_blob
+from servers import start_or_skip
 from storefiles import sha256_file, store_blob, wait_for
 
 MiB = 1 << 20
@@ -93,12 +94,8 @@ def pull_lazy(run_blobfs, store, name):
 
 @pytest.fixture
 def second_registry():
-    try:
-        reg = dockerreg.DockerRegistry()
-    except dockerreg.ToolMissing as missing:
-        pytest.skip(str(missing))
-    yield reg
-    reg.stop()
+    with start_or_skip(dockerreg.DockerRegistry) as reg:
+        yield reg
 
 
 def test_a_blob_comes_from_any_registry_that_names_it(registry, second_registry, run_blobfs,

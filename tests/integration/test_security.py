@@ -40,6 +40,7 @@ import children
 import dockerreg
 from faultreg import FaultRegistry, _Grant
 from models import OLLAMA_MODEL, OLLAMA_TEMPLATE, make_model, push_model
+from servers import start_or_skip, stopped_after
 from storefiles import error_lines, files_under, sha256_file
 
 MiB = 1 << 20
@@ -133,10 +134,7 @@ def pki(tmp_path_factory):
     """A test CA, a server certificate it signed for localhost, REGISTRY_NAME and
     127.0.0.1, and one it signed for example.com only."""
     base = tmp_path_factory.mktemp("pki")
-    try:
-        ca = dockerreg.make_ca(base)
-    except dockerreg.ToolMissing as missing:
-        pytest.skip(str(missing))
+    ca = start_or_skip(dockerreg.make_ca, base)
     cert, key = dockerreg.make_server_cert(ca, base, ("localhost", REGISTRY_NAME), ("127.0.0.1",))
     wrong_cert, wrong_key = dockerreg.make_server_cert(ca, base, ("example.com",), (),
                                                        stem="example")
@@ -195,23 +193,15 @@ def small_model(tmp_path, blob_cache):
 def tls_registry(pki, small_model):
     """Factory: tls_registry(**options) -> DockerRegistry(tls=True, cdn=True) with
     the test certificate (overridable) and small_model pushed as REPO:latest."""
-    started = []
-
-    def start(**options):
-        options = {"tls": True, "cdn": True, "tls_cert": pki["cert"], "tls_key": pki["key"],
-                   **options}
-        try:
-            reg = dockerreg.DockerRegistry(**options)
-        except dockerreg.ToolMissing as missing:
-            pytest.skip(str(missing))
-        started.append(reg)
+    def push(reg):
         push_model(reg.backend_url, REPO, "latest", small_model)
         reg.model = small_model
-        return reg
 
-    yield start
-    for reg in started:
-        reg.stop()
+    yield from stopped_after(
+        lambda **options: dockerreg.DockerRegistry(**{
+            "tls": True, "cdn": True, "tls_cert": pki["cert"], "tls_key": pki["key"],
+            **options}),
+        then=push)
 
 
 class PresignedRegistry(FaultRegistry):
@@ -235,18 +225,11 @@ class PresignedRegistry(FaultRegistry):
 @pytest.fixture
 def fault_registry():
     """Factory for (Presigned)FaultRegistry instances, all stopped after the test."""
-    started = []
-
-    def start(**options):
-        reg = PresignedRegistry(**options)
-        started.append(reg)
+    def add(reg):
         reg.manifest, (reg.layer,) = reg.add_model("library/f", "latest",
                                                     [(OLLAMA_MODEL, os.urandom(600_000))])
-        return reg
 
-    yield start
-    for reg in started:
-        reg.stop()
+    yield from stopped_after(PresignedRegistry, then=add)
 
 
 class Mount:
@@ -801,20 +784,9 @@ def write_netrc(path, text):
 def tls_front(pki):
     """Factory: tls_front(reg, http2=False) -> dockerreg.TlsFront terminating TLS
     (the test certificate) before the FaultRegistry REG."""
-    started = []
-
-    def start(reg, http2=False):
-        try:
-            front = dockerreg.TlsFront(int(reg.host.rsplit(":", 1)[1]), pki["cert"], pki["key"],
-                                       http2=http2)
-        except dockerreg.ToolMissing as missing:
-            pytest.skip(str(missing))
-        started.append(front)
-        return front
-
-    yield start
-    for front in started:
-        front.stop()
+    yield from stopped_after(
+        lambda reg, http2=False: dockerreg.TlsFront(int(reg.host.rsplit(":", 1)[1]), pki["cert"],
+                                                    pki["key"], http2=http2))
 
 
 def test_credentials_never_go_to_a_plain_http_token_realm(fault_registry, tls_front, pki, blobfs,

@@ -97,6 +97,22 @@ class ToolMissing(RuntimeError):
     """A server binary is not installed; the message names the Debian package."""
 
 
+class Finalized:
+    """A server whose whole clean-up is its weakref finalizer (self._finalizer,
+    run at most once): stop() runs it, and so does leaving a ``with`` block,
+    garbage collection or exit."""
+
+    def stop(self):
+        """Stop the server and remove its files (idempotent)."""
+        self._finalizer()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
 def find_tool(name, package):
     """Absolute path of NAME, searched on PATH and in /usr/sbin (where nginx lives)."""
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
@@ -295,7 +311,7 @@ def _shutdown(servers, workdir):
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-class _Nginxes:
+class _Nginxes(Finalized):
     """Server processes (nginx instances, mostly) sharing one temp dir and
     stopped together: on stop(), on leaving the ``with`` block, on garbage
     collection or at exit."""
@@ -385,16 +401,6 @@ class _Nginxes:
             name, launch, ready_path, ready_status, self._token, timeout, tls=tls)
         self._servers.append(server)
         return port
-
-    def stop(self):
-        """Stop every server, remove the temp dir (idempotent)."""
-        self._finalizer()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
 
     def log_tail(self, lines=20):
         """Last lines of the servers' error logs, for failure messages."""

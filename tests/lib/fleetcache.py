@@ -21,7 +21,7 @@ import time
 import weakref
 from pathlib import Path
 
-from dockerreg import ToolMissing, find_tool, free_port
+from dockerreg import Finalized, ToolMissing, find_tool, free_port
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 START = REPO_DIR / "contrib" / "fleet-cache" / "start"
@@ -59,7 +59,7 @@ def _cleanup(state, workdir):
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-class FleetCache:
+class FleetCache(Finalized):
     """contrib/fleet-cache/start --upstream UPSTREAM --listen 127.0.0.1:PORT --dir DIR.
 
     Attributes: url, host ("127.0.0.1:PORT"), port, dir (the cache's DIR),
@@ -143,16 +143,6 @@ class FleetCache:
     def restart(self):
         self.kill()
         self.start()
-
-    def stop(self):
-        """Stop nginx and remove every file (idempotent)."""
-        self._finalizer()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
 
     def log_tail(self, lines=30):
         try:
