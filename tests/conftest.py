@@ -138,8 +138,8 @@ def fault_registry():
 @pytest.fixture
 def mount(blobfs_bin, store, request):
     """Factory: mount(*OPTIONS, store=<store>, global_args=(), debug=True, path=None,
-    wait=True, env=None) -> Mount (see tests/lib/blobfsmount.py). test_ecosystem and
-    test_security have their own, for detached mounts."""
+    wait=True, env=None, ...) -> Mount (see tests/lib/blobfsmount.py). test_ecosystem
+    and test_security give it their own environment (and a namespace) by Mounts."""
     yield from blobfsmount.mounts(blobfs_bin, store, request)
 
 

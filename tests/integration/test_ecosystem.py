@@ -30,8 +30,6 @@ import shutil
 import socket
 import socketserver
 import subprocess
-import sys
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -39,7 +37,8 @@ from pathlib import Path
 
 import pytest
 
-from children import ok, python_json, run
+import blobfsmount
+from children import READ_ALL, ok, python_json, run
 from dockerreg import DockerRegistry, PullThroughCache
 from models import (
     DOCKER_CONFIG, DOCKER_MANIFEST_V2, OLLAMA_LICENSE, OLLAMA_MODEL, OLLAMA_PARAMS,
@@ -105,25 +104,6 @@ def clean_env(config, extra=None):
             env[key] = str(value)
     return env
 
-
-# Hashes a file read front to back; reports the hash or the errno.
-READ_ALL = r"""
-import hashlib, json, os, sys
-out = {"ok": True}
-try:
-    with open(sys.argv[1], "rb") as f:
-        sha, n = hashlib.sha256(), 0
-        while True:
-            piece = f.read(1 << 20)
-            if not piece:
-                break
-            sha.update(piece)
-            n += len(piece)
-    out.update(sha="sha256:" + sha.hexdigest(), size=n)
-except OSError as e:
-    out = {"ok": False, "errno": e.errno, "error": str(e)}
-print(json.dumps(out))
-"""
 
 # Walks a models directory the way Ollama does (server/manifest.go, images.go):
 # every manifests/*/*/*/* is a manifest; each layer and the config must be
@@ -247,148 +227,19 @@ def blobfs(run_blobfs, empty_config):
     return run_it
 
 
-class Mount:
-    """A `blobfs mount -f` daemon (or a detached one) with its log."""
-
-    def __init__(self, blobfs_bin, store, path, log_path, options=(), global_args=(),
-                 env=None, foreground=True, debug=False):
-        self.path = Path(path)
-        self.log_path = Path(log_path)
-        self.argv = [str(blobfs_bin)]
-        if store is not None:
-            self.argv += ["--store", str(store)]
-        self.argv += [str(a) for a in global_args]
-        if debug:
-            self.argv.append("--debug")
-        self.argv.append("mount")
-        if foreground:
-            self.argv.append("-f")
-        if options:
-            self.argv += ["-o", ",".join(options)]
-        self.argv.append(str(self.path))
-        self.foreground = foreground
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=log, start_new_session=True, env=env)
-
-    def wait_mounted(self, timeout=MOUNT_TIMEOUT):
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if blobfs_mounted(self.path):
-                return self
-            if self.foreground and self.proc.poll() is not None:
-                pytest.fail(f"blobfs mount exited {self.proc.returncode} before mounting:\n"
-                            f"{self.log()}")
-            time.sleep(0.05)
-        pytest.fail(f"{self.path} is not a fuse.blobfs mount {timeout:.0f}s after "
-                    f"{' '.join(self.argv)}:\n{self.log()}")
-
-    def log(self):
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-
-    def daemon_pid(self):
-        """The daemon's pid: the process itself with -f, else found by its mount."""
-        if self.foreground:
-            return self.proc.pid
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-                except OSError:
-                    continue
-                if cmdline[:1] == [self.argv[0].encode()] and str(self.path).encode() in cmdline \
-                        and int(entry.name) != self.proc.pid:
-                    return int(entry.name)
-        return None
-
-    def unmount(self):
-        """fusermount3 -u, then wait for the daemon to exit; returns its status (-f only)."""
-        result = subprocess.run(["fusermount3", "-u", str(self.path)], capture_output=True,
-                                text=True, timeout=20)
-        assert result.returncode == 0, f"fusermount3 -u {self.path}: {result.stderr}"
-        if self.foreground:
-            return self.proc.wait(UNMOUNT_TIMEOUT)
-        return None
-
-    def cleanup(self):
-        try:
-            if blobfs_mounted(self.path):
-                subprocess.run(["fusermount3", "-u", str(self.path)], capture_output=True,
-                               timeout=20)
-            if self.foreground:
-                try:
-                    self.proc.wait(UNMOUNT_TIMEOUT)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(10)
-        except Exception as exc:  # noqa: BLE001 - cleanup goes on regardless
-            print(f"cleanup of {self.path}: {exc!r}", file=sys.stderr)
-            if self.proc.poll() is None:
-                self.proc.kill()
-        finally:
-            try:
-                detach(self.path)
-            except Exception:  # noqa: BLE001
-                pass
-
-
 @pytest.fixture
 def mount(blobfs_bin, store, empty_config, request):
     """mount(*OPTIONS, store=<store>, global_args=(), config=<empty>, env=None,
-    foreground=True, debug=False, path=None, wait=True) -> Mount; all are taken
-    down after the test, and their logs printed if it failed."""
-    mounts = []
-    tmp = Path(tempfile.mkdtemp(prefix="blobfs-eco-mnt-"))
-    failed_before = request.session.testsfailed
-    fired = []
+    foreground=True, debug=False, path=None, wait=True) -> blobfsmount.Mount in
+    the clean environment (see clean_env); all are taken down after the test,
+    and their logs printed if it failed."""
+    mounts = blobfsmount.Mounts(blobfs_bin, store, request, watchdog=WATCHDOG)
 
-    def watchdog():
-        # A stuck mount would hang the test in a system call: kill the daemons,
-        # which makes every such call fail.
-        fired.append(True)
-        for m in mounts:
-            pid = m.daemon_pid()
-            if pid:
-                try:
-                    os.kill(pid, 9)
-                except ProcessLookupError:
-                    pass
-            detach(m.path)
-
-    timer = threading.Timer(WATCHDOG, watchdog)
-    timer.daemon = True
-    timer.start()
-
-    def start(*options, store=store, global_args=(), config=empty_config, env=None,
-              foreground=True, debug=False, path=None, wait=True):
-        index = len(mounts)
-        if path is None:
-            path = tmp / f"mnt{index}"
-            path.mkdir()
-        m = Mount(blobfs_bin, store, Path(os.path.realpath(path)), tmp / f"blobfs{index}.log",
-                  options, global_args, clean_env(config, env), foreground, debug)
-        mounts.append(m)
-        if wait:
-            m.wait_mounted()
-        return m
+    def start(*options, config=empty_config, env=None, debug=False, **settings):
+        return mounts.start(*options, base_env=clean_env(config, env), debug=debug, **settings)
 
     yield start
-
-    timer.cancel()
-    for m in mounts:
-        m.cleanup()
-    if request.session.testsfailed > failed_before or fired:
-        for m in mounts:
-            print(f"===== blobfs log ({' '.join(m.argv)}):\n{m.log()}")
-    leftover = [str(m.path) for m in mounts
-                if any(point == str(m.path) for _, point, _ in proc_mounts())]
-    if not leftover:
-        shutil.rmtree(tmp, ignore_errors=True)
-    assert not leftover, f"mounts left behind: {leftover}"
-    assert not fired, f"the test held its mounts past the {WATCHDOG:.0f}s watchdog"
+    mounts.finish()
 
 
 @pytest.fixture
@@ -1081,7 +932,7 @@ def test_a_store_laid_out_by_ollama_works_without_any_server(blobfs, store, moun
         read_through(tag_dir / "config.json", model["manifest"]["config"]["digest"])
     walk = ollama_walk(m.path)
     assert walk["problems"] == [] and len(walk["manifests"]) == 2, walk
-    assert " GET " not in m.log() and "debug: GET" not in m.log(), \
+    assert " GET " not in m.log_text() and "debug: GET" not in m.log_text(), \
         f"the mount made requests although everything was local:\n{m.log()}"
 
 
@@ -1239,7 +1090,7 @@ def test_a_detached_mount_logs_to_syslog(fault_registry, blobfs, store, mount, s
     assert any(digest in msg or host in msg for msg in logged()), logged()
     # the daemon's LOG_DAEMON facility: <PRI> = 3 * 8 + LOG_ERR (3) = 27
     assert all(msg.startswith("<27>") for msg in logged()), logged()
-    assert m.log() == "", f"the detached daemon wrote to the terminal:\n{m.log()}"
+    assert m.log_text() == "", f"the detached daemon wrote to the terminal:\n{m.log()}"
 
 
 def test_foreground_logs_to_stderr_and_debug_adds_requests(fault_registry, registry, blobfs,
@@ -1254,7 +1105,7 @@ def test_foreground_logs_to_stderr_and_debug_adds_requests(fault_registry, regis
     read_through(quiet.path / "models" / registry.host / "library" / "ok" / "latest" / "model",
                  model.layers[0].digest)
     assert quiet.unmount() == 0
-    log = quiet.log()
+    log = quiet.log_text()
     assert re.search(rf"^blobfs: error: .*{re.escape(host)}", log, re.M), log
     assert "debug:" not in log, log
 
@@ -1264,7 +1115,7 @@ def test_foreground_logs_to_stderr_and_debug_adds_requests(fault_registry, regis
     read_through(loud.path / "models" / registry.host / "library" / "ok" / "latest" / "model",
                  model.layers[0].digest)
     assert loud.unmount() == 0
-    log = loud.log()
+    log = loud.log_text()
     url = f"http://{registry.host}/v2/library/ok/blobs/{model.layers[0].digest}"
     assert re.search(rf"^blobfs: debug: GET {re.escape(url)}", log, re.M), log
 

@@ -25,18 +25,17 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import stat
 import subprocess
-import tempfile
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
+import blobfsmount
 import children
+from children import READ_ALL
 import dockerreg
 from faultreg import FaultRegistry, _Grant
 from models import OLLAMA_MODEL, OLLAMA_TEMPLATE, make_model, push_model
@@ -104,26 +103,6 @@ def in_hosts_namespace(argv, hosts_file):
 def as_nobody(argv):
     return ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups",
             *map(str, argv)]
-
-
-# Reads a file front to back; reports the hash or the errno.
-READ_ALL = r"""
-import hashlib, json, os, sys, time
-t0 = time.monotonic()
-sha, n, out = hashlib.sha256(), 0, {"ok": True}
-try:
-    with open(sys.argv[1], "rb", buffering=0) as f:
-        while True:
-            piece = f.read(1 << 20)
-            if not piece:
-                break
-            sha.update(piece)
-            n += len(piece)
-except OSError as e:
-    out = {"ok": False, "errno": e.errno, "error": str(e)}
-out.update({"bytes": n, "sha": "sha256:" + sha.hexdigest(), "elapsed": time.monotonic() - t0})
-print(json.dumps(out))
-"""
 
 
 # ---------------------------------------------------------------- fixtures
@@ -232,128 +211,29 @@ def fault_registry():
     yield from stopped_after(PresignedRegistry, then=add)
 
 
-class Mount:
-    """One `blobfs --debug mount -f` daemon, optionally in the hosts namespace
-    (then its mount is only visible there, and run() enters it)."""
-
-    def __init__(self, blobfs_bin, store, path, log_path, options, hosts, env):
-        self.path = Path(path)
-        self.log_path = Path(log_path)
-        self.in_namespace = hosts is not None
-        self.argv = [str(blobfs_bin), "--store", str(store), "--debug", "mount", "-f"]
-        if options:
-            self.argv += ["-o", ",".join(options)]
-        self.argv.append(str(self.path))
-        if hosts is not None:
-            self.argv = in_hosts_namespace(self.argv, hosts)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=log,
-                                         stderr=log, start_new_session=True,
-                                         env={**os.environ, **env})
-
-    def _mounts_file(self):
-        return f"/proc/{self.proc.pid}/mounts" if self.in_namespace else "/proc/mounts"
-
-    def mount_entry(self):
-        """(fstype, options) of the mount at self.path, or None."""
-        try:
-            with open(self._mounts_file()) as f:
-                lines = f.read().splitlines()
-        except OSError:
-            return None
-        for line in lines:
-            fields = line.split()
-            if len(fields) >= 4:
-                point = re.sub(r"\\(\d{3})", lambda m: chr(int(m[1], 8)), fields[1])
-                if point == str(self.path):
-                    return fields[2], fields[3].split(",")
-        return None
-
-    def mounted(self):
-        entry = self.mount_entry()
-        return entry is not None and entry[0] == "fuse.blobfs"
-
-    def wait_mounted(self):
-        deadline = time.monotonic() + MOUNT_TIMEOUT
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"blobfs mount exited {self.proc.returncode} before mounting:\n"
-                            f"{self.log()}")
-            if self.mounted():
-                return self
-            time.sleep(0.05)
-        pytest.fail(f"{self.path} not mounted {MOUNT_TIMEOUT:.0f}s after "
-                    f"{' '.join(self.argv)}:\n{self.log()}")
-
-    def run(self, argv, timeout=CHILD_TIMEOUT):
-        """Run ARGV where the mount is visible."""
-        if self.in_namespace:
-            argv = ["nsenter", f"--target={self.proc.pid}", "--mount", "--", *map(str, argv)]
-        return run(argv, timeout=timeout)
-
-    def read(self, relpath, timeout=CHILD_TIMEOUT):
-        result = self.run([PYTHON, "-c", READ_ALL, self.path / relpath], timeout=timeout)
-        assert result.returncode == 0, f"reader failed: {result.stderr}"
-        return json.loads(result.stdout)
-
-    def log(self):
-        try:
-            return self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return "(no log)"
-
-    def stop(self):
-        """Unmount, end the daemon, detach what is left; never raises."""
-        try:
-            if self.proc.poll() is None:
-                if self.mounted():
-                    self.run(["fusermount3", "-u", self.path], timeout=10)
-                try:
-                    self.proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    os.killpg(self.proc.pid, signal.SIGKILL)
-                    self.proc.wait(10)
-        except BaseException as exc:  # noqa: BLE001 - cleanup goes on regardless
-            print(f"stopping the mount at {self.path}: {exc!r}")
-            if self.proc.poll() is None:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(10)
-        if not self.in_namespace and self.mount_entry() is not None:
-            subprocess.run(["fusermount3", "-uz", str(self.path)], capture_output=True,
-                           timeout=10)
+def read_through(m, relpath, timeout=CHILD_TIMEOUT):
+    """READ_ALL of RELPATH in blobfsmount.Mount M, where M is visible."""
+    result = m.run([PYTHON, "-c", READ_ALL, m.path / relpath], timeout=timeout)
+    assert result.returncode == 0, f"reader failed: {result.stderr}"
+    return json.loads(result.stdout)
 
 
 @pytest.fixture
 def mount(blobfs_bin, store, home, request):
-    """Factory: mount(*OPTIONS, store=<store>, hosts=None) -> Mount, mounted.
-    Mountpoints live in a 0755 directory so that other users can reach them."""
-    mounts = []
-    base = Path(tempfile.mkdtemp(prefix="blobfs-sec-mnt-"))
-    base.chmod(0o755)
-    failed_before = request.session.testsfailed
+    """Factory: mount(*OPTIONS, store=<store>, hosts=None) -> blobfsmount.Mount of
+    `blobfs --debug mount -f` with HOME=<home>, mounted. HOSTS: in the test
+    namespace with that /etc/hosts (the mount is only visible there, and
+    m.run() enters it). Mountpoints live in a 0755 directory (mount.base) so
+    that other users can reach them."""
+    mounts = blobfsmount.Mounts(blobfs_bin, store, request, shared=True)
 
     def start(*options, store=store, hosts=None):
-        index = len(mounts)
-        path = base / f"mnt{index}"
-        path.mkdir()
-        path.chmod(0o755)
-        m = Mount(blobfs_bin, store, path, base / f"blobfs{index}.log", options, hosts,
-                  {"HOME": str(home)})
-        mounts.append(m)
-        return m.wait_mounted()
+        namespace = (lambda argv: in_hosts_namespace(argv, hosts)) if hosts is not None else None
+        return mounts.start(*options, store=store, env={"HOME": str(home)}, namespace=namespace)
 
-    start.base = base
+    start.base = mounts.base
     yield start
-    for m in mounts:
-        m.stop()
-    if request.session.testsfailed > failed_before:
-        for m in mounts:
-            print(f"===== blobfs log ({' '.join(m.argv)}), exit status {m.proc.returncode}:\n"
-                  f"{m.log()[-6000:]}")
-    leftover = [str(m.path) for m in mounts if m.mount_entry() is not None]
-    if not leftover:
-        shutil.rmtree(base, ignore_errors=True)
-    assert not leftover, f"mounts left behind: {leftover}"
+    mounts.finish()
 
 
 class Sniffer:
@@ -492,9 +372,9 @@ def test_mount_without_cacert_read_fails_with_eio(tls_registry, pki, blobfs, mou
     not given fails with EIO (not a hang), and the log says why."""
     reg, relpath = lazy_pull_by_name(tls_registry, pki, blobfs, hosts_file)
     m = mount("read_timeout=20", hosts=hosts_file)
-    got = m.read(relpath)
+    got = read_through(m, relpath)
     assert not got["ok"], f"read without the CA succeeded: {got}"
-    assert re.search(r"certificate|\bCA\b", m.log(), re.I), \
+    assert re.search(r"certificate|\bCA\b", m.log_text(), re.I), \
         f"the mount's log does not explain the failed read:\n{m.log()[-3000:]}"
     assert got["errno"] == errno.EIO, (
         f"the read failed with {errno.errorcode.get(got['errno'])} ({got['error']}), not EIO; "
@@ -505,7 +385,7 @@ def test_mount_without_cacert_read_fails_with_eio(tls_registry, pki, blobfs, mou
 def test_mount_with_cacert_option_reads(tls_registry, pki, blobfs, mount, hosts_file):
     reg, relpath = lazy_pull_by_name(tls_registry, pki, blobfs, hosts_file)
     m = mount(f"cacert={pki['ca']}", hosts=hosts_file)
-    got = m.read(relpath)
+    got = read_through(m, relpath)
     assert got["ok"], f"read with -o cacert failed: {got}\nlog:\n{m.log()[-3000:]}"
     layer = reg.model.layer(OLLAMA_MODEL)
     assert (got["bytes"], got["sha"]) == (layer.size, layer.digest)
@@ -522,8 +402,8 @@ def test_mount_keeps_https_for_a_model_pulled_with_https(tls_registry, pki, blob
     assert result.returncode == 0, result.stderr
     layer = reg.model.layer(OLLAMA_MODEL)
     m = mount(f"cacert={pki['ca']}", "read_timeout=20")
-    got = m.read(Path("models") / reg.host / REPO / "latest" / "model")
-    plain = [line for line in m.log().splitlines() if f"http://{reg.host}/" in line]
+    got = read_through(m, Path("models") / reg.host / REPO / "latest" / "model")
+    plain = [line for line in m.log_text().splitlines() if f"http://{reg.host}/" in line]
     assert got["ok"] and got["sha"] == layer.digest, (
         f"read through the mount: {got}; plain-HTTP requests to the TLS port: {plain[:3]}\n"
         f"log:\n{m.log()[-2000:]}")
@@ -624,10 +504,10 @@ def test_debug_log_of_mount_has_no_secrets(fault_registry, blobfs, store, mount,
     assert pulled.returncode == 0, pulled.stderr
     tokens_before = len(reg.secrets_issued())
     m = mount(f"credentials={creds}")
-    got = m.read(Path("models") / reg.host / "library/f/latest/model")
+    got = read_through(m, Path("models") / reg.host / "library/f/latest/model")
     assert got["ok"] and got["sha"] == reg.layer, f"{got}\n{m.log()[-3000:]}"
-    m.stop()
-    log = m.log()
+    m.cleanup()
+    log = m.log_text()
     assert any("GET " in line for line in debug_lines(log)), f"no request in the mount's log:\n{log}"
     assert len(reg.secrets_issued()) > tokens_before, "the mount used no new token or CDN URL"
     assert reg.count(listener="cdn", status=206) + reg.count(listener="cdn", status=200) >= 1
@@ -689,7 +569,7 @@ def test_mount_is_private_to_its_user_by_default(mount):
     m = mount()
     fstype, options = m.mount_entry()
     assert "allow_other" not in options, f"mounted with {options} without -o allow_other"
-    mine = m.run(["ls", m.path])
+    mine = m.run(["ls", m.path], timeout=CHILD_TIMEOUT)
     assert mine.returncode == 0 and "models" in mine.stdout.split(), mine
     theirs = run(as_nobody(["ls", m.path]), timeout=20)
     assert theirs.returncode != 0, f"uid {NOBODY} listed the mount: {theirs.stdout!r}"
@@ -880,9 +760,10 @@ def test_netrc_default_is_used_by_pull_and_never_by_a_mount(fault_registry, blob
     reg.reset_log()
     m = mount()
     # A cold read of the pulled model, and discovery of another one.
-    got = m.run([PYTHON, "-c", READ_ALL, m.path / "models" / reg.host / "library/f/latest/model"])
+    got = m.run([PYTHON, "-c", READ_ALL, m.path / "models" / reg.host / "library/f/latest/model"],
+                timeout=CHILD_TIMEOUT)
     assert not json.loads(got.stdout)["ok"], "the mount read a blob that needs a login"
-    m.run(["ls", m.path / "models" / reg.host / "library/g/latest"])
+    m.run(["ls", m.path / "models" / reg.host / "library/g/latest"], timeout=CHILD_TIMEOUT)
     asked = reg.requests()
     assert any("/blobs/" in r.path for r in asked), "the mount never asked for the blob"
     assert any("/library/g/manifests/" in r.path for r in asked), "discovery never asked"

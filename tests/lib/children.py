@@ -24,6 +24,27 @@ REAP_TIMEOUT = 10  # seconds to collect the output of a killed group
 PYTHON = "/usr/bin/python3"
 
 
+# A Python child that reads a file (sys.argv[1]) front to back in 1 MiB reads and
+# prints JSON: ok, bytes, sha, elapsed; errno and error if a read failed.
+READ_ALL = r"""
+import hashlib, json, os, sys, time
+t0 = time.monotonic()
+sha, n, out = hashlib.sha256(), 0, {"ok": True}
+try:
+    with open(sys.argv[1], "rb", buffering=0) as f:
+        while True:
+            piece = f.read(1 << 20)
+            if not piece:
+                break
+            sha.update(piece)
+            n += len(piece)
+except OSError as e:
+    out = {"ok": False, "errno": e.errno, "error": str(e)}
+out.update({"bytes": n, "sha": "sha256:" + sha.hexdigest(), "elapsed": time.monotonic() - t0})
+print(json.dumps(out))
+"""
+
+
 def environment(env=None, base_env=None):
     """BASE_ENV (default: this process's) with ENV laid over it; a None value in
     ENV unsets that variable, other values are made strings."""
