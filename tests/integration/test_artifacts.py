@@ -28,7 +28,7 @@ import pytest
 
 from children import run
 from models import DOCKER_CONFIG, DOCKER_MANIFEST_V2, OCI_MANIFEST_V1, push_blob, push_manifest
-from storefiles import blob_name
+from storefiles import blob_name, tree
 
 MiB = 1 << 20
 PULL_TIMEOUT = 120
@@ -85,17 +85,6 @@ class Artifact:
         for data in self.blobs.values():
             push_blob(registry, repo, data)
         return push_manifest(registry, repo, tag, self.manifest_bytes(), self.media_type)
-
-
-def tree(path):
-    """{relative path: bytes-or-None} of every file under PATH (None for directories)."""
-    out = {}
-    for root, dirs, files in os.walk(path):
-        for d in dirs:
-            out[os.path.relpath(os.path.join(root, d), path)] = None
-        for f in files:
-            out[os.path.relpath(os.path.join(root, f), path)] = "file"
-    return out
 
 
 def expected_tree(files, config_name="config.json"):

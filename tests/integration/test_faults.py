@@ -41,15 +41,8 @@ from blobfsmount import is_blobfs_mount
 import children
 from models import OLLAMA_MODEL, random_blob
 from storefiles import (
-    blob_name,
-    error_lines,
-    files_under,
-    hex_of,
-    partial_files,
-    quarantine_files,
-    sha256_file,
-    store_blob,
-    wait_for,
+    blob_name, error_lines, files_under, hex_of, partial_files, quarantine_files, range_span,
+    sha256_file, store_blob, wait_for,
 )
 
 pytestmark = pytest.mark.faults
@@ -114,15 +107,6 @@ def model_name(reg, repo=REPO, tag="latest"):
 
 def tag_dir(mnt, host, repo=REPO, tag="latest"):
     return Path(mnt) / "models" / host / repo / tag
-
-
-def range_span(header, size):
-    """[start, end) of a Range header (whole blob when absent)."""
-    if not header:
-        return 0, size
-    match = re.fullmatch(r"bytes=(\d+)-(\d*)", header)
-    assert match, f"unexpected Range header {header!r}"
-    return int(match[1]), (int(match[2]) + 1 if match[2] else size)
 
 
 def layer_requests(reg, digest):

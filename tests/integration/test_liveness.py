@@ -29,7 +29,7 @@ import dockerreg
 from children import python_json
 from models import OLLAMA_MODEL, make_model, push_model, random_blob
 from servers import start_or_skip
-from storefiles import sha256_file, store_blob, wait_for
+from storefiles import range_span, sha256_file, store_blob, wait_for
 
 MiB = 1 << 20
 REPO = "library/x"
@@ -44,25 +44,9 @@ def model_file(mnt, host, repo=REPO, tag="latest"):
     return Path(mnt) / "models" / host / repo / tag / "model"
 
 
-# Reads a whole file front to back in 1 MiB pieces; its sha256, or where it failed.
+# Reads a whole file front to back in 1 MiB pieces: its sha256 or where it failed,
+# how long it took and the longest any one read waited.
 READ_ALL = r"""
-import hashlib, json, os, sys, time
-sha, off, t0 = hashlib.sha256(), 0, time.monotonic()
-fd = os.open(sys.argv[1], os.O_RDONLY)
-try:
-    while piece := os.read(fd, 1 << 20):
-        sha.update(piece)
-        off += len(piece)
-    out = {"ok": True, "digest": "sha256:" + sha.hexdigest()}
-except OSError as e:
-    out = {"ok": False, "errno": e.errno, "offset": off}
-out["elapsed"] = time.monotonic() - t0
-print(json.dumps(out))
-"""
-
-
-# The same, and the longest any one read waited.
-READ_ALL_TIMED = r"""
 import hashlib, json, os, sys, time
 sha, off, t0, longest = hashlib.sha256(), 0, time.monotonic(), 0.0
 fd = os.open(sys.argv[1], os.O_RDONLY)
@@ -364,14 +348,6 @@ def stalling_cdn(fault_registry, blob_cache):
     return reg, digest
 
 
-def range_span(header, size):
-    """[start, end) of a Range header (the whole blob when absent)."""
-    if not header:
-        return 0, size
-    first, _, last = header.removeprefix("bytes=").partition("-")
-    return int(first), int(last) + 1 if last else size
-
-
 def stalls_hit(reg, digest):
     n = reg.count(digest=digest, fault="stall")
     assert n > 0, "no response stalled: the test proves nothing"
@@ -411,7 +387,7 @@ def test_a_cdn_that_stalls_every_response_does_not_hold_up_a_read(stalling_cdn, 
     reg, digest = stalling_cdn
     pull_lazy(run_blobfs, store, f"{reg.host}/{REPO}")
     m = mount()
-    got = python_json(READ_ALL_TIMED, model_file(m.path, reg.host), timeout=WITHIN_S + 20)
+    got = python_json(READ_ALL, model_file(m.path, reg.host), timeout=WITHIN_S + 20)
     print(f"read of {BIG >> 20} MiB behind a CDN that stalls every response: {got}; "
           f"{stalls_hit(reg, digest)} responses stalled, {reg.count(digest=digest)} requests")
     assert got["ok"], f"the read failed with errno {got['errno']} at {got['offset']}"

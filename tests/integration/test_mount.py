@@ -35,7 +35,9 @@ from models import (
     OLLAMA_LICENSE, OLLAMA_MODEL, OLLAMA_PARAMS, OLLAMA_SYSTEM, OLLAMA_TEMPLATE,
     make_model, push_model,
 )
-from storefiles import blob_name, partial_files, quarantine_files, sha256_file, store_blob, wait_for
+from storefiles import (
+    blob_name, partial_files, quarantine_files, range_span, sha256_file, store_blob, wait_for,
+)
 
 MiB = 1 << 20
 BIG = 256 * MiB          # "a big model": many chunks, many requests
@@ -250,15 +252,6 @@ def union_bytes(spans):
             total += end - start
             reach = end
     return total
-
-
-def range_span(header, size):
-    """[start, end) of a Range header (whole blob when absent)."""
-    if not header:
-        return 0, size
-    match = re.fullmatch(r"bytes=(\d+)-(\d*)", header)
-    assert match, f"unexpected Range header {header!r}"
-    return int(match[1]), (int(match[2]) + 1 if match[2] else size)
 
 
 def overlapping_bytes(spans):

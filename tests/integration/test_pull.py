@@ -26,12 +26,7 @@ from models import (
     OLLAMA_MODEL, OLLAMA_PARAMS, OLLAMA_TEMPLATE, make_model, push_model, random_blob,
 )
 from storefiles import (
-    error_lines,
-    files_under,
-    hex_of,
-    partial_files,
-    quarantine_files,
-    sha256_file,
+    error_lines, files_under, hex_of, partial_files, quarantine_files, range_span, sha256_file,
     wait_for,
 )
 
@@ -120,15 +115,6 @@ def range_start(header):
     match = re.fullmatch(r"bytes=(\d+)-(\d*)", header)
     assert match, f"unexpected Range header {header!r}"
     return int(match[1])
-
-
-def range_span(header, size):
-    """[start, end) of a Range header (whole blob when absent)."""
-    if not header:
-        return 0, size
-    match = re.fullmatch(r"bytes=(\d+)-(\d*)", header)
-    assert match, f"unexpected Range header {header!r}"
-    return int(match[1]), (int(match[2]) + 1 if match[2] else size)
 
 
 def ollama_model(workdir, cache_dir, size=BIG, seed=0, config=None):

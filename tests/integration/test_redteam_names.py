@@ -18,6 +18,7 @@ import unicodedata
 import pytest
 
 from faultreg import DOCKER_CONFIG, DOCKER_MANIFEST
+from storefiles import tree
 
 TENSOR = "application/vnd.ollama.image.tensor"
 PULL_TIMEOUT = 120
@@ -117,17 +118,6 @@ def test_a_hostile_name_is_refused_by_pull_and_mount(layers, says, fault_registr
     assert store_state(store) == before, "the refused discovery changed the store"
 
 
-def tree(path):
-    out = {}
-    for root, dirs, files in os.walk(path):
-        for d in dirs:
-            out[os.path.relpath(os.path.join(root, d), path)] = None
-        for f in files:
-            with open(os.path.join(root, f), "rb") as fh:
-                out[os.path.relpath(os.path.join(root, f), path)] = fh.read()
-    return out
-
-
 def test_odd_but_safe_names_stay_in_the_tag_directory(fault_registry, run_blobfs, store, mount):
     """Names that are legal paths, however odd, are files of the tag directory and
     nothing else: repeats and names taken by the tag's own files get ".k", names
@@ -152,7 +142,7 @@ def test_odd_but_safe_names_stay_in_the_tag_directory(fault_registry, run_blobfs
         "pull wrote a file under a layer's name"
     m = mount()
     repo = m.path / "models" / reg.host / "library"
-    got = tree(repo / "evil" / "latest")
+    got = tree(repo / "evil" / "latest", contents=True)
     got.pop("config.json.1")        # the manifest's own config steps aside
     manifest_bytes = got.pop("manifest.json")
     assert json.loads(manifest_bytes)["layers"][0]["name"] == "w"

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from children import ok, run
+from children import READ_ALL, ok, run
 from faultreg import OLLAMA_MODEL
 from storefiles import hex_of, sha256_file, store_blob, wait_for
 
@@ -57,25 +57,6 @@ def as_nobody(argv):
 def nobody(*argv):
     """Run ARGV as uid nobody; it must succeed."""
     return run(as_nobody(argv), check=True)
-
-
-# Reads a file front to back as whoever runs it; reports the hash or the errno.
-READ_ALL = r"""
-import hashlib, json, sys
-sha, n, out = hashlib.sha256(), 0, {"ok": True}
-try:
-    with open(sys.argv[1], "rb", buffering=0) as f:
-        while True:
-            piece = f.read(1 << 20)
-            if not piece:
-                break
-            sha.update(piece)
-            n += len(piece)
-except OSError as e:
-    out = {"ok": False, "errno": e.errno, "error": str(e)}
-out.update({"bytes": n, "sha": "sha256:" + sha.hexdigest()})
-print(json.dumps(out))
-"""
 
 
 def read_all(path, user=None):

@@ -1,8 +1,11 @@
 """Small helpers the integration tests share: files of a store (its blobs,
-partial and quarantined files), digests of files, polling, and the error
-lines of blobfs's stderr. Defined once here, imported by each test file."""
+partial and quarantined files), a directory tree as a dict, digests of files,
+polling, the error lines of blobfs's stderr and the span of a Range header.
+Defined once here, imported by each test file."""
 
 import hashlib
+import os
+import re
 import time
 from pathlib import Path
 
@@ -30,6 +33,33 @@ def entries_under(path):
     """Every entry below path, directories included (relative paths, sorted)."""
     path = Path(path)
     return sorted(str(p.relative_to(path)) for p in path.rglob("*")) if path.exists() else []
+
+
+def tree(path, contents=False):
+    """{relative path: None for a directory, "file" for a file (CONTENTS: its
+    bytes)} of everything under PATH."""
+    out = {}
+    for root, dirs, files in os.walk(path):
+        for d in dirs:
+            out[os.path.relpath(os.path.join(root, d), path)] = None
+        for f in files:
+            name = os.path.join(root, f)
+            if contents:
+                with open(name, "rb") as fh:
+                    out[os.path.relpath(name, path)] = fh.read()
+            else:
+                out[os.path.relpath(name, path)] = "file"
+    return out
+
+
+def range_span(header, size):
+    """[start, end) of a Range header of a request for SIZE bytes (the whole
+    blob when absent)."""
+    if not header:
+        return 0, size
+    match = re.fullmatch(r"bytes=(\d+)-(\d*)", header)
+    assert match, f"unexpected Range header {header!r}"
+    return int(match[1]), (int(match[2]) + 1 if match[2] else size)
 
 
 def store_blob(store, digest):
