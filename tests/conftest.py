@@ -166,7 +166,32 @@ def tmpfs():
 
     make.resize = resize
     yield make
-    for path in made:
+    _take_down(made)
+
+
+@pytest.fixture
+def ro_bind():
+    """Factory: ro_bind(src) -> a read-only bind mount of SRC; unmounted after the test."""
+    if os.geteuid() != 0:
+        pytest.skip("bind mounts need root")
+    made = []
+
+    def make(src):
+        dst = Path(tempfile.mkdtemp(prefix="blobfs-ro-"))
+        if children.run(["mount", "--bind", src, dst]).returncode != 0:
+            dst.rmdir()
+            pytest.skip("cannot bind-mount")
+        made.append(dst)
+        children.run(["mount", "-o", "remount,ro,bind", dst], check=True)
+        return dst
+
+    yield make
+    _take_down(made)
+
+
+def _take_down(mountpoints):
+    """Unmount (lazily if it is busy) and remove each of a test's scratch mounts."""
+    for path in mountpoints:
         if children.run(["umount", path]).returncode != 0:
             children.run(["umount", "-l", path])
         try:

@@ -45,7 +45,7 @@ from models import (
     OLLAMA_TEMPLATE, make_model, push_model,
 )
 from servers import stopped_after
-from storefiles import hex_of, sha256_file, store_blob, wait_for
+from storefiles import hex_of, service_section, sha256_file, store_blob, wait_for
 
 MiB = 1 << 20
 REPO_DIR = Path(__file__).resolve().parents[2]
@@ -1262,15 +1262,7 @@ def test_systemd_unit_commands_mount_and_unmount(blobfs_bin, tmp_path):
     # %f, the instance unescaped as a path, is the mount point
     assert run(["systemd-escape", "--unescape", "--path", instance]).stdout.strip() == str(mnt)
     unit = unit_for_test(blobfs_bin, tmp_path, instance).read_text()
-    service = {}
-    section = None
-    for line in unit.splitlines():
-        line = line.strip()
-        if line.startswith("["):
-            section = line
-        elif section == "[Service]" and "=" in line and not line.startswith("#"):
-            key, value = line.split("=", 1)
-            service.setdefault(key, []).append(value)
+    service = service_section(unit)
 
     def specifiers(text):
         return text.replace("%i", instance).replace("%f", str(mnt))

@@ -30,7 +30,6 @@ import re
 import signal
 import struct
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
@@ -971,32 +970,6 @@ def test_disk_full_pull_fails_cleanly_then_resumes(fault_registry, run_blobfs, m
 
 
 # ================================================================ 4. a read-only store
-
-
-@pytest.fixture
-def ro_bind():
-    """Factory: ro_bind(src) -> a read-only bind mount of SRC; unmounted after the test."""
-    if os.geteuid() != 0:
-        pytest.skip("bind mounts need root")
-    made = []
-
-    def make(src):
-        dst = Path(tempfile.mkdtemp(prefix="blobfs-ro-"))
-        if children.run(["mount", "--bind", src, dst]).returncode != 0:
-            dst.rmdir()
-            pytest.skip("cannot bind-mount")
-        made.append(dst)
-        children.run(["mount", "-o", "remount,ro,bind", dst], check=True)
-        return dst
-
-    yield make
-    for dst in made:
-        if children.run(["umount", dst]).returncode != 0:
-            children.run(["umount", "-l", dst])
-        try:
-            dst.rmdir()
-        except OSError:
-            pass
 
 
 @pytest.mark.parametrize("kind", ["populated", "empty"])

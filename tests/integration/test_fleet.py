@@ -37,11 +37,13 @@ from pathlib import Path
 
 import pytest
 
+import children
 from dockerreg import DockerRegistry, free_port
 from faultreg import OLLAMA_MODEL as FAULTREG_MODEL
 from fleetcache import START, FleetCache
 from models import OLLAMA_MODEL, OLLAMA_TEMPLATE, make_model, push_model
 from servers import start_or_skip, stopped_after
+from storefiles import service_section
 
 MiB = 1 << 20
 PYTHON = "/usr/bin/python3"
@@ -140,9 +142,8 @@ def start_nodes(n, *, blobfs_bin, mount, stores, config, name):
     nodes = []
     for _ in range(n):
         store = stores()
-        pull = subprocess.run([str(blobfs_bin), "--store", str(store), "pull", "--quiet",
-                               "--lazy", name], capture_output=True, text=True, timeout=60,
-                              env={**os.environ, **env})
+        pull = children.run([blobfs_bin, "--store", store, "pull", "--quiet", "--lazy", name],
+                            env=env)
         assert pull.returncode == 0, f"pull --lazy {name}: {pull.stderr}"
         nodes.append(Node(store, mount(store=store, env=env), env))
     return nodes
@@ -153,22 +154,12 @@ def read_on_nodes(paths, delays):
     delay); returns their results in order."""
     with tempfile.TemporaryDirectory(prefix="blobfs-fleet-go-") as tmp:
         go = Path(tmp) / "go"
-        procs = [subprocess.Popen([PYTHON, "-c", NODE_READ, str(path), str(go), str(delay)],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        procs = [children.start([PYTHON, "-c", NODE_READ, path, go, delay])
                  for path, delay in zip(paths, delays)]
         time.sleep(0.3)     # every child is waiting for the file
         go.touch()
-        results, deadline = [], time.monotonic() + READ_TIMEOUT
-        for proc in procs:
-            try:
-                out, err = proc.communicate(timeout=max(1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                for p in procs:
-                    p.kill()
-                pytest.fail(f"the nodes did not read the blob within {READ_TIMEOUT} s")
-            assert proc.returncode == 0, err
-            results.append(json.loads(out))
-    return results
+        done = children.finish_all(procs, READ_TIMEOUT, "the nodes' reads of the blob")
+    return [json.loads(children.ok(result).stdout) for result in done]
 
 
 def assert_every_node_has(results, layer):
@@ -648,18 +639,6 @@ def unit_for_test(directory):
     return path
 
 
-def service_section(unit):
-    service, section = {}, None
-    for line in unit.read_text().splitlines():
-        line = line.strip()
-        if line.startswith("["):
-            section = line
-        elif section == "[Service]" and "=" in line and not line.startswith("#"):
-            key, value = line.split("=", 1)
-            service.setdefault(key, []).append(value)
-    return service
-
-
 def test_systemd_unit_verifies(tmp_path):
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
@@ -681,7 +660,7 @@ def test_systemd_unit_command_serves_the_registry(origin, tmp_path, blob_cache):
     $VARIABLES and ${CACHE_DIRECTORY} expanded) and fetches a blob through it."""
     reg = origin(cdn_rate=None)
     layer = push_blob(reg, tmp_path, blob_cache, size=MiB, seed=21)
-    service = service_section(unit_for_test(tmp_path))
+    service = service_section(unit_for_test(tmp_path).read_text())
     assert service["EnvironmentFile"] == ["/etc/blobfs/fleet-cache-%i.env"]
     assert service["CacheDirectory"] == ["blobfs-fleet-cache/%i"]
     port = free_port()

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from blobfsmount import fuse_mounts
+import children
 from children import python_json, run
 from models import (
     OLLAMA_LICENSE, OLLAMA_MODEL, OLLAMA_PARAMS, OLLAMA_SYSTEM, OLLAMA_TEMPLATE,
@@ -731,20 +732,9 @@ def test_16_concurrent_readers_one_download(cdn_registry, run_blobfs, store, mou
     readers = []
     for i in range(16):
         start = (i * layer.size // 16) // 4096 * 4096 if i % 2 else 0
-        readers.append(subprocess.Popen(
-            [PYTHON, "-c", ROTATED_READ, str(path), str(layer.path), str(start), str(MiB)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-    results = []
-    deadline = time.monotonic() + 90
-    for proc in readers:
-        try:
-            out, err = proc.communicate(timeout=max(1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            for p in readers:
-                p.kill()
-            pytest.fail("16 concurrent readers did not finish within 90 s")
-        assert proc.returncode == 0, err
-        results.append(json.loads(out))
+        readers.append(children.start([PYTHON, "-c", ROTATED_READ, path, layer.path, start, MiB]))
+    results = [json.loads(children.ok(result).stdout)
+               for result in children.finish_all(readers, 90, "16 concurrent readers")]
     for i, r in enumerate(results):
         assert r["error"] is None, f"reader {i} failed: errno {r['error']}"
         assert r["nbad"] == 0 and r["total"] == layer.size, f"reader {i}: {r}"

@@ -23,22 +23,13 @@ from pathlib import Path
 import pytest
 
 import systemdns
+from children import run
 from faultreg import OLLAMA_MODEL, FaultRegistry
-from storefiles import wait_for
+from storefiles import service_section, wait_for
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 CONTRIB = REPO_DIR / "contrib"
 PROXY_VARS = {"http_proxy", "https_proxy", "all_proxy", "no_proxy", "ftp_proxy"}
-
-
-def run(argv, timeout=60, env=None, **kwargs):
-    """subprocess.run with text output captured; fails the test past TIMEOUT."""
-    argv = [str(a) for a in argv]
-    try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env,
-                              stdin=kwargs.pop("stdin", subprocess.DEVNULL), **kwargs)
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{' '.join(argv)} did not finish within {timeout}s: {exc.stderr}")
 
 
 def clean_env(home, extra=None):
@@ -240,7 +231,7 @@ def test_fstab_line_is_mounted_once_by_mount_a_and_umount_ends_its_daemon(
     else:
         fstab.write_text(f"{source} {mnt} fuse.blobfs store={store},nodiscover,nofail 0 0\n")
     for attempt in range(3):
-        result = ns.run(["mount", "-T", fstab, "-a"], env=env, timeout=30)
+        result = ns.run(["mount", "-T", fstab, "-a"], base_env=env, timeout=30)
         assert result.returncode == 0, result.stderr
     mounted = [(src, fstype) for src, point, fstype in ns.mounts() if point == str(mnt)]
     assert len(mounted) == 1, f"mount -a mounted the line {len(mounted)} times: {mounted}"
@@ -263,9 +254,9 @@ def test_a_second_mount_on_a_blobfs_mount_point_is_refused(blobfs_bin, tmp_path)
     mnt.mkdir()
     env = clean_env(tmp_path, {"BLOBFS_CONFIG": "/dev/null"})
     try:
-        first = run([blobfs_bin, "--store", store, "mount", mnt], env=env)
+        first = run([blobfs_bin, "--store", store, "mount", mnt], base_env=env)
         assert first.returncode == 0, first.stderr
-        second = run([blobfs_bin, "--store", store, "mount", mnt], env=env)
+        second = run([blobfs_bin, "--store", store, "mount", mnt], base_env=env)
         assert second.returncode == 1, second
         assert f"'{mnt}' is already a blobfs mount" in second.stderr, second.stderr
         assert [p for _, p, t in proc_mounts() if p == str(mnt)] == [str(mnt)]
@@ -289,17 +280,17 @@ def test_mount_refuses_a_store_that_does_not_exist(fstab_ns, blobfs_bin, tmp_pat
     mnt.mkdir()
     fstab = tmp_path / "fstab"
     fstab.write_text(f"{store} {mnt} fuse.blobfs nodiscover 0 0\n")
-    result = ns.run(["mount", "-T", fstab, "-a"], env=env, timeout=30)
+    result = ns.run(["mount", "-T", fstab, "-a"], base_env=env, timeout=30)
     assert result.returncode != 0, "mount -a mounted a store that does not exist"
     assert f"store '{store}' does not exist" in result.stderr, result.stderr
     assert not store.exists(), "the missing store was created"
     assert not any(point == str(mnt) for _, point, _ in ns.mounts())
     # The same from the command line, with the status of a failure.
-    result = run([blobfs_bin, "--store", store, "mount", mnt], env=env)
+    result = run([blobfs_bin, "--store", store, "mount", mnt], base_env=env)
     assert result.returncode == 1 and "does not exist" in result.stderr, result
     assert not store.exists()
     # pull creates a store, and so does the explicit mount option.
-    result = ns.run(["mount", "-T", fstab, "-o", "create_store", mnt], env=env, timeout=30)
+    result = ns.run(["mount", "-T", fstab, "-o", "create_store", mnt], base_env=env, timeout=30)
     assert result.returncode == 0, result.stderr
     assert (store / "blobs").is_dir() and (store / "manifests").is_dir()
     assert any(point == str(mnt) for _, point, _ in ns.mounts())
@@ -319,19 +310,6 @@ NAMESPACING = ("ProtectSystem", "ProtectHome", "PrivateTmp", "PrivateDevices", "
                "ReadWritePaths", "InaccessiblePaths", "ExecPaths", "NoExecPaths", "BindPaths",
                "BindReadOnlyPaths", "TemporaryFileSystem", "RootDirectory", "RootImage",
                "MountAPIVFS", "DynamicUser", "PrivateUsers", "MountFlags", "LogNamespace")
-
-
-def unit_settings(text):
-    """{key: [values]} of the [Service] section of a unit's text."""
-    found, section = {}, None
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("["):
-            section = line
-        elif section == "[Service]" and "=" in line and not line.startswith(("#", ";")):
-            key, value = line.split("=", 1)
-            found.setdefault(key, []).append(value)
-    return found
 
 
 def test_unit_is_hardened_without_a_mount_namespace(tmp_path):
@@ -354,7 +332,7 @@ def test_unit_is_hardened_without_a_mount_namespace(tmp_path):
                  "SystemCallArchitectures=", "MemoryDenyWriteExecute=", "LockPersonality=",
                  "RestrictSUIDSGID=", "RestrictRealtime=", "ProtectClock="):
         assert checks.get(name) is True, f"{name} is not set: {checks.get(name)}"
-    settings = unit_settings(UNIT.read_text())
+    settings = service_section(UNIT.read_text())
     assert settings["CapabilityBoundingSet"] == ["CAP_SYS_ADMIN"]
     namespacing = sorted(k for k in settings if k in NAMESPACING)
     assert namespacing == [], f"these would hide the mount from the host: {namespacing}"
@@ -519,9 +497,8 @@ def test_setup_debian_killed_half_way_removes_its_policy_rc_d(setup_ns, sig):
 def test_setup_debian_keeps_an_administrators_policy_rc_d(setup_ns):
     ns, env, log = setup_ns
     mine = "#!/bin/sh\n# the administrator's\nexit 0\n"
-    assert ns.run(["sh", "-c", "cat > /usr/sbin/policy-rc.d"], stdin=None,
-                  input=mine).returncode == 0
-    result = ns.run(["sh", CONTRIB / "setup-debian"], env=env)
+    assert ns.run(["sh", "-c", "cat > /usr/sbin/policy-rc.d"], input=mine).returncode == 0
+    result = ns.run(["sh", CONTRIB / "setup-debian"], base_env=env)
     assert result.returncode == 0, result.stderr
     assert "dependencies installed" in result.stdout
     assert ns.run(["cat", "/usr/sbin/policy-rc.d"]).stdout == mine
@@ -529,7 +506,7 @@ def test_setup_debian_keeps_an_administrators_policy_rc_d(setup_ns):
 
 def test_setup_debian_removes_its_policy_rc_d_when_done(setup_ns):
     ns, env, log = setup_ns
-    result = ns.run(["sh", CONTRIB / "setup-debian"], env=env)
+    result = ns.run(["sh", CONTRIB / "setup-debian"], base_env=env)
     assert result.returncode == 0, result.stderr
     assert "policy" in log.read_text(), "policy-rc.d was not there while apt-get ran"
     assert not policy_exists(ns)
@@ -621,7 +598,7 @@ def test_completion_quotes_a_mount_point_with_blanks(interactive_bash, blobfs_bi
     lay_store(store)
     mnt.mkdir(parents=True)
     result = run([blobfs_bin, "--store", store, "mount", mnt],
-                 env=clean_env(tmp_path, {"BLOBFS_CONFIG": "/dev/null"}))
+                 base_env=clean_env(tmp_path, {"BLOBFS_CONFIG": "/dev/null"}))
     assert result.returncode == 0, result.stderr
     try:
         bash = interactive_bash()
@@ -660,7 +637,7 @@ def test_a_fifo_as_configuration_file_is_refused_not_waited_on(blobfs_bin, tmp_p
     os.mkfifo(home / ".config" / "blobfs" / "config")
     for env in (clean_env(home, {"BLOBFS_CONFIG": fifo}), clean_env(home)):
         start = time.monotonic()
-        result = run([blobfs_bin, "--store", tmp_path / "store", "ls"], env=env, timeout=20)
+        result = run([blobfs_bin, "--store", tmp_path / "store", "ls"], base_env=env, timeout=20)
         assert time.monotonic() - start < 10
         assert result.returncode == 1, result
         assert "config: not a regular file" in result.stderr, result.stderr
@@ -674,19 +651,19 @@ def test_store_option_and_mount_option_store_must_agree(blobfs_bin, fstab_ns, tm
     lay_store(a)
     lay_store(b, b"other" * 100)
     mnt.mkdir()
-    result = run([blobfs_bin, "--store", a, "mount", "-o", f"store={b}", mnt], env=env)
+    result = run([blobfs_bin, "--store", a, "mount", "-o", f"store={b}", mnt], base_env=env)
     if os.path.ismount(mnt):       # a blobfs that took both: do not leave it mounted
         run(["fusermount3", "-u", mnt])
     assert result.returncode == 2, result
     assert f"--store '{a}' and -o store='{b}' name two stores" in result.stderr, result.stderr
     fstab = tmp_path / "fstab"
     fstab.write_text(f"{a} {mnt} fuse.blobfs store={b},nodiscover 0 0\n")
-    result = ns.run(["mount", "-T", fstab, "-a"], env=env, timeout=30)
+    result = ns.run(["mount", "-T", fstab, "-a"], base_env=env, timeout=30)
     assert result.returncode != 0 and "name two stores" in result.stderr, result
     assert not any(point == str(mnt) for _, point, _ in ns.mounts())
     # the same store twice is no conflict
     fstab.write_text(f"{a} {mnt} fuse.blobfs store={a},nodiscover 0 0\n")
-    result = ns.run(["mount", "-T", fstab, "-a"], env=env, timeout=30)
+    result = ns.run(["mount", "-T", fstab, "-a"], base_env=env, timeout=30)
     assert result.returncode == 0, result.stderr
     assert [(s, t) for s, p, t in ns.mounts() if p == str(mnt)] == [(str(a), "fuse.blobfs")]
     assert ns.run(["umount", mnt], timeout=30).returncode == 0
@@ -696,7 +673,7 @@ def test_mount_helper_verbose_line_keeps_backslashes(tmp_path):
     """dash's echo reads backslash escapes ("\\c" ends its output)."""
     shell = shutil.which("dash") or "sh"
     result = run([shell, CONTRIB / "mount.blobfs", "/srv/a\\cb", "/srv/m", "-fv", "-o",
-                  "nodiscover"], env=clean_env(tmp_path, {"BLOBFS": "blobfs"}))
+                  "nodiscover"], base_env=clean_env(tmp_path, {"BLOBFS": "blobfs"}))
     assert result.returncode == 0, result.stderr
     assert result.stderr == ("mount.fuse.blobfs: running: blobfs --store /srv/a\\cb mount -o "
                              "nodiscover,fsname=/srv/a\\\\cb /srv/m\n"), result.stderr
@@ -709,7 +686,7 @@ def test_a_byte_order_mark_is_skipped(blobfs_bin, fault_registry, tmp_path):
     config = tmp_path / "config"
     config.write_bytes(b"\xef\xbb\xbfretries = 2\n")   # as Windows editors save UTF-8
     result = run([blobfs_bin, "--store", tmp_path / "store", "pull", "--quiet",
-                  f"{reg.host}/library/m"], env=clean_env(tmp_path, {"BLOBFS_CONFIG": config}))
+                  f"{reg.host}/library/m"], base_env=clean_env(tmp_path, {"BLOBFS_CONFIG": config}))
     assert "bad configuration" not in result.stderr, result.stderr
     assert reg.count(lambda r: "/manifests/" in r.path) == 2, "retries = 2 was not applied"
 
@@ -718,11 +695,11 @@ def test_an_impossible_port_is_refused(blobfs_bin, tmp_path):
     config = tmp_path / "config"
     config.write_text("[host a:99999999]\nretries = 2\n")
     result = run([blobfs_bin, "--store", tmp_path / "store", "ls"],
-                 env=clean_env(tmp_path, {"BLOBFS_CONFIG": config}))
+                 base_env=clean_env(tmp_path, {"BLOBFS_CONFIG": config}))
     assert result.returncode == 1
     assert f"{config}:1: 'a:99999999' is not a registry host name" in result.stderr, \
         result.stderr
     assert "port" in result.stderr
     result = run([blobfs_bin, "--store", tmp_path / "store", "pull", "a:70000/x/y"],
-                 env=clean_env(tmp_path, {"BLOBFS_CONFIG": "/dev/null"}))
+                 base_env=clean_env(tmp_path, {"BLOBFS_CONFIG": "/dev/null"}))
     assert result.returncode == 1 and "port" in result.stderr, result.stderr

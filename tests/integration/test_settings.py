@@ -14,22 +14,23 @@ The table is read from the binary, so a setting added to settings.def and
 left out of a manual page fails here.
 """
 
+import functools
 import os
 import re
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
+
+import children
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 MAN_DIR = REPO_DIR / "man"
 COMPLETION = REPO_DIR / "contrib" / "bash-completion" / "blobfs"
 
 
-def run(argv, env=None, timeout=30):
-    return subprocess.run([str(a) for a in argv], capture_output=True, text=True,
-                          timeout=timeout, env=env)
+# Every child of this file gets 30 s.
+run = functools.partial(children.run, timeout=30)
 
 
 def helper(blobfs_bin):
@@ -56,7 +57,7 @@ def render(page):
         pytest.skip("no man (Debian package 'man-db')")
     env = {"PATH": os.environ["PATH"], "MANWIDTH": "1000", "MANROFFOPT": "-rHY=0",
            "LANG": "C.UTF-8"}
-    result = run(["man", "-l", MAN_DIR / page], env=env)
+    result = run(["man", "-l", MAN_DIR / page], base_env=env)
     assert result.returncode == 0, result.stderr
     text = re.sub(r".\x08", "", result.stdout)
     return text.replace("\u2010", "-").replace("\u2212", "-")
@@ -178,7 +179,7 @@ def bash_complete(blobfs_bin, tmp_path, words):
               'printf "%s\\n" "${COMPREPLY[@]}"\n')
     env = {"PATH": f"{bindir}:{os.environ['PATH']}", "COMPLETION": str(COMPLETION),
            "HOME": str(tmp_path), "BLOBFS_CONFIG": "/dev/null"}
-    result = run(["bash", "--norc", "--noprofile", "-c", script], env=env)
+    result = run(["bash", "--norc", "--noprofile", "-c", script], base_env=env)
     assert result.returncode == 0 and result.stderr == "", result.stderr
     return [w for w in result.stdout.splitlines() if w]
 

@@ -11,12 +11,14 @@ so that every suite has the same rules:
   request stays until the mount's teardown frees it, which comes after the test.
 
 start() and finish() are the two halves of run(), for a test that has children
-running side by side; python_json() runs a Python snippet that answers in JSON."""
+running side by side (finish_all() waits for a group of them); python_json()
+runs a Python snippet that answers in JSON, READ_ALL is one that reads a file."""
 
 import json
 import os
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -91,6 +93,26 @@ def finish(proc, timeout, input=None, what=None):
         pytest.fail(f"{what or ' '.join(proc.args)} did not finish within {timeout}s\n"
                     f"stdout:\n{out}\nstderr:\n{err}")
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def finish_all(procs, timeout, what):
+    """finish() PROCS (from start(), running side by side) within one TIMEOUT for
+    them all -> [CompletedProcess]. Past it every one's group is killed and the
+    test fails; WHAT names them in the message."""
+    deadline = time.monotonic() + timeout
+    results = []
+    for proc in procs:
+        try:
+            out, err = proc.communicate(timeout=max(1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            for other in procs:
+                try:
+                    os.killpg(other.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            pytest.fail(f"{what} did not finish within {timeout}s")
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    return results
 
 
 def ok(result):

@@ -113,6 +113,16 @@ class Finalized:
         self.stop()
 
 
+def tail(path, lines):
+    """The last LINES lines of the text file PATH ("" if there is none), for a
+    failure message."""
+    try:
+        text = Path(path).read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
 def find_tool(name, package):
     """Absolute path of NAME, searched on PATH and in /usr/sbin (where nginx lives)."""
     path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
@@ -225,11 +235,7 @@ class _Server:
             self.popen.wait(STOP_TIMEOUT)
 
     def log_tail(self, lines=20):
-        try:
-            text = self.stderr_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return tail(self.stderr_path, lines)
 
 
 def _probe(port, path, timeout=1.0, tls=False):

@@ -21,7 +21,7 @@ import time
 import weakref
 from pathlib import Path
 
-from dockerreg import Finalized, ToolMissing, find_tool, free_port
+from dockerreg import Finalized, ToolMissing, find_tool, free_port, tail
 
 REPO_DIR = Path(__file__).resolve().parents[2]
 START = REPO_DIR / "contrib" / "fleet-cache" / "start"
@@ -145,11 +145,7 @@ class FleetCache(Finalized):
         self.start()
 
     def log_tail(self, lines=30):
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+        return tail(self.log_path, lines)
 
     def cached_files(self):
         """The cache's complete files, one per slice (nginx names them by the md5

@@ -1,7 +1,8 @@
 """Small helpers the integration tests share: files of a store (its blobs,
 partial and quarantined files), a directory tree as a dict, digests of files,
-polling, the error lines of blobfs's stderr and the span of a Range header.
-Defined once here, imported by each test file."""
+polling, the error lines of blobfs's stderr, the span of a Range header and
+the [Service] section of a systemd unit. Defined once here, imported by each
+test file."""
 
 import hashlib
 import os
@@ -60,6 +61,19 @@ def range_span(header, size):
     match = re.fullmatch(r"bytes=(\d+)-(\d*)", header)
     assert match, f"unexpected Range header {header!r}"
     return int(match[1]), (int(match[2]) + 1 if match[2] else size)
+
+
+def service_section(unit_text):
+    """{key: [values]} of the [Service] section of a systemd unit's text."""
+    service, section = {}, None
+    for line in unit_text.splitlines():
+        line = line.strip()
+        if line.startswith("["):
+            section = line
+        elif section == "[Service]" and "=" in line and not line.startswith(("#", ";")):
+            key, value = line.split("=", 1)
+            service.setdefault(key, []).append(value)
+    return service
 
 
 def store_blob(store, digest):
