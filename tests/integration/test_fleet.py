@@ -54,30 +54,15 @@ ORIGIN_RATE = "8m"             # per request at the CDN: a slice takes about a s
 MAX_ORIGIN_RATIO = 1.1
 READ_TIMEOUT = 120
 
-# Waits for GO (a file) to exist, sleeps DELAY, then reads PATH front to back in
-# 1 MiB pieces; prints the hash, or the errno that stopped it.
+# Waits for GO (sys.argv[2], a file) to exist, sleeps DELAY (sys.argv[3]), then
+# is children.READ_ALL of sys.argv[1]: prints the hash and how long the read took
+# (elapsed), or the errno that stopped it.
 NODE_READ = r"""
-import hashlib, json, os, sys, time
-path, go, delay = sys.argv[1], sys.argv[2], float(sys.argv[3])
-while not os.path.exists(go):
+import os, sys, time
+while not os.path.exists(sys.argv[2]):
     time.sleep(0.005)
-time.sleep(delay)
-t0 = time.monotonic()
-sha, n, out = hashlib.sha256(), 0, {}
-try:
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            piece = f.read(1 << 20)
-            if not piece:
-                break
-            sha.update(piece)
-            n += len(piece)
-    out = {"ok": True, "sha": "sha256:" + sha.hexdigest(), "size": n}
-except OSError as e:
-    out = {"ok": False, "errno": e.errno, "error": str(e), "size": n}
-out["seconds"] = time.monotonic() - t0
-print(json.dumps(out))
-"""
+time.sleep(float(sys.argv[3]))
+""" + children.READ_ALL
 
 
 # ---------------------------------------------------------------- fixtures
@@ -165,7 +150,7 @@ def read_on_nodes(paths, delays):
 def assert_every_node_has(results, layer):
     for i, r in enumerate(results):
         assert r["ok"], f"node {i} could not read the blob: {r}"
-        assert r["size"] == layer.size and r["sha"] == layer.digest, f"node {i}: wrong bytes {r}"
+        assert r["bytes"] == layer.size and r["sha"] == layer.digest, f"node {i}: wrong bytes {r}"
 
 
 class OriginMeter:
@@ -219,7 +204,7 @@ def check_cold_read(reg, nodes, layer, delays):
     results = read_on_nodes([node.model_file(reg.host) for node in nodes], delays)
     assert_every_node_has(results, layer)
     sent, entries = meter.sent()
-    seconds = [round(r["seconds"], 2) for r in results]
+    seconds = [round(r["elapsed"], 2) for r in results]
     print(f"{len(nodes)} nodes, delays {delays}: origin sent {sent} bytes for a "
           f"{layer.size} byte blob ({sent / layer.size:.3f}x) in {len(entries)} CDN "
           f"requests; read times {seconds} s")
@@ -352,7 +337,7 @@ def test_a_cache_restart_mid_transfer(origin, fleet_cache, stores, blobfs_bin, m
     fell_back = sum(e["body_bytes_sent"] for e in from_blobfs(meter.cdn_entries()))
     print(f"{len(before)} slices cached before the restart; the nodes fetched {fell_back} "
           f"bytes from the CDN themselves; read times "
-          f"{[round(r['seconds'], 1) for r in outcome['results']]} s")
+          f"{[round(r['elapsed'], 1) for r in outcome['results']]} s")
 
     # A node that comes later reads it all through the cache, which fetches
     # what it lacks.
