@@ -80,6 +80,25 @@ static int recent_failure(const struct blob *b, uint64_t off, uint64_t len)
 	return 0;
 }
 
+/*
+ * Did chunk i fail within its failure memory? Read-ahead and background
+ * work leave such a chunk alone until the memory fades: a chunk given up
+ * after its attempts must not start a new round of them at once because a
+ * read-ahead window still covers it. (A reader asking for it fails at once,
+ * recent_failure.)
+ */
+static bool failed_recently(const struct blob *b, uint32_t i)
+{
+	if (!b->nfails)
+		return false;
+	uint64_t now = now_ms(), start = chunkmap_start(b->map, i), end = chunkmap_end(b->map, i);
+
+	for (unsigned k = 0; k < RECENT_FAILS; k++)
+		if (b->fails[k].until_ms > now && b->fails[k].start < end && start < b->fails[k].end)
+			return true;
+	return false;
+}
+
 /* ---- waiters ---- */
 
 /*
@@ -551,7 +570,7 @@ static uint32_t extend(const struct blob *b, uint32_t i, uint64_t limit, uint64_
 	uint32_t j = i + 1;
 
 	while (j < b->map->n && b->cs[j] == CH_MISSING && chunkmap_start(b->map, j) < limit &&
-	       chunkmap_end(b->map, j) - start <= max_bytes)
+	       chunkmap_end(b->map, j) - start <= max_bytes && !failed_recently(b, j))
 		j++;
 	return j;
 }
@@ -579,7 +598,7 @@ static bool claim_readahead(struct blob *b, uint64_t max_bytes, uint64_t *start,
 		return false;
 	uint32_t i = chunkmap_index(b->map, b->ra_start);
 	for (; i < b->map->n && chunkmap_start(b->map, i) < b->ra_end; i++) {
-		if (b->cs[i] == CH_MISSING) {
+		if (b->cs[i] == CH_MISSING && !failed_recently(b, i)) {
 			claim(b, i, extend(b, i, b->ra_end, max_bytes), start, end);
 			return true;
 		}
@@ -599,7 +618,7 @@ static bool claim_background(struct blob *b, uint64_t max_bytes, unsigned spread
 		max_bytes = MIN(max_bytes, MAX(b->missing_bytes / spread, (uint64_t)SHARE_MIN));
 	for (uint32_t k = 0; k < b->map->n; k++) {
 		uint32_t i = (b->cursor + k) % b->map->n;
-		if (b->cs[i] == CH_MISSING) {
+		if (b->cs[i] == CH_MISSING && !failed_recently(b, i)) {
 			uint32_t j = extend(b, i, b->size, max_bytes);
 			claim(b, i, j, start, end);
 			b->cursor = j % b->map->n;

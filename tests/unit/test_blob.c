@@ -610,6 +610,38 @@ static void test_a_bad_chunk_is_fetched_again_then_fails(void **state)
 	blob_put(b);
 }
 
+/*
+ * A chunk that failed its checksum for good is not fetched again by the
+ * read-ahead that covered it (found by test_faults.py's corrupt chunk under
+ * load: a give-up was followed at once by a new round of attempts).
+ */
+static void test_a_chunk_given_up_is_not_fetched_again_by_readahead(void **state)
+{
+	struct fx *f = *state;
+	struct blob *b = partial_blob(f, summed_map());
+	struct rd r;
+	struct digest bad;
+	uint64_t s, e;
+	int prio;
+
+	memset(&bad, 0x55, sizeof(bad));
+	assert_int_equal(rd_start(b, &r, 3 * CH, 10, 2 * CH), 0);   /* read-ahead: chunks 3-5 */
+	for (int attempt = 1; attempt <= 6; attempt++) {
+		assert_int_equal(claim_n(b, false, 1, &s, &e), PRIO_DEMAND);
+		assert_int_equal(s, 3 * CH);
+		write_range(b, s, e);
+		check_chunk(b, 3, &bad);
+	}
+	assert_int_equal(r.calls, 1);
+	assert_int_equal(r.err, -EIO);
+	while ((prio = claim_n(b, false, 1, &s, &e)) >= 0) {
+		if (s == 3 * CH)
+			fail_msg("chunk 3 was claimed again (priority %d) right after it was given up", prio);
+		assert_int_equal(prio, PRIO_READAHEAD);
+	}
+	blob_put(b);
+}
+
 static void test_chunk_checksums_are_adopted_only_before_any_fetch(void **state)
 {
 	struct fx *f = *state;
@@ -817,6 +849,7 @@ int main(void)
 		T(test_a_failed_blob_fails_reads),
 		T(test_a_chunk_is_handed_out_after_its_checksum),
 		T(test_a_bad_chunk_is_fetched_again_then_fails),
+		T(test_a_chunk_given_up_is_not_fetched_again_by_readahead),
 		T(test_chunk_checksums_are_adopted_only_before_any_fetch),
 		T(test_a_busy_blob_reads_what_the_holder_made_durable),
 		T(test_a_view_of_another_file_forgets_the_old_chunks),
