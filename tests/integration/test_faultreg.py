@@ -272,6 +272,18 @@ def test_cdn_url_expires_after_uses(fault_registry, expired_status):
     assert get(fresh)[0].status == expired_status
 
 
+def test_cdn_urls_revoked_after_so_many_requests(fault_registry):
+    reg = fault_registry(redirect=True)
+    digest = reg.add_blob(BLOB)
+    location = request(reg.host, blob_path(digest))[0].getheader("Location")
+    reg.expire_cdn_urls(after=2)
+    assert reg.cdn_revoked_at is None
+    assert [get(location)[0].status for _ in range(3)] == [200, 200, 403]
+    assert reg.cdn_revoked_at is not None
+    fresh = request(reg.host, blob_path(digest))[0].getheader("Location")
+    assert [get(fresh)[0].status for _ in range(3)] == [200, 200, 200], "it struck twice"
+
+
 # ---------------------------------------------------------------- auth
 
 
@@ -336,6 +348,19 @@ def test_token_ttl_and_revocation(fault_registry):
     assert request(reg.host, blob_path(digest), headers=bearer)[0].status == 200
     reg.expire_tokens()
     assert request(reg.host, blob_path(digest), headers=bearer)[0].status == 401
+
+
+def test_tokens_revoked_after_so_many_blob_requests(fault_registry):
+    reg = fault_registry(auth="bearer")
+    digest = reg.add_blob(SMALL)
+    bearer = {"Authorization": f"Bearer {fetch_token(reg)['token']}"}
+    reg.expire_tokens(after=2)
+    assert request(reg.host, f"/v2/{REPO}/manifests/latest", headers=bearer)[0].status in (200, 404)
+    statuses = [request(reg.host, blob_path(digest), headers=bearer)[0].status for _ in range(3)]
+    assert statuses == [200, 200, 401], "only blob requests count, the revoking one goes through"
+    assert reg.tokens_revoked_at is not None
+    bearer = {"Authorization": f"Bearer {fetch_token(reg)['token']}"}
+    assert request(reg.host, blob_path(digest), headers=bearer)[0].status == 200
 
 
 def test_basic_auth(fault_registry):

@@ -342,16 +342,18 @@ class Case:
     request after each on the same connection, plus REFETCH_SLACK); max_seconds
     for the whole operation; quiet_after: once the readers of a mount have given
     up, no blob request may start more than this many seconds later.
-    mid(reg, ctx) runs once the first blob request has arrived.
+    arm(reg) runs before the transfer starts, to have the server change
+    something in the middle of it (after so many requests, counted by the
+    server, not by the clock of a test that may be descheduled).
     """
 
     def __init__(self, id, label, faults=(), expect="ok", reg=None, args=(), size=LAYER_SIZE,
-                 chunk_size=None, mid=None, max_requests=None, max_refetch="spans", max_seconds=20,
+                 chunk_size=None, arm=None, max_requests=None, max_refetch="spans", max_seconds=20,
                  then=None, check=None, message=None, read_timeout=READ_TIMEOUT, quiet_after=None):
         self.id, self.label, self.faults, self.expect = id, label, list(faults), expect
         self.reg = reg or {}
         self.args = list(args)
-        self.size, self.chunk_size, self.mid = size, chunk_size, mid
+        self.size, self.chunk_size, self.arm = size, chunk_size, arm
         self.max_requests, self.max_refetch, self.max_seconds = max_requests, max_refetch, max_seconds
         self.then, self.check, self.message = then, check, message
         self.read_timeout, self.quiet_after = read_timeout, quiet_after
@@ -464,6 +466,7 @@ def _check_cdn_expiry(reg, ctx):
 
 
 def _check_cdn_revoked(reg, ctx):
+    assert reg.cdn_revoked_at is not None, "the CDN URLs were never revoked: the case proves nothing"
     expired = reg.count(listener="cdn", status=403)
     assert expired >= 1, "no request met the expired CDN URL: the case proves nothing"
     assert not reg.cdn_saw_authorization, "the CDN was sent an Authorization header"
@@ -476,8 +479,9 @@ def _check_tokens_ttl(reg, ctx):
 
 
 def _check_tokens_revoked(reg, ctx):
+    assert reg.tokens_revoked_at is not None, "the tokens were never revoked: the case proves nothing"
     refused = [r for r in reg.requests(status=401, path_contains=f"/blobs/{ctx['digest']}")
-               if r.time >= ctx["mid_at"]]
+               if r.time >= reg.tokens_revoked_at]
     assert refused, "no blob request met the revoked token: the case proves nothing"
     tokens = reg.count(path_contains="/token")
     assert tokens <= 8, f"{tokens} token requests for one revocation"
@@ -488,18 +492,12 @@ def _check_trickle(reg, ctx):
     assert restarts <= 4, f"{restarts} slow-range restarts while every range was equally slow"
 
 
-def _wait_first_blob_request(reg, digest, proc, timeout=10):
-    return wait_for(lambda: reg.count(path_contains=digest) > 0 or proc.poll() is not None, timeout)
+def _expire_tokens(reg):
+    reg.expire_tokens(after=4)     # a few ranges get in with the token first
 
 
-def _expire_tokens(reg, ctx):
-    reg.expire_tokens()
-
-
-def _expire_cdn_urls(reg, ctx):
-    # let a few ranges start with the URL first, as a time-limited URL would expire
-    wait_for(lambda: reg.count(listener="cdn") >= 4, timeout=5)
-    reg.expire_cdn_urls()
+def _expire_cdn_urls(reg):
+    reg.expire_cdn_urls(after=4)   # as a time-limited URL would expire, a few ranges in
 
 
 STALL = ["--stall-timeout", STALL_TIMEOUT]
@@ -566,12 +564,12 @@ CASES = [
          args=["--request-size", "256K"], check=_check_cdn_expiry, max_requests=120),
     Case("cdn_revoked", "CDN URLs revoked mid-transfer (trickle 300 kB/s, 64K requests)",
          [("trickle", dict(rate=300_000, listener="cdn"))], reg=dict(redirect=True),
-         args=["--request-size", "64K"], mid=_expire_cdn_urls, check=_check_cdn_revoked, max_requests=250),
+         args=["--request-size", "64K"], arm=_expire_cdn_urls, check=_check_cdn_revoked, max_requests=250),
     Case("token_ttl", "bearer tokens valid 1 s (trickle 300 kB/s)", [("trickle", dict(rate=300_000))],
          reg=dict(auth="bearer", token_ttl=1), check=_check_tokens_ttl, max_requests=80),
     Case("token_revoked", "bearer tokens revoked mid-transfer (trickle 500 kB/s, 64K requests)",
          [("trickle", dict(rate=500_000))], reg=dict(auth="bearer"), args=["--request-size", "64K"],
-         mid=_expire_tokens, check=_check_tokens_revoked, max_requests=150),
+         arm=_expire_tokens, check=_check_tokens_revoked, max_requests=150),
     Case("trickle", "trickle: every response at 300 kB/s", [("trickle", dict(rate=300_000))],
          check=_check_trickle, max_requests=60),
 ]
@@ -631,7 +629,9 @@ def test_fault(case, path, fault_registry, run_blobfs, store, mount, tmp_path, b
         lazy_pull(run_blobfs, store, name)
     reg.reset_log()
     faults = [reg.fault(kind, digest=digest, **params) for kind, params in case.faults]
-    ctx = {"faults": faults, "digest": digest, "size": case.size, "store": store, "mid_at": None}
+    ctx = {"faults": faults, "digest": digest, "size": case.size, "store": store}
+    if case.arm:
+        case.arm(reg)
 
     began = time.monotonic()
     if path == "pull":
@@ -639,10 +639,6 @@ def test_fault(case, path, fault_registry, run_blobfs, store, mount, tmp_path, b
     else:
         m = mount(global_args=global_args)
         proc = start_child(MOUNT_READER, tag_dir(m.path, reg.host) / "model", source, 1234, npreads)
-    if case.mid:
-        assert _wait_first_blob_request(reg, digest, proc), "no blob request within 10 s"
-        ctx["mid_at"] = time.monotonic()
-        case.mid(reg, ctx)
     hard = case.max_seconds + 30
     if path == "pull":
         result = children.finish(proc, hard, what=f"blobfs pull with fault {case.id}")

@@ -434,6 +434,10 @@ class FaultRegistry:
         self.cdn_max_uses = cdn_max_uses
         self.cdn_expired_status = cdn_expired_status
         self.token_realm = None  # the realm Bearer challenges name; None: this server's /token
+        self.tokens_revoked_at = None  # time.monotonic() of the last revocation of tokens
+        self.cdn_revoked_at = None     # ... of CDN URLs
+        self._revoke_tokens_in = None  # blob requests until the armed revocation (expire_tokens)
+        self._revoke_cdn_in = None     # CDN requests until it (expire_cdn_urls)
         self.peak_in_flight = 0  # most requests ever answered at the same time
 
         self._lock = threading.Lock()
@@ -577,17 +581,43 @@ class FaultRegistry:
         with self._lock:
             self._faults.clear()
 
-    def expire_tokens(self) -> None:
-        """Revoke every bearer token issued so far."""
+    def expire_tokens(self, after: int = 0) -> None:
+        """Revoke every bearer token issued so far; with AFTER, once that many more
+        blob requests have been let in (the server itself does it then, in the
+        middle of a transfer however fast or slow the machine is)."""
         with self._lock:
-            for token in self._tokens.values():
-                token.revoked = True
+            if after:
+                self._revoke_tokens_in = after
+            else:
+                self._revoke_tokens()
 
-    def expire_cdn_urls(self) -> None:
-        """Revoke every CDN URL handed out so far (they then answer cdn_expired_status)."""
+    def expire_cdn_urls(self, after: int = 0) -> None:
+        """Revoke every CDN URL handed out so far (they then answer cdn_expired_status);
+        with AFTER, once the CDN has taken that many more requests."""
         with self._lock:
-            for grant in self._grants.values():
-                grant.revoked = True
+            if after:
+                self._revoke_cdn_in = after
+            else:
+                self._revoke_cdn()
+
+    def _revoke_tokens(self) -> None:  # lock held
+        for token in self._tokens.values():
+            token.revoked = True
+        self.tokens_revoked_at = time.monotonic()
+
+    def _revoke_cdn(self) -> None:  # lock held
+        for grant in self._grants.values():
+            grant.revoked = True
+        self.cdn_revoked_at = time.monotonic()
+
+    def _count_blob_request(self) -> None:
+        """A blob request got past authentication: it may be the one an armed revocation waits for."""
+        with self._lock:
+            if self._revoke_tokens_in is not None:
+                self._revoke_tokens_in -= 1
+                if self._revoke_tokens_in <= 0:
+                    self._revoke_tokens_in = None
+                    self._revoke_tokens()
 
     # ------------------------------------------------------------ the record
 
@@ -681,6 +711,11 @@ class FaultRegistry:
             grant.uses += 1
             if grant.revoked or (self.cdn_max_uses is not None and grant.uses > self.cdn_max_uses):
                 return None, self.cdn_expired_status
+            if self._revoke_cdn_in is not None:
+                self._revoke_cdn_in -= 1
+                if self._revoke_cdn_in <= 0:      # this one still goes through
+                    self._revoke_cdn_in = None
+                    self._revoke_cdn()
             return grant, None
 
     def _issue_token(self, scopes: list[str]) -> dict:
@@ -855,6 +890,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     def _serve_blobs(self, repo: str, digest: str) -> None:
         self.record.digest = digest
+        self.reg._count_blob_request()
         blob = self.reg._blob(digest)
         if blob is None:
             return self._respond(_error(404, "BLOB_UNKNOWN", f"blob unknown: {digest}"))
