@@ -9,7 +9,6 @@ store's fstatat of one blob while the test says so; meanwhile `rm -r` of
 another tag, which needs the lock for writing, must finish at once.
 """
 import os
-import shutil
 import subprocess
 import threading
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import children
 from models import OLLAMA_MODEL, OLLAMA_TEMPLATE, make_model, push_model
 
 MiB = 1 << 20
@@ -26,16 +26,9 @@ QUICK = 1.5              # an rm that did not wait for the stall is done well wi
 
 @pytest.fixture(scope="module")
 def slow_stat(tmp_path_factory):
-    """tests/integration/slow_stat.c built as an LD_PRELOAD shim."""
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.skip("gcc is needed to build the slow-stat shim")
-    out = tmp_path_factory.mktemp("shim") / "slow_stat.so"
-    src = Path(__file__).with_name("slow_stat.c")
-    result = subprocess.run([gcc, "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o", out, src,
-                             "-ldl"], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return out
+    """The environment that preloads tests/integration/slow_stat.c."""
+    return children.preload_shim(Path(__file__).with_name("slow_stat.c"),
+                                 tmp_path_factory.mktemp("shim"))
 
 
 def _stat_uncached(path):
@@ -70,11 +63,8 @@ def test_a_stalled_store_stat_holds_up_no_other_request(registry, run_blobfs, st
     assert result.returncode == 0, result.stderr
 
     flag = tmp_path / "stall-on"
-    m = mount(env={"LD_PRELOAD": str(slow_stat),
-                   "BLOBFS_TEST_SLOW_NAME": slow.layers[0].digest.split(":")[1],
-                   "BLOBFS_TEST_SLOW_FLAG": str(flag), "BLOBFS_TEST_SLOW_MS": str(STALL_MS),
-                   "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") +
-                   ":verify_asan_link_order=0"})
+    m = mount(env={**slow_stat, "BLOBFS_TEST_SLOW_NAME": slow.layers[0].digest.split(":")[1],
+                   "BLOBFS_TEST_SLOW_FLAG": str(flag), "BLOBFS_TEST_SLOW_MS": str(STALL_MS)})
     models = m.path / "models" / registry.host / "library"
     target, other_tag = models / "a" / "latest" / "model", models / "b" / "latest"
     prepare, asks = ASKS[ask]

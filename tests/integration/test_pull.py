@@ -12,7 +12,6 @@ import json
 import os
 import random
 import re
-import shutil
 import signal
 import subprocess
 import time
@@ -966,16 +965,9 @@ def test_a_range_far_slower_than_its_peers_is_restarted(fault_registry, run_blob
 
 @pytest.fixture(scope="module")
 def setopt_fault(tmp_path_factory):
-    """tests/integration/setopt_fault.c built as an LD_PRELOAD shim."""
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.skip("gcc is needed to build the setopt shim")
-    out = tmp_path_factory.mktemp("shim") / "setopt_fault.so"
-    src = Path(__file__).with_name("setopt_fault.c")
-    result = subprocess.run([gcc, "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o", out, src,
-                             "-ldl"], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return out
+    """The environment that preloads tests/integration/setopt_fault.c."""
+    return children.preload_shim(Path(__file__).with_name("setopt_fault.c"),
+                                 tmp_path_factory.mktemp("shim"))
 
 
 CURLOPT_PROTOCOLS_STR = 10318   # CURLOPTTYPE_STRINGPOINT + 318
@@ -986,8 +978,7 @@ def test_a_curl_option_libcurl_refuses_fails_the_pull_clearly(freg, run_blobfs, 
     """libcurl refusing an option (an older libcurl, say) must not be ignored:
     the request would go out without it (here: without the protocol
     restriction)."""
-    env = {"LD_PRELOAD": str(setopt_fault), "BLOBFS_TEST_FAIL_SETOPT": str(CURLOPT_PROTOCOLS_STR),
-           "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
+    env = {**setopt_fault, "BLOBFS_TEST_FAIL_SETOPT": str(CURLOPT_PROTOCOLS_STR)}
     result = run_blobfs(["pull", freg.model_name], timeout=30, env=env)
     assert result.returncode == 1, result.stderr
     assert "CURLOPT_PROTOCOLS_STR" in error_lines(result.stderr), result.stderr

@@ -12,10 +12,12 @@ so that every suite has the same rules:
 
 start() and finish() are the two halves of run(), for a test that has children
 running side by side (finish_all() waits for a group of them); python_json()
-runs a Python snippet that answers in JSON, READ_ALL is one that reads a file."""
+runs a Python snippet that answers in JSON, READ_ALL is one that reads a file;
+preload_shim() builds a C file into a library a child loads with LD_PRELOAD."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -137,3 +139,18 @@ def python_json(code, *args, timeout=60):
     result = run([PYTHON, "-c", code, *args], timeout=timeout)
     assert result.returncode == 0, f"child exited {result.returncode}:\n{result.stderr}"
     return json.loads(result.stdout)
+
+
+def preload_shim(src, out_dir):
+    """SRC (a C file) built as an LD_PRELOAD shim in OUT_DIR; skips without gcc.
+    Returns what a child's environment needs to load it: LD_PRELOAD, and ASan
+    told that its runtime need not come first (the tests' builds may use it)."""
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip(f"gcc is needed to build {os.path.basename(src)}")
+    out = os.path.join(out_dir, os.path.splitext(os.path.basename(src))[0] + ".so")
+    result = subprocess.run([gcc, "-shared", "-fPIC", "-O2", "-Wall", "-Werror", "-o", out,
+                             str(src), "-ldl"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return {"LD_PRELOAD": out,
+            "ASAN_OPTIONS": os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0"}
